@@ -1,0 +1,1 @@
+"""The ``culture-interp`` command line: thin Typer wrappers over ``culture``."""
