@@ -214,10 +214,10 @@ def reconfigure(quizzes: torch.Tensor, structure) -> torch.Tensor:
     return out.reshape(n, QUIZ_LEN)
 
 
-def structure_index(quizzes: torch.Tensor) -> torch.Tensor:
-    """(n,) index into STRUCTURES of each quiz's marker order, -1 if none."""
+def structure_index(quizzes: torch.Tensor, structures=STRUCTURES) -> torch.Tensor:
+    """(n,) index into ``structures`` of each quiz's marker order, -1 if none."""
     m = block_markers(quizzes)
-    table = torch.tensor([s.markers for s in STRUCTURES], device=quizzes.device)
+    table = torch.tensor([s.markers for s in structures], device=quizzes.device)
     eq = (m.unsqueeze(1) == table.unsqueeze(0)).all(2)
     return torch.where(eq.any(1), eq.long().argmax(1), torch.full_like(eq[:, 0], -1, dtype=torch.long))
 
@@ -260,19 +260,12 @@ def predicted_blocks(quizzes: torch.Tensor, structures=STRUCTURES) -> torch.Tens
     A quiz whose marker order is not in ``structures`` predicts its last block.
     """
     n = quizzes.shape[0]
-    idx = structure_index(quizzes) if structures is STRUCTURES else _match(quizzes, structures)
+    idx = structure_index(quizzes, structures)
     table = torch.zeros(len(structures) + 1, N_BLOCKS, dtype=torch.bool)
     for k, s in enumerate(structures):
         table[k, list(s.predicted)] = True
     table[-1, 3] = True
     return table.to(quizzes.device)[idx]
-
-
-def _match(quizzes, structures) -> torch.Tensor:
-    m = block_markers(quizzes)
-    table = torch.tensor([s.markers for s in structures], device=quizzes.device)
-    eq = (m.unsqueeze(1) == table.unsqueeze(0)).all(2)
-    return torch.where(eq.any(1), eq.long().argmax(1), torch.full_like(eq[:, 0], -1, dtype=torch.long))
 
 
 def ar_mask(quizzes: torch.Tensor, structures=STRUCTURES) -> torch.Tensor:
@@ -297,7 +290,7 @@ def add_prompt_noise(
     if proba <= 0:
         return quizzes.clone()
     n = quizzes.shape[0]
-    idx = _match(quizzes, structures)
+    idx = structure_index(quizzes, structures)
     table = torch.zeros(len(structures) + 1, N_BLOCKS, dtype=torch.bool)
     for k, s in enumerate(structures):
         table[k, list(s.noised)] = True
