@@ -20,7 +20,12 @@ app = typer.Typer(
 )
 
 #: options that take several values after one flag: ``--models 0 1 2 3``
-MULTI_VALUE_OPTIONS = ("--models", "--tasks", "--task", "--layers", "--features", "--steer")
+MULTI_VALUE_OPTIONS = ("--models", "--tasks", "--task", "--layers", "--features", "--steer", "--index")
+
+
+@app.callback()
+def _root() -> None:
+    """Interpretability toolkit for the culture GPTs (quizzes, models, TransformerLens, SAEs)."""
 
 
 def _register_commands() -> None:
