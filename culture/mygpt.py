@@ -114,18 +114,26 @@ class CausalSelfAttention(nn.Module):
         v = v.view(n, t, h, -1).transpose(1, 2)
         if cache is not None:
             k, v = cache.append(layer, k, v)
+        dv = v.shape[-1]
+        scale = 1.0 / math.sqrt(dk)
+        if dk != dv and not self.training:
+            # The fused (flash) CPU/GPU kernels want one head size for q, k and
+            # v: zero-pad the smaller one. Padding q and k with zeros leaves
+            # q.k unchanged; padded v columns are dropped after. Exact.
+            d = max(dk, dv)
+            q, k, v = (F.pad(z, (0, d - z.shape[-1])) for z in (q, k, v))
         causal = cache is None or cache.length(layer) == t
         if causal:
             y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0, scale=scale
             )
         else:
             # new tokens at the end of a cached prefix: each sees the prefix and
             # the new tokens before it
             s = k.shape[2]
             mask = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return y.transpose(1, 2).reshape(n, t, -1) @ self.w_o
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return y[..., :dv].transpose(1, 2).reshape(n, t, -1) @ self.w_o
 
 
 class KVCache:

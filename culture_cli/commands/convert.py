@@ -1,0 +1,144 @@
+"""``culture-interp convert``: culture GPT checkpoints -> TransformerLens files.
+
+For each model k writes ``OUT/gpt-{k}/model.safetensors`` (HookedTransformer
+parameters) and ``OUT/gpt-{k}/config.json`` (HookedTransformerConfig fields and
+a ``culture`` section), checks the conversion on world quizzes in random
+structures, and prints a table. ``culture.hooked.load_converted(OUT/gpt-k)``
+reads a converted model back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from culture.sources import DEFAULT_SOURCE
+
+HELP = "Convert culture GPTs to TransformerLens HookedTransformer files (safetensors + config.json)."
+
+
+def check_quizzes(n: int, seed: int):
+    """(quizzes (n, 404) in random evaluation structures, description).
+
+    World quizzes from ``culture.world`` when available, else random valid
+    quizzes (random cells: a weaker but still exact check of the conversion)."""
+    import torch
+
+    from culture.quiz import grids_to_quizzes, random_structures
+
+    g = torch.Generator().manual_seed(seed)
+    try:
+        from culture.world import generate_quizzes
+
+        quizzes, kind = generate_quizzes(n, seed=seed), "world"
+    except (ImportError, AttributeError):
+        quizzes, kind = grids_to_quizzes(torch.randint(0, 11, (n, 4, 10, 10), generator=g)), "random"
+    quizzes, _ = random_structures(quizzes, generator=g)
+    return quizzes, f"{n} {kind} quizzes, random structures, seed {seed}"
+
+
+def _device(name: str):
+    import torch
+
+    from culture.errors import CultureError
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise CultureError(f"unknown device {name!r} (cpu, cuda, cuda:1, mps...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CultureError(f"device {name} requested but CUDA is not available (use --device cpu)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CultureError(f"device {name} requested but MPS is not available (use --device cpu)")
+    return device
+
+
+def run_convert(models: list[int] | None, source: str, out: Path, device: str = "cpu",
+                n_quizzes: int = 16, seed: int = 0, tolerance: float = 1e-3) -> tuple[list[dict], str]:
+    """Convert and save; returns (one row per model, description of the check quizzes)."""
+    import torch
+
+    from culture.hooked import HookedConversionError, max_logit_diff, mygpt_to_hooked, save_converted
+    from culture.sources import resolve_source
+    from culture_cli.common import err_console
+
+    if n_quizzes < 1:
+        raise HookedConversionError("--n-quizzes must be at least 1")
+    dev = _device(device)
+    src = resolve_source(source)
+    ids = list(models) if models else src.model_ids()
+    for k in ids:  # fail early, before any conversion, on an unknown id
+        src.check_model_id(k)
+    if out.exists() and not out.is_dir():
+        raise HookedConversionError(f"--out {out} exists and is not a directory")
+    quizzes, check = check_quizzes(n_quizzes, seed)
+    rows = []
+    for k in ids:
+        with err_console.status(f"converting model {k} of {src.name}"):
+            model, accuracy = src.load_model(k, device=dev)
+            hooked = mygpt_to_hooked(model)
+            diff = max_logit_diff(model, hooked, quizzes.to(dev))
+            if not diff <= tolerance:
+                raise HookedConversionError(
+                    f"conversion check failed for model {k}: max |logit difference| {diff:.3g} > {tolerance:g}")
+            cfg = model.config
+            directory = out / f"gpt-{k}"
+            save_converted(hooked, directory, extra={
+                "model_id": k,
+                "source": src.name,
+                "source_kind": src.kind,
+                "accuracy": accuracy,
+                "max_abs_logit_diff": diff,
+                "check": check,
+            })
+        rows.append({"model": k, "params": model.num_parameters, "config": cfg, "d_head": hooked.cfg.d_head,
+                     "accuracy": accuracy, "max_abs_logit_diff": diff, "dir": directory})
+        del model, hooked
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows, check
+
+
+def _params(n: int) -> str:
+    for unit, scale in (("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def print_table(rows: list[dict], source: str, check: str) -> None:
+    from rich.table import Table
+
+    from culture_cli.common import console
+
+    table = Table(title=f"TransformerLens conversion of {source}", caption=f"check: {check}")
+    for col, justify in (("model", "right"), ("params", "right"), ("config (D, dk, dv, H, heads, blocks)", "left"),
+                         ("d_head", "right"), ("accuracy", "right"), ("max |Δlogit|", "right"), ("written to", "left")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        c = r["config"]
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        table.add_row(str(r["model"]), _params(r["params"]),
+                      f"{c.dim_model}, {c.dim_keys}, {c.dim_value}, {c.dim_hidden}, {c.nb_heads}, {c.nb_blocks}",
+                      str(r["d_head"]), acc, f"{r['max_abs_logit_diff']:.2e}", str(r["dir"]))
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("convert", help=HELP)
+    def convert(
+        models: list[int] = typer.Option(None, "--models",
+                                         help="Model ids, e.g. --models 0 1 (default: every model of the source)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output directory; model k goes to OUT/gpt-k/."),
+        source: str = typer.Option(DEFAULT_SOURCE, "--source", "-s",
+                                   help="Hugging Face repo id, local directory, or 'bundled'."),
+        device: str = typer.Option("cpu", "--device", help="Device for the conversion check (cpu, cuda...)."),
+        n_quizzes: int = typer.Option(16, "--n-quizzes", help="Quizzes used to check the logits."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the check quizzes."),
+        tolerance: float = typer.Option(1e-3, "--tolerance",
+                                        help="Largest accepted |logit difference| vs MyGPT."),
+    ) -> None:
+        rows, check = run_convert(models, source, out, device=device, n_quizzes=n_quizzes, seed=seed,
+                                  tolerance=tolerance)
+        print_table(rows, source, check)
