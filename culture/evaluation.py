@@ -1,0 +1,514 @@
+"""Evaluation of culture GPTs: the reference's test protocol, scored in one
+teacher-forced pass.
+
+Protocol (REFERENCE.md section 5, from the reference ``quiz_machine.py``):
+
+* :func:`make_test_set` -- n world quizzes of the eight tasks, mixed with test
+  c-quizzes when given (at most n//2 of them; the world quizzes make up the
+  rest), shuffled; each quiz reconfigured to a structure drawn uniformly from
+  the four deterministic ones, then prompt noise (0.05) on the noised block of
+  structures 1 and 2.
+* Perplexity: exp(mean token cross-entropy over all 404 positions of every
+  quiz, teacher-forced), the target being the (noised) test quiz itself.
+* The reference's accuracy samples the predicted block at temperature 1 and
+  counts a quiz correct when every predicted cell equals the target. Two exact
+  quantities come out of one teacher-forced forward, no generation needed:
+
+  - greedy accuracy: the argmax equals the target at every predicted cell
+    (exactly the accuracy of greedy decoding, quiz by quiz);
+  - expected sampled accuracy: the mean over quizzes of
+    exp(sum of log p(target cell)) over the predicted cells -- the probability
+    that sampling at temperature 1 reproduces the target, i.e. the expectation
+    of the reference's sampled accuracy.
+
+  ``evaluate(..., generate=True)`` also samples (temperature 1, KV cache) for
+  the reference's own, noisy, number.
+
+Models: :class:`culture.mygpt.MyGPT`, TransformerLens ``HookedTransformer``
+(from ``culture.hooked``), or any callable quizzes -> logits in the reference
+convention (see :func:`culture.generation.logits_fn`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+
+from culture.errors import CultureError
+from culture.generation import DEFAULT_BATCH_SIZE, generate_blocks, logits_fn, model_device
+from culture.quiz import (
+    BLOCK_LEN,
+    EVAL_STRUCTURES,
+    QUIZ_LEN,
+    STRUCTURES,
+    Structure,
+    add_prompt_noise,
+    ar_mask,
+    parse_structure,
+    random_structures,
+    structure_index,
+    validate_quizzes,
+)
+
+__all__ = [
+    "C_QUIZ_LABEL",
+    "TestSet",
+    "ModelEval",
+    "EvalResults",
+    "EvaluationError",
+    "make_test_set",
+    "score_quizzes",
+    "predicted_log_probs",
+    "summarize",
+    "evaluate",
+    "logits_fn",
+]
+
+#: label of the c-quizzes in a test set (world quizzes carry their task name)
+C_QUIZ_LABEL = "culture"
+
+Progress = Callable[[str, int, int], None]  # (description, done, total)
+
+
+class EvaluationError(CultureError, ValueError):
+    """Bad evaluation arguments (sizes, structures, devices...)."""
+
+
+# ------------------------------------------------------------------ test set
+
+
+@dataclass
+class TestSet:
+    """Test quizzes in the reference protocol.
+
+    ``quizzes``: (n, 404) what the model sees -- each quiz in its structure,
+    with prompt noise; it is also the perplexity target (as in the reference).
+    ``targets``: the same quizzes before noise; the predicted cells (the only
+    ones accuracy looks at) are identical in both, noise never touching a
+    predicted block. ``labels``: task name per quiz, ``"culture"`` for
+    c-quizzes. ``structures``: (n,) 0-based index into
+    :data:`culture.quiz.STRUCTURES` (structure k of REFERENCE.md = index k-1).
+    """
+
+    __test__ = False  # not a pytest class
+
+    quizzes: torch.Tensor
+    targets: torch.Tensor
+    labels: list[str]
+    structures: torch.Tensor
+    tasks: tuple[str, ...] = ()
+    seed: int | None = None
+    noise: float = 0.0
+    n_c_quizzes: int = 0
+
+    def __len__(self) -> int:
+        return self.quizzes.shape[0]
+
+    @property
+    def label_names(self) -> list[str]:
+        """Distinct labels: world tasks in TASKS order, then others, then culture."""
+        try:
+            from culture.world import TASKS
+        except ImportError:  # pragma: no cover - world is part of the package
+            TASKS = ()
+        present = set(self.labels)
+        ordered = [t for t in TASKS if t in present]
+        ordered += sorted(present - set(ordered) - {C_QUIZ_LABEL})
+        if C_QUIZ_LABEL in present:
+            ordered.append(C_QUIZ_LABEL)
+        return ordered
+
+    def subset(self, index) -> "TestSet":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return TestSet(self.quizzes[index], self.targets[index], [self.labels[int(i)] for i in index],
+                       self.structures[index], self.tasks, self.seed, self.noise,
+                       sum(self.labels[int(i)] == C_QUIZ_LABEL for i in index))
+
+    def settings(self) -> dict:
+        return {
+            "num_samples": len(self),
+            "num_world_quizzes": len(self) - self.n_c_quizzes,
+            "num_c_quizzes": self.n_c_quizzes,
+            "tasks": list(self.tasks),
+            "seed": self.seed,
+            "prompt_noise": self.noise,
+            "structures": {str(k + 1): STRUCTURES[k].name for k in sorted(set(self.structures.tolist()))},
+        }
+
+
+def _as_c_quizzes(c_quizzes) -> torch.Tensor | None:
+    if c_quizzes is None:
+        return None
+    if isinstance(c_quizzes, (list, tuple)):
+        parts = [torch.as_tensor(c).reshape(-1, QUIZ_LEN) for c in c_quizzes]
+        if not parts:
+            return None
+        c_quizzes = torch.cat(parts)
+    c = validate_quizzes(c_quizzes, what="c-quizzes")
+    return c if c.shape[0] else None
+
+
+def _structure_list(structures) -> list[Structure]:
+    out = []
+    for s in structures:
+        try:
+            s = parse_structure(s)
+        except ValueError as exc:
+            raise EvaluationError(str(exc)) from None
+        if s not in STRUCTURES:
+            raise EvaluationError(f"structure {s.name} is not one of the five of the published run")
+        out.append(s)
+    if not out:
+        raise EvaluationError("no structure given")
+    return out
+
+
+def make_test_set(
+    n: int = 2000,
+    tasks=None,
+    c_quizzes=None,
+    seed: int = 0,
+    noise: float = 0.05,
+    structures: Sequence = EVAL_STRUCTURES,
+) -> TestSet:
+    """The reference's test set: ``n`` quizzes (see the module docstring).
+
+    ``tasks``: world tasks (default the eight of the published models).
+    ``c_quizzes``: test c-quizzes, a (k, 404) tensor or a list of them (as in
+    c_quizzes.pth); at most n//2 are kept (a random subset), world quizzes
+    fill the rest. ``structures``: those drawn uniformly (default the four
+    deterministic ones; give all of ``STRUCTURES`` for the original run's mix,
+    where structure-5 quizzes count in perplexity but not in accuracy).
+    Same arguments -> same test set.
+    """
+    from culture.world import TASKS, generate_quizzes_with_tasks, resolve_tasks
+
+    n = int(n)
+    if n < 1:
+        raise EvaluationError(f"the test set needs at least 1 quiz, got n={n}")
+    if not (0.0 <= float(noise) <= 1.0):
+        raise EvaluationError(f"prompt noise must be a probability in [0, 1], got {noise}")
+    structs = _structure_list(structures)
+    task_names = resolve_tasks(tasks)
+    g = torch.Generator().manual_seed(int(seed))
+
+    c = _as_c_quizzes(c_quizzes)
+    if c is not None and c.shape[0] > n // 2:
+        c = c[torch.randperm(c.shape[0], generator=g)[: n // 2]]
+    n_c = 0 if c is None else c.shape[0]
+    # world quizzes are i.i.d., so generating n - n_c of them is the reference's
+    # "n generated, subsampled to n - n_c"
+    world, task_index = generate_quizzes_with_tasks(n - n_c, task_names, seed=int(seed))
+    labels = [TASKS[int(i)] for i in task_index] + [C_QUIZ_LABEL] * n_c
+    quizzes = world.long() if c is None else torch.cat([world.long(), c])
+
+    perm = torch.randperm(n, generator=g)
+    quizzes = quizzes[perm]
+    labels = [labels[int(i)] for i in perm]
+    targets, _ = random_structures(quizzes, structs, generator=g)
+    noised = add_prompt_noise(targets, float(noise), generator=g)
+    return TestSet(noised, targets, labels, structure_index(targets), tuple(task_names), int(seed),
+                   float(noise), n_c)
+
+
+# -------------------------------------------------------------------- scores
+
+
+def _sequences(quizzes, targets) -> torch.Tensor:
+    """The teacher-forced sequences: ``quizzes`` with their predicted cells
+    taken from ``targets``."""
+    q = validate_quizzes(quizzes)
+    if targets is None:
+        return q
+    t = validate_quizzes(targets, what="targets")
+    if t.shape != q.shape:
+        raise EvaluationError(f"targets {tuple(t.shape)} and quizzes {tuple(q.shape)} differ in shape")
+    if not torch.equal(q[:, ::BLOCK_LEN], t[:, ::BLOCK_LEN]):
+        raise EvaluationError("targets and quizzes are not in the same structures")
+    return torch.where(ar_mask(q), t, q)
+
+
+def _deterministic(seq: torch.Tensor) -> torch.Tensor:
+    """(n,) bool: the quiz's structure predicts one block (counts for accuracy;
+    the reference leaves structure 5 out)."""
+    idx = structure_index(seq)
+    table = torch.tensor([s.deterministic for s in STRUCTURES] + [True])
+    return table[idx]
+
+
+def score_quizzes(
+    model,
+    quizzes,
+    targets=None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-quiz scores from one teacher-forced forward per batch.
+
+    ``quizzes``: (n, 404), or a :class:`TestSet` (then ``targets`` come from
+    it). The sequence scored is ``quizzes`` with its predicted cells replaced
+    by ``targets`` when given. Returns CPU tensors (n,):
+
+    * ``ce``: mean token cross-entropy over the 404 positions (perplexity =
+      exp(mean of ce) -- every quiz has the same length);
+    * ``greedy_correct``: argmax == target at every predicted cell;
+    * ``log_prob``: sum of log p(target) over the predicted cells
+      (exp(log_prob) = probability that temperature-1 sampling is right);
+    * ``n_wrong``: predicted cells where the argmax differs from the target;
+    * ``deterministic``: the structure predicts one block (accuracy counts it).
+    """
+    if isinstance(quizzes, TestSet):
+        quizzes, targets = quizzes.quizzes, quizzes.targets
+    seq = _sequences(quizzes, targets)
+    if batch_size < 1:
+        raise EvaluationError(f"batch size must be >= 1, got {batch_size}")
+    device = model_device(model) if device is None else torch.device(device)
+    fn = logits_fn(model)
+    mask = ar_mask(seq)
+    out = {k: [] for k in ("ce", "greedy_correct", "log_prob", "n_wrong")}
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    try:
+        with torch.inference_mode():
+            done = 0
+            for x, m in zip(seq.split(batch_size), mask.split(batch_size)):
+                x, m = x.to(device), m.to(device)
+                logits = fn(x).float()
+                logp = F.log_softmax(logits, dim=-1)
+                token_lp = logp.gather(-1, x.unsqueeze(-1)).squeeze(-1)  # (b, 404)
+                wrong = (logits.argmax(-1) != x) & m
+                out["ce"].append((-token_lp.mean(1)).cpu())
+                out["log_prob"].append(torch.where(m, token_lp, torch.zeros_like(token_lp)).sum(1).cpu())
+                out["n_wrong"].append(wrong.sum(1).cpu())
+                out["greedy_correct"].append((~wrong.any(1)).cpu())
+                done += x.shape[0]
+                if progress is not None:
+                    progress(done, seq.shape[0])
+    finally:
+        if was_training:
+            model.train()
+    scores = {k: (torch.cat(v) if v else torch.empty(0)) for k, v in out.items()}
+    scores["deterministic"] = _deterministic(seq)
+    return scores
+
+
+def predicted_log_probs(model, quizzes, targets=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                        device=None) -> torch.Tensor:
+    """(n,) summed log-probability of the predicted cells (from each quiz's
+    structure), teacher-forced: the reference's ``models_logprobas`` for one
+    model. exp() of it is the probability that sampling solves the quiz."""
+    return score_quizzes(model, quizzes, targets, batch_size=batch_size, device=device)["log_prob"]
+
+
+def generated_correct(model, quizzes, targets=None, *, temperature: float = 1.0,
+                      generator: torch.Generator | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                      use_cache: bool = True, progress: Callable[[int, int], None] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's accuracy test: the predicted block(s) generated (sampling
+    at ``temperature``, KV cache) and compared with the target at every cell.
+    Returns (correct (n,) bool, generated quizzes (n, 404))."""
+    seq = _sequences(quizzes.quizzes if isinstance(quizzes, TestSet) else quizzes,
+                     quizzes.targets if isinstance(quizzes, TestSet) else targets)
+    gen = generate_blocks(model, seq, ar_mask(seq), temperature, use_cache=use_cache, generator=generator,
+                          batch_size=batch_size, progress=progress)
+    return (gen == seq).all(1), gen
+
+
+# ------------------------------------------------------------------ summaries
+
+
+def _mean(x: torch.Tensor) -> float | None:
+    return float(x.double().mean()) if x.numel() else None
+
+
+def _perplexity(ce: torch.Tensor) -> float | None:
+    if not ce.numel():
+        return None
+    m = float(ce.double().mean())
+    return math.exp(m) if m < 700 else float("inf")
+
+
+def summarize(scores: dict[str, torch.Tensor], index=None) -> dict:
+    """The metrics of a group of quizzes (``index``: bool mask or indices; all
+    when None): n, perplexity, greedy / expected / generated accuracy (None
+    when the group has no deterministic quiz, or no generation)."""
+    if index is None:
+        index = torch.ones(scores["ce"].shape[0], dtype=torch.bool)
+    index = torch.as_tensor(index)
+    det = scores["deterministic"][index]
+    out = {
+        "n": int(scores["ce"][index].numel()),
+        "n_scored": int(det.sum()),
+        "perplexity": _perplexity(scores["ce"][index]),
+        "mean_cross_entropy": _mean(scores["ce"][index]),
+        "greedy_accuracy": _mean(scores["greedy_correct"][index][det].float()),
+        "expected_accuracy": _mean(scores["log_prob"][index][det].double().exp()),
+        "generated_accuracy": None,
+    }
+    if "generated_correct" in scores:
+        out["generated_accuracy"] = _mean(scores["generated_correct"][index][det].float())
+    return out
+
+
+@dataclass
+class ModelEval:
+    """One model's results: headline metrics, breakdowns by task label and by
+    structure (keys "1".."5"), and the per-quiz ``scores`` (not in to_dict)."""
+
+    name: str
+    n: int
+    n_scored: int
+    perplexity: float | None
+    mean_cross_entropy: float | None
+    greedy_accuracy: float | None
+    expected_accuracy: float | None
+    generated_accuracy: float | None = None
+    checkpoint_accuracy: float | None = None
+    by_task: dict[str, dict] = field(default_factory=dict)
+    by_structure: dict[str, dict] = field(default_factory=dict)
+    scores: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.name,
+            "n": self.n,
+            "n_scored": self.n_scored,
+            "perplexity": self.perplexity,
+            "mean_cross_entropy": self.mean_cross_entropy,
+            "greedy_accuracy": self.greedy_accuracy,
+            "expected_accuracy": self.expected_accuracy,
+            "generated_accuracy": self.generated_accuracy,
+            "checkpoint_accuracy": self.checkpoint_accuracy,
+            "by_task": self.by_task,
+            "by_structure": self.by_structure,
+        }
+
+
+class EvalResults(list):
+    """A list of :class:`ModelEval` plus the test-set settings; ``to_dict()``
+    is JSON-serialisable."""
+
+    def __init__(self, items=(), settings: dict | None = None):
+        super().__init__(items)
+        self.settings = dict(settings or {})
+
+    def to_dict(self) -> dict:
+        return {"settings": self.settings, "models": [m.to_dict() for m in self]}
+
+
+def _model_name(model, i: int) -> str:
+    for attr in ("model_id", "id"):
+        v = getattr(model, attr, None)
+        if isinstance(v, int):
+            return str(v)
+    return str(i)
+
+
+def _to_device(model, device):
+    if device is None or not isinstance(model, torch.nn.Module):
+        return model
+    return model.to(device)
+
+
+def check_device(device) -> torch.device:
+    """torch.device for "cpu", "cuda[:k]" or "mps", or EvaluationError when it
+    is unknown or not available here."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise EvaluationError(f"unknown device {device!r} (cpu, cuda, mps)") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError("device cuda is not available on this machine (use --device cpu)")
+    if d.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise EvaluationError("device mps is not available on this machine (use --device cpu)")
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise EvaluationError(f"unsupported device {device!r} (cpu, cuda, mps)")
+    return d
+
+
+def evaluate(
+    models,
+    test_set: TestSet,
+    generate: bool = False,
+    device=None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    checkpoint_accuracies: Sequence[float | None] | None = None,
+    seed: int | None = None,
+) -> EvalResults:
+    """Evaluate each model on ``test_set`` -> :class:`EvalResults` (a list of
+    :class:`ModelEval`, same order as ``models``).
+
+    Per model: perplexity, greedy accuracy, expected sampled accuracy, and with
+    ``generate`` the sampled accuracy of the reference (temperature 1, KV
+    cache; every model draws the same uniforms, seeded by ``seed``, default the
+    test set's seed). Each broken down by task label and by structure.
+    ``device``: move the models there (None: leave them where they are).
+    ``progress(description, done, total)`` is called after every batch.
+    ``checkpoint_accuracies`` (or a model's ``accuracy`` attribute, as set by
+    ``culture.sources.load_culture``) is reported alongside.
+    """
+    if not isinstance(test_set, TestSet):
+        raise EvaluationError("evaluate needs a TestSet (see make_test_set)")
+    if isinstance(models, torch.nn.Module) or not isinstance(models, Sequence):
+        models = [models]
+    if device is not None:
+        device = check_device(device)
+    seed = test_set.seed if seed is None else seed
+    settings = test_set.settings()
+    settings.update({"generate": bool(generate), "batch_size": int(batch_size),
+                     "device": None if device is None else str(device)})
+    results = EvalResults(settings=settings)
+    for i, model in enumerate(models):
+        name = names[i] if names is not None else _model_name(model, i)
+        model = _to_device(model, device)
+
+        def tick(what):
+            if progress is None:
+                return None
+            return lambda done, total: progress(f"model {name}: {what}", done, total)
+
+        scores = score_quizzes(model, test_set, batch_size=batch_size, device=device,
+                               progress=tick("teacher-forced"))
+        if generate:
+            det = scores["deterministic"]
+            idx = det.nonzero().flatten()
+            correct = torch.zeros(len(test_set), dtype=torch.bool)
+            if idx.numel():
+                g = torch.Generator().manual_seed(0 if seed is None else int(seed))
+                ok, _ = generated_correct(model, test_set.quizzes[idx], test_set.targets[idx], generator=g,
+                                          batch_size=batch_size, progress=tick("sampling"))
+                correct[idx] = ok
+            scores["generated_correct"] = correct
+        head = summarize(scores)
+        if checkpoint_accuracies is not None:
+            ckpt = checkpoint_accuracies[i]
+        else:
+            ckpt = getattr(model, "accuracy", None)
+        ckpt = None if ckpt is None else float(ckpt)
+        labels = test_set.labels
+        by_task = {
+            label: summarize(scores, torch.tensor([l == label for l in labels], dtype=torch.bool))
+            for label in test_set.label_names
+        }
+        by_structure = {}
+        for k in sorted(set(test_set.structures.tolist())):
+            entry = summarize(scores, test_set.structures == k)
+            entry["markers"] = STRUCTURES[k].name if k >= 0 else "other"
+            by_structure[str(k + 1) if k >= 0 else "other"] = entry
+        results.append(ModelEval(
+            name=str(name), n=head["n"], n_scored=head["n_scored"], perplexity=head["perplexity"],
+            mean_cross_entropy=head["mean_cross_entropy"], greedy_accuracy=head["greedy_accuracy"],
+            expected_accuracy=head["expected_accuracy"], generated_accuracy=head["generated_accuracy"],
+            checkpoint_accuracy=ckpt, by_task=by_task, by_structure=by_structure, scores=scores,
+        ))
+    return results

@@ -1,0 +1,206 @@
+"""``culture-interp eval``: the reference's test protocol on one or more models.
+
+Prints a table of models x metrics (perplexity, greedy accuracy, expected
+sampled accuracy, sampled accuracy with --generate, the checkpoint's stored
+accuracy), then the same numbers by task and by structure; --json writes them
+with the settings. Heavy imports happen inside the command.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from culture_cli.common import console, err_console, fail, plain_output, progress, write_json
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _ppl(x) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.4f}" if x < 100 else f"{x:.4g}"
+
+
+def _parse_models(values: list[str] | None) -> list[int] | None:
+    if not values:
+        return None
+    out = []
+    for v in values:
+        for part in str(v).replace(",", " ").split():
+            try:
+                k = int(part)
+            except ValueError:
+                fail(f"--models: not a model id: {part!r}")
+            if k < 0:
+                fail(f"--models: model ids are >= 0, got {k}")
+            out.append(k)
+    return list(dict.fromkeys(out))
+
+
+def _main_table(results, generate: bool):
+    from rich.table import Table
+
+    table = Table(title="Evaluation", title_justify="left")
+    table.add_column("model", justify="right")
+    table.add_column("perplexity", justify="right")
+    table.add_column("greedy acc", justify="right")
+    table.add_column("expected sampled acc", justify="right")
+    if generate:
+        table.add_column("sampled acc (generated)", justify="right")
+    table.add_column("checkpoint acc", justify="right")
+    for r in results:
+        row = [r.name, _ppl(r.perplexity), _pct(r.greedy_accuracy), _pct(r.expected_accuracy)]
+        if generate:
+            row.append(_pct(r.generated_accuracy))
+        row.append(_pct(r.checkpoint_accuracy))
+        table.add_row(*row)
+    return table
+
+
+def _breakdown_table(results, key: str, title: str, generate: bool):
+    from rich.table import Table
+
+    what = "greedy / expected" + (" / sampled" if generate else "")
+    table = Table(title=f"{title} (accuracy: {what})", title_justify="left")
+    first = getattr(results[0], key)
+    table.add_column(key.removeprefix("by_"), justify="left")
+    table.add_column("n", justify="right")
+    for r in results:
+        table.add_column(f"model {r.name}", justify="right")
+    for group, entry in first.items():
+        name = f"{group} {entry['markers']}" if "markers" in entry else group
+        cells = []
+        for r in results:
+            e = getattr(r, key)[group]
+            parts = [_pct(e["greedy_accuracy"]), _pct(e["expected_accuracy"])]
+            if generate:
+                parts.append(_pct(e["generated_accuracy"]))
+            cells.append(" / ".join(parts))
+        table.add_row(name, str(entry["n"]), *cells)
+    return table
+
+
+def _print_table(table) -> None:
+    """Print a table; in a pipe, as wide as it needs (no wrapped cells)."""
+    if plain_output():
+        width = max(console.width, console.measure(table).maximum)
+        console.print(table, width=width, crop=False)
+    else:
+        console.print(table)
+
+
+def eval_command(
+    models: Annotated[Optional[list[str]], typer.Option(
+        "--models", help="Model ids (several after one flag: --models 0 1 2 3); "
+        "default: every model of the source.", show_default=False)] = None,
+    source: Annotated[Optional[str], typer.Option(
+        "--source", help="Where the models are: a Hugging Face repo id, a directory, or 'bundled' "
+        "(default: the published models).", show_default=False)] = None,
+    num_samples: Annotated[int, typer.Option(
+        "--num-samples", "-n", help="Test quizzes (the reference uses 2000; fewer = noisier).")] = 2000,
+    tasks: Annotated[Optional[list[str]], typer.Option(
+        "--tasks", "--task", help="World tasks of the test set (default: the 8 of the published models).",
+        show_default=False)] = None,
+    generate: Annotated[bool, typer.Option(
+        "--generate", help="Also sample the answers (temperature 1, KV cache): the reference's own accuracy.")
+    ] = False,
+    c_quizzes: Annotated[bool, typer.Option(
+        "--c-quizzes/--no-c-quizzes", help="Mix in the source's test c-quizzes (at most half the test set).")
+    ] = True,
+    noise: Annotated[float, typer.Option("--noise", help="Prompt noise probability (structures 1 and 2).")
+                     ] = 0.05,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Quizzes per forward pass.")] = 100,
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", help="Write the numbers and settings to this JSON file.", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the test set and of the sampling.")] = 0,
+) -> None:
+    """Evaluate models on the reference test protocol: perplexity, greedy and expected sampled accuracy.
+
+    Test set (reference): world quizzes of the chosen tasks plus the source's
+    test c-quizzes (at most half), each in a structure drawn from the four
+    deterministic ones, with prompt noise. Perplexity = exp(mean token
+    cross-entropy, teacher-forced). Greedy acc = the argmax is right at every
+    predicted cell. Expected sampled acc = mean probability that sampling at
+    temperature 1 reproduces the answer (what the reference's sampled accuracy
+    estimates). --generate adds the sampled accuracy itself.
+    """
+    if num_samples < 1:
+        fail(f"--num-samples must be at least 1, got {num_samples}")
+    if batch_size < 1:
+        fail(f"--batch-size must be at least 1, got {batch_size}")
+    if seed < 0:
+        fail(f"--seed must be >= 0, got {seed}")
+    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
+        fail(f"--noise must be a probability in [0, 1], got {noise}")
+    ids = _parse_models(models)
+
+    import torch
+
+    from culture import sources
+    from culture.evaluation import check_device, evaluate, make_test_set
+    from culture.world import resolve_tasks
+
+    dev = check_device(device)
+    task_names = resolve_tasks(list(tasks) if tasks else None)
+    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
+    if ids is None:
+        ids = src.model_ids()
+    for k in ids:
+        src.check_model_id(k)
+
+    test_c = None
+    if c_quizzes:
+        pair = src.c_quizzes()
+        if pair is not None:
+            test_c = pair[1]
+            if isinstance(test_c, (list, tuple)):
+                test_c = torch.cat([torch.as_tensor(t).reshape(-1, 404) for t in test_c]) if test_c else None
+            if test_c is not None and test_c.shape[0] == 0:
+                test_c = None
+
+    test_set = make_test_set(num_samples, tasks=task_names, c_quizzes=test_c, seed=seed, noise=noise)
+    err_console.print(
+        f"test set: {len(test_set)} quizzes ({len(test_set) - test_set.n_c_quizzes} world, "
+        f"{test_set.n_c_quizzes} c-quizzes), seed {seed}, noise {noise:g}", highlight=False)
+
+    loaded, accuracies = [], []
+    for k in ids:
+        model, acc = sources.load_model(k, src, device=dev)
+        model.model_id = k
+        loaded.append(model)
+        accuracies.append(acc)
+
+    with progress() as bar:
+        tasks_ids: dict[str, int] = {}
+
+        def report(description: str, done: int, total: int) -> None:
+            if description not in tasks_ids:
+                tasks_ids[description] = bar.add_task(description, total=total)
+            bar.update(tasks_ids[description], completed=done)
+
+        results = evaluate(loaded, test_set, generate=generate, device=dev, batch_size=batch_size,
+                           progress=report, names=[str(k) for k in ids], checkpoint_accuracies=accuracies,
+                           seed=seed)
+    results.settings.update({"source": src.name, "models": ids})
+
+    for table in (_main_table(results, generate),
+                  _breakdown_table(results, "by_task", "By task", generate),
+                  _breakdown_table(results, "by_structure", "By structure", generate)):
+        _print_table(table)
+    if json_path is not None:
+        try:
+            write_json(json_path, results.to_dict())
+        except OSError as exc:
+            fail(f"cannot write {json_path}: {exc.strerror or exc}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval", short_help="Evaluate models: perplexity, greedy / expected / sampled accuracy.")(
+        eval_command)

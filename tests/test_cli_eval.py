@@ -1,0 +1,161 @@
+"""``culture-interp eval`` and ``culture-interp generate``: tables, JSON, PNG,
+and bad inputs (one line on stderr, exit code 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from culture_cli.main import main
+from tests.helpers_sources import accuracy_of, make_local_source
+
+pytest.importorskip("culture.world")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is fastest, and immune to oversubscription on a
+    busy machine (restored after this module)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def run(capsys, *args):
+    """(exit code, stdout, stderr) of ``culture-interp args`` in process."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """Two tiny models (accuracies 0.5, 0.625) and c_quizzes.pth (2 test c-quizzes)."""
+    return make_local_source(tmp_path_factory.mktemp("src"), n_models=2)
+
+
+def one_error_line(code, err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+# ---------------------------------------------------------------------- eval
+
+
+def test_eval_tables_and_json(capsys, source, tmp_path):
+    path = tmp_path / "out" / "eval.json"
+    code, out, err = run(capsys, "eval", "--models", 0, 1, "--source", source, "--num-samples", 12,
+                         "--generate", "--json", path, "--batch-size", 5, "--seed", 3)
+    assert code == 0, err
+    for text in ("perplexity", "greedy acc", "expected", "checkpoint", "By task", "By structure",
+                 "culture", "50.0%", "62.5%"):
+        assert text in out
+    assert "model 0: teacher-forced" in err and "model 1: sampling" in err  # progress on stderr
+    data = json.loads(path.read_text())
+    s = data["settings"]
+    assert s["num_samples"] == 12 and s["num_c_quizzes"] == 2 and s["seed"] == 3
+    assert s["generate"] is True and s["models"] == [0, 1] and s["prompt_noise"] == 0.05
+    assert [m["model"] for m in data["models"]] == ["0", "1"]
+    for k, m in enumerate(data["models"]):
+        assert m["checkpoint_accuracy"] == accuracy_of(k)
+        assert m["perplexity"] > 1 and 0 <= m["greedy_accuracy"] <= 1
+        assert m["generated_accuracy"] is not None
+        assert "culture" in m["by_task"] and sum(e["n"] for e in m["by_task"].values()) == 12
+    assert not list(path.parent.glob(".*tmp"))  # atomic write left nothing behind
+
+
+def test_eval_same_seed_same_numbers(capsys, source, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for p in (a, b):
+        code, _, err = run(capsys, "eval", "--models", 1, "--source", source, "-n", 6, "--no-c-quizzes",
+                           "--tasks", "contact", "frame", "--json", p)
+        assert code == 0, err
+    da, db = json.loads(a.read_text()), json.loads(b.read_text())
+    assert da["models"] == db["models"]
+    assert da["settings"]["num_c_quizzes"] == 0
+    assert set(da["models"][0]["by_task"]) <= {"contact", "frame"}
+
+
+def test_eval_default_models_are_all_of_the_source(capsys, source, tmp_path):
+    p = tmp_path / "e.json"
+    code, _, err = run(capsys, "eval", "--source", source, "-n", 4, "--json", p)
+    assert code == 0, err
+    assert json.loads(p.read_text())["settings"]["models"] == [0, 1]
+
+
+@pytest.mark.parametrize("args", [
+    ["--models", 5],
+    ["--models", "x"],
+    ["--num-samples", 0],
+    ["--batch-size", 0],
+    ["--tasks", "no_such_task"],
+    ["--device", "tpu"],
+    ["--noise", 2],
+    ["--seed", -1],
+])
+def test_eval_bad_inputs(capsys, source, args):
+    code, _, err = run(capsys, "eval", "--source", source, "-n", 4, *args)
+    one_error_line(code, err)
+
+
+def test_eval_missing_source(capsys, tmp_path):
+    code, _, err = run(capsys, "eval", "--models", 0, "--source", tmp_path / "nowhere", "-n", 4)
+    one_error_line(code, err)
+
+
+def test_eval_cuda_unavailable(capsys, source):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("cuda is available here")
+    code, _, err = run(capsys, "eval", "--source", source, "-n", 4, "--device", "cuda")
+    assert "cuda" in one_error_line(code, err)
+
+
+# ------------------------------------------------------------------ generate
+
+
+def test_generate_prints_solutions(capsys, source, tmp_path):
+    png = tmp_path / "g.png"
+    code, out, err = run(capsys, "generate", "--model", 1, "--source", source, "--n", 2, "--task", "contact",
+                         "--greedy", "--structure", 2, "--png", png)
+    assert code == 0, err
+    assert "f(B) target" in out or "B target" in out
+    assert "quiz 0 (contact):" in out and "quiz 1 (contact):" in out
+    assert out.rstrip().endswith("/2 correct")
+    assert "greedy" in out and "[structure 2]" in out
+    assert Image.open(png).size[0] > 100
+
+
+def test_generate_sampling_is_seeded(capsys, source):
+    outs = []
+    for _ in range(2):
+        code, out, err = run(capsys, "generate", "--model", 0, "--source", source, "--n", 1, "--seed", 4,
+                             "--temperature", 1.5, "--plain")
+        assert code == 0, err
+        outs.append(out)
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("args", [
+    ["--structure", 5],
+    ["--structure", "9"],
+    ["--temperature", -1],
+    ["--n", 0],
+    ["--model", 9],
+    ["--task", "nope"],
+    ["--device", "tpu"],
+])
+def test_generate_bad_inputs(capsys, source, args):
+    code, _, err = run(capsys, "generate", "--source", source, *args)
+    one_error_line(code, err)
