@@ -1,0 +1,602 @@
+"""The culture experiment: train GPTs on world quizzes, then let them make culture quizzes.
+
+Faithful to the reference loop (REFERENCE.md section 6):
+
+- every round, the model with the lowest test accuracy trains one epoch on
+  fresh world quizzes (plus the train culture quizzes, at most half the
+  epoch), with randomised structures (all five) and prompt noise, per-token
+  cross-entropy over all 404 tokens, Adam;
+- after its epoch the model is evaluated on the shared test set (world quizzes
+  plus test culture quizzes), and its checkpoint ``gpt_{k:03d}.pth`` is written
+  in the reference format;
+- when every model reaches ``threshold``, the culture phase runs
+  (:func:`culture_phase`): candidates are generated, filtered, and the kept ones
+  join ``c_quizzes.pth``; every accuracy is reset so all models retrain.
+
+Decisions where the reference is silent or where we deviate on purpose:
+
+- the test accuracy is the *expected sampled accuracy* (exact expectation of
+  the reference's sampled accuracy, from one teacher-forced pass) over the four
+  deterministic structures;
+- each model keeps its Adam state across epochs (the reference makes a fresh
+  Adam every epoch; ``fresh_optimizer=True`` restores that);
+- ``train_state.pth`` (weights_only-loadable: tensors, numbers, strings) holds
+  the round, accuracies, optimiser states and RNG state, so ``resume`` continues
+  a killed run losing at most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from culture import quiz as Q
+from culture.errors import CultureError
+from culture.io import atomic_torch_save, atomic_write_json
+from culture.mygpt import PRESETS, GPTConfig, MyGPT, read_checkpoint, save_checkpoint
+from culture.quizfile import load_c_quizzes, save_c_quizzes
+
+STATE_FILE = "train_state.pth"
+CONFIG_FILE = "train_config.json"
+LOG_FILE = "train.log"
+CULTURE_LOG_FILE = "culture_log.jsonl"
+
+
+class TrainingError(CultureError):
+    """A training run cannot start or resume as asked."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a culture run (saved as train_config.json)."""
+
+    nb_models: int = 5
+    model: str = "37M"
+    dim_model: int | None = None
+    dim_keys: int | None = None
+    dim_hidden: int | None = None
+    nb_heads: int | None = None
+    nb_blocks: int | None = None
+    dropout: float = 0.1
+    tasks: tuple[str, ...] | None = None
+    train_samples: int = 40_000
+    test_samples: int = 2_000
+    batch_size: int = 25
+    lr: float = 5e-4
+    prompt_noise: float = 0.05
+    seed: int = 0
+    threshold: float = 0.95
+    max_rounds: int | None = None
+    target_accuracy: float | None = None
+    culture: bool = True
+    max_fail: int = 2
+    proba_understands: float = 0.95
+    proba_not_understands: float = 0.5
+    temperature_hot: float = 1.5
+    temperature_cold: float = 1.0
+    averaging_rounds: int = 3
+    c_quizzes_train: int | None = None
+    c_quizzes_test: int | None = None
+    culture_max_batches: int = 20
+    culture_batch: int = 500
+    eval_batch_size: int = 100
+    fresh_optimizer: bool = False
+    device: str = "cpu"
+
+    def gpt_config(self) -> GPTConfig:
+        if self.model not in PRESETS:
+            raise TrainingError(f"unknown model size {self.model!r} (presets: {', '.join(PRESETS)})")
+        base = PRESETS[self.model].to_dict()
+        for key in ("dim_model", "dim_keys", "dim_hidden", "nb_heads", "nb_blocks"):
+            value = getattr(self, key)
+            if value is not None:
+                base[key] = value
+        base["dropout"] = self.dropout
+        cfg = GPTConfig(**base)
+        if cfg.dim_model % cfg.nb_heads:
+            raise TrainingError(f"dim_model {cfg.dim_model} is not a multiple of nb_heads {cfg.nb_heads}")
+        return cfg
+
+    @property
+    def nb_c_quizzes_train(self) -> int:
+        return self.c_quizzes_train if self.c_quizzes_train is not None else self.train_samples // 100
+
+    @property
+    def nb_c_quizzes_test(self) -> int:
+        return self.c_quizzes_test if self.c_quizzes_test is not None else self.test_samples // 100
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tasks"] = list(self.tasks) if self.tasks is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        if d.get("tasks") is not None:
+            d["tasks"] = tuple(d["tasks"])
+        return cls(**d)
+
+
+@dataclass
+class EpochReport:
+    round: int
+    model: int
+    epoch: int
+    train_loss: float
+    test_perplexity: float
+    accuracy: float
+    greedy_accuracy: float
+    quizzes_per_second: float
+    seconds: float
+
+
+@dataclass
+class CultureReport:
+    """What one culture phase did: counts of candidates and why they were rejected."""
+
+    round: int
+    generated: int = 0
+    trivial: int = 0
+    undecided: int = 0  # some model strictly between proba_not_understands and proba_understands
+    too_easy: int = 0  # no model fails
+    too_hard: int = 0  # more than max_fail models fail
+    kept: int = 0
+    kept_train: int = 0
+    kept_test: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    rule: dict = field(default_factory=dict)
+
+
+class TrainingHooks:
+    """Callbacks for progress displays; the defaults do nothing."""
+
+    def epoch_start(self, model: int, epoch: int, nb_batches: int) -> None: ...
+
+    def batch_end(self, model: int, batch: int, loss: float, quizzes_per_second: float) -> None: ...
+
+    def epoch_end(self, report: EpochReport) -> None: ...
+
+    def culture_end(self, report: CultureReport) -> None: ...
+
+    def log(self, line: str) -> None: ...
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed derived deterministically from integers."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (int(p) & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
+
+
+class CultureRun:
+    """A culture training run in a result directory (see module docstring).
+
+    Notebook use::
+
+        run = CultureRun.create("runs/demo", TrainConfig(nb_models=2, model="17K"))
+        run.train(max_rounds=4)
+    """
+
+    def __init__(self, out: str | os.PathLike, config: TrainConfig, hooks: TrainingHooks | None = None):
+        self.out = Path(out)
+        self.config = config
+        self.hooks = hooks or TrainingHooks()
+        self.device = torch.device(config.device)
+        self.models: list[MyGPT] = []
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.accuracies: list[float] = []
+        self.epochs: list[int] = []
+        self.round = 0
+        self.train_c_quizzes: list[torch.Tensor] = []
+        self.test_c_quizzes: list[torch.Tensor] = []
+        self.culture_reports: list[dict] = []
+        self._test_set = None
+
+    # ------------------------------------------------------------ creation
+
+    @classmethod
+    def create(cls, out, config: TrainConfig, hooks: TrainingHooks | None = None) -> "CultureRun":
+        out = Path(out)
+        if out.exists() and any(out.iterdir()):
+            raise TrainingError(f"{out} is not empty: use --resume to continue it, or another --out")
+        _check_tasks(config.tasks)
+        run = cls(out, config, hooks)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / CONFIG_FILE, config.to_dict())
+        torch.manual_seed(_seed(config.seed, 0))
+        cfg = config.gpt_config()
+        for k in range(config.nb_models):
+            torch.manual_seed(_seed(config.seed, 1, k))
+            run.models.append(MyGPT(cfg).to(run.device))
+            run.accuracies.append(0.0)
+            run.epochs.append(0)
+        run.optimizers = [run._make_optimizer(m) for m in run.models]
+        torch.manual_seed(_seed(config.seed, 2))
+        run.log(f"created {config.nb_models} models of {run.models[0].num_parameters:,} parameters "
+                f"({cfg.dim_model}/{cfg.dim_keys}/{cfg.dim_hidden}/{cfg.nb_heads}/{cfg.nb_blocks}) in {out}")
+        run.save_all()
+        return run
+
+    @classmethod
+    def resume(cls, out, hooks: TrainingHooks | None = None, device: str | None = None,
+               **overrides) -> "CultureRun":
+        """Reopen a run directory where a (possibly killed) run stopped."""
+        out = Path(out)
+        cfg_path, state_path = out / CONFIG_FILE, out / STATE_FILE
+        if not cfg_path.is_file() or not state_path.is_file():
+            raise TrainingError(f"{out} holds no resumable run ({CONFIG_FILE} / {STATE_FILE} missing)")
+        try:
+            config = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise TrainingError(f"{cfg_path}: unreadable run configuration ({exc})") from None
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(config, key, value)
+        if device is not None:
+            config.device = device
+        run = cls(out, config, hooks)
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001
+            raise TrainingError(f"{state_path}: unreadable training state") from None
+        for k in range(config.nb_models):
+            weights, accuracy = read_checkpoint(out / f"gpt_{k:03d}.pth")
+            model = MyGPT(config.gpt_config())
+            model.load_state_dict({n: v.float() for n, v in weights.items()})
+            run.models.append(model.to(run.device))
+        run.optimizers = [run._make_optimizer(m) for m in run.models]
+        for opt, opt_state in zip(run.optimizers, state["optimizers"]):
+            if opt_state:
+                opt.load_state_dict(opt_state)
+        run.accuracies = [float(a) for a in state["accuracies"]]
+        run.epochs = [int(e) for e in state["epochs"]]
+        run.round = int(state["round"])
+        run.culture_reports = list(state.get("culture_reports", []))
+        torch.set_rng_state(state["rng"])
+        if (out / "c_quizzes.pth").is_file():
+            train, test = load_c_quizzes(out / "c_quizzes.pth")
+            run.train_c_quizzes = [train] if len(train) else []
+            run.test_c_quizzes = [test] if len(test) else []
+        run.log(f"resumed at round {run.round}, accuracies {_fmt(run.accuracies)}")
+        return run
+
+    def _make_optimizer(self, model: MyGPT) -> torch.optim.Optimizer:
+        # fused Adam: one kernel for all parameters (CPU and CUDA)
+        try:
+            return torch.optim.Adam(model.parameters(), lr=self.config.lr, fused=True)
+        except (RuntimeError, TypeError):
+            return torch.optim.Adam(model.parameters(), lr=self.config.lr, foreach=True)
+
+    # ------------------------------------------------------------ persistence
+
+    def save_model(self, k: int) -> None:
+        save_checkpoint(self.models[k], self.accuracies[k], self.out / f"gpt_{k:03d}.pth")
+
+    def save_state(self) -> None:
+        state = {
+            "round": self.round,
+            "accuracies": [float(a) for a in self.accuracies],
+            "epochs": list(self.epochs),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "rng": torch.get_rng_state(),
+            "culture_reports": self.culture_reports,
+        }
+        atomic_torch_save(state, self.out / STATE_FILE)
+
+    def save_c_quizzes(self) -> None:
+        save_c_quizzes(self.out / "c_quizzes.pth", self.train_c_quizzes, self.test_c_quizzes)
+
+    def save_all(self) -> None:
+        for k in range(len(self.models)):
+            self.save_model(k)
+        self.save_c_quizzes()
+        self.save_state()
+
+    def log(self, line: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.out / LOG_FILE, "a") as f:
+            f.write(f"{stamp} {line}\n")
+        self.hooks.log(line)
+
+    # ------------------------------------------------------------ data
+
+    @property
+    def tasks(self):
+        from culture.world import DEFAULT_TASKS
+
+        return tuple(self.config.tasks) if self.config.tasks else tuple(DEFAULT_TASKS)
+
+    def c_quizzes(self, split: str) -> torch.Tensor:
+        parts = self.train_c_quizzes if split == "train" else self.test_c_quizzes
+        return torch.cat(parts) if parts else torch.empty(0, Q.QUIZ_LEN, dtype=torch.long)
+
+    def epoch_data(self, k: int) -> torch.Tensor:
+        """Fresh training quizzes for model k's next epoch: world quizzes plus
+        train culture quizzes (at most half), shuffled, random structures (all
+        five), prompt noise."""
+        from culture.world import generate_quizzes
+
+        cfg = self.config
+        g = torch.Generator().manual_seed(_seed(cfg.seed, 3, k, self.epochs[k]))
+        c = self.c_quizzes("train")
+        n = cfg.train_samples
+        if len(c) > n // 2:
+            c = c[torch.randperm(len(c), generator=g)[: n // 2]]
+        world = generate_quizzes(n - len(c), tasks=self.tasks, seed=_seed(cfg.seed, 4, k, self.epochs[k]))
+        quizzes = torch.cat([world, c])
+        quizzes = quizzes[torch.randperm(len(quizzes), generator=g)]
+        quizzes, _ = Q.random_structures(quizzes, Q.STRUCTURES, generator=g)
+        return Q.add_prompt_noise(quizzes, cfg.prompt_noise, generator=g)
+
+    def test_set(self):
+        """The shared test set: world quizzes + test culture quizzes, four
+        deterministic structures, prompt noise (the evaluation protocol)."""
+        if self._test_set is None:
+            from culture.evaluation import make_test_set
+
+            c = self.c_quizzes("test")
+            self._test_set = make_test_set(
+                n=self.config.test_samples, tasks=self.tasks, c_quizzes=c if len(c) else None,
+                seed=_seed(self.config.seed, 5), noise=self.config.prompt_noise,
+            )
+        return self._test_set
+
+    # ------------------------------------------------------------ training
+
+    def train_epoch(self, k: int) -> EpochReport:
+        """One epoch of model k on fresh data, then its evaluation and checkpoint."""
+        cfg = self.config
+        model, opt = self.models[k], self.optimizers[k]
+        if cfg.fresh_optimizer:
+            opt = self.optimizers[k] = self._make_optimizer(model)
+        data = self.epoch_data(k)
+        batches = data.split(cfg.batch_size)
+        self.hooks.epoch_start(k, self.epochs[k], len(batches))
+        model.train()
+        start = time.perf_counter()
+        total_loss, seen = 0.0, 0
+        for b, batch in enumerate(batches):
+            batch = batch.to(self.device, non_blocking=True)
+            logits = model(batch)
+            loss = F.cross_entropy(logits.transpose(1, 2), batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total_loss += loss.item() * len(batch)
+            seen += len(batch)
+            self.hooks.batch_end(k, b, loss.item(), seen / max(time.perf_counter() - start, 1e-9))
+        seconds = time.perf_counter() - start
+        model.eval()
+        scores = self.evaluate_model(model)
+        self.accuracies[k] = scores["accuracy"]
+        self.epochs[k] += 1
+        report = EpochReport(
+            round=self.round, model=k, epoch=self.epochs[k], train_loss=total_loss / max(seen, 1),
+            test_perplexity=scores["perplexity"], accuracy=scores["accuracy"],
+            greedy_accuracy=scores["greedy_accuracy"], quizzes_per_second=seen / max(seconds, 1e-9),
+            seconds=seconds,
+        )
+        self.log(
+            f"round {self.round} model {k} epoch {report.epoch} train_loss {report.train_loss:.4f} "
+            f"test_perplexity {report.test_perplexity:.4f} accuracy {report.accuracy:.4f} "
+            f"greedy {report.greedy_accuracy:.4f} ({report.quizzes_per_second:.1f} quizzes/s)"
+        )
+        self.hooks.epoch_end(report)
+        return report
+
+    def evaluate_model(self, model: MyGPT) -> dict:
+        """Perplexity, expected sampled accuracy and greedy accuracy on the test set."""
+        from culture.evaluation import score_quizzes
+
+        ts = self.test_set()
+        s = score_quizzes(model, ts, batch_size=self.config.eval_batch_size, device=self.device)
+        return {
+            "perplexity": float(math.exp(s["ce"].mean().item())),
+            "accuracy": float(s["log_prob"].exp().mean().item()),
+            "greedy_accuracy": float(s["greedy_correct"].float().mean().item()),
+        }
+
+    def weakest(self) -> int:
+        """The model to train next: lowest accuracy; ties go to the model with
+        fewer epochs (so untrained models all get their first epoch), then id."""
+        return min(range(len(self.models)), key=lambda k: (self.accuracies[k], self.epochs[k], k))
+
+    def should_stop(self, max_rounds: int | None) -> str | None:
+        cfg = self.config
+        limit = max_rounds if max_rounds is not None else cfg.max_rounds
+        if limit is not None and self.round >= limit:
+            return f"reached {limit} rounds"
+        if cfg.target_accuracy is not None and min(self.accuracies) >= cfg.target_accuracy:
+            return f"every model reached {cfg.target_accuracy}"
+        return None
+
+    def step(self) -> EpochReport | CultureReport:
+        """One round: the culture phase when every model is good enough, else
+        one epoch of the weakest model. State is saved after it."""
+        cfg = self.config
+        if cfg.culture and min(self.accuracies) >= cfg.threshold:
+            report = self.culture_phase()
+            self.accuracies = [0.0] * len(self.models)  # force retraining, as the reference
+            self._test_set = None
+            self.round += 1
+            for k in range(len(self.models)):
+                self.save_model(k)
+            self.save_state()
+            return report
+        k = self.weakest()
+        report = self.train_epoch(k)
+        self.round += 1
+        self.save_model(k)
+        self.save_state()
+        return report
+
+    def train(self, max_rounds: int | None = None) -> str:
+        """Run rounds until a stopping rule holds; returns why it stopped."""
+        while True:
+            reason = self.should_stop(max_rounds)
+            if reason:
+                self.log(f"stopped: {reason}; accuracies {_fmt(self.accuracies)}")
+                return reason
+            self.step()
+
+    # ------------------------------------------------------------ culture
+
+    def culture_phase(self) -> CultureReport:
+        cfg = self.config
+        report = culture_phase(
+            self.models, nb_train=cfg.nb_c_quizzes_train, nb_test=cfg.nb_c_quizzes_test, config=cfg,
+            seed=_seed(cfg.seed, 6, self.round), device=self.device, round=self.round,
+        )
+        kept_train, kept_test, rep = report
+        if len(kept_train):
+            self.train_c_quizzes.append(kept_train)
+        if len(kept_test):
+            self.test_c_quizzes.append(kept_test)
+        self.save_c_quizzes()
+        self.culture_reports.append(asdict(rep))
+        with open(self.out / CULTURE_LOG_FILE, "a") as f:
+            f.write(json.dumps(asdict(rep)) + "\n")
+        self.log(
+            f"culture round {self.round}: generated {rep.generated}, trivial {rep.trivial}, "
+            f"undecided {rep.undecided}, no model fails {rep.too_easy}, too many fail {rep.too_hard}, "
+            f"kept {rep.kept} ({rep.kept_train} train, {rep.kept_test} test)"
+        )
+        self.hooks.culture_end(rep)
+        return rep
+
+
+# ---------------------------------------------------------------- culture phase
+
+
+def solve_probabilities(models, quizzes: torch.Tensor, *, noise: float, rounds: int,
+                        generator: torch.Generator, batch_size: int = 100, device="cpu") -> torch.Tensor:
+    """(n, nb_models) probability that each model solves each quiz both ways:
+    exp(log p(f_B | A, f_A, B) + log p(B | f_A, A, f_B)) — structures 1 and 2 of
+    the reference with their prompt noise —, averaged over ``rounds`` noise draws."""
+    from culture.evaluation import predicted_log_probs
+
+    total = torch.zeros(len(quizzes), len(models))
+    for _ in range(rounds):
+        noisy = [Q.add_prompt_noise(Q.reconfigure(quizzes, s), noise, generator=generator)
+                 for s in Q.STRUCTURES[:2]]
+        for j, model in enumerate(models):
+            logp = sum(predicted_log_probs(model, x, batch_size=batch_size, device=device).cpu() for x in noisy)
+            total[:, j] += logp.exp()
+    return total / rounds
+
+
+def validation_rule(probas: torch.Tensor, *, understands: float, not_understands: float,
+                    max_fail: int) -> dict[str, torch.Tensor]:
+    """The reference's keep rule, with the reason for each rejection:
+    every model is either >= understands or <= not_understands, and between 1
+    and max_fail models are <= not_understands."""
+    succeed = (probas >= understands).sum(1)
+    fail = (probas <= not_understands).sum(1)
+    decided = succeed + fail == probas.shape[1]
+    return {
+        "kept": decided & (fail >= 1) & (fail <= max_fail),
+        "undecided": ~decided,
+        "too_easy": decided & (fail == 0),
+        "too_hard": decided & (fail > max_fail),
+    }
+
+
+def generate_candidates(model: MyGPT, n: int, *, temperature_hot: float, temperature_cold: float,
+                        generator: torch.Generator, device="cpu") -> torch.Tensor:
+    """Candidate culture quizzes, canonical structure: from an empty quiz in
+    (f_B, f_A, A, B), f_B sampled hot, then f_A, A, B cold; then, in
+    (A, f_A, B, f_B), f_B sampled again cold."""
+    from culture.generation import generate_blocks
+
+    s5 = Q.STRUCTURES[4]
+    quizzes = Q.empty_quizzes(n, s5).to(device)
+    block = Q.block_mask(n, [0], cells_only=True, device=device)
+    rest = Q.block_mask(n, [1, 2, 3], cells_only=True, device=device)
+    temperature = torch.full((Q.QUIZ_LEN,), float(temperature_cold))
+    temperature[block[0].cpu()] = float(temperature_hot)
+    # colours only: a marker token inside a grid would not be a quiz
+    quizzes = generate_blocks(model, quizzes, block | rest, temperature=temperature.to(device),
+                              generator=generator, colors_only=True)
+    quizzes = Q.reconfigure(quizzes, Q.CANONICAL)
+    last = Q.block_mask(n, [3], cells_only=True, device=device)
+    quizzes = generate_blocks(model, quizzes, last, temperature=float(temperature_cold), generator=generator,
+                              colors_only=True)
+    return quizzes.cpu()
+
+
+def culture_phase(models, *, nb_train: int, nb_test: int, config: TrainConfig, seed: int,
+                  device="cpu", round: int = 0):
+    """Generate, filter and keep culture quizzes. Returns (train, test, CultureReport).
+
+    Each batch, one model (drawn at random) generates candidates; trivial ones
+    are dropped; the others are kept by :func:`validation_rule` on
+    :func:`solve_probabilities`. Stops when nb_train + nb_test are kept or after
+    ``config.culture_max_batches`` batches (logged)."""
+    g = torch.Generator().manual_seed(seed)
+    wanted = nb_train + nb_test
+    report = CultureReport(round=round, rule={
+        "understands": config.proba_understands, "not_understands": config.proba_not_understands,
+        "max_fail": config.max_fail, "averaging_rounds": config.averaging_rounds,
+        "prompt_noise": config.prompt_noise,
+    })
+    kept: list[torch.Tensor] = []
+    start = time.perf_counter()
+    for _ in range(config.culture_max_batches):
+        if sum(len(x) for x in kept) >= wanted:
+            break
+        report.batches += 1
+        generator_model = models[int(torch.randint(len(models), (1,), generator=g))]
+        generator_model.eval()
+        with torch.inference_mode():
+            candidates = generate_candidates(
+                generator_model, config.culture_batch, temperature_hot=config.temperature_hot,
+                temperature_cold=config.temperature_cold, generator=g, device=device,
+            )
+        report.generated += len(candidates)
+        trivial = Q.is_trivial(candidates)
+        report.trivial += int(trivial.sum())
+        candidates = candidates[~trivial]
+        if not len(candidates):
+            continue
+        with torch.inference_mode():
+            probas = solve_probabilities(models, candidates, noise=config.prompt_noise,
+                                         rounds=config.averaging_rounds, generator=g,
+                                         batch_size=config.eval_batch_size, device=device)
+        verdict = validation_rule(probas, understands=config.proba_understands,
+                                  not_understands=config.proba_not_understands, max_fail=config.max_fail)
+        report.undecided += int(verdict["undecided"].sum())
+        report.too_easy += int(verdict["too_easy"].sum())
+        report.too_hard += int(verdict["too_hard"].sum())
+        kept.append(candidates[verdict["kept"]])
+    all_kept = torch.cat(kept) if kept else torch.empty(0, Q.QUIZ_LEN, dtype=torch.long)
+    all_kept = all_kept[:wanted]
+    train, test = all_kept[:nb_train], all_kept[nb_train:wanted]
+    report.kept, report.kept_train, report.kept_test = len(all_kept), len(train), len(test)
+    report.seconds = time.perf_counter() - start
+    return train, test, report
+
+
+def _check_tasks(tasks) -> None:
+    if tasks is None:
+        return
+    from culture.world import TASKS
+
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise TrainingError(f"unknown task {unknown[0]!r} (tasks: {', '.join(TASKS)})")
+
+
+def _fmt(values) -> str:
+    return " ".join(f"{v:.4f}" for v in values)

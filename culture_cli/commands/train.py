@@ -1,0 +1,135 @@
+"""``culture-interp train``: the culture experiment (culture.training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from culture_cli.common import console, err_console, fail
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", help="Train culture GPTs on world quizzes, with the culture phase (reference loop).")(train)
+
+
+def train(
+    out: Path = typer.Option(..., "--out", help="Result directory (gpt_XXX.pth, c_quizzes.pth, train.log)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped."),
+    nb_models: int = typer.Option(5, "--nb-models", min=1, help="Number of GPTs."),
+    model: str = typer.Option("37M", "--model", help="Size preset: 17K, 4M, 37M, 122M, 352M."),
+    dim_model: Optional[int] = typer.Option(None, help="Custom size: overrides the preset."),
+    dim_keys: Optional[int] = typer.Option(None),
+    dim_hidden: Optional[int] = typer.Option(None),
+    nb_heads: Optional[int] = typer.Option(None),
+    nb_blocks: Optional[int] = typer.Option(None),
+    dropout: float = typer.Option(0.1),
+    tasks: Optional[list[str]] = typer.Option(None, "--tasks", help="World tasks (default: the eight)."),
+    train_samples: int = typer.Option(40_000, "--train-samples", min=1, help="Quizzes per epoch."),
+    test_samples: int = typer.Option(2_000, "--test-samples", min=1, help="Test-set size."),
+    batch_size: int = typer.Option(25, "--batch-size", min=1),
+    lr: float = typer.Option(5e-4, "--lr"),
+    prompt_noise: float = typer.Option(0.05, "--prompt-noise", min=0.0, max=1.0),
+    seed: int = typer.Option(0, "--seed"),
+    threshold: float = typer.Option(0.95, "--threshold", help="Accuracy every model needs before a culture phase."),
+    max_rounds: Optional[int] = typer.Option(None, "--max-rounds", help="Stop after this many rounds."),
+    target_accuracy: Optional[float] = typer.Option(
+        None, "--target-accuracy", help="Stop when every model reaches this test accuracy."),
+    no_culture: bool = typer.Option(False, "--no-culture", help="Train only; never make culture quizzes."),
+    max_fail: int = typer.Option(2, "--max-fail", min=1, help="At most this many models may fail a kept quiz."),
+    culture_batch: int = typer.Option(500, "--culture-batch", min=1, help="Candidates generated per batch."),
+    fresh_optimizer: bool = typer.Option(False, "--fresh-optimizer", help="New Adam every epoch (reference)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps."),
+) -> None:
+    import torch
+
+    from culture.training import CultureRun, TrainConfig
+
+    _check_device(device, torch)
+    hooks = RichTrainingHooks()
+    if resume:
+        overrides = {"max_rounds": max_rounds, "target_accuracy": target_accuracy}
+        run = CultureRun.resume(out, hooks=hooks, device=device, **overrides)
+    else:
+        config = TrainConfig(
+            nb_models=nb_models, model=model, dim_model=dim_model, dim_keys=dim_keys, dim_hidden=dim_hidden,
+            nb_heads=nb_heads, nb_blocks=nb_blocks, dropout=dropout, tasks=tuple(tasks) if tasks else None,
+            train_samples=train_samples, test_samples=test_samples, batch_size=batch_size, lr=lr,
+            prompt_noise=prompt_noise, seed=seed, threshold=threshold, max_rounds=max_rounds,
+            target_accuracy=target_accuracy, culture=not no_culture, max_fail=max_fail,
+            culture_batch=culture_batch, fresh_optimizer=fresh_optimizer, device=device,
+        )
+        run = CultureRun.create(out, config, hooks=hooks)
+    with hooks.progress:
+        reason = run.train()
+    _summary(run, reason)
+
+
+def _check_device(device: str, torch) -> None:
+    if device == "cpu":
+        return
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda: no CUDA device is available here")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        fail("--device mps: MPS is not available here")
+    if not (device.startswith("cuda") or device == "mps"):
+        fail(f"unknown device {device!r} (cpu, cuda, mps)")
+
+
+class RichTrainingHooks:
+    """Shows the run: one progress bar per epoch with loss and quizzes/s, a line per epoch."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("model {task.fields[model]} epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} quizzes/s"),
+            TimeElapsedColumn(),
+            console=err_console,
+        )
+        self.task = None
+
+    def epoch_start(self, model, epoch, nb_batches):
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task("", total=nb_batches, model=model, epoch=epoch + 1, loss=float("nan"),
+                                           speed=0.0)
+
+    def batch_end(self, model, batch, loss, quizzes_per_second):
+        self.progress.update(self.task, completed=batch + 1, loss=loss, speed=quizzes_per_second)
+
+    def epoch_end(self, report):
+        self.progress.console.print(
+            f"round {report.round:4d}  model {report.model}  epoch {report.epoch:3d}  "
+            f"loss {report.train_loss:.4f}  perplexity {report.test_perplexity:.4f}  "
+            f"accuracy {report.accuracy:.3f}  greedy {report.greedy_accuracy:.3f}  "
+            f"{report.quizzes_per_second:.0f} quizzes/s"
+        )
+
+    def culture_end(self, report):
+        self.progress.console.print(
+            f"culture round {report.round}: {report.generated} generated, {report.trivial} trivial, "
+            f"{report.undecided} undecided, {report.too_easy} solved by all, {report.too_hard} failed by too many, "
+            f"[bold]{report.kept} kept[/bold]"
+        )
+
+    def log(self, line):
+        pass
+
+
+def _summary(run, reason: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{run.out} — {reason}")
+    table.add_column("model", justify="right")
+    table.add_column("epochs", justify="right")
+    table.add_column("test accuracy", justify="right")
+    for k, (acc, ep) in enumerate(zip(run.accuracies, run.epochs)):
+        table.add_row(str(k), str(ep), f"{acc:.4f}")
+    console.print(table)
+    n_train, n_test = len(run.c_quizzes("train")), len(run.c_quizzes("test"))
+    console.print(f"culture quizzes: {n_train} train, {n_test} test  ({run.out / 'c_quizzes.pth'})")

@@ -1,0 +1,168 @@
+import json
+
+import pytest
+import torch
+
+import culture.quiz as Q
+from culture import training
+from culture.mygpt import load_mygpt
+from culture.quizfile import load_c_quizzes
+from culture.training import CultureRun, TrainConfig, TrainingError, validation_rule
+from tests.reference_forward import random_reference_state
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = dict(nb_models=2, model="17K", tasks=("replace_color", "frame"), train_samples=50, test_samples=20,
+                batch_size=25, seed=3, culture=False, eval_batch_size=20)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_stop_resume_restores_weights_optimizer_and_round(tmp_path):
+    out = tmp_path / "run"
+    run = CultureRun.create(out, tiny_config())
+    assert run.train(max_rounds=3) == "reached 3 rounds"
+    saved_rng = torch.get_rng_state()  # what the last save recorded
+    assert run.round == 3 and sum(run.epochs) == 3
+
+    # checkpoints are in the reference format and layout
+    ref_keys = set(random_reference_state(32, 32, 32, 2, 2))
+    for k in range(2):
+        state, acc = torch.load(out / f"gpt_{k:03d}.pth", weights_only=True)
+        assert set(state) == ref_keys
+        assert acc == pytest.approx(run.accuracies[k])
+        model, acc2 = load_mygpt(out / f"gpt_{k:03d}.pth")
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, run.models[k].state_dict()[name])
+    assert load_c_quizzes(out / "c_quizzes.pth")[0].shape == (0, Q.QUIZ_LEN)
+
+    torch.manual_seed(12345)  # scramble the global RNG: resume must restore it
+    resumed = CultureRun.resume(out)
+    assert torch.equal(torch.get_rng_state(), saved_rng)
+    assert resumed.round == 3
+    assert resumed.epochs == run.epochs
+    assert resumed.accuracies == pytest.approx(run.accuracies)
+    for k in range(2):
+        a, b = run.optimizers[k].state_dict(), resumed.optimizers[k].state_dict()
+        assert a["state"].keys() == b["state"].keys() and len(a["state"]) > 0
+        for i in a["state"]:
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(torch.as_tensor(a["state"][i][key]), torch.as_tensor(b["state"][i][key]))
+
+    # both continue identically from the same RNG state (dropout draws from the
+    # global RNG, shared by the two runs in this process)
+    r1 = run.step()
+    torch.set_rng_state(saved_rng)
+    r2 = resumed.step()
+    assert r1.model == r2.model
+    for name, value in run.models[r1.model].state_dict().items():
+        assert torch.allclose(value, resumed.models[r2.model].state_dict()[name], atol=1e-6)
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    assert "round 3 model" in (out / "train.log").read_text()
+
+
+def test_create_refuses_non_empty_dir_and_bad_tasks(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "file").write_text("hi")
+    with pytest.raises(TrainingError, match="not empty"):
+        CultureRun.create(tmp_path / "x", tiny_config())
+    with pytest.raises(TrainingError, match="unknown task"):
+        CultureRun.create(tmp_path / "y", tiny_config(tasks=("nope",)))
+    with pytest.raises(TrainingError, match="no resumable run"):
+        CultureRun.resume(tmp_path / "z")
+
+
+def test_weakest_model_trains_each_round(tmp_path):
+    run = CultureRun.create(tmp_path / "run", tiny_config(nb_models=3))
+    run.accuracies = [0.5, 0.1, 0.9]
+    report = run.step()
+    assert report.model == 1
+
+
+def test_validation_rule_reasons():
+    probas = torch.tensor([
+        [0.99, 0.98, 0.10],  # kept: one fails
+        [0.99, 0.20, 0.10],  # kept with max_fail 2
+        [0.10, 0.20, 0.30],  # too hard: all fail
+        [0.99, 0.99, 0.99],  # too easy
+        [0.99, 0.70, 0.10],  # undecided
+    ])
+    v = validation_rule(probas, understands=0.95, not_understands=0.5, max_fail=2)
+    assert v["kept"].tolist() == [True, True, False, False, False]
+    assert v["too_hard"].tolist() == [False, False, True, False, False]
+    assert v["too_easy"].tolist() == [False, False, False, True, False]
+    assert v["undecided"].tolist() == [False, False, False, False, True]
+    v1 = validation_rule(probas, understands=0.95, not_understands=0.5, max_fail=1)
+    assert v1["kept"].tolist() == [True, False, False, False, False]
+
+
+def _fake_probabilities(quizzes: torch.Tensor, nb_models: int) -> torch.Tensor:
+    """Deterministic per-quiz probabilities spanning every verdict."""
+    h = quizzes.sum(1) % 7
+    table = torch.tensor([
+        [0.99, 0.99, 0.10], [0.99, 0.10, 0.10], [0.10, 0.10, 0.10],
+        [0.99, 0.99, 0.99], [0.99, 0.70, 0.10], [0.96, 0.20, 0.99], [0.30, 0.99, 0.99],
+    ])
+    return table[h][:, :nb_models]
+
+
+def test_culture_phase_keeps_exactly_what_the_logged_rule_accepts(tmp_path, monkeypatch):
+    cfg = tiny_config(nb_models=3, culture=True, threshold=0.0, culture_batch=40, culture_max_batches=2,
+                      c_quizzes_train=6, c_quizzes_test=2, max_fail=1)
+    run = CultureRun.create(tmp_path / "run", cfg)
+    seen = []
+
+    def fake(models, quizzes, **kw):
+        seen.append(quizzes.clone())
+        return _fake_probabilities(quizzes, len(models))
+
+    monkeypatch.setattr(training, "solve_probabilities", fake)
+    report = run.step()  # accuracies 0 >= threshold 0: a culture phase
+    assert isinstance(report, training.CultureReport)
+    logged = json.loads((tmp_path / "run" / "culture_log.jsonl").read_text().splitlines()[0])
+    rule = logged["rule"]
+    assert rule["max_fail"] == 1 and rule["understands"] == 0.95
+
+    train, test = load_c_quizzes(tmp_path / "run" / "c_quizzes.pth")
+    kept = torch.cat([train, test])
+    assert len(kept) == report.kept == logged["kept"] > 0
+    assert len(train) <= 6 and len(test) <= 2
+    Q.validate_quizzes(kept)
+    assert not Q.is_trivial(kept).any()
+    # every kept quiz satisfies the logged rule; every candidate it accepts was kept (up to the quota)
+    probas = _fake_probabilities(kept, 3)
+    verdict = validation_rule(probas, understands=rule["understands"], not_understands=rule["not_understands"],
+                              max_fail=rule["max_fail"])
+    assert verdict["kept"].all()
+    candidates = torch.cat(seen)
+    accepted = validation_rule(_fake_probabilities(candidates, 3), understands=0.95, not_understands=0.5,
+                               max_fail=1)["kept"]
+    assert min(int(accepted.sum()), 8) == len(kept)
+    # counts add up
+    assert report.generated == report.trivial + len(candidates)
+    assert report.undecided + report.too_easy + report.too_hard + int(accepted.sum()) == len(candidates)
+    # accuracies reset: every model retrains
+    assert run.accuracies == [0.0, 0.0, 0.0]
+
+
+def test_solve_probabilities_is_the_two_way_product(tmp_path):
+    from culture.evaluation import predicted_log_probs
+    from culture.world import generate_quizzes
+
+    run = CultureRun.create(tmp_path / "run", tiny_config())
+    quizzes = generate_quizzes(6, tasks=["frame"], seed=1)
+    g = torch.Generator().manual_seed(0)
+    p = training.solve_probabilities(run.models, quizzes, noise=0.0, rounds=2, generator=g)
+    assert p.shape == (6, 2) and ((p >= 0) & (p <= 1)).all()
+    m = run.models[0]
+    expected = (predicted_log_probs(m, Q.reconfigure(quizzes, Q.STRUCTURES[0]))
+                + predicted_log_probs(m, Q.reconfigure(quizzes, Q.STRUCTURES[1]))).exp()
+    assert torch.allclose(p[:, 0], expected, rtol=1e-5, atol=1e-30)
+
+
+def test_generate_candidates_are_valid_canonical_quizzes(tmp_path):
+    run = CultureRun.create(tmp_path / "run", tiny_config())
+    g = torch.Generator().manual_seed(0)
+    c = training.generate_candidates(run.models[0], 5, temperature_hot=1.5, temperature_cold=1.0, generator=g)
+    Q.validate_quizzes(c)
+    assert (Q.block_markers(c) == torch.tensor(Q.CANONICAL)).all()
