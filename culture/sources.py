@@ -136,6 +136,25 @@ class ModelSource:
 
         return load_c_quizzes(self.file(C_QUIZZES_FILE))
 
+    def default_tasks(self) -> list[str] | None:
+        """The world tasks the source's models were trained on, when it says
+        (``zoo.json`` of the bundled zoo, ``train_config.json`` of a
+        ``culture-interp train`` run); None for the published models."""
+        import json
+
+        for name, path in (("zoo.json", ("run_config", "tasks")), ("train_config.json", ("tasks",))):
+            if not self.has_file(name):
+                continue
+            try:
+                value = json.loads(self.file(name).read_text())
+                for key in path:
+                    value = value[key]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if value:
+                return list(value)
+        return None
+
     def load_model(self, k: int, device="cpu") -> tuple[MyGPT, float | None]:
         """(MyGPT in eval mode, main_test_accuracy) for model k."""
         from culture.mygpt import load_mygpt

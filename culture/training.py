@@ -199,6 +199,7 @@ class CultureRun:
         self.accuracies: list[float] = []
         self.epochs: list[int] = []
         self.round = 0
+        self.seconds = 0.0  # training + evaluation + culture time, summed over rounds
         self.train_c_quizzes: list[torch.Tensor] = []
         self.test_c_quizzes: list[torch.Tensor] = []
         self.culture_reports: list[dict] = []
@@ -207,14 +208,15 @@ class CultureRun:
     # ------------------------------------------------------------ creation
 
     @classmethod
-    def create(cls, out, config: TrainConfig, hooks: TrainingHooks | None = None) -> "CultureRun":
+    def create(cls, out, config: TrainConfig, hooks: TrainingHooks | None = None,
+               command: str | None = None) -> "CultureRun":
         out = Path(out)
         if out.exists() and any(out.iterdir()):
             raise TrainingError(f"{out} is not empty: use --resume to continue it, or another --out")
         _check_tasks(config.tasks)
         run = cls(out, config, hooks)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / CONFIG_FILE, config.to_dict())
+        atomic_write_json(out / CONFIG_FILE, {**config.to_dict(), "command": command})
         torch.manual_seed(_seed(config.seed, 0))
         cfg = config.gpt_config()
         for k in range(config.nb_models):
@@ -263,6 +265,7 @@ class CultureRun:
         run.accuracies = [float(a) for a in state["accuracies"]]
         run.epochs = [int(e) for e in state["epochs"]]
         run.round = int(state["round"])
+        run.seconds = float(state.get("seconds", 0.0))
         run.culture_reports = list(state.get("culture_reports", []))
         torch.set_rng_state(state["rng"])
         if (out / "c_quizzes.pth").is_file():
@@ -292,6 +295,7 @@ class CultureRun:
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "rng": torch.get_rng_state(),
             "culture_reports": self.culture_reports,
+            "seconds": float(self.seconds),
         }
         atomic_torch_save(state, self.out / STATE_FILE)
 
@@ -424,21 +428,23 @@ class CultureRun:
 
     def step(self) -> EpochReport | CultureReport:
         """One round: the culture phase when every model is good enough, else
-        one epoch of the weakest model. State is saved after it."""
+        one epoch of the weakest model. The changed checkpoints and the state
+        are saved after it (checkpoints first: a kill in between only repeats
+        an epoch)."""
         cfg = self.config
+        start = time.perf_counter()
         if cfg.culture and min(self.accuracies) >= cfg.threshold:
             report = self.culture_phase()
             self.accuracies = [0.0] * len(self.models)  # force retraining, as the reference
             self._test_set = None
-            self.round += 1
-            for k in range(len(self.models)):
-                self.save_model(k)
-            self.save_state()
-            return report
-        k = self.weakest()
-        report = self.train_epoch(k)
+            changed = range(len(self.models))
+        else:
+            report = self.train_epoch(self.weakest())
+            changed = [report.model]
         self.round += 1
-        self.save_model(k)
+        self.seconds += time.perf_counter() - start
+        for k in changed:
+            self.save_model(k)
         self.save_state()
         return report
 

@@ -105,7 +105,8 @@ def eval_command(
     num_samples: Annotated[int, typer.Option(
         "--num-samples", "-n", help="Test quizzes (the reference uses 2000; fewer = noisier).")] = 2000,
     tasks: Annotated[Optional[list[str]], typer.Option(
-        "--tasks", "--task", help="World tasks of the test set (default: the 8 of the published models).",
+        "--tasks", "--task", help="World tasks of the test set (default: the source's training tasks when it records them, "
+        "else the 8 of the published models).",
         show_default=False)] = None,
     generate: Annotated[bool, typer.Option(
         "--generate", help="Also sample the answers (temperature 1, KV cache): the reference's own accuracy.")
@@ -148,8 +149,10 @@ def eval_command(
     from culture.world import resolve_tasks
 
     dev = check_device(device)
-    task_names = resolve_tasks(list(tasks) if tasks else None)
     src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
+    # default: the tasks the source's models were trained on (bundled zoo,
+    # training runs), else the eight of the published models
+    task_names = resolve_tasks(list(tasks) if tasks else src.default_tasks())
     if ids is None:
         ids = src.model_ids()
     for k in ids:

@@ -60,7 +60,11 @@ def train(
             target_accuracy=target_accuracy, culture=not no_culture, max_fail=max_fail,
             culture_batch=culture_batch, fresh_optimizer=fresh_optimizer, device=device,
         )
-        run = CultureRun.create(out, config, hooks=hooks)
+        import shlex
+        import sys
+
+        command = shlex.join(["culture-interp"] + sys.argv[1:])
+        run = CultureRun.create(out, config, hooks=hooks, command=command)
     with hooks.progress:
         reason = run.train()
     _summary(run, reason)

@@ -1,0 +1,131 @@
+"""Packing a training run into the bundled model zoo (``--source bundled``).
+
+``pack_zoo(run_dir)`` copies a run's checkpoints into ``culture/zoo/`` as fp16
+reference-format files (``gpt_{k:03d}.pth``), copies ``c_quizzes.pth`` when the
+culture phase produced any, evaluates the packed models with the reference
+protocol (culture.evaluation) and writes ``MODEL_CARD.md`` and ``zoo.json``:
+the exact command, seeds, tasks, sizes, accuracies and training time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from culture.errors import CultureError
+from culture.io import atomic_write_json, atomic_write_text
+from culture.mygpt import load_mygpt, save_checkpoint
+from culture.quizfile import load_c_quizzes, save_c_quizzes
+
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+
+
+def pack_zoo(run_dir, dest=ZOO_DIR, *, models=None, num_samples: int = 500, seed: int = 0,
+             progress=None) -> dict:
+    """Pack ``run_dir`` (a ``culture-interp train`` result) into ``dest``."""
+    from culture.evaluation import evaluate, make_test_set
+    from culture.training import CONFIG_FILE, STATE_FILE
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise CultureError(f"{run_dir} is not a training run ({CONFIG_FILE} missing)")
+    config = json.loads(cfg_path.read_text())
+    state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
+    ids = list(range(config["nb_models"])) if models is None else list(models)
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("gpt_*.pth"):
+        old.unlink()
+    loaded = []
+    for new_id, k in enumerate(ids):
+        model, acc = load_mygpt(run_dir / f"gpt_{k:03d}.pth")
+        save_checkpoint(model, acc if acc is not None else 0.0, dest / f"gpt_{new_id:03d}.pth", half=True)
+        loaded.append(load_mygpt(dest / f"gpt_{new_id:03d}.pth")[0])  # evaluate what ships (fp16 weights)
+    c_path = run_dir / "c_quizzes.pth"
+    n_c = (0, 0)
+    if c_path.is_file():
+        train, test = load_c_quizzes(c_path)
+        n_c = (len(train), len(test))
+        if len(train) + len(test):
+            save_c_quizzes(dest / "c_quizzes.pth", [train], [test])
+        elif (dest / "c_quizzes.pth").exists():
+            (dest / "c_quizzes.pth").unlink()
+    test_c = load_c_quizzes(dest / "c_quizzes.pth")[1] if (dest / "c_quizzes.pth").exists() else None
+    test_set = make_test_set(n=num_samples, tasks=config.get("tasks"), c_quizzes=test_c, seed=seed)
+    results = evaluate(loaded, test_set, progress=progress)
+    info = {
+        "command": config.get("command"),
+        "run_dir": str(run_dir),
+        "run_config": {k: v for k, v in config.items() if k != "command"},
+        "source_models": ids,
+        "parameters": loaded[0].num_parameters,
+        "architecture": loaded[0].config.to_dict(),
+        "rounds": int(state["round"]),
+        "epochs": [int(state["epochs"][k]) for k in ids],
+        "training_seconds": float(state.get("seconds", 0.0)),
+        "c_quizzes": {"train": n_c[0], "test": n_c[1]},
+        "evaluation": {"num_samples": num_samples, "seed": seed, "results": results.to_dict()},
+    }
+    atomic_write_json(dest / "zoo.json", info)
+    atomic_write_text(dest / "MODEL_CARD.md", model_card(info))
+    return info
+
+
+def model_card(info: dict) -> str:
+    cfg = info["run_config"]
+    arch = info["architecture"]
+    results = info["evaluation"]["results"]
+    rows = results["models"] if isinstance(results, dict) and "models" in results else results
+    lines = [
+        "# culture-interp bundled zoo",
+        "",
+        "Small culture GPTs trained on this package's world-quiz generator with `culture-interp train`,",
+        "shipped so that every command works offline: `--source bundled`.",
+        "",
+        "## How they were trained",
+        "",
+        "```bash",
+        f"{info['command'] or '(command not recorded)'}",
+        f"culture-interp zoo pack --run {info.get('run_dir', 'RUN_DIR')}",
+        "```",
+        "",
+        f"- tasks: {', '.join(cfg.get('tasks') or ['the eight default tasks'])}",
+        f"- models: {len(info['source_models'])} (seed {cfg.get('seed')} of the run; model k is initialised "
+        "from a seed derived from (run seed, k), so every model starts from different weights)",
+        f"- architecture: dim_model {arch['dim_model']}, dim_keys {arch['dim_keys']}, dim_hidden "
+        f"{arch['dim_hidden']}, heads {arch['nb_heads']}, blocks {arch['nb_blocks']} — "
+        f"{info['parameters']:,} parameters, fp16 weights",
+        f"- training: {info['rounds']} rounds, epochs per model {info['epochs']}, "
+        f"{cfg.get('train_samples')} quizzes per epoch, batch {cfg.get('batch_size')}, Adam lr {cfg.get('lr')}, "
+        f"dropout {cfg.get('dropout')}, prompt noise {cfg.get('prompt_noise')}",
+        f"- training time: {info['training_seconds'] / 3600:.2f} h on CPU (2 cores)",
+        f"- culture quizzes: {info['c_quizzes']['train']} train, {info['c_quizzes']['test']} test",
+        "",
+        "## Accuracy (culture-interp eval, "
+        f"{info['evaluation']['num_samples']} quizzes, seed {info['evaluation']['seed']})",
+        "",
+        "| model | perplexity | greedy acc | expected sampled acc |",
+        "|---|---|---|---|",
+    ]
+    for k, r in enumerate(rows):
+        lines.append(f"| {k} | {r['perplexity']:.4f} | {r['greedy_accuracy']:.4f} | {r['expected_accuracy']:.4f} |")
+    tasks = sorted({t for r in rows for t in r.get("by_task", {})})
+    if tasks:
+        lines += ["", "Greedy accuracy per task:", "",
+                  "| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        for k, r in enumerate(rows):
+            cells = [f"{r['by_task'][t].get('greedy_accuracy', float('nan')):.3f}" if t in r["by_task"] else "-"
+                     for t in tasks]
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += ["", "Reproduce: `culture-interp eval --models "
+              + " ".join(str(k) for k in range(len(rows)))
+              + f" --source bundled --num-samples {info['evaluation']['num_samples']}`", ""]
+    return "\n".join(lines)
+
+
+def copy_zoo(dest) -> None:
+    """Copy the installed zoo somewhere else (e.g. to publish it)."""
+    shutil.copytree(ZOO_DIR, dest, dirs_exist_ok=True)

@@ -1,0 +1,47 @@
+"""``culture-interp zoo``: the bundled model zoo (pack a training run into it, show its card)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from culture_cli.common import console, err_console, fail
+
+zoo_app = typer.Typer(help="The bundled model zoo (--source bundled): pack a training run, show the model card.",
+                      no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("pack", help="Pack a `culture-interp train` run into the package's zoo (fp16) and evaluate it.")
+def pack(
+    run: Path = typer.Option(..., "--run", help="The training run directory."),
+    dest: Optional[Path] = typer.Option(None, "--dest", help="Zoo folder (default: the package's culture/zoo)."),
+    models: Optional[list[int]] = typer.Option(None, "--models", help="Which models of the run (default: all)."),
+    num_samples: int = typer.Option(500, "--num-samples", min=1, help="Quizzes for the model card's evaluation."),
+) -> None:
+    from culture.bundle import ZOO_DIR, pack_zoo
+
+    if not run.is_dir():
+        fail(f"run directory not found: {run}")
+    info = pack_zoo(run, dest or ZOO_DIR, models=models, num_samples=num_samples)
+    rows = info["evaluation"]["results"]["models"]
+    for k, r in enumerate(rows):
+        console.print(f"model {k}: greedy {r['greedy_accuracy']:.4f}  expected {r['expected_accuracy']:.4f}")
+    err_console.print(f"wrote {(dest or ZOO_DIR)}")
+
+
+@zoo_app.command("card", help="Print the bundled zoo's model card.")
+def card() -> None:
+    from rich.markdown import Markdown
+
+    from culture.bundle import ZOO_DIR
+
+    path = ZOO_DIR / "MODEL_CARD.md"
+    if not path.is_file():
+        fail("the bundled zoo has no model card (no models packed yet)")
+    console.print(Markdown(path.read_text()))

@@ -1,0 +1,39 @@
+import json
+
+import pytest
+import torch
+
+from culture.bundle import pack_zoo
+from culture.mygpt import load_mygpt
+from culture.sources import resolve_source
+from culture.training import CultureRun, TrainConfig
+from culture_cli.main import main
+
+
+def test_pack_zoo_writes_fp16_reference_checkpoints_and_card(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    cfg = TrainConfig(nb_models=2, model="17K", tasks=("frame", "replace_color"), train_samples=25,
+                      test_samples=10, culture=False, eval_batch_size=10)
+    run = CultureRun.create(run_dir, cfg, command="culture-interp train --out run")
+    run.train(max_rounds=2)
+    dest = tmp_path / "zoo"
+    info = pack_zoo(run_dir, dest, num_samples=20)
+    for k in range(2):
+        state, acc = torch.load(dest / f"gpt_{k:03d}.pth", weights_only=True)
+        assert all(v.dtype == torch.float16 for v in state.values())
+        model, _ = load_mygpt(dest / f"gpt_{k:03d}.pth")
+        assert model.token_embedding.weight.dtype == torch.float32
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "culture-interp train --out run" in card and "frame" in card
+    assert json.loads((dest / "zoo.json").read_text())["run_config"]["tasks"] == ["frame", "replace_color"]
+    assert len(info["evaluation"]["results"]["models"]) == 2
+
+    # a packed zoo is a source whose default tasks are its training tasks
+    assert resolve_source(dest).default_tasks() == ["frame", "replace_color"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--models", "0", "1", "--source", str(dest), "--num-samples", "12", "--json",
+              str(tmp_path / "r.json")])
+    assert exit_info.value.code in (0, None)
+    result = json.loads((tmp_path / "r.json").read_text())
+    tasks = set(result["models"][0]["by_task"])
+    assert tasks <= {"frame", "replace_color"}
