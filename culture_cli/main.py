@@ -28,7 +28,14 @@ def _root() -> None:
     """Interpretability toolkit for the culture GPTs (quizzes, models, TransformerLens, SAEs)."""
 
 
+_registered = False
+
+
 def _register_commands() -> None:
+    global _registered
+    if _registered:
+        return
+    _registered = True
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         register = getattr(module, "register", None)

@@ -1,0 +1,436 @@
+"""Streaming statistics for universality: correlations, linear CKA, matching.
+
+Everything here works on activations given batch by batch (rows = tokens), so
+memory grows with the number of variables squared, never with the number of
+tokens:
+
+    >>> acc = StreamingCorrelation()
+    >>> for x, y in batches:              # x (tokens, a), y (tokens, b)
+    ...     acc.update(x, y)
+    >>> corr = acc.corr()                 # (a, b) Pearson correlations, float64
+    >>> best_a, best_b = max_correlations(corr)
+
+Numerics: each batch is centred on its own mean and merged into the running
+co-moment with the pairwise update of Chan, Golub & LeVeque (1979):
+
+    C  <-  C + Xc_b^T Yc_b + (n n_b / (n + n_b)) (mean_b(x) - mean(x)) (mean_b(y) - mean(y))^T
+
+in float64. This is exact algebra (the same numbers as centring the whole
+data set at once) and avoids the cancellation of the raw-moment formula
+sum(xy) - n mean(x) mean(y) when means are large next to the spread.
+
+Linear CKA (Kornblith et al., 2019) uses the same co-moments:
+HSIC_lin(X, Y) = ||Xc^T Yc||_F^2 and CKA = HSIC(X, Y) / sqrt(HSIC(X, X) HSIC(Y, Y)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: a variable whose variance is below DEAD_RELATIVE * mean^2 + DEAD_ABSOLUTE is
+#: constant over the tokens seen ("dead": it never fires, or always equally).
+DEAD_RELATIVE = 1e-20
+DEAD_ABSOLUTE = 1e-30
+#: after removing group means (:meth:`StreamingCorrelation.within_groups`), a
+#: variable keeping less than this share of its variance is a function of the
+#: group alone and counts as dead too.
+WITHIN_DEAD_RELATIVE = 1e-10
+
+
+def _as_tensor(x) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    return torch.as_tensor(np.asarray(x))
+
+
+class GroupSums:
+    """Per-group sums (G, a) and token counts (G,) of a set of variables, for
+    moments *within* groups (e.g. groups = positions: correlations that
+    positional coding alone cannot produce)."""
+
+    def __init__(self, n_groups: int, *, dtype: torch.dtype = torch.float64):
+        if int(n_groups) < 1:
+            raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+        self.n_groups = int(n_groups)
+        self.dtype = dtype
+        self.sums: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None
+
+    def update(self, x, groups) -> "GroupSums":
+        x = _as_tensor(x)
+        groups = _as_tensor(groups).to(device=x.device, dtype=torch.long).reshape(-1)
+        if groups.shape[0] != x.shape[0]:
+            raise ValueError(f"groups must have one entry per row: {groups.shape[0]} for {x.shape[0]} rows")
+        if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= self.n_groups):
+            raise ValueError(f"group ids must be in 0..{self.n_groups - 1}")
+        if self.sums is None:
+            self.sums = torch.zeros(self.n_groups, x.shape[1], dtype=self.dtype, device=x.device)
+            self.counts = torch.zeros(self.n_groups, dtype=self.dtype, device=x.device)
+        self.sums.index_add_(0, groups, x.to(self.dtype))
+        self.counts.index_add_(0, groups, torch.ones(groups.shape[0], dtype=self.dtype, device=x.device))
+        return self
+
+    def add(self, sums, counts) -> "GroupSums":
+        """Add precomputed per-group sums (G, a) and counts (G,) (e.g. activations
+        (quizzes, positions, a) summed over quizzes, groups = positions)."""
+        sums = _as_tensor(sums)
+        counts = _as_tensor(counts)
+        if self.sums is None:
+            self.sums = torch.zeros(self.n_groups, sums.shape[1], dtype=self.dtype, device=sums.device)
+            self.counts = torch.zeros(self.n_groups, dtype=self.dtype, device=sums.device)
+        self.sums += sums.to(self.sums)
+        self.counts += counts.to(self.counts)
+        return self
+
+    @staticmethod
+    def cat(parts: list["GroupSums"]) -> "GroupSums":
+        """The group sums of the concatenated variables (same groups, same tokens)."""
+        out = GroupSums(parts[0].n_groups, dtype=parts[0].dtype)
+        out.sums = torch.cat([p.sums for p in parts], 1)
+        out.counts = parts[0].counts
+        return out
+
+
+@dataclass
+class Centered:
+    """A batch centred on its own mean, ready for :meth:`StreamingCorrelation.update`
+    (prepare a model's batch once, feed it to every pair it belongs to)."""
+
+    n: int
+    mean: torch.Tensor  # (a,)
+    centered: torch.Tensor  # (tokens, a)
+    m2: torch.Tensor  # (a,) sum of squared deviations
+
+    @staticmethod
+    def of(x, dtype: torch.dtype = torch.float64, device=None) -> "Centered":
+        x = _as_tensor(x)
+        if x.dim() != 2:
+            raise ValueError(f"expected a 2-D (tokens, features) batch, got {tuple(x.shape)}")
+        xd = x.to(device=device or x.device, dtype=dtype)
+        mean = xd.mean(0) if xd.shape[0] else torch.zeros(xd.shape[1], dtype=dtype, device=xd.device)
+        xc = xd - mean
+        return Centered(int(xd.shape[0]), mean, xc, (xc * xc).sum(0))
+
+    @property
+    def shape(self):
+        return self.centered.shape
+
+
+class StreamingCorrelation:
+    """Running means, variances and cross co-moments of two sets of variables.
+
+    ``update(x, y)`` with x (tokens, a) and y (tokens, b) (same tokens, same
+    order); ``update(x)`` alone accumulates x against itself (one product per
+    batch instead of two). Accumulators (float64 by default) live on the
+    device of the first batch. Batch products run in ``compute_dtype``
+    (default: the accumulator dtype); float32 there is faster on CPUs and most
+    GPUs and, since each batch is centred first, still accurate to ~1e-6.
+
+    With ``n_groups`` (and ``update(x, y, groups=...)``) it also keeps
+    per-group sums, and :meth:`within_groups` gives the moments pooled within
+    groups (each variable's group mean removed), e.g. correlations within
+    position.
+
+    Memory: a*b + 2(a+b) numbers (+ n_groups*(a+b)), whatever the number of tokens.
+    """
+
+    def __init__(self, *, dtype: torch.dtype = torch.float64, compute_dtype: torch.dtype | None = None,
+                 n_groups: int | None = None):
+        self.dtype = dtype
+        self.n_groups = n_groups
+        self.groups_x = GroupSums(n_groups, dtype=dtype) if n_groups else None
+        self.groups_y = GroupSums(n_groups, dtype=dtype) if n_groups else None
+        self.ref_m2_x: torch.Tensor | None = None  # total m2 before removing group means
+        self.ref_m2_y: torch.Tensor | None = None
+        self.compute_dtype = compute_dtype or dtype
+        self.n = 0
+        self.symmetric: bool | None = None
+        self.mean_x: torch.Tensor | None = None
+        self.mean_y: torch.Tensor | None = None
+        self.m2_x: torch.Tensor | None = None  # sum of squared deviations
+        self.m2_y: torch.Tensor | None = None
+        self.comoment: torch.Tensor | None = None  # sum of (x - mean x)(y - mean y)^T
+
+    # -------------------------------------------------------------- update
+
+    def update(self, x, y=None, groups=None) -> "StreamingCorrelation":
+        """Add a batch: x (tokens, a) and y (tokens, b), or :class:`Centered`
+        batches; ``y`` None accumulates x against itself."""
+        if (groups is None) != (self.n_groups is None):
+            raise ValueError("pass groups exactly when the accumulator was made with n_groups")
+        symmetric = y is None
+        if self.symmetric is None:
+            self.symmetric = symmetric
+        elif self.symmetric != symmetric:
+            raise ValueError("StreamingCorrelation: mixing update(x) and update(x, y)")
+        device = None if self.comoment is None else self.comoment.device
+        cx = x if isinstance(x, Centered) else Centered.of(x, self.dtype, device)
+        cy = cx if symmetric else (y if isinstance(y, Centered) else Centered.of(y, self.dtype, cx.centered.device))
+        if cx.n != cy.n:
+            raise ValueError(f"x and y must have the same number of rows (tokens), got {cx.n} and {cy.n}")
+        if self.comoment is not None and (cx.shape[1] != self.mean_x.shape[0] or cy.shape[1] != self.mean_y.shape[0]):
+            raise ValueError(f"feature sizes changed: ({cx.shape[1]}, {cy.shape[1]}) after "
+                             f"({self.mean_x.shape[0]}, {self.mean_y.shape[0]})")
+        nb = cx.n
+        if nb == 0:
+            return self
+        if groups is not None:
+            self.groups_x.update(cx.centered + cx.mean, groups)
+            if not symmetric:
+                self.groups_y.update(cy.centered + cy.mean, groups)
+        mx, xc, m2x = cx.mean, cx.centered, cx.m2
+        my, yc, m2y = cy.mean, cy.centered, cy.m2
+        if self.comoment is None:
+            self.comoment = torch.zeros(xc.shape[1], yc.shape[1], dtype=self.dtype, device=xc.device)
+            self._add_product(xc, yc)
+            self.mean_x, self.m2_x = mx.to(self.dtype), m2x.to(self.dtype)
+            self.mean_y, self.m2_y = my.to(self.dtype), m2y.to(self.dtype)
+            self.n = nb
+            return self
+        n = self.n
+        total = n + nb
+        f = n * nb / total
+        dx = mx - self.mean_x
+        dy = dx if symmetric else my - self.mean_y
+        self._add_product(xc, yc)
+        self.comoment.addr_(dx, dy, alpha=f)
+        self.m2_x = self.m2_x + m2x + dx * dx * f
+        self.mean_x = self.mean_x + dx * (nb / total)
+        if symmetric:
+            self.m2_y, self.mean_y = self.m2_x, self.mean_x
+        else:
+            self.m2_y = self.m2_y + m2y + dy * dy * f
+            self.mean_y = self.mean_y + dy * (nb / total)
+        self.n = total
+        return self
+
+    def _add_product(self, xc: torch.Tensor, yc: torch.Tensor) -> None:
+        if self.compute_dtype == self.dtype == xc.dtype == yc.dtype:
+            self.comoment.addmm_(xc.t(), yc)
+        else:
+            c = self.compute_dtype
+            xl = xc.to(c)
+            yl = xl if yc is xc else yc.to(c)
+            self.comoment.add_((xl.t() @ yl).to(self.dtype))
+
+    # ------------------------------------------------------------- results
+
+    def _check(self) -> None:
+        if self.comoment is None:
+            raise ValueError("StreamingCorrelation: no data (call update first)")
+
+    @property
+    def var_x(self) -> torch.Tensor:
+        """Population variances of the x variables (a,)."""
+        self._check()
+        return self.m2_x / self.n
+
+    @property
+    def var_y(self) -> torch.Tensor:
+        self._check()
+        return self.m2_y / self.n
+
+    def dead_x(self) -> torch.Tensor:
+        """(a,) bool: x variables constant over every token seen (within
+        groups: a function of the group alone)."""
+        self._check()
+        return _dead(self.m2_x, self.mean_x, self.n, self.ref_m2_x)
+
+    def dead_y(self) -> torch.Tensor:
+        self._check()
+        return _dead(self.m2_y, self.mean_y, self.n, self.ref_m2_y)
+
+    def within_groups(self, groups_x: GroupSums | None = None,
+                      groups_y: GroupSums | None = None) -> "StreamingCorrelation":
+        """A new accumulator holding the moments pooled *within* groups: every
+        variable centred on its group's mean instead of the global one,
+
+            C_within = C - sum_g n_g (mean_g(x) - mean(x)) (mean_g(y) - mean(y))^T
+
+        (the between-group part removed). Group sums come from this
+        accumulator (made with ``n_groups``) or are given (they must cover the
+        same tokens). Variables with no variance left within groups are dead."""
+        self._check()
+        gx = groups_x if groups_x is not None else self.groups_x
+        if groups_y is not None:
+            gy = groups_y
+        else:
+            gy = gx if self.symmetric else self.groups_y
+        if gx is None or gy is None or gx.sums is None or gy.sums is None:
+            raise ValueError("within_groups needs group sums (n_groups, or groups_x / groups_y)")
+        counts = gx.counts.to(self.comoment.device)
+        if abs(float(counts.sum()) - self.n) > 0.5 or abs(float(gy.counts.sum()) - self.n) > 0.5:
+            raise ValueError(f"group sums cover {float(counts.sum()):.0f} tokens, the accumulator {self.n}")
+        safe = counts.clamp(min=1)[:, None]
+        dx = torch.where(counts[:, None] > 0, gx.sums.to(self.comoment.device) / safe - self.mean_x, 0.0)
+        dy = torch.where(counts[:, None] > 0, gy.sums.to(self.comoment.device) / safe - self.mean_y, 0.0)
+        out = StreamingCorrelation(dtype=self.dtype, compute_dtype=self.compute_dtype)
+        out.n, out.symmetric = self.n, self.symmetric
+        out.mean_x, out.mean_y = self.mean_x, self.mean_y
+        out.comoment = self.comoment - (dx * counts[:, None]).t() @ dy
+        out.m2_x = (self.m2_x - (counts[:, None] * dx * dx).sum(0)).clamp(min=0)
+        out.m2_y = (self.m2_y - (counts[:, None] * dy * dy).sum(0)).clamp(min=0)
+        out.ref_m2_x, out.ref_m2_y = self.m2_x, self.m2_y
+        return out
+
+    def covariance(self) -> torch.Tensor:
+        """(a, b) population covariance."""
+        self._check()
+        return self.comoment / self.n
+
+    def corr(self) -> torch.Tensor:
+        """(a, b) Pearson correlation, float64, in [-1, 1]; 0 (never NaN) for a
+        row or column whose variable is constant (dead)."""
+        self._check()
+        alive_x = ~self.dead_x()
+        alive_y = ~self.dead_y()
+        sx = torch.where(alive_x, self.m2_x, torch.ones_like(self.m2_x)).sqrt()
+        sy = torch.where(alive_y, self.m2_y, torch.ones_like(self.m2_y)).sqrt()
+        out = self.comoment / sx[:, None] / sy[None, :]
+        out = out.clamp_(-1.0, 1.0)
+        out[~alive_x] = 0.0
+        out[:, ~alive_y] = 0.0
+        return out
+
+
+def _dead(m2: torch.Tensor, mean: torch.Tensor, n: int, ref: torch.Tensor | None = None) -> torch.Tensor:
+    dead = m2 <= n * (DEAD_RELATIVE * mean * mean + DEAD_ABSOLUTE)
+    if ref is not None:
+        dead |= m2 <= WITHIN_DEAD_RELATIVE * ref
+    return dead
+
+
+class StreamingCKA:
+    """Linear CKA of two representations streamed together.
+
+    ``update(x, y)`` with x (tokens, a), y (tokens, b); ``cka()`` -> float.
+    Keeps the three co-moments C_xx (a, a), C_yy (b, b), C_xy (a, b). With
+    ``n_groups`` (and ``update(x, y, groups)``), ``cka(within_groups=True)``
+    is the CKA of the representations centred per group.
+    """
+
+    def __init__(self, *, dtype: torch.dtype = torch.float64, compute_dtype: torch.dtype | None = None,
+                 n_groups: int | None = None):
+        kw = dict(dtype=dtype, compute_dtype=compute_dtype, n_groups=n_groups)
+        self.xx = StreamingCorrelation(**kw)
+        self.yy = StreamingCorrelation(**kw)
+        self.xy = StreamingCorrelation(dtype=dtype, compute_dtype=compute_dtype)
+
+    def update(self, x, y, groups=None) -> "StreamingCKA":
+        self.xx.update(x, groups=groups)
+        self.yy.update(y, groups=groups)
+        self.xy.update(x, y)
+        return self
+
+    def cka(self, within_groups: bool = False) -> float:
+        self.xy._check()
+        if not within_groups:
+            return cka_from_comoments(self.xy.comoment, self.xx.comoment, self.yy.comoment)
+        xy = self.xy.within_groups(self.xx.groups_x, self.yy.groups_x)
+        return cka_from_comoments(xy.comoment, self.xx.within_groups().comoment, self.yy.within_groups().comoment)
+
+
+def hsic_linear(comoment: torch.Tensor) -> float:
+    """||Xc^T Yc||_F^2 from the co-moment Xc^T Yc (unnormalised HSIC)."""
+    return float((comoment.double() ** 2).sum().item())
+
+
+def cka_from_comoments(c_xy: torch.Tensor, c_xx: torch.Tensor, c_yy: torch.Tensor) -> float:
+    """Linear CKA = ||C_xy||^2 / (||C_xx|| ||C_yy||) (Frobenius norms of the
+    centred co-moments). 0 when either representation is constant."""
+    hxy = hsic_linear(c_xy)
+    hxx = hsic_linear(c_xx)
+    hyy = hsic_linear(c_yy)
+    denom = (hxx * hyy) ** 0.5
+    if not denom > 0:
+        return 0.0
+    return float(min(max(hxy / denom, 0.0), 1.0))
+
+
+def linear_cka(x, y) -> float:
+    """Linear CKA of two dense representations x (tokens, a), y (tokens, b),
+    computed directly (centre, then ||Xc^T Yc||^2 / (||Xc^T Xc|| ||Yc^T Yc||)).
+    Float64. Equal to :class:`StreamingCKA` fed the same rows."""
+    x = _as_tensor(x).double()
+    y = _as_tensor(y).double()
+    if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"linear_cka expects (tokens, a) and (tokens, b), got {tuple(x.shape)}, {tuple(y.shape)}")
+    xc = x - x.mean(0)
+    yc = y - y.mean(0)
+    return cka_from_comoments(xc.t() @ yc, xc.t() @ xc, yc.t() @ yc)
+
+
+def max_correlations(corr, return_indices: bool = False):
+    """Both directions of "best partner" from an (a, b) correlation matrix.
+
+    Returns (max over b for each of the a variables (a,), max over a for each
+    of the b variables (b,)); with ``return_indices`` also the argmax of each
+    (a,) and (b,). The maximum is signed (a strong anticorrelation is not a
+    match), as in Gurnee et al. (2024).
+    """
+    c = _as_tensor(corr)
+    if c.dim() != 2:
+        raise ValueError(f"corr must be 2-D, got {tuple(c.shape)}")
+    a, b = c.shape
+    if a == 0 or b == 0:
+        za = torch.zeros(a, dtype=c.dtype, device=c.device)
+        zb = torch.zeros(b, dtype=c.dtype, device=c.device)
+        ia = torch.zeros(a, dtype=torch.long, device=c.device)
+        ib = torch.zeros(b, dtype=torch.long, device=c.device)
+        return (za, zb, ia, ib) if return_indices else (za, zb)
+    row = c.max(1)
+    col = c.max(0)
+    if return_indices:
+        return row.values, col.values, row.indices, col.indices
+    return row.values, col.values
+
+
+@dataclass
+class FeatureMatching:
+    """A one-to-one matching between the features of two dictionaries."""
+
+    a_index: np.ndarray  # (k,) feature of A
+    b_index: np.ndarray  # (k,) its partner in B
+    corr: np.ndarray  # (k,) their activation correlation
+
+    def __len__(self) -> int:
+        return len(self.a_index)
+
+    def share_above(self, threshold: float) -> float:
+        return float((self.corr > threshold).mean()) if len(self) else 0.0
+
+
+def match_features(corr, alive_a=None, alive_b=None) -> FeatureMatching:
+    """One-to-one matching maximising the summed correlation (Hungarian
+    assignment, ``scipy.optimize.linear_sum_assignment`` on -corr), restricted
+    to the alive rows / columns when masks are given. Returns the matched pairs
+    sorted by A's index; min(alive a, alive b) pairs."""
+    from scipy.optimize import linear_sum_assignment
+
+    c = _as_tensor(corr).detach().double().cpu().numpy()
+    a, b = c.shape
+    rows = np.arange(a) if alive_a is None else np.nonzero(np.asarray(_np(alive_a), bool))[0]
+    cols = np.arange(b) if alive_b is None else np.nonzero(np.asarray(_np(alive_b), bool))[0]
+    if rows.size == 0 or cols.size == 0:
+        empty = np.zeros(0, np.int64)
+        return FeatureMatching(empty, empty.copy(), np.zeros(0))
+    sub = c[np.ix_(rows, cols)]
+    r, k = linear_sum_assignment(sub, maximize=True)
+    order = np.argsort(rows[r])
+    ai, bi = rows[r][order], cols[k][order]
+    return FeatureMatching(ai.astype(np.int64), bi.astype(np.int64), c[ai, bi])
+
+
+def _np(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return x
+
+
+__all__ = [
+    "StreamingCorrelation", "StreamingCKA", "GroupSums", "Centered", "WITHIN_DEAD_RELATIVE", "linear_cka",
+    "cka_from_comoments", "hsic_linear", "max_correlations", "match_features", "FeatureMatching", "DEAD_RELATIVE", "DEAD_ABSOLUTE",
+]

@@ -1,0 +1,283 @@
+"""``culture-interp universality compare``: universal neurons, residual CKA and
+SAE features across models trained side by side (Gurnee et al., 2024).
+
+Prints tables (per layer: share of universal neurons and mean max-correlation
+against a random-init baseline; the top universal neurons with their tasks;
+universal neurons by preferred task; CKA at matching depth; SAE matching),
+writes every number with --json and heatmaps / histograms with --png DIR.
+The library behind it is :mod:`culture.universality`; heavy modules
+(torch, TransformerLens, SAELens, matplotlib, scipy) are imported inside the
+command.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from culture_cli.common import console, err_console, fail, plain_output, progress, write_json
+
+HELP = "Universality across models: universal neurons, residual CKA, SAE features (vs a random baseline)."
+
+universality_app = typer.Typer(
+    name="universality",
+    help=HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _parse_ints(values: list[str] | None, what: str) -> list[int] | None:
+    if not values:
+        return None
+    out = []
+    for v in values:
+        for part in str(v).replace(",", " ").split():
+            try:
+                k = int(part)
+            except ValueError:
+                fail(f"{what}: not an integer: {part!r}")
+            if k < 0:
+                fail(f"{what}: must be >= 0, got {k}")
+            out.append(k)
+    return list(dict.fromkeys(out))
+
+
+def _f(x, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _print_table(table) -> None:
+    if plain_output():
+        width = max(console.width, console.measure(table).maximum)
+        console.print(table, width=width, crop=False)
+    else:
+        console.print(table)
+
+
+def _tables(report, top: int):
+    from rich.table import Table
+
+    thr = report.threshold
+    base = report.settings.get("baseline")
+    mode = ", within position" if report.settings.get("within_position") else ""
+    t = Table(title=f"Universal neurons by layer (mean max-correlation > {thr:g}; "
+                    f"{report.settings['tokens']:,} tokens{mode}; models {', '.join(report.names)})",
+              title_justify="left")
+    for col in ("layer", "neurons", "dead", "universal", "share universal", "baseline",
+                "mean max-corr", "baseline", "excess"):
+        t.add_column(col, justify="right")
+    for r in report.summary_rows():
+        t.add_row(str(r["layer"]), str(r["neurons"]), _pct(r["dead"]), str(r["universal"]),
+                  _pct(r["share_universal"]), _pct(r["baseline_share_universal"]) if base else "-",
+                  _f(r["mean_max_corr"]), _f(r["baseline_mean_max_corr"]),
+                  _f(r["excess_mean_max_corr"]) if base else "-")
+    yield t
+
+    univ = report.universal_neurons()
+    t = Table(title=f"Top universal neurons ({min(top, len(univ))} of {len(univ)})", title_justify="left")
+    for col, j in (("model", "right"), ("layer", "right"), ("neuron", "right"), ("mean max-corr", "right"),
+                   ("best match per model (neuron: corr)", "left"), ("tasks (mean act, fire rate)", "left")):
+        t.add_column(col, justify=j)
+    for e in univ[:top]:
+        matches = ", ".join(f"{m}:{v['neuron']} {v['corr']:.2f}" for m, v in e["matches"].items())
+        tasks = ""
+        if "tasks" in e:
+            ranked = sorted(e["tasks"].items(), key=lambda kv: -kv[1]["mean"])[:3]
+            tasks = ", ".join(f"{k} {v['mean']:.2f} ({100 * v['fire_rate']:.0f}%)" for k, v in ranked)
+        t.add_row(e["model"], str(e["layer"]), str(e["neuron"]), _f(e["mean_max_corr"]), matches, tasks)
+    yield t
+
+    rows = report.task_rows()
+    if rows and len(rows) > 1:
+        t = Table(title="Universal neurons by preferred task (highest mean activation)", title_justify="left")
+        for col in ("task", "tokens", "universal preferring", "share of universal", "share of alive neurons"):
+            t.add_column(col, justify="right" if col != "task" else "left")
+        for r in rows:
+            t.add_row(r["task"], f"{r['tokens']:,}", str(r["universal_preferring"]), _pct(r["share_of_universal"]),
+                      _pct(r["share_of_alive"]))
+        yield t
+
+    rows = report.cka_diagonal_rows()
+    if rows:
+        t = Table(title="Residual-stream linear CKA at matching depth (over model pairs)", title_justify="left")
+        for col in ("layer", "mean", "min", "baseline mean"):
+            t.add_column(col, justify="right")
+        for r in rows:
+            t.add_row(r["layer"], _f(r["mean"]), _f(r["min"]), _f(r["baseline_mean"]))
+        yield t
+
+    rows = report.sae_rows()
+    if rows:
+        t = Table(title=f"SAE features matched one to one (Hungarian; threshold {thr:g})", title_justify="left")
+        for col in ("pair", "alive", "matched", "median corr", "mean corr", "share > thr", "decoder cos"):
+            t.add_column(col, justify="right")
+        for r in rows:
+            t.add_row(r["pair"], r["alive"], str(r["matched"]), _f(r["median_matched_corr"]),
+                      _f(r["mean_matched_corr"]), _pct(r["share_above"]), _f(r["mean_decoder_cos"]))
+        yield t
+        feats = report.universal_features()
+        if feats:
+            t = Table(title=f"Top universal SAE features ({min(top, len(feats))} of {len(feats)})",
+                      title_justify="left")
+            for col in ("model", "feature", "mean matched corr", "matches", "tasks (mean act, fire rate)"):
+                t.add_column(col, justify="left" if col in ("matches", "tasks (mean act, fire rate)") else "right")
+            for e in feats[:top]:
+                matches = ", ".join(f"{m}:{v['feature']} {v['corr']:.2f}" for m, v in e["matches"].items())
+                tasks = ""
+                if "tasks" in e:
+                    ranked = sorted(e["tasks"].items(), key=lambda kv: -kv[1]["mean"])[:3]
+                    tasks = ", ".join(f"{k} {v['mean']:.2f} ({100 * v['fire_rate']:.0f}%)" for k, v in ranked)
+                t.add_row(e["model"], str(e["feature"]), _f(e["mean_matched_corr"]), matches, tasks)
+            yield t
+
+
+@universality_app.command("compare")
+def compare_command(
+    models: Annotated[Optional[list[str]], typer.Option(
+        "--models", help="Model ids, at least 2 (several after one flag: --models 0 1 2 3); "
+        "default: every model of the source.", show_default=False)] = None,
+    source: Annotated[Optional[str], typer.Option(
+        "--source", help="Where the models are: a Hugging Face repo id, a directory, or 'bundled' "
+        "(default: the published models).", show_default=False)] = None,
+    layers: Annotated[Optional[list[str]], typer.Option(
+        "--layers", help="MLP layers to compare (--layers 0 5 11); default: every layer. CKA then uses the "
+        "residual stream at embed + these layers.", show_default=False)] = None,
+    tokens: Annotated[int, typer.Option(
+        "--tokens", help="Tokens to stream (quizzes of 404 positions; memory does not grow with it).")] = 100_000,
+    tasks: Annotated[Optional[list[str]], typer.Option(
+        "--tasks", "--task", help="World tasks of the quizzes (default: the 8 of the published models).",
+        show_default=False)] = None,
+    threshold: Annotated[float, typer.Option(
+        "--threshold", help="A neuron / feature is universal when its mean max-correlation exceeds this "
+        "(Gurnee et al.: 0.5).")] = 0.5,
+    positions: Annotated[str, typer.Option(
+        "--positions", help="all: the 404 positions; cells: positions whose input token is a grid cell.")] = "all",
+    within_position: Annotated[bool, typer.Option(
+        "--within-position", help="Correlate within position: remove each unit's mean at each position first, so "
+        "positional coding shared by all models cannot make units look alike.")] = False,
+    noise: Annotated[float, typer.Option("--noise", help="Prompt noise probability (structures 1 and 2).")] = 0.05,
+    sae: Annotated[Optional[list[str]], typer.Option(
+        "--sae", help="An SAE per model, repeated in --models order: a SAELens directory (cfg.json + "
+        "sae_weights.safetensors) or a hub repo folder (owner/name/gpt-0/blocks_8_mlp_out).",
+        show_default=False)] = None,
+    baseline: Annotated[bool, typer.Option(
+        "--baseline/--no-baseline", help="Also run random-init models of the same shapes (chance level).")] = True,
+    cka: Annotated[bool, typer.Option("--cka/--no-cka", help="Layer x layer residual CKA per model pair.")] = True,
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", help="Write every number to this JSON file.", show_default=False)] = None,
+    png: Annotated[Optional[Path], typer.Option(
+        "--png", help="Write heatmaps and histograms (PNG) into this directory.", show_default=False)] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the quizzes and of the baseline models.")] = 0,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", help="Quizzes per forward pass (default: sized to ~256 MB of activations).",
+        show_default=False)] = None,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="dtype of the per-batch products: float64, or float32 (faster; accumulation stays "
+        "float64).")] = "float64",
+    top: Annotated[int, typer.Option("--top", help="Universal neurons / features listed in the tables.")] = 20,
+) -> None:
+    """Compare models: universal neurons (max activation correlation across models), residual CKA, SAE features.
+
+    For every pair of models, each MLP neuron's maximum Pearson correlation with
+    any neuron of the other model over the same quiz tokens; averaged over the
+    other models it is the neuron's mean max-correlation, and the neuron is
+    universal above --threshold. Every number comes with a baseline from
+    randomly initialised models of the same shapes on the same tokens.
+    """
+    if tokens < 1:
+        fail(f"--tokens must be at least 1, got {tokens}")
+    if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+        fail(f"--threshold must be a correlation in [-1, 1], got {threshold}")
+    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
+        fail(f"--noise must be a probability in [0, 1], got {noise}")
+    if positions not in ("all", "cells"):
+        fail(f"--positions must be all or cells, got {positions!r}")
+    if precision not in ("float64", "float32"):
+        fail(f"--precision must be float64 or float32, got {precision!r}")
+    if seed < 0:
+        fail(f"--seed must be >= 0, got {seed}")
+    if batch_size is not None and batch_size < 1:
+        fail(f"--batch-size must be at least 1, got {batch_size}")
+    if top < 0:
+        fail(f"--top must be >= 0, got {top}")
+    ids = _parse_ints(models, "--models")
+    layer_ids = _parse_ints(layers, "--layers")
+    if ids is not None and len(ids) < 2:
+        fail(f"--models: give at least 2 models to compare, got {len(ids)}")
+    if sae and ids is not None and len(sae) != len(ids):
+        fail(f"--sae: give one SAE directory per model ({len(sae)} for {len(ids)} models)")
+    if png is not None and png.exists() and not png.is_dir():
+        fail(f"--png {png} exists and is not a directory")
+
+    import torch
+
+    from culture import sources
+    from culture.evaluation import check_device
+    from culture.universality import compare_models, estimate_memory, load_saes, plot_report
+    from culture.world import resolve_tasks
+
+    dev = check_device(device)
+    task_names = list(resolve_tasks(list(tasks) if tasks else None))
+    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
+    if ids is None:
+        ids = src.model_ids()
+        if len(ids) < 2:
+            fail(f"source {src.name} has {len(ids)} model(s); universality needs at least 2")
+        if sae and len(sae) != len(ids):
+            fail(f"--sae: give one SAE directory per model ({len(sae)} for {len(ids)} models)")
+    for k in ids:
+        src.check_model_id(k)
+    saes = load_saes(sae, device=str(dev)) if sae else None
+
+    loaded = sources.load_culture(ids, src, device=dev)
+    mem = estimate_memory(loaded, layer_ids, cka, saes, baseline)
+    err_console.print(f"models {', '.join(map(str, ids))} from {src.name}; {tokens:,} tokens "
+                      f"({positions} positions), accumulators ~{mem / 2**20:,.0f} MiB float64", highlight=False)
+
+    with progress() as bar:
+        task_id = None
+
+        def report_progress(description: str, done: int, total: int) -> None:
+            nonlocal task_id
+            if task_id is None:
+                task_id = bar.add_task(description, total=total)
+            bar.update(task_id, completed=done)
+
+        report = compare_models(
+            loaded, n_tokens=tokens, tasks=task_names, layers=layer_ids, threshold=threshold, positions=positions,
+            within_position=within_position, noise=noise, baseline=baseline, cka=cka, saes=saes,
+            names=[str(k) for k in ids],
+            batch_size=batch_size, seed=seed, device=dev,
+            compute_dtype=torch.float64 if precision == "float64" else torch.float32,
+            progress=report_progress)
+    report.settings.update({"source": src.name, "models": ids,
+                            "sae_dirs": [str(p) for p in sae] if sae else None})
+
+    for table in _tables(report, top):
+        _print_table(table)
+    if json_path is not None:
+        try:
+            write_json(json_path, report.to_dict())
+        except OSError as exc:
+            fail(f"cannot write {json_path}: {exc.strerror or exc}")
+    if png is not None:
+        try:
+            paths = plot_report(report, png)
+        except OSError as exc:
+            fail(f"cannot write figures into {png}: {exc.strerror or exc}")
+        err_console.print(f"wrote {len(paths)} figure(s) into {png}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(universality_app, name="universality", help=HELP,
+                  short_help="Universal neurons, residual CKA and SAE features across models.")
