@@ -43,3 +43,21 @@ def progress() -> Progress:
         console=err_console,
         transient=False,
     )
+
+
+def parse_ids(values: list[str] | None, what: str = "--models") -> list[int] | None:
+    """Non-negative integer ids from ``--models 0 1,2`` style values (order
+    kept, duplicates dropped); None when none were given."""
+    if not values:
+        return None
+    out = []
+    for value in values:
+        for part in str(value).replace(",", " ").split():
+            try:
+                k = int(part)
+            except ValueError:
+                fail(f"{what}: not an integer: {part!r}")
+            if k < 0:
+                fail(f"{what}: must be >= 0, got {k}")
+            out.append(k)
+    return list(dict.fromkeys(out))

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from culture_cli.common import console, err_console, fail, plain_output, progress, write_json
+from culture_cli.common import console, err_console, fail, parse_ids, plain_output, progress, write_json
 
 
 def _pct(x) -> str:
@@ -25,22 +25,6 @@ def _ppl(x) -> str:
     if x is None:
         return "-"
     return f"{x:.4f}" if x < 100 else f"{x:.4g}"
-
-
-def _parse_models(values: list[str] | None) -> list[int] | None:
-    if not values:
-        return None
-    out = []
-    for v in values:
-        for part in str(v).replace(",", " ").split():
-            try:
-                k = int(part)
-            except ValueError:
-                fail(f"--models: not a model id: {part!r}")
-            if k < 0:
-                fail(f"--models: model ids are >= 0, got {k}")
-            out.append(k)
-    return list(dict.fromkeys(out))
 
 
 def _main_table(results, generate: bool):
@@ -140,7 +124,7 @@ def eval_command(
         fail(f"--seed must be >= 0, got {seed}")
     if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
         fail(f"--noise must be a probability in [0, 1], got {noise}")
-    ids = _parse_models(models)
+    ids = parse_ids(models, "--models")
 
     import torch
 

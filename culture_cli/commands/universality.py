@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from culture_cli.common import console, err_console, fail, plain_output, progress, write_json
+from culture_cli.common import console, err_console, fail, parse_ids, plain_output, progress, write_json
 
 HELP = "Universality across models: universal neurons, residual CKA, SAE features (vs a random baseline)."
 
@@ -29,22 +29,6 @@ universality_app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def _parse_ints(values: list[str] | None, what: str) -> list[int] | None:
-    if not values:
-        return None
-    out = []
-    for v in values:
-        for part in str(v).replace(",", " ").split():
-            try:
-                k = int(part)
-            except ValueError:
-                fail(f"{what}: not an integer: {part!r}")
-            if k < 0:
-                fail(f"{what}: must be >= 0, got {k}")
-            out.append(k)
-    return list(dict.fromkeys(out))
 
 
 def _f(x, digits: int = 3) -> str:
@@ -210,8 +194,8 @@ def compare_command(
         fail(f"--batch-size must be at least 1, got {batch_size}")
     if top < 0:
         fail(f"--top must be >= 0, got {top}")
-    ids = _parse_ints(models, "--models")
-    layer_ids = _parse_ints(layers, "--layers")
+    ids = parse_ids(models, "--models")
+    layer_ids = parse_ids(layers, "--layers")
     if ids is not None and len(ids) < 2:
         fail(f"--models: give at least 2 models to compare, got {len(ids)}")
     if sae and ids is not None and len(sae) != len(ids):

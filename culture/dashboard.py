@@ -1,0 +1,205 @@
+"""A static HTML dashboard of SAE features (``culture-interp sae features``).
+
+:func:`write_dashboard` writes into a folder:
+
+* ``index.html`` -- one self-contained page (inline CSS, pictures embedded as
+  base64 PNG, no script, nothing fetched): the run's settings, a summary table
+  of the features, the steering results when there are any, then one section
+  per feature: frequency per task (bars), direct logit effect per token
+  (colour swatches), the positions where it fires most, and the picture of
+  those quizzes;
+* ``feature_<id>.png`` -- the same pictures, beside it;
+* ``report.json`` -- the numbers.
+
+Open ``index.html`` in any browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from pathlib import Path
+
+from culture.quiz import COLOR_NAMES, COLOR_RGB
+
+__all__ = ["write_dashboard", "render_html"]
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;
+color:#222;background:#fafafa;padding:0 16px}
+h1{font-size:22px;margin-bottom:4px}h2{font-size:18px;margin:0 0 8px}h3{font-size:14px;margin:14px 0 6px}
+.sub{color:#666;margin-top:0}
+table{border-collapse:collapse;font-size:13px;margin:6px 0 12px}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#eee}
+td.l,th.l{text-align:left}
+section.feature{background:#fff;border:1px solid #ddd;border-radius:6px;padding:14px 18px;margin:18px 0}
+.bar{display:inline-block;height:11px;background:#6b5bd6;vertical-align:middle}
+.barbox{display:inline-block;width:240px;background:#eee;margin-right:6px}
+.sw{display:inline-block;width:14px;height:14px;border:1px solid #555;vertical-align:middle;margin-right:3px}
+.eff{display:inline-block;margin:2px 8px 2px 0;font-size:12px;white-space:nowrap}
+.pos{color:#0a7a2a}.neg{color:#b0221b}
+img.quizzes{max-width:100%;border:1px solid #ccc;margin-top:6px}
+.legend{font-size:12px;color:#555}
+code{background:#f0f0f0;padding:0 3px}
+a{color:#3b2db3}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.4g}"
+
+
+def _swatch(colour: str) -> str:
+    if colour in COLOR_NAMES:
+        r, g, b = COLOR_RGB[COLOR_NAMES.index(colour)]
+        return f'<span class="sw" style="background:rgb({r},{g},{b})" title="{_e(colour)}"></span>'
+    return ""
+
+
+def _png_b64(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _meta_table(meta: dict) -> str:
+    rows = "".join(f'<tr><th class="l">{_e(k)}</th><td class="l">{_e(v)}</td></tr>' for k, v in meta.items()
+                   if v is not None)
+    return f"<table>{rows}</table>"
+
+
+def _summary_table(features: list[dict]) -> str:
+    head = ("<tr><th>feature</th><th>token freq</th><th>quiz freq</th><th>mean act</th><th>max act</th>"
+            '<th class="l">most frequent in</th><th class="l">promotes</th></tr>')
+    rows = []
+    for f in features:
+        tasks = sorted(((v.get("token_frequency") or 0.0, k) for k, v in f["by_task"].items()), reverse=True)
+        top_task = f"{tasks[0][1]} ({_pct(tasks[0][0])})" if tasks and tasks[0][0] > 0 else "-"
+        promotes = " ".join(_swatch(c) + _e(c) for c, _ in f.get("promotes") or []) or "-"
+        rows.append(f'<tr><td><a href="#f-{f["id"]}">{f["id"]}</a></td><td>{_pct(f["token_frequency"])}</td>'
+                    f'<td>{_pct(f["quiz_frequency"])}</td><td>{_num(f["mean_activation"])}</td>'
+                    f'<td>{_num(f["max_activation"])}</td><td class="l">{_e(top_task)}</td>'
+                    f'<td class="l">{promotes}</td></tr>')
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _steering(steering: dict) -> str:
+    head = ('<tr><th class="l">task</th><th>n</th><th>accuracy clean</th><th>accuracy steered</th>'
+            "<th>loss clean</th><th>loss steered</th><th>quizzes changed</th></tr>")
+    rows = "".join(
+        f'<tr><td class="l">{_e(g)}</td><td>{v["n"]}</td><td>{_pct(v["accuracy_clean"])}</td>'
+        f'<td>{_pct(v["accuracy_steered"])}</td><td>{_num(v["loss_clean"])}</td><td>{_num(v["loss_steered"])}</td>'
+        f'<td>{v["changed"]}</td></tr>' for g, v in steering["by_group"].items())
+    specs = ", ".join(f"<code>{_e(s)}</code>" for s in steering["specs"])
+    return (f"<h2>Steering: {specs}</h2><p class='legend'>{_e(steering.get('method', ''))}; "
+            "greedy accuracy and loss on the predicted cells, teacher-forced.</p>"
+            f"<table>{head}{rows}</table>")
+
+
+def _feature_section(f: dict, image_b64: str | None, image_name: str | None) -> str:
+    parts = [f'<section class="feature" id="f-{f["id"]}"><h2>Feature {f["id"]}</h2>',
+             f'<p class="sub">fires on {_pct(f["token_frequency"])} of positions, in {_pct(f["quiz_frequency"])} of '
+             f'quizzes; mean activation {_num(f["mean_activation"])}, max {_num(f["max_activation"])}</p>']
+    # frequency per task
+    freqs = [(k, v.get("token_frequency"), v.get("quiz_frequency")) for k, v in f["by_task"].items()]
+    top = max([x or 0.0 for _, x, _ in freqs] + [1e-12])
+    rows = "".join(
+        f'<tr><td class="l">{_e(k)}</td><td class="l"><span class="barbox"><span class="bar" '
+        f'style="width:{240 * (t or 0.0) / top:.0f}px"></span></span>{_pct(t)}</td><td>{_pct(q)}</td></tr>'
+        for k, t, q in freqs)
+    parts.append('<h3>Activation frequency per task</h3><table><tr><th class="l">task</th>'
+                 f'<th class="l">positions</th><th>quizzes</th></tr>{rows}</table>')
+    # logit effects
+    eff = f.get("logit_effect")
+    if eff:
+        items = []
+        for name, v in sorted(eff.items(), key=lambda kv: -kv[1]):
+            cls = "pos" if v > 0 else "neg"
+            items.append(f'<span class="eff">{_swatch(name)}{_e(name)} <b class="{cls}">{v:+.3g}</b></span>')
+        parts.append("<h3>Direct logit effect per unit of activation (W_dec @ W_U)</h3><div>" + "".join(items)
+                     + "</div>")
+    else:
+        parts.append("<h3>Direct logit effect</h3><p class='legend'>not available at this hook</p>")
+    # examples
+    ex = f.get("examples") or []
+    if ex:
+        rows = "".join(
+            f'<tr><td>{e["quiz_index"]}</td><td class="l">{_e(e["task"])}</td><td>{_num(e["activation"])}</td>'
+            f'<td>{e["position"]}</td><td class="l">{_e(e["reads"])}</td><td class="l">{_e(e["predicts"])}</td></tr>'
+            for e in ex)
+        parts.append('<h3>Where it fires most</h3><table><tr><th>quiz</th><th class="l">task</th><th>activation</th>'
+                     f'<th>position</th><th class="l">reads</th><th class="l">predicts</th></tr>{rows}</table>')
+    else:
+        parts.append("<p class='legend'>never fired on these quizzes</p>")
+    if image_b64:
+        alt = f"top quizzes of feature {f['id']}"
+        link = f' (<a href="{_e(image_name)}">{_e(image_name)}</a>)' if image_name else ""
+        parts.append(f'<p class="legend">Dots: positions where the feature fires at 5% of its maximum or more '
+                     f'(size ~ activation), on the cell read there; thick black box: the cell read at the maximum; '
+                     f'magenta box: the cell predicted there{link}.</p>'
+                     f'<img class="quizzes" alt="{_e(alt)}" src="data:image/png;base64,{image_b64}">')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render_html(report: dict, images_b64: dict[int, str] | None = None, meta: dict | None = None,
+                image_names: dict[int, str] | None = None, title: str = "SAE features") -> str:
+    """The dashboard page for a feature report dict (FeatureReport.to_dict())."""
+    images_b64 = images_b64 or {}
+    image_names = image_names or {}
+    features = report.get("features", [])
+    body = [f"<h1>{_e(title)}</h1>",
+            f'<p class="sub">hook <code>{_e(report.get("hook_name"))}</code>, {report.get("d_sae")} features; '
+            f"{len(features)} shown</p>"]
+    if meta:
+        body.append(_meta_table(meta))
+    body.append("<h2>Features</h2>" + _summary_table(features))
+    if report.get("steering"):
+        body.append(_steering(report["steering"]))
+    for f in features:
+        body.append(_feature_section(f, images_b64.get(f["id"]), image_names.get(f["id"])))
+    settings = report.get("settings") or {}
+    if settings:
+        body.append("<h3>Settings</h3>" + _meta_table(settings))
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def write_dashboard(out_dir: str | os.PathLike, report: dict, images: dict | None = None, meta: dict | None = None,
+                    title: str = "SAE features") -> Path:
+    """Write index.html, feature_<id>.png and report.json into ``out_dir``
+    (each file atomically); returns the path of index.html. ``images``:
+    {feature id: PIL image}."""
+    from culture.io import atomic_path, atomic_write_json, atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    b64, names = {}, {}
+    for fid, img in (images or {}).items():
+        if img is None:
+            continue
+        name = f"feature_{fid}.png"
+        with atomic_path(out / name, suffix=".png") as tmp:
+            img.save(tmp, format="PNG")
+        b64[fid] = _png_b64(img)
+        names[fid] = name
+    atomic_write_json(out / "report.json", {"meta": meta or {}, **report})
+    page = render_html(report, b64, meta, names, title)
+    atomic_write_text(out / "index.html", page)
+    return out / "index.html"
+

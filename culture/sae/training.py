@@ -1,0 +1,656 @@
+"""Training SAEs with SAELens's own runner.
+
+:func:`train_sae` builds a ``LanguageModelSAERunnerConfig`` from
+:class:`SAETrainSettings` and runs ``LanguageModelSAETrainingRunner`` with
+``override_model`` = the culture GPT as a TransformerLens model (no tokenizer:
+the dataset is pre-tokenized, ``prepend_bos=False``, no special token is
+excluded, so token 0 -- BOS and the empty cell -- is never treated as padding)
+and ``override_dataset`` = a ``datasets.Dataset`` with an ``input_ids`` column
+(405 tokens: BOS 0 + the quiz), either a ``culture-interp dataset build``
+directory or quizzes generated on the fly (:func:`generate_training_dataset`:
+random structures among the four deterministic ones and prompt noise 0.05, as
+in evaluation).
+
+Defaults = the earlier toolkit's configuration (REFERENCE.md section 9, its
+``train_sae.py``, itself the SAELens tutorial's): standard architecture,
+expansion 32, L1 coefficient 5 (sparsity weighted by decoder norms, SAELens's
+standard SAE), lr 2e-5 constant then linear decay to 0 over the last 20% of
+steps, L1 warm-up over the first 5%, 4,096 tokens a batch, 30,000 steps,
+context 405, activations normalised ``expected_average_only_in`` (the scale is
+estimated on ``n_batches_for_norm_estimate`` batches before training and
+folded into the weights at the end, so the saved SAE reads raw activations),
+decoder rows initialised at norm 0.1 ("heuristic init"), encoder = decoder
+transpose, b_dec not subtracted from the input, buffer 64 batches of 16
+prompts, feature-sampling and dead-feature windows 1,000 steps, dead-feature
+threshold 1e-4, seed 42, float32, wandb off.
+
+The output directory holds SAELens's files (``cfg.json``,
+``sae_weights.safetensors``, ``sparsity.safetensors``, ``runner_cfg.json``)
+plus ``training_summary.json``; it is written into a temporary folder next to
+it and renamed into place at the end (``SAE.load_from_disk(out)`` works).
+Checkpoints (``n_checkpoints`` > 0, or an interrupted run with checkpoints on)
+go to ``<out>.checkpoints/`` beside it. ``seed`` seeds the run (SAELens 6 does
+not: SAE init and buffer shuffles use torch's global RNG, forked here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from culture.sae.common import DEFAULT_HOOK, SAEError, activation_size, hook_dirname
+
+#: prompt-noise probability of the published run (evaluation and datasets use it too)
+PROMPT_NOISE = 0.05
+#: tokens per row: BOS + quiz
+SEQ_LEN = 405
+#: quizzes generated per chunk
+_CHUNK = 1 << 15
+
+Progress = Callable[[str, int, int, dict], None]  # (phase, done, total, info)
+
+
+@dataclass
+class SAETrainSettings:
+    """Every knob of an SAE training run. Defaults: the earlier toolkit's run.
+
+    ``steps`` sets ``training_tokens = steps * train_batch_size_tokens`` unless
+    ``training_tokens`` is given. ``l1_warm_up_steps`` / ``lr_decay_steps``:
+    None = 5% / 20% of the steps. ``d_sae``: None = ``expansion_factor * d_in``.
+    ``extra``: any other field of ``LanguageModelSAERunnerConfig`` or of the
+    architecture's SAE config, by name (e.g. ``{"k": 64}``).
+    """
+
+    hook_name: str = DEFAULT_HOOK
+    architecture: str = "standard"
+    expansion_factor: int = 32
+    d_sae: int | None = None
+    l1_coefficient: float = 5.0
+    lp_norm: float = 1.0
+    l1_warm_up_steps: int | None = None
+    steps: int = 30_000
+    training_tokens: int | None = None
+    train_batch_size_tokens: int = 4096
+    context_size: int = SEQ_LEN
+    lr: float = 2e-5
+    lr_scheduler_name: str = "constant"
+    lr_warm_up_steps: int = 0
+    lr_decay_steps: int | None = None
+    lr_end: float | None = None
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    normalize_activations: str = "expected_average_only_in"
+    apply_b_dec_to_input: bool = False
+    decoder_init_norm: float | None = 0.1
+    n_batches_in_buffer: int = 64
+    store_batch_size_prompts: int = 16
+    activations_mixing_fraction: float = 0.5
+    feature_sampling_window: int = 1000
+    dead_feature_window: int = 1000
+    dead_feature_threshold: float = 1e-4
+    n_batches_for_norm_estimate: int = 1000
+    seed: int = 42
+    dtype: str = "float32"
+    device: str = "cpu"
+    autocast: bool = False
+    compile_sae: bool = False
+    n_checkpoints: int = 0
+    wandb: bool = False
+    wandb_project: str = "culture_sae"
+    wandb_log_frequency: int = 30
+    eval_every_n_wandb_logs: int = 20
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.training_tokens if self.training_tokens is not None
+                   else self.steps * self.train_batch_size_tokens)
+
+    @property
+    def total_steps(self) -> int:
+        return self.total_tokens // self.train_batch_size_tokens
+
+    def resolved(self) -> dict:
+        """The settings with the step-dependent defaults filled in."""
+        d = asdict(self)
+        steps = self.total_steps
+        d["training_tokens"] = self.total_tokens
+        d["steps"] = steps
+        d["l1_warm_up_steps"] = steps // 20 if self.l1_warm_up_steps is None else int(self.l1_warm_up_steps)
+        d["lr_decay_steps"] = steps // 5 if self.lr_decay_steps is None else int(self.lr_decay_steps)
+        return d
+
+    def check(self) -> None:
+        """One-line SAEError for settings SAELens would reject later (or worse, accept)."""
+        def need(ok: bool, what: str):
+            if not ok:
+                raise SAEError(what)
+
+        need(self.train_batch_size_tokens >= 1, f"batch size must be >= 1 token, got {self.train_batch_size_tokens}")
+        need(self.total_steps >= 1, f"training needs at least one step ({self.total_tokens} tokens < one batch of "
+                                    f"{self.train_batch_size_tokens})")
+        need(1 <= self.context_size <= SEQ_LEN, f"context size must be 1..{SEQ_LEN}, got {self.context_size}")
+        need(self.expansion_factor >= 1 or self.d_sae, f"expansion factor must be >= 1, got {self.expansion_factor}")
+        need(self.d_sae is None or self.d_sae >= 1, f"d_sae must be >= 1, got {self.d_sae}")
+        need(self.lr > 0 and math.isfinite(self.lr), f"learning rate must be > 0, got {self.lr}")
+        need(self.l1_coefficient >= 0, f"L1 coefficient must be >= 0, got {self.l1_coefficient}")
+        r = self.resolved()
+        need(r["lr_warm_up_steps"] + r["lr_decay_steps"] <= self.total_steps,
+             f"lr warm-up ({r['lr_warm_up_steps']}) + decay ({r['lr_decay_steps']}) steps exceed the "
+             f"{self.total_steps} training steps")
+        need(self.n_batches_in_buffer >= 1 and self.store_batch_size_prompts >= 1,
+             "buffer and store batch sizes must be >= 1")
+        need(self.n_batches_in_buffer * self.context_size >= self.train_batch_size_tokens,
+             f"the activation buffer ({self.n_batches_in_buffer} x {self.context_size} tokens) must hold at least "
+             f"one training batch ({self.train_batch_size_tokens} tokens): raise n_batches_in_buffer")
+        need(0.0 <= self.activations_mixing_fraction <= 1.0, "activations mixing fraction must be in [0, 1]")
+        need(self.n_batches_for_norm_estimate >= 1, "n_batches_for_norm_estimate must be >= 1")
+        need(self.dtype in ("float32", "float64", "float16", "bfloat16"), f"unsupported dtype {self.dtype!r}")
+
+
+@dataclass
+class SAETrainResult:
+    """What :func:`train_sae` returns: the trained (inference) SAE, where it was
+    written, and the run's summary (also in ``out/training_summary.json``)."""
+
+    sae: object
+    out: Path
+    summary: dict
+
+
+# ------------------------------------------------------------------ data
+
+
+def _rows_needed(s: SAETrainSettings) -> int:
+    tokens = s.total_tokens
+    if s.normalize_activations in ("expected_average_only_in", "covariance_whitening"):
+        tokens += s.n_batches_for_norm_estimate * s.train_batch_size_tokens
+    rows = math.ceil(tokens / s.context_size)
+    return rows + s.n_batches_in_buffer + 2 * s.store_batch_size_prompts
+
+
+def generate_training_dataset(n: int, tasks=None, seed: int = 42, noise: float = PROMPT_NOISE,
+                              progress: Callable[[int, int], None] | None = None):
+    """An in-memory ``datasets.Dataset`` of ``n`` world quizzes: column
+    ``input_ids`` = Sequence(int32, 405), BOS 0 + the quiz, each quiz in a
+    structure drawn uniformly from the four deterministic ones with prompt
+    noise ``noise`` (as in evaluation and ``dataset build``)."""
+    import datasets
+    import pyarrow as pa
+
+    from culture.dataset import augment
+    from culture.world import generate_quizzes_with_tasks, resolve_tasks
+
+    names = resolve_tasks(tasks)
+    n = int(n)
+    if n < 1:
+        raise SAEError(f"the training dataset needs at least one quiz, got {n}")
+    rng = np.random.default_rng(int(seed))
+    parts = []
+    done = 0
+    while done < n:
+        m = min(_CHUNK, n - done)
+        quizzes, _ = generate_quizzes_with_tasks(m, names, seed=rng)
+        rows, _ = augment(quizzes, int(rng.integers(2**62)), noise)
+        parts.append(rows.numpy().astype(np.int32).reshape(-1))
+        done += m
+        if progress is not None:
+            progress(done, n)
+    flat = np.concatenate(parts)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(flat), SEQ_LEN)
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"), length=SEQ_LEN)})
+    ds = datasets.Dataset(datasets.table.InMemoryTable(pa.table({"input_ids": column})))
+    return ds.cast(features) if ds.features != features else ds
+
+
+def load_training_dataset(path: str | os.PathLike, context_size: int = SEQ_LEN):
+    """A ``dataset build`` directory (``load_from_disk``) reduced to its
+    ``input_ids`` column; a DatasetDict gives its ``train`` split, or all its
+    splits concatenated."""
+    import datasets
+
+    path = Path(path)
+    if not path.is_dir():
+        raise SAEError(f"dataset directory not found: {path}")
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # noqa: BLE001 - datasets raises several kinds
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise SAEError(f"{path} is not a dataset saved with save_to_disk (culture-interp dataset build): "
+                       f"{line}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else datasets.concatenate_datasets(list(ds.values()))
+    return check_training_dataset(ds, context_size, str(path))
+
+
+def check_training_dataset(ds, context_size: int = SEQ_LEN, name: str = "dataset"):
+    if "input_ids" not in ds.column_names:
+        raise SAEError(f"{name} has no input_ids column (columns: {', '.join(ds.column_names)})")
+    if len(ds) == 0:
+        raise SAEError(f"{name} is empty")
+    first = ds[0]["input_ids"]
+    if len(first) < context_size:
+        raise SAEError(f"{name}: rows have {len(first)} tokens, fewer than the context size {context_size}")
+    if int(first[0]) != 0:
+        raise SAEError(f"{name}: rows do not start with BOS 0 (expected BOS + quiz, as culture-interp dataset "
+                       "build writes)")
+    return ds.select_columns(["input_ids"])
+
+
+# ------------------------------------------------------------------ runner config
+
+
+def _sae_config(settings: SAETrainSettings, d_in: int):
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    arch = settings.architecture
+    if arch not in SAE_TRAINING_CLASS_REGISTRY:
+        known = ", ".join(sorted(SAE_TRAINING_CLASS_REGISTRY))
+        raise SAEError(f"unknown SAE architecture {arch!r}; SAELens has: {known}")
+    cfg_cls = SAE_TRAINING_CLASS_REGISTRY[arch][1]
+    r = settings.resolved()
+    wanted = {
+        "d_in": d_in,
+        "d_sae": settings.d_sae or settings.expansion_factor * d_in,
+        "dtype": settings.dtype,
+        "device": settings.device,
+        "apply_b_dec_to_input": settings.apply_b_dec_to_input,
+        "normalize_activations": settings.normalize_activations,
+        "decoder_init_norm": settings.decoder_init_norm,
+        "l1_coefficient": settings.l1_coefficient,
+        "lp_norm": settings.lp_norm,
+        "l1_warm_up_steps": r["l1_warm_up_steps"],
+    }
+    if settings.hook_name.endswith("hook_z") and settings.extra.get("hook_head_index") is None:
+        wanted["reshape_activations"] = "hook_z"  # heads flattened in training, unflattened when spliced in
+    names = {f.name for f in fields(cfg_cls)}
+    kwargs = {k: v for k, v in wanted.items() if k in names}
+    kwargs.update({k: v for k, v in settings.extra.items() if k in names})
+    try:
+        return cfg_cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SAEError(f"invalid {arch} SAE settings: {exc}") from None
+
+
+def runner_config(settings: SAETrainSettings, d_in: int, *, output_path: str | None,
+                  model_name: str = "culture-gpt", dataset_path: str = "", checkpoint_path: str | None = None):
+    """The ``LanguageModelSAERunnerConfig`` of a run (verbose off)."""
+    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+
+    settings.check()
+    r = settings.resolved()
+    sae_cfg = _sae_config(settings, d_in)
+    runner_fields = {f.name for f in fields(LanguageModelSAERunnerConfig)}
+    sae_fields = {f.name for f in fields(type(sae_cfg))}
+    unknown = sorted(set(settings.extra) - runner_fields - sae_fields - {"logger"})
+    if unknown:
+        raise SAEError(f"unknown SAELens option(s) {', '.join(unknown)} (not a field of "
+                       f"LanguageModelSAERunnerConfig or of the {settings.architecture} SAE config)")
+    kwargs = dict(
+        sae=sae_cfg,
+        model_name=model_name,
+        model_class_name="HookedTransformer",
+        hook_name=settings.hook_name,
+        dataset_path=dataset_path,
+        is_dataset_tokenized=True,
+        streaming=False,
+        context_size=settings.context_size,
+        prepend_bos=False,
+        exclude_special_tokens=False,
+        training_tokens=r["training_tokens"],
+        train_batch_size_tokens=settings.train_batch_size_tokens,
+        n_batches_in_buffer=settings.n_batches_in_buffer,
+        store_batch_size_prompts=settings.store_batch_size_prompts,
+        activations_mixing_fraction=settings.activations_mixing_fraction,
+        lr=settings.lr,
+        lr_scheduler_name=settings.lr_scheduler_name,
+        lr_warm_up_steps=settings.lr_warm_up_steps,
+        lr_decay_steps=r["lr_decay_steps"],
+        lr_end=settings.lr_end,
+        adam_beta1=settings.adam_beta1,
+        adam_beta2=settings.adam_beta2,
+        feature_sampling_window=settings.feature_sampling_window,
+        dead_feature_window=settings.dead_feature_window,
+        dead_feature_threshold=settings.dead_feature_threshold,
+        n_batches_for_norm_estimate=settings.n_batches_for_norm_estimate,
+        seed=settings.seed,
+        dtype=settings.dtype,
+        device=settings.device,
+        autocast=settings.autocast,
+        compile_sae=settings.compile_sae,
+        n_checkpoints=settings.n_checkpoints,
+        checkpoint_path=checkpoint_path if settings.n_checkpoints else None,
+        output_path=output_path,
+        model_from_pretrained_kwargs={},
+        verbose=False,
+        logger=LoggingConfig(
+            log_to_wandb=settings.wandb,
+            wandb_project=settings.wandb_project,
+            wandb_log_frequency=settings.wandb_log_frequency,
+            eval_every_n_wandb_logs=settings.eval_every_n_wandb_logs,
+        ),
+    )
+    kwargs.update({k: v for k, v in settings.extra.items() if k in runner_fields})
+    try:
+        return LanguageModelSAERunnerConfig(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SAEError(f"invalid SAELens runner settings: {exc}") from None
+
+
+# ------------------------------------------------------------------ instrumentation
+
+
+class _CountingProvider:
+    """Stands in for the runner's ActivationsStore as the trainer's data
+    provider: counts the batches drawn (the first ones estimate the norm)."""
+
+    def __init__(self, store, on_batch: Callable[[int], None]):
+        self.__dict__["_store"] = store
+        self.__dict__["_on_batch"] = on_batch
+        self.__dict__["n_batches"] = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self._store)
+        self.__dict__["n_batches"] += 1
+        self._on_batch(self.n_batches)
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._store, name, value)
+
+
+class _StepStats:
+    """Wraps the SAE's ``training_forward_pass`` to watch the run (loss, L0,
+    variance explained) without changing it."""
+
+    def __init__(self, total_steps: int, progress: Progress | None):
+        self.total = total_steps
+        self.progress = progress
+        self.step = 0
+        self.every = max(1, total_steps // 400)
+        self.records: list[tuple[int, dict]] = []
+
+    def wrap(self, fn):
+        def training_forward_pass(step_input):
+            out = fn(step_input=step_input)
+            self.step += 1
+            if self.step % self.every == 0 or self.step == self.total or self.step == 1:
+                with torch.no_grad():
+                    x = out.sae_in.float()
+                    err = (out.sae_out.float() - x).pow(2).sum(-1).mean()
+                    var = (x - x.mean(0)).pow(2).sum(-1).mean()
+                    info = {
+                        "mse_loss": float(out.losses.get("mse_loss", err)),
+                        "loss": float(out.loss),
+                        "l0": float((out.feature_acts > 0).float().sum(-1).mean()),
+                        "explained_variance": float(1 - err / var) if float(var) > 0 else float("nan"),
+                    }
+                    for k, v in out.losses.items():
+                        info[k] = float(v)
+                self.records.append((self.step, info))
+            if self.progress is not None:
+                self.progress("train", self.step, self.total, self.records[-1][1] if self.records else {})
+            return out
+
+        return training_forward_pass
+
+    def final(self) -> dict:
+        """Means over the records of the last 10% of the steps."""
+        if not self.records:
+            return {}
+        cut = self.total - max(1, self.total // 10)
+        tail = [info for step, info in self.records if step > cut] or [self.records[-1][1]]
+        keys = tail[0].keys()
+        return {k: float(np.nanmean([t[k] for t in tail])) for k in keys}
+
+
+@contextlib.contextmanager
+def _quiet_sae_lens():
+    """SAELens's tqdm bars and info/warning logs off (we show our own progress)."""
+    import functools
+    import logging
+    import warnings
+
+    import sae_lens.training.activation_scaler as scaler_mod
+    import sae_lens.training.sae_trainer as trainer_mod
+
+    saved = {m: m.tqdm for m in (scaler_mod, trainer_mod)}
+    log = logging.getLogger("sae_lens")
+    level = log.level
+    try:
+        for m, t in saved.items():
+            m.tqdm = functools.partial(t, disable=True)
+        log.setLevel(logging.CRITICAL)  # also "Error during view operation" (benign: it reshapes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for m, t in saved.items():
+            m.tqdm = t
+        log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _keep_signal_handlers():
+    """The runner installs SIGINT/SIGTERM handlers; put the old ones back."""
+    saved = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, OSError):
+            saved[sig] = signal.getsignal(sig)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------ training
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """One-line SAEError when ``out`` cannot receive a new SAE."""
+    if out.exists() and not out.is_dir():
+        raise SAEError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise SAEError(f"{out} exists and is not empty (use --overwrite to replace it)")
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def train_sae(
+    hooked,
+    out: str | os.PathLike,
+    settings: SAETrainSettings | None = None,
+    *,
+    dataset=None,
+    tasks=None,
+    noise: float = PROMPT_NOISE,
+    num_quizzes: int | None = None,
+    model_name: str = "culture-gpt",
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    extra_summary: dict | None = None,
+) -> SAETrainResult:
+    """Train an SAE on ``hooked`` (a culture GPT as a TransformerLens model) at
+    ``settings.hook_name`` with SAELens's runner; write it to ``out``.
+
+    ``dataset``: None (generate ``num_quizzes`` world quizzes of ``tasks`` on
+    the fly, default: as many as the run reads, so no quiz is seen twice), a
+    ``dataset build`` directory, or a ``datasets.Dataset`` with ``input_ids``.
+    ``progress(phase, done, total, info)`` is called with phases "data"
+    (quizzes generated), "norm" (batches of the norm estimate) and "train"
+    (steps; info holds the latest loss, L0 and variance explained).
+    """
+    import datasets
+    from sae_lens import LanguageModelSAETrainingRunner
+    from sae_lens.training._interruption import InterruptedException
+
+    settings = settings or SAETrainSettings()
+    settings.check()
+    out = Path(out)
+    prepare_out(out, overwrite)
+    if torch.device(hooked.cfg.device).type != torch.device(settings.device).type:
+        raise SAEError(f"the model is on {hooked.cfg.device} but the SAE settings say {settings.device}: "
+                       "put both on one device")
+    head = settings.extra.get("hook_head_index")
+    d_in = activation_size(hooked, settings.hook_name, head)
+    # validate the whole configuration before generating any data
+    runner_config(settings, d_in, output_path=None, model_name=model_name)
+
+    if dataset is None:
+        n = int(num_quizzes) if num_quizzes else _rows_needed(settings)
+        ds = generate_training_dataset(
+            n, tasks, seed=settings.seed, noise=noise,
+            progress=(lambda d, t: progress("data", d, t, {})) if progress else None)
+        from culture.world import resolve_tasks
+
+        dataset_label = f"generated:{n}:seed={settings.seed}:noise={noise}:tasks={','.join(resolve_tasks(tasks))}"
+    elif isinstance(dataset, (str, os.PathLike)):
+        ds = load_training_dataset(dataset, settings.context_size)
+        dataset_label = str(Path(dataset).resolve())
+    elif isinstance(dataset, datasets.Dataset):
+        ds = check_training_dataset(dataset, settings.context_size)
+        dataset_label = "in-memory"
+    else:
+        raise SAEError(f"dataset must be None, a directory or a datasets.Dataset, got {type(dataset).__name__}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        cfg = runner_config(settings, d_in, output_path=str(tmp), model_name=model_name,
+                            dataset_path=dataset_label,
+                            checkpoint_path=str(out.with_name(out.name + ".checkpoints")))
+        stats = _StepStats(cfg.total_training_steps, progress)
+        norm_batches = (settings.n_batches_for_norm_estimate
+                        if settings.normalize_activations in ("expected_average_only_in", "covariance_whitening")
+                        else 0)
+
+        def on_batch(k: int) -> None:
+            if progress is not None and k <= norm_batches:
+                progress("norm", k, norm_batches, {})
+
+        was_training = hooked.training
+        hooked.eval()
+        t0 = time.perf_counter()
+        dev = torch.device(settings.device)
+        rng_devices = [dev.index or 0] if dev.type == "cuda" else []
+        # SAELens 6 does not seed its runs (SAE init, buffer shuffles): seed here, without touching the caller's RNG
+        with _quiet_sae_lens(), _keep_signal_handlers(), torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(settings.seed)
+            runner = LanguageModelSAETrainingRunner(cfg, override_dataset=ds, override_model=hooked)
+            runner.sae.training_forward_pass = stats.wrap(runner.sae.training_forward_pass)
+            runner.activations_store = _CountingProvider(runner.activations_store, on_batch)
+            try:
+                sae = runner.run()
+            except InterruptedException:
+                raise KeyboardInterrupt from None
+        seconds = time.perf_counter() - t0
+        if was_training:
+            hooked.train()
+
+        tail = stats.final()
+        meta = sae.cfg.metadata
+        d_sae = int(sae.cfg.d_sae)
+        dead = getattr(meta, "num_dead_features", None)
+        tokens = cfg.total_training_steps * cfg.train_batch_size_tokens
+        summary = {
+            "model": model_name,
+            "hook_name": settings.hook_name,
+            "architecture": settings.architecture,
+            "d_in": d_in,
+            "d_sae": d_sae,
+            "steps": cfg.total_training_steps,
+            "training_tokens": tokens,
+            "seconds": seconds,
+            "tokens_per_second": tokens / seconds if seconds > 0 else None,
+            "explained_variance": tail.get("explained_variance"),
+            "l0": float(meta.l0) if getattr(meta, "l0", None) is not None else tail.get("l0"),
+            "dead_features": int(dead) if dead is not None else None,
+            "dead_fraction": (int(dead) / d_sae) if dead is not None else None,
+            "mse_loss": tail.get("mse_loss"),
+            "l1_loss": tail.get("l1_loss"),
+            "dataset": dataset_label,
+            "dataset_rows": len(ds),
+            "settings": settings.resolved(),
+            "note": "explained_variance / mse / l1: mean over the last 10% of the steps (training batches); "
+                    "l0 and dead features: SAELens's last sparsity window (dead = no firing in the last "
+                    f"{settings.dead_feature_window} steps)",
+            **(extra_summary or {}),
+        }
+        (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    sae.eval()
+    return SAETrainResult(sae=_inference_sae(out, sae), out=out, summary=summary)
+
+
+def _inference_sae(out: Path, training_sae):
+    """The inference SAE as written (what load_sae gives)."""
+    from culture.sae.loading import load_sae
+
+    try:
+        return load_sae(out, device=str(training_sae.device))
+    except Exception:  # noqa: BLE001 - fall back to the training object
+        return training_sae
+
+
+# ------------------------------------------------------------------ push
+
+
+def push_sae(folder: str | os.PathLike, repo_id: str, path_in_repo: str | None = None, *,
+             private: bool = False, token: str | None = None) -> str:
+    """Upload an SAE folder to the hub model repo ``repo_id`` (created if
+    needed) under ``path_in_repo`` (e.g. ``gpt-0/blocks_8_mlp_out``). Offline
+    or refused -> one-line CultureError. Returns the commit URL."""
+    from culture.sources import hub_offline
+    from culture.tokenizer import check_repo_id, push_error
+
+    check_repo_id(repo_id)
+    if hub_offline():
+        raise SAEError(f"cannot push SAE to {repo_id}: Hugging Face Hub offline mode is on (HF_HUB_OFFLINE)")
+    import huggingface_hub
+
+    try:
+        huggingface_hub.create_repo(repo_id, private=private, exist_ok=True, token=token)
+        info = huggingface_hub.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), path_in_repo=path_in_repo or None, token=token,
+            commit_message=f"culture-interp SAE {path_in_repo or ''}".strip(),
+            ignore_patterns=["checkpoints/*"])
+    except Exception as exc:  # noqa: BLE001 - network, auth, refusal: one line
+        raise push_error("SAE", repo_id, exc) from None
+    return str(getattr(info, "commit_url", None) or info)
+
+
+def default_path_in_repo(model_id: int | None, hook_name: str) -> str:
+    """``gpt-{k}/{hook}``, the earlier toolkit's layout (``gpt-0/blocks_8_mlp_out``)."""
+    prefix = f"gpt-{model_id}/" if model_id is not None else ""
+    return prefix + hook_dirname(hook_name)

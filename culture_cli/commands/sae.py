@@ -1,0 +1,511 @@
+"""``culture-interp sae train|eval|features``: sparse autoencoders (SAELens) on
+the culture GPTs. The library is :mod:`culture.sae`; SAELens, TransformerLens
+and datasets are imported inside the commands only."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from culture_cli.common import console, err_console, fail, plain_output, progress, write_json
+
+HELP = "Sparse autoencoders (SAELens): train on a model's activations, evaluate, study features."
+
+sae_app = typer.Typer(
+    name="sae",
+    help=HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_SOURCE_HELP = ("Where the model is: a Hugging Face repo id, a directory, or 'bundled' "
+                "(default: the published models).")
+_SAE_HELP = ("The SAE: a directory (cfg.json + sae_weights.safetensors) or a hub repo "
+             "owner/name, optionally followed by /folder: tommyp111/culture-sae/gpt-0/blocks_8_mlp_out.")
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{x:.{digits}g}"
+
+
+def _print_table(table) -> None:
+    """Print a table; in a pipe, as wide as it needs (no cropped cells)."""
+    if plain_output():
+        import sys
+
+        from rich.console import Console
+
+        width = console.measure(table, options=console.options.update_width(100_000)).maximum
+        Console(file=sys.stdout, width=max(console.width, width), no_color=True, highlight=False).print(
+            table, crop=False)
+    else:
+        console.print(table)
+
+
+def _reporter(bar):
+    ids: dict[str, int] = {}
+    labels = {"data": "generating quizzes", "norm": "estimating activation norm", "train": "training SAE",
+              "activations": "activations", "clean": "scoring (clean)", "sae": "scoring (SAE spliced)",
+              "zero": "scoring (hook zeroed)", "features": "feature activations", "steered": "scoring (steered)",
+              "ablations": "ablations"}
+
+    def report(phase: str, done: int, total: int, info: dict | None = None) -> None:
+        if phase not in ids:
+            ids[phase] = bar.add_task(labels.get(phase, phase), total=total)
+        desc = labels.get(phase, phase)
+        if info and phase == "train":
+            ve = info.get("explained_variance")
+            desc = (f"training SAE  mse {info.get('mse_loss', float('nan')):.3g}  L0 {info.get('l0', float('nan')):.1f}"
+                    f"  var.expl. {ve:.3f}" if ve is not None else desc)
+        bar.update(ids[phase], completed=done, description=desc)
+
+    return report
+
+
+def _check_common(num_samples: int, batch_size: int, seed: int, noise: float) -> None:
+    if num_samples < 1:
+        fail(f"--num-samples must be at least 1, got {num_samples}")
+    if batch_size < 1:
+        fail(f"--batch-size must be at least 1, got {batch_size}")
+    if seed < 0:
+        fail(f"--seed must be >= 0, got {seed}")
+    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
+        fail(f"--noise must be a probability in [0, 1], got {noise}")
+
+
+def _load_model(model: int, source: str | None, device: str, sae: bool):
+    from culture import sources
+    from culture.evaluation import check_device
+    from culture.hooked import load_hooked
+
+    dev = check_device(device)
+    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
+    src.check_model_id(model)
+    hooked = load_hooked(model, src, sae=sae, device=str(dev))
+    return hooked, src, dev
+
+
+def _load_sae_for(spec: str, subfolder: str | None, hooked, device, model: int | None = None):
+    from culture.sae import DEFAULT_SAE_REPO, check_sae_for_model, load_sae
+
+    if spec.strip().strip("/") == DEFAULT_SAE_REPO and subfolder is None and model is not None:
+        subfolder = f"gpt-{model}/blocks_8_mlp_out"  # the earlier toolkit's layout
+    sae = load_sae(spec, subfolder, device=str(device))
+    for w in getattr(sae, "culture_warnings", []):
+        err_console.print(f"warning: {w}", highlight=False)
+    check_sae_for_model(sae, hooked)
+    return sae
+
+
+def _test_set(src, num_samples, tasks, c_quizzes, seed, noise):
+    from culture.ablation import source_test_set
+    from culture.world import resolve_tasks
+
+    names = resolve_tasks(list(tasks) if tasks else None)
+    ts = source_test_set(src, num_samples, names, c_quizzes=c_quizzes, seed=seed, noise=noise)
+    err_console.print(f"test set: {len(ts)} quizzes ({len(ts) - ts.n_c_quizzes} world, {ts.n_c_quizzes} "
+                      f"c-quizzes), seed {seed}, noise {noise:g}", highlight=False)
+    return ts
+
+
+def _parse_options(values: list[str] | None) -> dict:
+    out = {}
+    for v in values or []:
+        key, eq, raw = str(v).partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or not key:
+            fail(f"--option: expected KEY=VALUE (a SAELens config field), got {v!r}")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+# ------------------------------------------------------------------ train
+
+
+@sae_app.command("train")
+def train(
+    model: Annotated[int, typer.Option("--model", help="Model id (gpt_{K:03d}.pth of the source).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write (SAELens format), atomically.")],
+    source: Annotated[Optional[str], typer.Option("--source", help=_SOURCE_HELP, show_default=False)] = None,
+    hook: Annotated[str, typer.Option("--hook", help="TransformerLens hook point.")] = "blocks.8.hook_mlp_out",
+    dataset: Annotated[Optional[Path], typer.Option(
+        "--dataset", help="A `culture-interp dataset build` directory (input_ids: BOS + quiz); default: "
+        "quizzes generated on the fly.", show_default=False)] = None,
+    num_quizzes: Annotated[Optional[int], typer.Option(
+        "--num-quizzes", help="Quizzes to generate without --dataset (default: as many as the run reads).",
+        show_default=False)] = None,
+    tasks: Annotated[Optional[list[str]], typer.Option(
+        "--tasks", "--task", help="World tasks of the generated quizzes (default: the 8 of the published models).",
+        show_default=False)] = None,
+    noise: Annotated[float, typer.Option("--noise", help="Prompt noise of the generated quizzes.")] = 0.05,
+    steps: Annotated[int, typer.Option("--steps", help="Training steps (batches).")] = 30_000,
+    training_tokens: Annotated[Optional[int], typer.Option(
+        "--training-tokens", help="Training tokens (overrides --steps).", show_default=False)] = None,
+    batch_tokens: Annotated[int, typer.Option("--batch-tokens", help="Tokens per training batch.")] = 4096,
+    architecture: Annotated[str, typer.Option(
+        "--architecture", help="SAELens architecture: standard, gated, jumprelu, topk, batchtopk...")] = "standard",
+    expansion_factor: Annotated[int, typer.Option("--expansion-factor", help="d_sae = factor x d_in.")] = 32,
+    d_sae: Annotated[Optional[int], typer.Option("--d-sae", help="Number of features (overrides the factor).",
+                                                 show_default=False)] = None,
+    l1_coefficient: Annotated[float, typer.Option("--l1-coefficient", help="Sparsity penalty.")] = 5.0,
+    lp_norm: Annotated[float, typer.Option("--lp-norm", help="p of the sparsity penalty.")] = 1.0,
+    l1_warm_up_steps: Annotated[Optional[int], typer.Option(
+        "--l1-warm-up-steps", help="L1 warm-up (default: 5% of the steps).", show_default=False)] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Active features of top-k architectures.",
+                                             show_default=False)] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 2e-5,
+    lr_scheduler: Annotated[str, typer.Option(
+        "--lr-scheduler", help="constant, cosineannealing or cosineannealingwarmrestarts.")] = "constant",
+    lr_warm_up_steps: Annotated[int, typer.Option("--lr-warm-up-steps", help="Linear lr warm-up steps.")] = 0,
+    lr_decay_steps: Annotated[Optional[int], typer.Option(
+        "--lr-decay-steps", help="Linear lr decay to 0 at the end (default: 20% of the steps).",
+        show_default=False)] = None,
+    lr_end: Annotated[Optional[float], typer.Option("--lr-end", help="End lr of cosine schedules (lr/10).",
+                                                    show_default=False)] = None,
+    adam_beta1: Annotated[float, typer.Option("--adam-beta1")] = 0.9,
+    adam_beta2: Annotated[float, typer.Option("--adam-beta2")] = 0.999,
+    context_size: Annotated[int, typer.Option("--context-size", help="Tokens per row read (405 = BOS + quiz).")
+                            ] = 405,
+    normalize_activations: Annotated[str, typer.Option(
+        "--normalize-activations", help="none, expected_average_only_in, layer_norm, covariance_whitening.")
+    ] = "expected_average_only_in",
+    apply_b_dec_to_input: Annotated[bool, typer.Option(
+        "--apply-b-dec-to-input/--no-apply-b-dec-to-input", help="Subtract b_dec from the SAE input.")] = False,
+    decoder_init_norm: Annotated[float, typer.Option(
+        "--decoder-init-norm", help="Norm of the decoder rows at init (heuristic init); 0 = off.")] = 0.1,
+    n_batches_in_buffer: Annotated[int, typer.Option("--n-batches-in-buffer", help="Activation buffer (batches).")
+                                   ] = 64,
+    store_batch_size: Annotated[int, typer.Option("--store-batch-size", help="Quizzes per model forward.")] = 16,
+    mixing_fraction: Annotated[float, typer.Option(
+        "--activations-mixing-fraction", help="Share of the buffer kept for mixing.")] = 0.5,
+    feature_sampling_window: Annotated[int, typer.Option("--feature-sampling-window")] = 1000,
+    dead_feature_window: Annotated[int, typer.Option(
+        "--dead-feature-window", help="Steps without firing that make a feature dead.")] = 1000,
+    dead_feature_threshold: Annotated[float, typer.Option("--dead-feature-threshold")] = 1e-4,
+    norm_batches: Annotated[int, typer.Option(
+        "--n-batches-for-norm-estimate", help="Batches read to estimate the activation norm.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed (SAELens and the generated quizzes).")] = 42,
+    dtype: Annotated[str, typer.Option("--dtype", help="SAE dtype.")] = "float32",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
+    autocast: Annotated[bool, typer.Option("--autocast", help="bfloat16 autocast of the SAE.")] = False,
+    compile_sae: Annotated[bool, typer.Option("--compile-sae", help="torch.compile the SAE.")] = False,
+    n_checkpoints: Annotated[int, typer.Option(
+        "--n-checkpoints", help="Checkpoints during training, in OUT.checkpoints/ beside OUT.")] = 0,
+    wandb: Annotated[bool, typer.Option("--wandb", help="Log to Weights & Biases (off by default).")] = False,
+    wandb_project: Annotated[str, typer.Option("--wandb-project")] = "culture_sae",
+    wandb_log_frequency: Annotated[int, typer.Option("--wandb-log-frequency")] = 30,
+    eval_every_n_wandb_logs: Annotated[int, typer.Option("--eval-every-n-wandb-logs")] = 20,
+    option: Annotated[Optional[list[str]], typer.Option(
+        "--option", help="Any other LanguageModelSAERunnerConfig / SAE config field: KEY=VALUE (JSON value); "
+        "repeatable.", show_default=False)] = None,
+    push: Annotated[Optional[str], typer.Option("--push", help="Then upload to this hub model repo.",
+                                                show_default=False)] = None,
+    path_in_repo: Annotated[Optional[str], typer.Option(
+        "--path-in-repo", help="Folder in the repo (default gpt-K/<hook>, e.g. gpt-0/blocks_8_mlp_out).",
+        show_default=False)] = None,
+    private: Annotated[bool, typer.Option("--private", help="With --push: create the repo private.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --out.")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary to this file.",
+                                                      show_default=False)] = None,
+) -> None:
+    """Train an SAE on a model's activations with SAELens's training runner.
+
+    Defaults: the earlier toolkit's run (expansion 32, L1 5, lr 2e-5 constant
+    with decay over the last 20%, L1 warm-up 5%, 4,096 tokens x 30,000 steps,
+    context 405, activations normalised, heuristic decoder init). Writes
+    cfg.json + sae_weights.safetensors (SAE.load_from_disk(OUT)) and
+    training_summary.json.
+    """
+    import time
+
+    from culture.sae import SAETrainSettings, train_sae
+    from culture.sae.training import default_path_in_repo
+
+    if num_quizzes is not None and num_quizzes < 1:
+        fail(f"--num-quizzes must be >= 1, got {num_quizzes}")
+    if num_quizzes is not None and dataset is not None:
+        fail("--num-quizzes is for generated quizzes; drop it with --dataset")
+    if tasks and dataset is not None:
+        fail("--tasks is for generated quizzes; a --dataset has its own tasks")
+    if private and not push:
+        fail("--private needs --push")
+    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
+        fail(f"--noise must be a probability in [0, 1], got {noise}")
+    extra = _parse_options(option)
+    if k is not None:
+        extra["k"] = k
+    settings = SAETrainSettings(
+        hook_name=hook, architecture=architecture, expansion_factor=expansion_factor, d_sae=d_sae,
+        l1_coefficient=l1_coefficient, lp_norm=lp_norm, l1_warm_up_steps=l1_warm_up_steps, steps=steps,
+        training_tokens=training_tokens, train_batch_size_tokens=batch_tokens, context_size=context_size, lr=lr,
+        lr_scheduler_name=lr_scheduler, lr_warm_up_steps=lr_warm_up_steps, lr_decay_steps=lr_decay_steps,
+        lr_end=lr_end, adam_beta1=adam_beta1, adam_beta2=adam_beta2, normalize_activations=normalize_activations,
+        apply_b_dec_to_input=apply_b_dec_to_input, decoder_init_norm=decoder_init_norm or None,
+        n_batches_in_buffer=n_batches_in_buffer, store_batch_size_prompts=store_batch_size,
+        activations_mixing_fraction=mixing_fraction, feature_sampling_window=feature_sampling_window,
+        dead_feature_window=dead_feature_window, dead_feature_threshold=dead_feature_threshold,
+        n_batches_for_norm_estimate=norm_batches, seed=seed, dtype=dtype, device=device, autocast=autocast,
+        compile_sae=compile_sae, n_checkpoints=n_checkpoints, wandb=wandb, wandb_project=wandb_project,
+        wandb_log_frequency=wandb_log_frequency, eval_every_n_wandb_logs=eval_every_n_wandb_logs, extra=extra)
+    settings.check()
+    from culture.sae.training import prepare_out
+
+    prepare_out(out, overwrite)
+    if tasks:
+        from culture.world import resolve_tasks
+
+        resolve_tasks(list(tasks))
+    if push:
+        from culture.sources import hub_offline
+        from culture.tokenizer import check_repo_id
+
+        check_repo_id(push)
+        if hub_offline():
+            fail(f"cannot push SAE to {push}: Hugging Face Hub offline mode is on (HF_HUB_OFFLINE)")
+
+    hooked, src, dev = _load_model(model, source, device, sae=False)
+    settings.device = str(dev)
+    from culture.sae.common import check_hook
+
+    check_hook(hooked, hook)
+    if dataset is not None:
+        from culture.sae.training import load_training_dataset
+
+        load_training_dataset(dataset, context_size)  # a bad directory: one line before any work
+    err_console.print(f"model {model} of {src.name}, hook {hook}, {settings.total_steps:,} steps x "
+                      f"{batch_tokens:,} tokens", highlight=False)
+    t0 = time.perf_counter()
+    with progress() as bar:
+        result = train_sae(hooked, out, settings, dataset=dataset, tasks=list(tasks) if tasks else None,
+                           noise=noise, num_quizzes=num_quizzes, model_name=f"culture-gpt-{model}",
+                           overwrite=overwrite, progress=_reporter(bar),
+                           extra_summary={"model_id": model, "source": src.name})
+    s = result.summary
+    s["wall_seconds"] = time.perf_counter() - t0
+
+    from rich.table import Table
+
+    table = Table(title=f"SAE trained: {out}", title_justify="left")
+    table.add_column("", justify="left")
+    table.add_column("value", justify="right")
+    rows = [
+        ("hook", s["hook_name"]), ("features (d_sae)", _num(s["d_sae"])), ("d_in", _num(s["d_in"])),
+        ("steps", _num(s["steps"])), ("training tokens", _num(s["training_tokens"])),
+        ("tokens/s", _num(s["tokens_per_second"], 4)),
+        ("variance explained (last 10% of steps)", _num(s["explained_variance"])),
+        ("L0 (features per token)", _num(s["l0"])),
+        ("dead features", f"{_num(s['dead_features'])} ({_pct(s['dead_fraction'])})"),
+        ("mse loss", _num(s.get("mse_loss"))), ("l1 loss", _num(s.get("l1_loss"))),
+        ("dataset", (f"{s['dataset_rows']:,} generated quizzes (seed {seed}, noise {noise:g})"
+                     if str(s["dataset"]).startswith("generated:")
+                     else f"{s['dataset']} ({s['dataset_rows']:,} rows)")),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    _print_table(table)
+    if json_path is not None:
+        write_json(json_path, s)
+    if push:
+        from culture.sae import push_sae
+
+        where = path_in_repo or default_path_in_repo(model, hook)
+        url = push_sae(out, push, where, private=private)
+        err_console.print(f"pushed to {push}/{where}: {url}", highlight=False)
+
+
+# ------------------------------------------------------------------ eval
+
+
+@sae_app.command("eval")
+def eval_command(
+    model: Annotated[int, typer.Option("--model", help="Model id.")],
+    sae: Annotated[str, typer.Option("--sae", help=_SAE_HELP)],
+    subfolder: Annotated[Optional[str], typer.Option("--subfolder", help="The SAE's folder in --sae.",
+                                                     show_default=False)] = None,
+    source: Annotated[Optional[str], typer.Option("--source", help=_SOURCE_HELP, show_default=False)] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Held-out test quizzes.")] = 500,
+    tasks: Annotated[Optional[list[str]], typer.Option(
+        "--tasks", "--task", help="World tasks (default: the 8 of the published models).", show_default=False)
+    ] = None,
+    c_quizzes: Annotated[bool, typer.Option("--c-quizzes/--no-c-quizzes",
+                                            help="Mix in the source's test c-quizzes (at most half).")] = True,
+    noise: Annotated[float, typer.Option("--noise", help="Prompt noise (structures 1 and 2).")] = 0.05,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the test set (not the training seed).")] = 0,
+    dense_threshold: Annotated[float, typer.Option(
+        "--dense-threshold", help="A feature firing on more than this share of positions is dense.")] = 0.1,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Quizzes per forward pass.")] = 16,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the numbers to this JSON file.",
+                                                      show_default=False)] = None,
+) -> None:
+    """Evaluate an SAE per task: variance explained, L0, dead/dense features,
+    loss recovered and greedy accuracy with the SAE spliced in vs clean vs the
+    hook zero-ablated."""
+    _check_common(num_samples, batch_size, seed, noise)
+    if not 0 < dense_threshold <= 1:
+        fail(f"--dense-threshold must be in (0, 1], got {dense_threshold}")
+    from culture.sae import evaluate_sae
+
+    hooked, src, dev = _load_model(model, source, device, sae=True)
+    sae_obj = _load_sae_for(sae, subfolder, hooked, dev, model)
+    ts = _test_set(src, num_samples, tasks, c_quizzes, seed, noise)
+    with progress() as bar:
+        report = _reporter(bar)
+        results = evaluate_sae(hooked, sae_obj, ts, batch_size=batch_size, dense_threshold=dense_threshold,
+                               device=dev, progress=lambda p, d, t: report(p, d, t))
+
+    from rich.table import Table
+
+    table = Table(title=f"SAE {sae} at {results.hook_name} ({results.d_sae:,} features), model {model}",
+                  title_justify="left")
+    for name in ("task", "n", "var. expl.", "L0", "dead", "dense", "loss clean", "loss SAE", "loss zero",
+                 "loss recovered", "acc clean", "acc SAE", "acc zero"):
+        table.add_column(name, justify="left" if name == "task" else "right")
+    for g in results.groups:
+        r = results.by_group[g]
+        table.add_row(g, str(r["n"]), _num(r.get("explained_variance"), 3), _num(r.get("l0"), 3),
+                      _num(r.get("dead_features")), _num(r.get("dense_features")), _num(r["loss_clean"], 3),
+                      _num(r["loss_sae"], 3), _num(r["loss_zero"], 3), _num(r["loss_recovered"], 3),
+                      _pct(r["accuracy_clean"]), _pct(r["accuracy_sae"]), _pct(r["accuracy_zero"]))
+    _print_table(table)
+    err_console.print("loss = cross-entropy on the predicted cells; recovered = (zero - SAE) / (zero - clean); "
+                      "dead = never fires on these quizzes", highlight=False)
+    if json_path is not None:
+        d = results.to_dict()
+        d["settings"].update({"model": model, "source": src.name, "sae": sae, "subfolder": subfolder,
+                              "sae_path": getattr(sae_obj, "culture_path", None), **ts.settings()})
+        try:
+            write_json(json_path, d)
+        except OSError as exc:
+            fail(f"cannot write {json_path}: {exc.strerror or exc}")
+
+
+# ------------------------------------------------------------------ features
+
+
+@sae_app.command("features")
+def features_command(
+    model: Annotated[int, typer.Option("--model", help="Model id.")],
+    sae: Annotated[str, typer.Option("--sae", help=_SAE_HELP)],
+    subfolder: Annotated[Optional[str], typer.Option("--subfolder", help="The SAE's folder in --sae.",
+                                                     show_default=False)] = None,
+    source: Annotated[Optional[str], typer.Option("--source", help=_SOURCE_HELP, show_default=False)] = None,
+    features: Annotated[Optional[list[str]], typer.Option(
+        "--features", help="Feature ids (several after one flag: --features 10 24).", show_default=False)] = None,
+    top: Annotated[int, typer.Option("--top", help="Without --features: the top N features by --rank-by.")] = 10,
+    rank_by: Annotated[str, typer.Option("--rank-by", help="mean (activation), frequency or max.")] = "mean",
+    examples: Annotated[int, typer.Option("--examples", help="Top quizzes shown per feature.")] = 8,
+    steer: Annotated[Optional[list[str]], typer.Option(
+        "--steer", help="FEATURE=SCALE (0 ablates) or FEATURE=@VALUE (clamp); several after one flag. "
+        "Re-runs greedy accuracy with the SAE spliced in (error term kept).", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dashboard folder (index.html, PNGs, report.json).")
+                   ] = Path("sae-features"),
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Test quizzes.")] = 500,
+    tasks: Annotated[Optional[list[str]], typer.Option(
+        "--tasks", "--task", help="World tasks (default: the 8 of the published models).", show_default=False)
+    ] = None,
+    c_quizzes: Annotated[bool, typer.Option("--c-quizzes/--no-c-quizzes",
+                                            help="Mix in the source's test c-quizzes (at most half).")] = True,
+    noise: Annotated[float, typer.Option("--noise", help="Prompt noise (structures 1 and 2).")] = 0.05,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the test set.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Quizzes per forward pass.")] = 16,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
+) -> None:
+    """Study SAE features: where they fire (grids with the cell highlighted),
+    how often per task, the colours they promote (W_dec @ W_U), and optional
+    steering; writes a static HTML dashboard."""
+    _check_common(num_samples, batch_size, seed, noise)
+    if examples < 1:
+        fail(f"--examples must be >= 1, got {examples}")
+    if top < 1:
+        fail(f"--top must be >= 1, got {top}")
+    ids = []
+    for v in features or []:
+        for part in str(v).replace(",", " ").split():
+            try:
+                ids.append(int(part))
+            except ValueError:
+                fail(f"--features: not a feature id: {part!r}")
+    from culture.sae import feature_report, parse_steer, steer_accuracy
+
+    specs = parse_steer(list(steer)) if steer else []  # syntax first; range once the SAE is loaded
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} exists and is not a directory")
+    hooked, src, dev = _load_model(model, source, device, sae=True)
+    sae_obj = _load_sae_for(sae, subfolder, hooked, dev, model)
+    d_sae = int(sae_obj.cfg.d_sae)
+    for f in ids:
+        if not 0 <= f < d_sae:
+            fail(f"feature {f} out of range (the SAE has {d_sae:,} features: 0..{d_sae - 1})")
+    if specs:
+        specs = parse_steer(list(steer), d_sae)
+    ts = _test_set(src, num_samples, tasks, c_quizzes, seed, noise)
+    with progress() as bar:
+        report = _reporter(bar)
+        rep = feature_report(hooked, sae_obj, ts, features=ids or None, top=top, rank_by=rank_by,
+                             n_examples=examples, batch_size=batch_size, device=dev,
+                             progress=lambda p, d, t: report(p, d, t))
+        if specs:
+            rep.steering = steer_accuracy(hooked, sae_obj, ts, specs, batch_size=batch_size, device=dev,
+                                          progress=lambda p, d, t: report(p, d, t))
+
+    from culture.dashboard import write_dashboard
+
+    meta = {"model": model, "source": src.name, "sae": sae if not subfolder else f"{sae} ({subfolder})",
+            "sae path": getattr(sae_obj, "culture_path", None), "hook": rep.hook_name,
+            "features in the SAE": f"{d_sae:,}", "test quizzes": f"{len(ts)} (seed {seed}, noise {noise:g})",
+            "tasks": ", ".join(ts.tasks)}
+    images = {f["id"]: rep.image(f["id"]) for f in rep.features}
+    index = write_dashboard(out, rep.to_dict(), images, meta,
+                            title=f"SAE features, model {model}, {rep.hook_name}")
+
+    from rich.table import Table
+
+    table = Table(title=f"Features of {sae} at {rep.hook_name}", title_justify="left")
+    for name in ("feature", "token freq", "quiz freq", "mean act", "max act", "most frequent in", "promotes",
+                 "strongest at"):
+        table.add_column(name, justify="right" if name not in ("most frequent in", "promotes", "strongest at")
+                         else "left")
+    for f in rep.features:
+        tasks_sorted = sorted(((v["token_frequency"] or 0.0, k) for k, v in f["by_task"].items()), reverse=True)
+        top_task = f"{tasks_sorted[0][1]} ({_pct(tasks_sorted[0][0])})" if tasks_sorted and tasks_sorted[0][0] else "-"
+        promotes = ", ".join(c for c, _ in f["promotes"]) or "-"
+        ex = f["examples"][0] if f["examples"] else None
+        where = f"{ex['task']}: reads {ex['reads']}" if ex else "never fires"
+        table.add_row(str(f["id"]), _pct(f["token_frequency"]), _pct(f["quiz_frequency"]),
+                      _num(f["mean_activation"], 3), _num(f["max_activation"], 3), top_task, promotes, where)
+    _print_table(table)
+    if rep.steering:
+        st = Table(title=f"Steering {' '.join(rep.steering['specs'])} (SAE spliced in, error term kept)",
+                   title_justify="left")
+        for name in ("task", "n", "acc clean", "acc steered", "loss clean", "loss steered", "changed"):
+            st.add_column(name, justify="left" if name == "task" else "right")
+        for g, v in rep.steering["by_group"].items():
+            st.add_row(g, str(v["n"]), _pct(v["accuracy_clean"]), _pct(v["accuracy_steered"]),
+                       _num(v["loss_clean"], 3), _num(v["loss_steered"], 3), str(v["changed"]))
+        _print_table(st)
+    err_console.print(f"wrote {index} (open it in a browser), {len([i for i in images.values() if i])} PNGs "
+                      f"and report.json in {out}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(sae_app, name="sae", help=HELP, short_help="Sparse autoencoders: train, eval, features.")
