@@ -38,6 +38,10 @@ class GPTConfig:
     vocabulary_size: int = VOCAB_SIZE
     dropout: float = 0.0
     len_max: float = POSITIONAL_LEN_MAX
+    #: dropout on the attention probabilities; None = ``dropout`` (the
+    #: reference). 0 lets training use the fused attention kernels, which on
+    #: CPU support no dropout (about 4x faster attention).
+    attention_dropout: float | None = None
 
     @property
     def dim_value(self) -> int:
@@ -95,7 +99,7 @@ class CausalSelfAttention(nn.Module):
 
         self.nb_heads = cfg.nb_heads
         self.dim_keys = cfg.dim_keys
-        self.dropout = cfg.dropout
+        self.dropout = cfg.dropout if cfg.attention_dropout is None else cfg.attention_dropout
         self.w_q = randw(cfg.nb_heads, cfg.dim_keys, cfg.dim_model)
         self.w_k = randw(cfg.nb_heads, cfg.dim_keys, cfg.dim_model)
         self.w_v = randw(cfg.nb_heads, cfg.dim_value, cfg.dim_model)
@@ -116,7 +120,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.append(layer, k, v)
         dv = v.shape[-1]
         scale = 1.0 / math.sqrt(dk)
-        if dk != dv and not self.training:
+        if dk != dv:
             # The fused (flash) CPU/GPU kernels want one head size for q, k and
             # v: zero-pad the smaller one. Padding q and k with zeros leaves
             # q.k unchanged; padded v columns are dropped after. Exact.

@@ -66,6 +66,7 @@ class TrainConfig:
     nb_heads: int | None = None
     nb_blocks: int | None = None
     dropout: float = 0.1
+    attention_dropout: float | None = None  # None: same as dropout (reference)
     tasks: tuple[str, ...] | None = None
     train_samples: int = 40_000
     test_samples: int = 2_000
@@ -100,6 +101,7 @@ class TrainConfig:
             if value is not None:
                 base[key] = value
         base["dropout"] = self.dropout
+        base["attention_dropout"] = self.attention_dropout
         cfg = GPTConfig(**base)
         if cfg.dim_model % cfg.nb_heads:
             raise TrainingError(f"dim_model {cfg.dim_model} is not a multiple of nb_heads {cfg.nb_heads}")

@@ -24,7 +24,11 @@ def train(
     dim_hidden: Optional[int] = typer.Option(None),
     nb_heads: Optional[int] = typer.Option(None),
     nb_blocks: Optional[int] = typer.Option(None),
-    dropout: float = typer.Option(0.1),
+    dropout: float = typer.Option(0.1, help="Dropout (embedding, attention, MLP), as the reference."),
+    attention_dropout: Optional[float] = typer.Option(
+        None, "--attention-dropout",
+        help="Dropout on attention probabilities (default: --dropout). 0 enables the fused attention kernels "
+             "(about 2-3x faster training steps on CPU)."),
     tasks: Optional[list[str]] = typer.Option(None, "--tasks", help="World tasks (default: the eight)."),
     train_samples: int = typer.Option(40_000, "--train-samples", min=1, help="Quizzes per epoch."),
     test_samples: int = typer.Option(2_000, "--test-samples", min=1, help="Test-set size."),
@@ -54,7 +58,8 @@ def train(
     else:
         config = TrainConfig(
             nb_models=nb_models, model=model, dim_model=dim_model, dim_keys=dim_keys, dim_hidden=dim_hidden,
-            nb_heads=nb_heads, nb_blocks=nb_blocks, dropout=dropout, tasks=tuple(tasks) if tasks else None,
+            nb_heads=nb_heads, nb_blocks=nb_blocks, dropout=dropout,
+            attention_dropout=attention_dropout, tasks=tuple(tasks) if tasks else None,
             train_samples=train_samples, test_samples=test_samples, batch_size=batch_size, lr=lr,
             prompt_noise=prompt_noise, seed=seed, threshold=threshold, max_rounds=max_rounds,
             target_accuracy=target_accuracy, culture=not no_culture, max_fail=max_fail,
