@@ -80,4 +80,5 @@ def test_unknown_id_is_one_line(source, capsys):
     lines = [l for l in err.splitlines() if l.strip()]
     assert len(lines) == 1
     # offline, the hub source can only say which models it has cached
-    assert "model 7" in lines[0] and "models there: 0, 1" in lines[0] or "cached models: 0, 1" in lines[0]
+    assert "model 7" in lines[0]
+    assert "models there: 0, 1" in lines[0] or "cached models: 0, 1" in lines[0]
