@@ -64,6 +64,7 @@ import numpy as np
 import torch
 
 from culture.errors import CultureError
+from culture.io import check_out_dir, replace_dir
 from culture.quiz import (
     EVAL_STRUCTURES,
     QUIZ_LEN,
@@ -412,23 +413,6 @@ def load_source_c_quizzes(source: str | os.PathLike) -> torch.Tensor:
     return pair[1]
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise DatasetBuildError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DatasetBuildError(f"{out} exists and is not empty (use --overwrite to replace it)")
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
 def check_build_args(
     out: str | os.PathLike,
     n: int,
@@ -454,7 +438,7 @@ def check_build_args(
         raise DatasetBuildError(f"--seed must be >= 0, got {seed}")
     if num_proc is not None and int(num_proc) < 1:
         raise DatasetBuildError(f"--num-proc must be >= 1, got {num_proc}")
-    _prepare_out(Path(out).expanduser(), overwrite)
+    check_out_dir(Path(out).expanduser(), overwrite, DatasetBuildError)
     return names
 
 
@@ -648,8 +632,8 @@ def build_dataset(
                  "quizzes_per_second": round(report.quizzes_per_second, 1),
                  "partitioned": partitioned, "parquet": parquet}
         (tmp / "build.json").write_text(json.dumps(build, indent=2) + "\n")
-        _prepare_out(out, overwrite)  # still free (nothing raced us)?
-        _replace_dir(tmp, out)
+        check_out_dir(out, overwrite, DatasetBuildError)  # still free (nothing raced us)?
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -682,7 +666,7 @@ def push_dataset(
     ``partitioned_repo`` (default ``repo_id + "-partitioned"``, as the earlier
     toolkit's ``culture-puzzles-1M-partitioned``). Returns the repo ids pushed.
     Offline or refused -> one-line :class:`CultureError`."""
-    from culture.tokenizer import check_repo_id, hub_offline, push_error
+    from culture.hub import check_online, check_repo_id, push_error
 
     path = Path(path)
     check_repo_id(repo_id)
@@ -692,8 +676,7 @@ def push_dataset(
         check_repo_id(part_repo)
     if not (path / "state.json").is_file():
         raise DatasetBuildError(f"{path} is not a dataset built by culture-interp (no state.json)")
-    if hub_offline():
-        raise CultureError(f"cannot push dataset to {repo_id}: Hugging Face Hub offline mode is on (HF_HUB_OFFLINE)")
+    check_online("dataset", repo_id)
     from datasets import load_from_disk
 
     pushed = []

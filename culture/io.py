@@ -1,10 +1,12 @@
-"""Small file helpers: atomic writes (temp file in the same folder + rename)."""
+"""Small file helpers: atomic writes (temp file in the same folder + rename),
+output folders written whole (checked first, renamed into place)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -40,3 +42,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_out_dir(out: Path, overwrite: bool, error: type[Exception]) -> None:
+    """Raise ``error`` (one line) when ``out`` cannot receive a new folder:
+    it is a file, or a non-empty directory and ``overwrite`` is off."""
+    if out.exists() and not out.is_dir():
+        raise error(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise error(f"{out} exists and is not empty (use --overwrite to replace it)")
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Rename the finished folder ``src`` onto ``dst`` (replacing an old one)."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)

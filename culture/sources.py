@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from culture.errors import CultureError
+from culture.hub import hub_offline
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -47,7 +48,6 @@ BUNDLED = "bundled"
 C_QUIZZES_FILE = "c_quizzes.pth"
 _CHECKPOINT_RE = re.compile(r"^gpt_(\d{3,})\.pth$")
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_TRUE = {"1", "on", "yes", "true"}
 
 _ALTERNATIVES = ("use --source bundled (the small models shipped with the package), "
                  "or --source DIR (a local directory with gpt_000.pth...)")
@@ -228,19 +228,6 @@ class BundledSource(LocalSource):
     def model_card(self) -> Path | None:
         p = self.root / "MODEL_CARD.md"
         return p if p.is_file() else None
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) read now, with huggingface_hub's
-    rule; when neither is set, ``huggingface_hub.constants.HF_HUB_OFFLINE`` if
-    that module is loaded (it reads the environment once, at import time)."""
-    import sys
-
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
-    if value is not None and value.strip():
-        return value.strip().lower() in _TRUE
-    constants = sys.modules.get("huggingface_hub.constants")
-    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
 
 def hub_cache_dir() -> Path:

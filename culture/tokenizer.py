@@ -53,6 +53,8 @@ import tempfile
 from pathlib import Path
 
 from culture.errors import CultureError
+from culture.hub import check_push, check_repo_id, hub_offline, push_error  # noqa: F401 - also importable from here
+from culture.io import check_out_dir, replace_dir
 
 #: id -> word for the 15 model tokens (cells 0..10 as hex digits, then markers)
 TOKEN_WORDS: tuple[str, ...] = tuple(f"{i:x}" for i in range(11)) + ("X", "f_X", "Y", "f_Y")
@@ -124,73 +126,22 @@ def text_to_tokens(text: str):
 # ------------------------------------------------------------------ save / push
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise TokenizerError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise TokenizerError(f"{out} exists and is not empty (use --overwrite to replace it)")
-
-
 def save_tokenizer(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write the tokenizer (``save_pretrained``) to ``out`` atomically: it is
     written to a temporary folder next to ``out`` and renamed into place, so
     ``out`` is either the complete tokenizer or untouched. An existing
     non-empty ``out`` is replaced only with ``overwrite``."""
     out = Path(out)
-    _prepare_out(out, overwrite)
+    check_out_dir(out, overwrite, TokenizerError)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         build_tokenizer().save_pretrained(str(tmp))
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename the finished folder ``src`` onto ``dst`` (replacing an old one)."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
-def hub_offline() -> bool:
-    """True when Hugging Face Hub offline mode is on (HF_HUB_OFFLINE)."""
-    value = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    if value:
-        return value in {"1", "ON", "YES", "TRUE"}
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # noqa: BLE001 - no hub library: not offline-aware
-        return False
-
-
-def check_repo_id(repo_id: str) -> str:
-    """``repo_id`` if it is a valid ``namespace/name`` (or ``name``) hub id."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise CultureError(f"invalid hub repo id {repo_id!r} (expected NAME or NAMESPACE/NAME)") from None
-    return repo_id
-
-
-def push_error(what: str, repo_id: str, exc: BaseException) -> CultureError:
-    """A one-line user error for a failed push (offline, refused, ...)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    reason = lines[0] if lines else type(exc).__name__
-    if len(reason) > 200:
-        reason = reason[:197] + "..."
-    return CultureError(f"cannot push {what} to {repo_id}: {type(exc).__name__}: {reason}")
 
 
 def push_tokenizer(repo_id: str, *, private: bool = False, token: str | None = None) -> str:
@@ -199,9 +150,7 @@ def push_tokenizer(repo_id: str, *, private: bool = False, token: str | None = N
     Raises a one-line :class:`CultureError` when offline or when the hub
     refuses. Returns what ``push_to_hub`` returns (the commit info) as text.
     """
-    check_repo_id(repo_id)
-    if hub_offline():
-        raise CultureError(f"cannot push tokenizer to {repo_id}: Hugging Face Hub offline mode is on (HF_HUB_OFFLINE)")
+    check_push("tokenizer", repo_id)
     tokenizer = build_tokenizer()
     try:
         result = tokenizer.push_to_hub(repo_id, private=private, token=token)

@@ -1,11 +1,15 @@
-"""Helpers shared by the commands: console, errors, JSON output, progress."""
+"""Helpers shared by the commands: console, errors, JSON output, progress,
+tables, option checks and the options several commands declare alike."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-from typing import NoReturn
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -30,6 +34,14 @@ def write_json(path, obj) -> None:
 
     atomic_write_json(path, obj)
     err_console.print(f"wrote {path}")
+
+
+def write_json_or_fail(path, obj) -> None:
+    """:func:`write_json`; an OSError becomes one error line (exit code 2)."""
+    try:
+        write_json(path, obj)
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def progress() -> Progress:
@@ -61,3 +73,84 @@ def parse_ids(values: list[str] | None, what: str = "--models") -> list[int] | N
                 fail(f"{what}: must be >= 0, got {k}")
             out.append(k)
     return list(dict.fromkeys(out))
+
+
+def command_group(name: str, help: str) -> typer.Typer:
+    """A command with subcommands (``culture-interp NAME SUBCOMMAND``)."""
+    return typer.Typer(
+        name=name,
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+
+# ------------------------------------------------------------------ tables
+
+
+def pct(x, digits: int = 1) -> str:
+    """A share as a percentage ("-" for None)."""
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def print_table(table) -> None:
+    """Print a table; in a pipe, as wide as it needs (no cropped cells)."""
+    if plain_output():
+        width = console.measure(table, options=console.options.update_width(100_000)).maximum
+        Console(file=sys.stdout, width=max(console.width, width), no_color=True, highlight=False).print(
+            table, crop=False)
+    else:
+        console.print(table)
+
+
+def print_table_console_width(table) -> None:
+    """Print a table, not cropped; in a pipe at the console's width (which
+    ``console.measure`` caps the table at), so long cells wrap there."""
+    if plain_output():
+        width = max(console.width, console.measure(table).maximum)
+        console.print(table, width=width, crop=False)
+    else:
+        console.print(table)
+
+
+# ------------------------------------------------------------------ option checks
+
+
+def check_noise(noise: float) -> None:
+    """--noise must be a probability."""
+    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
+        fail(f"--noise must be a probability in [0, 1], got {noise}")
+
+
+def check_test_set_options(num_samples: int, batch_size: int, seed: int, noise: float) -> None:
+    """--num-samples, --batch-size, --seed and --noise of the commands that build a test set."""
+    if num_samples < 1:
+        fail(f"--num-samples must be at least 1, got {num_samples}")
+    if batch_size < 1:
+        fail(f"--batch-size must be at least 1, got {batch_size}")
+    if seed < 0:
+        fail(f"--seed must be >= 0, got {seed}")
+    check_noise(noise)
+
+
+# ------------------------------------------------------------------ options
+# Shared option declarations (``param: DeviceOption = "cpu"``); typer copies
+# the OptionInfo for every parameter, so one can serve several commands.
+
+MODEL_SOURCE_HELP = ("Where the model is: a Hugging Face repo id, a directory, or 'bundled' "
+                     "(default: the published models).")
+
+ModelSourceOption = Annotated[Optional[str], typer.Option("--source", help=MODEL_SOURCE_HELP, show_default=False)]
+ModelsSourceOption = Annotated[Optional[str], typer.Option(
+    "--source", help="Where the models are: a Hugging Face repo id, a directory, or 'bundled' "
+    "(default: the published models).", show_default=False)]
+TasksOption = Annotated[Optional[list[str]], typer.Option(
+    "--tasks", "--task", help="World tasks (default: the 8 of the published models).", show_default=False)]
+CQuizzesOption = Annotated[bool, typer.Option("--c-quizzes/--no-c-quizzes",
+                                              help="Mix in the source's test c-quizzes (at most half).")]
+NoiseOption = Annotated[float, typer.Option("--noise", help="Prompt noise (structures 1 and 2).")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Quizzes per forward pass.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")]
+JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the numbers to this JSON file.",
+                                                    show_default=False)]

@@ -7,28 +7,10 @@ import json
 import pytest
 import torch
 
+from tests.cli import exit_code
 from tests.helpers_sources import make_local_source
 
 SHAPE = (32, 16, 64, 2, 2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster than two on shared, loaded cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def run_cli(argv: list[str]) -> int:
-    from culture_cli.main import main
-
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +88,8 @@ def test_head_ablation_and_mean_ablation(source):
 
 def test_ablate_cli_table_heatmap_json(source, tmp_path, capsys):
     png, out = tmp_path / "abl.png", tmp_path / "abl.json"
-    rc = run_cli(["ablate", "--model", "0", "--source", str(source), "-n", "6", "--heads", "--mean",
-                  "--png", str(png), "--json", str(out), "--batch-size", "3"])
+    rc = exit_code(["ablate", "--model", "0", "--source", str(source), "-n", "6", "--heads", "--mean",
+                    "--png", str(png), "--json", str(out), "--batch-size", "3"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "attn 0" in printed and "head 1.1" in printed and "clean" in printed
@@ -124,8 +106,8 @@ def test_attention_pattern_png(source, tmp_path, capsys):
     from PIL import Image
 
     png = tmp_path / "att.png"
-    rc = run_cli(["ablate", "--model", "0", "--source", str(source), "-n", "2", "--attention", "0.1",
-                  "--png", str(png)])
+    rc = exit_code(["ablate", "--model", "0", "--source", str(source), "-n", "2", "--attention", "0.1",
+                    "--png", str(png)])
     assert rc == 0
     assert "most attended offset" in capsys.readouterr().out
     with Image.open(png) as img:
@@ -161,7 +143,7 @@ def test_ablate_cli_errors(source, tmp_path, capsys):
         (["ablate", "--model", "0", "--source", str(source), "--tasks", "nope"], "unknown task"),
     ]
     for argv, needle in cases:
-        assert run_cli(argv) == 2, argv
+        assert exit_code(argv) == 2, argv
         err = capsys.readouterr().err
         lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
         assert len(lines) == 1 and needle in lines[0], (argv, err)

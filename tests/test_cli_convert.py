@@ -5,10 +5,8 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 from culture import sources
-from culture_cli.main import main
+from tests.cli import error_line, run_cli
 from tests.helpers_sources import (
     TINY,
     TINY_4M_LIKE,
@@ -19,16 +17,6 @@ from tests.helpers_sources import (
     random_quizzes,
     use_hub_env,
 )
-
-
-def run_cli(capsys, *argv):
-    """(exit code, stdout, stderr) of culture-interp argv."""
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (0 if code is None else code), out, err
 
 
 def test_convert_local_and_round_trip(tmp_path, capsys):
@@ -72,34 +60,25 @@ def test_convert_from_offline_hub_cache(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "o" / "gpt-0" / "model.safetensors").is_file()
 
 
-def _error(capsys, *argv) -> str:
-    code, out, err = run_cli(capsys, *argv)
-    assert code == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 def test_convert_errors(tmp_path, capsys, monkeypatch):
     root = make_local_source(tmp_path, TINY, n_models=2)
     out = str(tmp_path / "o")
-    msg = _error(capsys, "convert", "--models", "0", "5", "--source", str(root), "--out", out)
+    msg = error_line(capsys, "convert", "--models", "0", "5", "--source", str(root), "--out", out)
     assert "model 5" in msg and "0, 1" in msg
     assert not (tmp_path / "o").exists()  # nothing converted before the id check
-    assert "not found" in _error(capsys, "convert", "--models", "0", "--source", str(tmp_path / "nowhere" / "x"),
+    assert "not found" in error_line(capsys, "convert", "--models", "0", "--source", str(tmp_path / "nowhere" / "x"),
                                  "--out", out)
     (root / "gpt_001.pth").write_bytes(b"corrupt")
-    assert "gpt_001.pth" in _error(capsys, "convert", "--models", "1", "--source", str(root), "--out", out)
-    assert "device" in _error(capsys, "convert", "--models", "0", "--source", str(root), "--out", out,
+    assert "gpt_001.pth" in error_line(capsys, "convert", "--models", "1", "--source", str(root), "--out", out)
+    assert "device" in error_line(capsys, "convert", "--models", "0", "--source", str(root), "--out", out,
                               "--device", "nodevice")
     # offline and not cached
     use_hub_env(monkeypatch, make_offline_hub_cache(tmp_path, "owner/other", {"README.md": b"hi"}))
-    msg = _error(capsys, "convert", "--models", "0", "--source", "someone/missing", "--out", out)
+    msg = error_line(capsys, "convert", "--models", "0", "--source", "someone/missing", "--out", out)
     assert "--source bundled" in msg and "HF_HUB_OFFLINE" in msg
     # empty zoo
     monkeypatch.setattr(sources, "ZOO_DIR", tmp_path / "empty_zoo")
-    assert "zoo is empty" in _error(capsys, "convert", "--models", "0", "--source", "bundled", "--out", out)
+    assert "zoo is empty" in error_line(capsys, "convert", "--models", "0", "--source", "bundled", "--out", out)
 
 
 def test_convert_help_does_not_import_heavy_modules():

@@ -9,31 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from culture_cli.main import main
+from tests.cli import error_line, run_cli
 from tests.helpers_sources import accuracy_of, make_local_source
 
 pytest.importorskip("culture.world")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is fastest, and immune to oversubscription on a
-    busy machine (restored after this module)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def run(capsys, *args):
-    """(exit code, stdout, stderr) of ``culture-interp args`` in process."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +21,13 @@ def source(tmp_path_factory):
     return make_local_source(tmp_path_factory.mktemp("src"), n_models=2)
 
 
-def one_error_line(code, err):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
 # ---------------------------------------------------------------------- eval
 
 
 def test_eval_tables_and_json(capsys, source, tmp_path):
     path = tmp_path / "out" / "eval.json"
-    code, out, err = run(capsys, "eval", "--models", 0, 1, "--source", source, "--num-samples", 12,
-                         "--generate", "--json", path, "--batch-size", 5, "--seed", 3)
+    code, out, err = run_cli(capsys, "eval", "--models", 0, 1, "--source", source, "--num-samples", 12,
+                             "--generate", "--json", path, "--batch-size", 5, "--seed", 3)
     assert code == 0, err
     for text in ("perplexity", "greedy acc", "expected", "checkpoint", "By task", "By structure",
                  "culture", "50.0%", "62.5%"):
@@ -77,8 +49,8 @@ def test_eval_tables_and_json(capsys, source, tmp_path):
 def test_eval_same_seed_same_numbers(capsys, source, tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     for p in (a, b):
-        code, _, err = run(capsys, "eval", "--models", 1, "--source", source, "-n", 6, "--no-c-quizzes",
-                           "--tasks", "contact", "frame", "--json", p)
+        code, _, err = run_cli(capsys, "eval", "--models", 1, "--source", source, "-n", 6, "--no-c-quizzes",
+                               "--tasks", "contact", "frame", "--json", p)
         assert code == 0, err
     da, db = json.loads(a.read_text()), json.loads(b.read_text())
     assert da["models"] == db["models"]
@@ -88,7 +60,7 @@ def test_eval_same_seed_same_numbers(capsys, source, tmp_path):
 
 def test_eval_default_models_are_all_of_the_source(capsys, source, tmp_path):
     p = tmp_path / "e.json"
-    code, _, err = run(capsys, "eval", "--source", source, "-n", 4, "--json", p)
+    code, _, err = run_cli(capsys, "eval", "--source", source, "-n", 4, "--json", p)
     assert code == 0, err
     assert json.loads(p.read_text())["settings"]["models"] == [0, 1]
 
@@ -104,13 +76,11 @@ def test_eval_default_models_are_all_of_the_source(capsys, source, tmp_path):
     ["--seed", -1],
 ])
 def test_eval_bad_inputs(capsys, source, args):
-    code, _, err = run(capsys, "eval", "--source", source, "-n", 4, *args)
-    one_error_line(code, err)
+    error_line(capsys, "eval", "--source", source, "-n", 4, *args)
 
 
 def test_eval_missing_source(capsys, tmp_path):
-    code, _, err = run(capsys, "eval", "--models", 0, "--source", tmp_path / "nowhere", "-n", 4)
-    one_error_line(code, err)
+    error_line(capsys, "eval", "--models", 0, "--source", tmp_path / "nowhere", "-n", 4)
 
 
 def test_eval_cuda_unavailable(capsys, source):
@@ -118,8 +88,7 @@ def test_eval_cuda_unavailable(capsys, source):
 
     if torch.cuda.is_available():
         pytest.skip("cuda is available here")
-    code, _, err = run(capsys, "eval", "--source", source, "-n", 4, "--device", "cuda")
-    assert "cuda" in one_error_line(code, err)
+    assert "cuda" in error_line(capsys, "eval", "--source", source, "-n", 4, "--device", "cuda")
 
 
 # ------------------------------------------------------------------ generate
@@ -127,8 +96,8 @@ def test_eval_cuda_unavailable(capsys, source):
 
 def test_generate_prints_solutions(capsys, source, tmp_path):
     png = tmp_path / "g.png"
-    code, out, err = run(capsys, "generate", "--model", 1, "--source", source, "--n", 2, "--task", "contact",
-                         "--greedy", "--structure", 2, "--png", png)
+    code, out, err = run_cli(capsys, "generate", "--model", 1, "--source", source, "--n", 2, "--task", "contact",
+                             "--greedy", "--structure", 2, "--png", png)
     assert code == 0, err
     assert "f(B) target" in out or "B target" in out
     assert "quiz 0 (contact):" in out and "quiz 1 (contact):" in out
@@ -140,8 +109,8 @@ def test_generate_prints_solutions(capsys, source, tmp_path):
 def test_generate_sampling_is_seeded(capsys, source):
     outs = []
     for _ in range(2):
-        code, out, err = run(capsys, "generate", "--model", 0, "--source", source, "--n", 1, "--seed", 4,
-                             "--temperature", 1.5, "--plain")
+        code, out, err = run_cli(capsys, "generate", "--model", 0, "--source", source, "--n", 1, "--seed", 4,
+                                 "--temperature", 1.5, "--plain")
         assert code == 0, err
         outs.append(out)
     assert outs[0] == outs[1]
@@ -157,5 +126,4 @@ def test_generate_sampling_is_seeded(capsys, source):
     ["--device", "tpu"],
 ])
 def test_generate_bad_inputs(capsys, source, args):
-    code, _, err = run(capsys, "generate", "--source", source, *args)
-    one_error_line(code, err)
+    error_line(capsys, "generate", "--source", source, *args)

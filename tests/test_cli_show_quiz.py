@@ -14,22 +14,11 @@ from rich.console import Console
 
 from culture.quiz import COLOR_RGB, STRUCTURES, quizzes_to_grids, reconfigure
 from culture.render import CELL_CHARS, quiz_to_str
-from culture_cli.main import main
+from tests.cli import run_cli
 
 world = pytest.importorskip("culture.world")
 
 PANEL = 14  # plain panel width 12 + gap 2
-
-
-def run(capsys, *args):
-    """(exit code, stdout, stderr) of ``culture-interp args`` in process."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def quiz_blocks(text: str, quiz: int = 0) -> list[list[str]]:
@@ -57,14 +46,14 @@ def cq_file(tmp_path):
 
 
 def test_help(capsys):
-    code, out, _ = run(capsys, "--help")
+    code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and "show-quiz" in out
-    code, out, _ = run(capsys, "show-quiz", "--help")
+    code, out, _ = run_cli(capsys, "show-quiz", "--help")
     assert code == 0 and "--structure" in out and "--png" in out
 
 
 def test_show_contact(capsys):
-    code, out, err = run(capsys, "show-quiz", "--task", "contact")
+    code, out, err = run_cli(capsys, "show-quiz", "--task", "contact")
     assert code == 0, err
     lines = out.split("\n")
     assert lines[0] == "#0  contact  (A, f_A, B, f_B) [structure 1]"
@@ -75,34 +64,34 @@ def test_show_contact(capsys):
 
 
 def test_tasks_n_seed(capsys):
-    code, out, err = run(capsys, "show-quiz", "--task", "contact", "frame", "--n", "4", "--seed", "3")
+    code, out, err = run_cli(capsys, "show-quiz", "--task", "contact", "frame", "--n", "4", "--seed", "3")
     assert code == 0, err
     titles = [line for line in out.split("\n") if line.startswith("#")]
     assert len(titles) == 4
     assert {t.split()[1] for t in titles} == {"contact", "frame"}
-    assert run(capsys, "show-quiz", "--task", "contact", "frame", "--n", "4", "--seed", "3")[1] == out
-    assert run(capsys, "show-quiz", "--task", "contact", "frame", "--n", "4", "--seed", "4")[1] != out
+    assert run_cli(capsys, "show-quiz", "--task", "contact", "frame", "--n", "4", "--seed", "3")[1] == out
+    assert run_cli(capsys, "show-quiz", "--task", "contact", "frame", "--n", "4", "--seed", "4")[1] != out
     # default: the eight default tasks, each once for --n 8
-    code, out, _ = run(capsys, "show-quiz", "--n", "8")
+    code, out, _ = run_cli(capsys, "show-quiz", "--n", "8")
     names = sorted(line.split()[1] for line in out.split("\n") if line.startswith("#"))
     assert code == 0 and names == sorted(world.DEFAULT_TASKS)
 
 
 def test_structure_and_noise(capsys):
-    code, out, err = run(capsys, "show-quiz", "--task", "frame", "--structure", "2")
+    code, out, err = run_cli(capsys, "show-quiz", "--task", "frame", "--structure", "2")
     assert code == 0, err
     assert out.split("\n")[1].split() == ["f(A)", "A", "f(B)", "B"]
     q = reconfigure(world.generate_quizzes(1, ["frame"], seed=0), STRUCTURES[1].markers)
     assert quiz_blocks(out) == [grid_rows(g) for g in quizzes_to_grids(q)[0]]
-    code, out, _ = run(capsys, "show-quiz", "--task", "frame", "--structure", "f_B,f_A,A,B")
+    code, out, _ = run_cli(capsys, "show-quiz", "--task", "frame", "--structure", "f_B,f_A,A,B")
     assert code == 0 and out.split("\n")[2].count("#==========#") == 3
-    code, out, _ = run(capsys, "show-quiz", "--task", "frame", "--noise", "0.5")
+    code, out, _ = run_cli(capsys, "show-quiz", "--task", "frame", "--noise", "0.5")
     assert code == 0 and "noise 0.5:" in out.split("\n")[0]
-    clean = run(capsys, "show-quiz", "--task", "frame")[1]
+    clean = run_cli(capsys, "show-quiz", "--task", "frame")[1]
     noisy = quiz_blocks(out)
     assert noisy[2] != quiz_blocks(clean)[2]  # block B (noised in structure 1)
     assert noisy[3] == quiz_blocks(clean)[3]
-    code, out, err = run(capsys, "show-quiz", "--task", "frame", "--structure", "3", "--noise", "0.5")
+    code, out, err = run_cli(capsys, "show-quiz", "--task", "frame", "--structure", "3", "--noise", "0.5")
     assert code == 0 and "no prompt noise" in err
 
 
@@ -113,11 +102,11 @@ def test_colour_output(capsys, monkeypatch):
     monkeypatch.setattr(sq, "plain_output", lambda: False)
     monkeypatch.setattr(sq, "console", Console(file=buf, force_terminal=True, color_system="truecolor",
                                                width=120))
-    code, _, err = run(capsys, "show-quiz", "--task", "contact")
+    code, _, err = run_cli(capsys, "show-quiz", "--task", "contact")
     assert code == 0, err
     assert "48;2;255;255;255" in buf.getvalue()
     buf.truncate(0)
-    code, out, _ = run(capsys, "show-quiz", "--task", "contact", "--plain")
+    code, out, _ = run_cli(capsys, "show-quiz", "--task", "contact", "--plain")
     assert code == 0 and buf.getvalue() == "" and out.startswith("#0  contact")
 
 
@@ -126,20 +115,20 @@ def test_colour_output(capsys, monkeypatch):
 
 def test_file_c_quizzes(capsys, cq_file):
     path, train, test = cq_file
-    code, out, err = run(capsys, "show-quiz", "--file", str(path))
+    code, out, err = run_cli(capsys, "show-quiz", "--file", str(path))
     assert code == 0, err
     assert out.startswith("#0  c_quizzes.pth  (A, f_A, B, f_B)")
     assert quiz_blocks(out) == [grid_rows(g) for g in quizzes_to_grids(train)[0]]
-    code, out, err = run(capsys, "show-quiz", "--file", str(path), "--split", "test", "--index", "2")
+    code, out, err = run_cli(capsys, "show-quiz", "--file", str(path), "--split", "test", "--index", "2")
     assert code == 0, err
     assert out.startswith("#2  c_quizzes.pth[test]")
     assert quiz_blocks(out) == [grid_rows(g) for g in quizzes_to_grids(test)[2]]
-    code, out, _ = run(capsys, "show-quiz", "--file", str(path), "--split", "train", "--index", "1,4")
+    code, out, _ = run_cli(capsys, "show-quiz", "--file", str(path), "--split", "train", "--index", "1,4")
     assert code == 0 and [line.split()[0] for line in out.split("\n") if line.startswith("#")] == ["#1", "#4"]
     assert quiz_blocks(out, 1) == [grid_rows(g) for g in quizzes_to_grids(train)[4]]
-    code, out, _ = run(capsys, "show-quiz", "--file", str(path), "--index", "0", "--index", "7")
+    code, out, _ = run_cli(capsys, "show-quiz", "--file", str(path), "--index", "0", "--index", "7")
     assert code == 0 and quiz_blocks(out, 1) == [grid_rows(g) for g in quizzes_to_grids(test)[2]]
-    code, out, _ = run(capsys, "show-quiz", "--file", str(path), "--n", "3", "--split", "test")
+    code, out, _ = run_cli(capsys, "show-quiz", "--file", str(path), "--n", "3", "--split", "test")
     assert code == 0 and out.count("c_quizzes.pth[test]") == 3
 
 
@@ -148,7 +137,7 @@ def test_file_tensor_keeps_structures(capsys, tmp_path):
     q = reconfigure(q, torch.tensor([STRUCTURES[3].markers, STRUCTURES[0].markers]))
     path = tmp_path / "q.pt"
     torch.save(q, path)
-    code, out, err = run(capsys, "show-quiz", "--file", str(path), "--n", "2")
+    code, out, err = run_cli(capsys, "show-quiz", "--file", str(path), "--n", "2")
     assert code == 0, err
     assert "[structure 4]" in out.split("\n")[0]
     assert out.split("\n")[1].split() == ["f(B)", "B", "f(A)", "A"]
@@ -157,7 +146,7 @@ def test_file_tensor_keeps_structures(capsys, tmp_path):
 
 def test_png(capsys, tmp_path):
     path = tmp_path / "pics" / "quiz.png"
-    code, out, err = run(capsys, "show-quiz", "--task", "contact", "--n", "2", "--png", str(path))
+    code, out, err = run_cli(capsys, "show-quiz", "--task", "contact", "--n", "2", "--png", str(path))
     assert code == 0, err
     assert out == "" and err.strip() == f"wrote {path}"
     im = Image.open(path).convert("RGB")
@@ -212,7 +201,7 @@ def bad_files(tmp_path_factory):
 ])
 def test_bad_input_one_line_exit_2(capsys, bad_files, case):
     args = [a.format(**bad_files) for a in case]
-    code, out, err = run(capsys, "show-quiz", *args)
+    code, out, err = run_cli(capsys, "show-quiz", *args)
     assert code == 2, (out, err)
     assert len(err.strip().split("\n")) == 1 and err.startswith("error: "), err
     assert "Traceback" not in err and out == ""

@@ -33,22 +33,12 @@ from culture.quiz import (
     structure_index,
     validate_quizzes,
 )
-from culture_cli.main import main
+from tests.cli import run_cli
 
 TASKS = ["grow", "frame", "contact"]
 N = 150       # 50 per task
 N_C = 37      # test c-quizzes
 SEED = 3
-
-
-def run_cli(capsys, *argv):
-    """(exit code, stdout, stderr) of culture-interp argv."""
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (0 if code is None else code), out, err
 
 
 @pytest.fixture(scope="module")

@@ -32,19 +32,10 @@ from culture.quiz import (
     reconfigure,
     structure_index,
 )
-from tests.test_generation import CHANGES, copy_model, copy_quizzes, hooked_of, random_quizzes, tiny_model
+from tests.helpers_sources import random_quizzes
+from tests.test_generation import CHANGES, copy_model, copy_quizzes, hooked_of, tiny_model
 
 world = pytest.importorskip("culture.world")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is fastest, and immune to oversubscription on a
-    busy machine (restored after this module)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # ------------------------------------------------------------------ test set

@@ -25,21 +25,7 @@ from culture.quiz import (
     random_structures,
     reconfigure,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is fastest, and immune to oversubscription on a
-    busy machine (restored after this module)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def random_quizzes(n: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return grids_to_quizzes(torch.randint(0, N_COLORS, (n, 4, 10, 10), generator=g))
+from tests.helpers_sources import random_quizzes
 
 
 def tiny_model(seed: int = 0, shape=(32, 16, 48, 2, 2)) -> MyGPT:

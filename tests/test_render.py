@@ -33,14 +33,14 @@ from culture.render import (
     save_solutions_png,
     solutions_image,
 )
+from tests import helpers_sources
 
 PANEL_W_PLAIN = 12  # 10 cells + 2 border characters
 GAP = 2
 
 
 def random_quizzes(n, seed=0, structure=None):
-    g = torch.Generator().manual_seed(seed)
-    q = grids_to_quizzes(torch.randint(0, 11, (n, 4, 10, 10), generator=g))
+    q = helpers_sources.random_quizzes(n, seed)
     return q if structure is None else reconfigure(q, structure.markers)
 
 

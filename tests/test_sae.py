@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.cli import exit_code
 from tests.helpers_sources import make_local_source, make_offline_hub_cache, use_hub_env
 
 SHAPE = (32, 16, 64, 2, 2)  # dim_model, dim_keys, dim_hidden, heads, blocks
@@ -23,25 +24,6 @@ HOOK = "blocks.1.hook_mlp_out"
 TRAIN_ARGS = ["--hook", HOOK, "--steps", "30", "--batch-tokens", "128", "--expansion-factor", "2",
               "--n-batches-in-buffer", "4", "--store-batch-size", "2", "--n-batches-for-norm-estimate", "2",
               "--lr", "1e-3"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster than two on shared, loaded cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def run_cli(argv: list[str]) -> int:
-    from culture_cli.main import main
-
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def one_error_line(err: str) -> str:
@@ -58,8 +40,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("sae")
     source = make_local_source(root, shapes=SHAPE, n_models=1)
     out = root / "sae-out"
-    rc = run_cli(["sae", "train", "--model", "0", "--source", str(source), "--out", str(out), *TRAIN_ARGS,
-                  "--json", str(root / "summary.json")])
+    rc = exit_code(["sae", "train", "--model", "0", "--source", str(source), "--out", str(out), *TRAIN_ARGS,
+                    "--json", str(root / "summary.json")])
     assert rc == 0
     return {"root": root, "source": source, "sae": out}
 
@@ -187,8 +169,8 @@ def test_identity_sae_explains_everything(tmp_path):
 
 def test_eval_cli_json(trained, capsys):
     out = trained["root"] / "eval.json"
-    rc = run_cli(["sae", "eval", "--model", "0", "--source", str(trained["source"]), "--sae", str(trained["sae"]),
-                  "-n", "8", "--json", str(out)])
+    rc = exit_code(["sae", "eval", "--model", "0", "--source", str(trained["source"]), "--sae", str(trained["sae"]),
+                    "-n", "8", "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "loss recovered" in printed and "all" in printed
@@ -207,8 +189,8 @@ def test_eval_cli_json(trained, capsys):
 
 def test_features_cli_dashboard_and_steering(trained, capsys):
     out = trained["root"] / "dash"
-    rc = run_cli(["sae", "features", "--model", "0", "--source", str(trained["source"]), "--sae", str(trained["sae"]),
-                  "-n", "8", "--features", "1", "5", "--examples", "2", "--steer", "1=0", "5=@2", "--out", str(out)])
+    rc = exit_code(["sae", "features", "--model", "0", "--source", str(trained["source"]), "--sae", str(trained["sae"]),
+                    "-n", "8", "--features", "1", "5", "--examples", "2", "--steer", "1=0", "5=@2", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "Steering" in printed
@@ -356,7 +338,7 @@ def test_cli_bad_inputs_are_one_line(trained, tmp_path, capsys):
           "--option", "no_such_field=1", "--hook", HOOK], "unknown SAELens option"),
     ]
     for argv, needle in cases:
-        assert run_cli(argv) == 2, argv
+        assert exit_code(argv) == 2, argv
         line = one_error_line(capsys.readouterr().err)
         assert needle in line, (argv, line)
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()

@@ -21,33 +21,14 @@ from culture.tokenizer import (
     text_to_tokens,
     tokens_to_text,
 )
-from culture_cli.main import main
+from tests.cli import run_cli
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
-def run_cli(capsys, *argv):
-    """(exit code, stdout, stderr) of culture-interp argv."""
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (0 if code is None else code), out, err
 
 
 @pytest.fixture(scope="module")
 def tok():
     return build_tokenizer()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is several times faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def zero_heavy_quizzes(n=4, seed=0):

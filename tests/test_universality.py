@@ -25,7 +25,7 @@ from culture.universality import (
     max_correlations,
     plot_report,
 )
-from culture_cli.main import main
+from tests.cli import error_line, run_cli
 from tests.helpers_sources import make_local_source
 
 CFG = GPTConfig(32, 16, 64, 2, 2)
@@ -352,23 +352,6 @@ def test_library_errors():
 # ------------------------------------------------------------------------ CLI
 
 
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (0 if code is None else code), out, err
-
-
-def _error(capsys, *argv) -> str:
-    code, out, err = run_cli(capsys, *argv)
-    assert code == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
 def test_cli_compare_end_to_end(tmp_path, capsys):
     root = make_local_source(tmp_path, SHAPE, n_models=3)
     sae_dirs = []
@@ -404,18 +387,18 @@ def test_cli_compare_end_to_end(tmp_path, capsys):
 def test_cli_errors(tmp_path, capsys):
     root = make_local_source(tmp_path, SHAPE, n_models=2)
     src = ["--source", str(root)]
-    assert "at least 2" in _error(capsys, "universality", "compare", "--models", "0", *src)
-    msg = _error(capsys, "universality", "compare", "--models", "0", "5", *src, "--tokens", "10")
+    assert "at least 2" in error_line(capsys, "universality", "compare", "--models", "0", *src)
+    msg = error_line(capsys, "universality", "compare", "--models", "0", "5", *src, "--tokens", "10")
     assert "model 5" in msg
-    assert "layer 2 out of range" in _error(capsys, "universality", "compare", "--models", "0", "1", *src,
+    assert "layer 2 out of range" in error_line(capsys, "universality", "compare", "--models", "0", "1", *src,
                                             "--layers", "2", "--tokens", "10")
-    assert "--threshold" in _error(capsys, "universality", "compare", *src, "--threshold", "2")
-    assert "one SAE directory per model" in _error(capsys, "universality", "compare", *src, "--sae",
+    assert "--threshold" in error_line(capsys, "universality", "compare", *src, "--threshold", "2")
+    assert "one SAE directory per model" in error_line(capsys, "universality", "compare", *src, "--sae",
                                                     str(tmp_path))
-    assert "SAE directory not found" in _error(capsys, "universality", "compare", *src, "--sae",
+    assert "SAE directory not found" in error_line(capsys, "universality", "compare", *src, "--sae",
                                                str(tmp_path / "no"), "--sae", str(tmp_path / "no2"))
     solo = make_local_source(tmp_path, SHAPE, n_models=1, name="solo")
-    assert "at least 2" in _error(capsys, "universality", "compare", "--source", str(solo))
+    assert "at least 2" in error_line(capsys, "universality", "compare", "--source", str(solo))
 
 
 def test_cli_help_does_not_import_heavy_modules():

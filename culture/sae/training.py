@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from culture.io import check_out_dir, replace_dir
 from culture.sae.common import DEFAULT_HOOK, SAEError, activation_size, hook_dirname
 
 #: prompt-noise probability of the published run (evaluation and datasets use it too)
@@ -468,20 +469,7 @@ def _keep_signal_handlers():
 
 def prepare_out(out: Path, overwrite: bool) -> None:
     """One-line SAEError when ``out`` cannot receive a new SAE."""
-    if out.exists() and not out.is_dir():
-        raise SAEError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise SAEError(f"{out} exists and is not empty (use --overwrite to replace it)")
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+    check_out_dir(out, overwrite, SAEError)
 
 
 def train_sae(
@@ -605,7 +593,7 @@ def train_sae(
             **(extra_summary or {}),
         }
         (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -631,12 +619,9 @@ def push_sae(folder: str | os.PathLike, repo_id: str, path_in_repo: str | None =
     """Upload an SAE folder to the hub model repo ``repo_id`` (created if
     needed) under ``path_in_repo`` (e.g. ``gpt-0/blocks_8_mlp_out``). Offline
     or refused -> one-line CultureError. Returns the commit URL."""
-    from culture.sources import hub_offline
-    from culture.tokenizer import check_repo_id, push_error
+    from culture.hub import check_push, push_error
 
-    check_repo_id(repo_id)
-    if hub_offline():
-        raise SAEError(f"cannot push SAE to {repo_id}: Hugging Face Hub offline mode is on (HF_HUB_OFFLINE)")
+    check_push("SAE", repo_id, SAEError)
     import huggingface_hub
 
     try:

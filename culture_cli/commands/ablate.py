@@ -5,35 +5,33 @@ layer and (``--heads``) attention head, per task, as a table and a heatmap;
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from culture_cli.common import console, err_console, fail, plain_output, progress, write_json
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
+from culture_cli.common import (
+    BatchSizeOption,
+    CQuizzesOption,
+    DeviceOption,
+    JsonOption,
+    ModelSourceOption,
+    NoiseOption,
+    TasksOption,
+    check_test_set_options,
+    console,
+    err_console,
+    fail,
+    pct,
+    print_table,
+    progress,
+    write_json,
+    write_json_or_fail,
+)
 
 
 def _loss(x) -> str:
     return "-" if x is None else f"{x:.3g}"
-
-
-def _print_table(table) -> None:
-    """Print a table; in a pipe, as wide as it needs (no cropped cells)."""
-    if plain_output():
-        import sys
-
-        from rich.console import Console
-
-        width = console.measure(table, options=console.options.update_width(100_000)).maximum
-        Console(file=sys.stdout, width=max(console.width, width), no_color=True, highlight=False).print(
-            table, crop=False)
-    else:
-        console.print(table)
 
 
 def _table(results):
@@ -51,7 +49,7 @@ def _table(results):
         out = []
         for g in results.groups:
             m = metrics[g]
-            text = f"{_loss(m['loss'])} / {_pct(m['greedy_accuracy'])}"
+            text = f"{_loss(m['loss'])} / {pct(m['greedy_accuracy'], 0)}"
             if base is not None and m["loss"] is not None and base[g]["loss"]:
                 ratio = m["loss"] / base[g]["loss"]
                 if ratio >= 10:
@@ -69,19 +67,14 @@ def _table(results):
 
 def ablate_command(
     model: Annotated[int, typer.Option("--model", help="Model id (gpt_{K:03d}.pth of the source).")],
-    source: Annotated[Optional[str], typer.Option(
-        "--source", help="Where the model is: a Hugging Face repo id, a directory, or 'bundled' "
-        "(default: the published models).", show_default=False)] = None,
+    source: ModelSourceOption = None,
     mean: Annotated[bool, typer.Option("--mean", help="Also mean-ablate (per-position mean over the test quizzes).")
                     ] = False,
     heads: Annotated[bool, typer.Option("--heads", help="Also ablate every attention head (hook_z).")] = False,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Test quizzes.")] = 400,
-    tasks: Annotated[Optional[list[str]], typer.Option(
-        "--tasks", "--task", help="World tasks (default: the 8 of the published models).", show_default=False)
-    ] = None,
-    c_quizzes: Annotated[bool, typer.Option("--c-quizzes/--no-c-quizzes",
-                                            help="Mix in the source's test c-quizzes (at most half).")] = True,
-    noise: Annotated[float, typer.Option("--noise", help="Prompt noise (structures 1 and 2).")] = 0.05,
+    tasks: TasksOption = None,
+    c_quizzes: CQuizzesOption = True,
+    noise: NoiseOption = 0.05,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test set.")] = 0,
     attention: Annotated[Optional[str], typer.Option(
         "--attention", help="LAYER.HEAD: draw this head's attention pattern over a quiz (needs --png) "
@@ -90,10 +83,9 @@ def ablate_command(
     png: Annotated[Optional[Path], typer.Option(
         "--png", help="Heatmap (components x tasks) or, with --attention, the pattern, as PNG.", show_default=False)
     ] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the numbers to this JSON file.",
-                                                      show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Quizzes per forward pass.")] = 50,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
+    json_path: JsonOption = None,
+    batch_size: BatchSizeOption = 50,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Ablate attention layers, MLP layers (and heads): loss and greedy accuracy per task.
 
@@ -102,14 +94,7 @@ def ablate_command(
     predicted cells (teacher-forced). --attention L.H --png FILE draws a head's
     attention over one quiz, block boundaries marked.
     """
-    if num_samples < 1:
-        fail(f"--num-samples must be at least 1, got {num_samples}")
-    if batch_size < 1:
-        fail(f"--batch-size must be at least 1, got {batch_size}")
-    if seed < 0:
-        fail(f"--seed must be >= 0, got {seed}")
-    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
-        fail(f"--noise must be a probability in [0, 1], got {noise}")
+    check_test_set_options(num_samples, batch_size, seed, noise)
     if attention is not None:
         if png is None:
             fail("--attention needs --png PATH (the picture of the pattern)")
@@ -173,15 +158,12 @@ def ablate_command(
         results = run_ablations(hooked, ts, heads=heads, modes=modes, batch_size=batch_size, device=dev,
                                 progress=report)
     results.settings.update({"model": model, "source": src.name, **ts.settings()})
-    _print_table(_table(results))
+    print_table(_table(results))
     if png is not None:
         save_ablation_heatmap(results, png)
         err_console.print(f"wrote {png}", highlight=False)
     if json_path is not None:
-        try:
-            write_json(json_path, results.to_dict())
-        except OSError as exc:
-            fail(f"cannot write {json_path}: {exc.strerror or exc}")
+        write_json_or_fail(json_path, results.to_dict())
 
 
 def register(app: typer.Typer) -> None:

@@ -9,13 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from culture_cli.common import console, err_console, fail, progress
+from culture_cli.common import command_group, console, err_console, fail, progress
 
-dataset_app = typer.Typer(
-    name="dataset",
-    help="Datasets of quizzes (input_ids 405 = BOS + quiz, label, structure, seed_index): build or push.",
-    no_args_is_help=True,
-)
+dataset_app = command_group(
+    "dataset", "Datasets of quizzes (input_ids 405 = BOS + quiz, label, structure, seed_index): build or push.")
 
 
 @dataset_app.command("build")
@@ -52,12 +49,9 @@ def build(
     # bad inputs: one line, before any work
     names = check_build_args(out, n, tasks, seed=seed, noise=noise, num_proc=num_proc, overwrite=overwrite)
     if push:
-        from culture.errors import CultureError
-        from culture.tokenizer import check_repo_id, hub_offline
+        from culture.hub import check_push
 
-        check_repo_id(push)
-        if hub_offline():
-            raise CultureError(f"cannot push dataset to {push}: Hugging Face Hub offline mode is on (HF_HUB_OFFLINE)")
+        check_push("dataset", push)
     c_quizzes = None
     if source is not None:
         c_quizzes = load_source_c_quizzes(source)

@@ -8,17 +8,23 @@ with the settings. Heavy imports happen inside the command.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from culture_cli.common import console, err_console, fail, parse_ids, plain_output, progress, write_json
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+from culture_cli.common import (
+    BatchSizeOption,
+    DeviceOption,
+    ModelsSourceOption,
+    check_test_set_options,
+    err_console,
+    parse_ids,
+    pct,
+    print_table_console_width,
+    progress,
+    write_json_or_fail,
+)
 
 
 def _ppl(x) -> str:
@@ -39,10 +45,10 @@ def _main_table(results, generate: bool):
         table.add_column("sampled acc (generated)", justify="right")
     table.add_column("checkpoint acc", justify="right")
     for r in results:
-        row = [r.name, _ppl(r.perplexity), _pct(r.greedy_accuracy), _pct(r.expected_accuracy)]
+        row = [r.name, _ppl(r.perplexity), pct(r.greedy_accuracy), pct(r.expected_accuracy)]
         if generate:
-            row.append(_pct(r.generated_accuracy))
-        row.append(_pct(r.checkpoint_accuracy))
+            row.append(pct(r.generated_accuracy))
+        row.append(pct(r.checkpoint_accuracy))
         table.add_row(*row)
     return table
 
@@ -62,30 +68,19 @@ def _breakdown_table(results, key: str, title: str, generate: bool):
         cells = []
         for r in results:
             e = getattr(r, key)[group]
-            parts = [_pct(e["greedy_accuracy"]), _pct(e["expected_accuracy"])]
+            parts = [pct(e["greedy_accuracy"]), pct(e["expected_accuracy"])]
             if generate:
-                parts.append(_pct(e["generated_accuracy"]))
+                parts.append(pct(e["generated_accuracy"]))
             cells.append(" / ".join(parts))
         table.add_row(name, str(entry["n"]), *cells)
     return table
-
-
-def _print_table(table) -> None:
-    """Print a table; in a pipe, as wide as it needs (no wrapped cells)."""
-    if plain_output():
-        width = max(console.width, console.measure(table).maximum)
-        console.print(table, width=width, crop=False)
-    else:
-        console.print(table)
 
 
 def eval_command(
     models: Annotated[Optional[list[str]], typer.Option(
         "--models", help="Model ids (several after one flag: --models 0 1 2 3); "
         "default: every model of the source.", show_default=False)] = None,
-    source: Annotated[Optional[str], typer.Option(
-        "--source", help="Where the models are: a Hugging Face repo id, a directory, or 'bundled' "
-        "(default: the published models).", show_default=False)] = None,
+    source: ModelsSourceOption = None,
     num_samples: Annotated[int, typer.Option(
         "--num-samples", "-n", help="Test quizzes (the reference uses 2000; fewer = noisier).")] = 2000,
     tasks: Annotated[Optional[list[str]], typer.Option(
@@ -100,8 +95,8 @@ def eval_command(
     ] = True,
     noise: Annotated[float, typer.Option("--noise", help="Prompt noise probability (structures 1 and 2).")
                      ] = 0.05,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Quizzes per forward pass.")] = 100,
+    device: DeviceOption = "cpu",
+    batch_size: BatchSizeOption = 100,
     json_path: Annotated[Optional[Path], typer.Option(
         "--json", help="Write the numbers and settings to this JSON file.", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test set and of the sampling.")] = 0,
@@ -116,14 +111,7 @@ def eval_command(
     temperature 1 reproduces the answer (what the reference's sampled accuracy
     estimates). --generate adds the sampled accuracy itself.
     """
-    if num_samples < 1:
-        fail(f"--num-samples must be at least 1, got {num_samples}")
-    if batch_size < 1:
-        fail(f"--batch-size must be at least 1, got {batch_size}")
-    if seed < 0:
-        fail(f"--seed must be >= 0, got {seed}")
-    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
-        fail(f"--noise must be a probability in [0, 1], got {noise}")
+    check_test_set_options(num_samples, batch_size, seed, noise)
     ids = parse_ids(models, "--models")
 
     import torch
@@ -180,12 +168,9 @@ def eval_command(
     for table in (_main_table(results, generate),
                   _breakdown_table(results, "by_task", "By task", generate),
                   _breakdown_table(results, "by_structure", "By structure", generate)):
-        _print_table(table)
+        print_table_console_width(table)
     if json_path is not None:
-        try:
-            write_json(json_path, results.to_dict())
-        except OSError as exc:
-            fail(f"cannot write {json_path}: {exc.strerror or exc}")
+        write_json_or_fail(json_path, results.to_dict())
 
 
 def register(app: typer.Typer) -> None:

@@ -10,14 +10,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from culture_cli.common import console, err_console, fail, plain_output
+from culture_cli.common import DeviceOption, ModelSourceOption, check_noise, console, err_console, fail, plain_output
 
 
 def generate_command(
     model: Annotated[int, typer.Option("--model", help="Model id in the source.")] = 0,
-    source: Annotated[Optional[str], typer.Option(
-        "--source", help="Where the model is: a Hugging Face repo id, a directory, or 'bundled' "
-        "(default: the published models).", show_default=False)] = None,
+    source: ModelSourceOption = None,
     task: Annotated[Optional[list[str]], typer.Option(
         "--task", "--tasks", help="World task(s) to draw quizzes from (default: the 8 of the published models).",
         show_default=False)] = None,
@@ -31,7 +29,7 @@ def generate_command(
         "--temperature", help="Sampling temperature (1 = the reference's accuracy test; 0 = greedy).")] = 1.0,
     noise: Annotated[float, typer.Option(
         "--noise", help="Prompt noise on the structure's noised block (the test protocol uses 0.05).")] = 0.0,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
+    device: DeviceOption = "cpu",
     png: Annotated[Optional[Path], typer.Option(
         "--png", help="Also draw the solutions to this PNG file.", show_default=False)] = None,
     plain: Annotated[bool, typer.Option(
@@ -49,8 +47,7 @@ def generate_command(
         fail(f"--seed must be >= 0, got {seed}")
     if not (math.isfinite(temperature) and temperature >= 0):
         fail(f"--temperature must be >= 0, got {temperature}")
-    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
-        fail(f"--noise must be a probability in [0, 1], got {noise}")
+    check_noise(noise)
 
     import torch
 

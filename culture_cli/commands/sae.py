@@ -11,29 +11,40 @@ from typing import Annotated, Optional
 
 import typer
 
-from culture_cli.common import console, err_console, fail, plain_output, progress, write_json
+from culture_cli.common import (
+    BatchSizeOption,
+    CQuizzesOption,
+    DeviceOption,
+    JsonOption,
+    ModelSourceOption,
+    NoiseOption,
+    TasksOption,
+    check_noise,
+    check_test_set_options,
+    command_group,
+    err_console,
+    fail,
+    pct,
+    print_table,
+    progress,
+    write_json,
+    write_json_or_fail,
+)
 
 HELP = "Sparse autoencoders (SAELens): train on a model's activations, evaluate, study features."
 
-sae_app = typer.Typer(
-    name="sae",
-    help=HELP,
-    no_args_is_help=True,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+sae_app = command_group("sae", HELP)
 
-_SOURCE_HELP = ("Where the model is: a Hugging Face repo id, a directory, or 'bundled' "
-                "(default: the published models).")
 _SAE_HELP = ("The SAE: a directory (cfg.json + sae_weights.safetensors) or a hub repo "
              "owner/name, optionally followed by /folder: tommyp111/culture-sae/gpt-0/blocks_8_mlp_out.")
+# the options of `sae eval` and `sae features` that name the model and the SAE
+_ModelIdOption = Annotated[int, typer.Option("--model", help="Model id.")]
+_SaeOption = Annotated[str, typer.Option("--sae", help=_SAE_HELP)]
+_SubfolderOption = Annotated[Optional[str], typer.Option("--subfolder", help="The SAE's folder in --sae.",
+                                                         show_default=False)]
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 def _num(x, digits: int = 4) -> str:
@@ -42,20 +53,6 @@ def _num(x, digits: int = 4) -> str:
     if isinstance(x, int):
         return f"{x:,}"
     return f"{x:.{digits}g}"
-
-
-def _print_table(table) -> None:
-    """Print a table; in a pipe, as wide as it needs (no cropped cells)."""
-    if plain_output():
-        import sys
-
-        from rich.console import Console
-
-        width = console.measure(table, options=console.options.update_width(100_000)).maximum
-        Console(file=sys.stdout, width=max(console.width, width), no_color=True, highlight=False).print(
-            table, crop=False)
-    else:
-        console.print(table)
 
 
 def _reporter(bar):
@@ -76,17 +73,6 @@ def _reporter(bar):
         bar.update(ids[phase], completed=done, description=desc)
 
     return report
-
-
-def _check_common(num_samples: int, batch_size: int, seed: int, noise: float) -> None:
-    if num_samples < 1:
-        fail(f"--num-samples must be at least 1, got {num_samples}")
-    if batch_size < 1:
-        fail(f"--batch-size must be at least 1, got {batch_size}")
-    if seed < 0:
-        fail(f"--seed must be >= 0, got {seed}")
-    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
-        fail(f"--noise must be a probability in [0, 1], got {noise}")
 
 
 def _load_model(model: int, source: str | None, device: str, sae: bool):
@@ -145,7 +131,7 @@ def _parse_options(values: list[str] | None) -> dict:
 def train(
     model: Annotated[int, typer.Option("--model", help="Model id (gpt_{K:03d}.pth of the source).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write (SAELens format), atomically.")],
-    source: Annotated[Optional[str], typer.Option("--source", help=_SOURCE_HELP, show_default=False)] = None,
+    source: ModelSourceOption = None,
     hook: Annotated[str, typer.Option("--hook", help="TransformerLens hook point.")] = "blocks.8.hook_mlp_out",
     dataset: Annotated[Optional[Path], typer.Option(
         "--dataset", help="A `culture-interp dataset build` directory (input_ids: BOS + quiz); default: "
@@ -205,7 +191,7 @@ def train(
         "--n-batches-for-norm-estimate", help="Batches read to estimate the activation norm.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed (SAELens and the generated quizzes).")] = 42,
     dtype: Annotated[str, typer.Option("--dtype", help="SAE dtype.")] = "float32",
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
+    device: DeviceOption = "cpu",
     autocast: Annotated[bool, typer.Option("--autocast", help="bfloat16 autocast of the SAE.")] = False,
     compile_sae: Annotated[bool, typer.Option("--compile-sae", help="torch.compile the SAE.")] = False,
     n_checkpoints: Annotated[int, typer.Option(
@@ -248,8 +234,7 @@ def train(
         fail("--tasks is for generated quizzes; a --dataset has its own tasks")
     if private and not push:
         fail("--private needs --push")
-    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
-        fail(f"--noise must be a probability in [0, 1], got {noise}")
+    check_noise(noise)
     extra = _parse_options(option)
     if k is not None:
         extra["k"] = k
@@ -275,12 +260,9 @@ def train(
 
         resolve_tasks(list(tasks))
     if push:
-        from culture.sources import hub_offline
-        from culture.tokenizer import check_repo_id
+        from culture.hub import check_push
 
-        check_repo_id(push)
-        if hub_offline():
-            fail(f"cannot push SAE to {push}: Hugging Face Hub offline mode is on (HF_HUB_OFFLINE)")
+        check_push("SAE", push)
 
     hooked, src, dev = _load_model(model, source, device, sae=False)
     settings.device = str(dev)
@@ -313,7 +295,7 @@ def train(
         ("tokens/s", _num(s["tokens_per_second"], 4)),
         ("variance explained (last 10% of steps)", _num(s["explained_variance"])),
         ("L0 (features per token)", _num(s["l0"])),
-        ("dead features", f"{_num(s['dead_features'])} ({_pct(s['dead_fraction'])})"),
+        ("dead features", f"{_num(s['dead_features'])} ({pct(s['dead_fraction'])})"),
         ("mse loss", _num(s.get("mse_loss"))), ("l1 loss", _num(s.get("l1_loss"))),
         ("dataset", (f"{s['dataset_rows']:,} generated quizzes (seed {seed}, noise {noise:g})"
                      if str(s["dataset"]).startswith("generated:")
@@ -321,7 +303,7 @@ def train(
     ]
     for name, value in rows:
         table.add_row(name, str(value))
-    _print_table(table)
+    print_table(table)
     if json_path is not None:
         write_json(json_path, s)
     if push:
@@ -337,30 +319,25 @@ def train(
 
 @sae_app.command("eval")
 def eval_command(
-    model: Annotated[int, typer.Option("--model", help="Model id.")],
-    sae: Annotated[str, typer.Option("--sae", help=_SAE_HELP)],
-    subfolder: Annotated[Optional[str], typer.Option("--subfolder", help="The SAE's folder in --sae.",
-                                                     show_default=False)] = None,
-    source: Annotated[Optional[str], typer.Option("--source", help=_SOURCE_HELP, show_default=False)] = None,
+    model: _ModelIdOption,
+    sae: _SaeOption,
+    subfolder: _SubfolderOption = None,
+    source: ModelSourceOption = None,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Held-out test quizzes.")] = 500,
-    tasks: Annotated[Optional[list[str]], typer.Option(
-        "--tasks", "--task", help="World tasks (default: the 8 of the published models).", show_default=False)
-    ] = None,
-    c_quizzes: Annotated[bool, typer.Option("--c-quizzes/--no-c-quizzes",
-                                            help="Mix in the source's test c-quizzes (at most half).")] = True,
-    noise: Annotated[float, typer.Option("--noise", help="Prompt noise (structures 1 and 2).")] = 0.05,
+    tasks: TasksOption = None,
+    c_quizzes: CQuizzesOption = True,
+    noise: NoiseOption = 0.05,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test set (not the training seed).")] = 0,
     dense_threshold: Annotated[float, typer.Option(
         "--dense-threshold", help="A feature firing on more than this share of positions is dense.")] = 0.1,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Quizzes per forward pass.")] = 16,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the numbers to this JSON file.",
-                                                      show_default=False)] = None,
+    batch_size: BatchSizeOption = 16,
+    device: DeviceOption = "cpu",
+    json_path: JsonOption = None,
 ) -> None:
     """Evaluate an SAE per task: variance explained, L0, dead/dense features,
     loss recovered and greedy accuracy with the SAE spliced in vs clean vs the
     hook zero-ablated."""
-    _check_common(num_samples, batch_size, seed, noise)
+    check_test_set_options(num_samples, batch_size, seed, noise)
     if not 0 < dense_threshold <= 1:
         fail(f"--dense-threshold must be in (0, 1], got {dense_threshold}")
     from culture.sae import evaluate_sae
@@ -385,18 +362,15 @@ def eval_command(
         table.add_row(g, str(r["n"]), _num(r.get("explained_variance"), 3), _num(r.get("l0"), 3),
                       _num(r.get("dead_features")), _num(r.get("dense_features")), _num(r["loss_clean"], 3),
                       _num(r["loss_sae"], 3), _num(r["loss_zero"], 3), _num(r["loss_recovered"], 3),
-                      _pct(r["accuracy_clean"]), _pct(r["accuracy_sae"]), _pct(r["accuracy_zero"]))
-    _print_table(table)
+                      pct(r["accuracy_clean"]), pct(r["accuracy_sae"]), pct(r["accuracy_zero"]))
+    print_table(table)
     err_console.print("loss = cross-entropy on the predicted cells; recovered = (zero - SAE) / (zero - clean); "
                       "dead = never fires on these quizzes", highlight=False)
     if json_path is not None:
         d = results.to_dict()
         d["settings"].update({"model": model, "source": src.name, "sae": sae, "subfolder": subfolder,
                               "sae_path": getattr(sae_obj, "culture_path", None), **ts.settings()})
-        try:
-            write_json(json_path, d)
-        except OSError as exc:
-            fail(f"cannot write {json_path}: {exc.strerror or exc}")
+        write_json_or_fail(json_path, d)
 
 
 # ------------------------------------------------------------------ features
@@ -404,11 +378,10 @@ def eval_command(
 
 @sae_app.command("features")
 def features_command(
-    model: Annotated[int, typer.Option("--model", help="Model id.")],
-    sae: Annotated[str, typer.Option("--sae", help=_SAE_HELP)],
-    subfolder: Annotated[Optional[str], typer.Option("--subfolder", help="The SAE's folder in --sae.",
-                                                     show_default=False)] = None,
-    source: Annotated[Optional[str], typer.Option("--source", help=_SOURCE_HELP, show_default=False)] = None,
+    model: _ModelIdOption,
+    sae: _SaeOption,
+    subfolder: _SubfolderOption = None,
+    source: ModelSourceOption = None,
     features: Annotated[Optional[list[str]], typer.Option(
         "--features", help="Feature ids (several after one flag: --features 10 24).", show_default=False)] = None,
     top: Annotated[int, typer.Option("--top", help="Without --features: the top N features by --rank-by.")] = 10,
@@ -420,20 +393,17 @@ def features_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Dashboard folder (index.html, PNGs, report.json).")
                    ] = Path("sae-features"),
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Test quizzes.")] = 500,
-    tasks: Annotated[Optional[list[str]], typer.Option(
-        "--tasks", "--task", help="World tasks (default: the 8 of the published models).", show_default=False)
-    ] = None,
-    c_quizzes: Annotated[bool, typer.Option("--c-quizzes/--no-c-quizzes",
-                                            help="Mix in the source's test c-quizzes (at most half).")] = True,
-    noise: Annotated[float, typer.Option("--noise", help="Prompt noise (structures 1 and 2).")] = 0.05,
+    tasks: TasksOption = None,
+    c_quizzes: CQuizzesOption = True,
+    noise: NoiseOption = 0.05,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test set.")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Quizzes per forward pass.")] = 16,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
+    batch_size: BatchSizeOption = 16,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Study SAE features: where they fire (grids with the cell highlighted),
     how often per task, the colours they promote (W_dec @ W_U), and optional
     steering; writes a static HTML dashboard."""
-    _check_common(num_samples, batch_size, seed, noise)
+    check_test_set_options(num_samples, batch_size, seed, noise)
     if examples < 1:
         fail(f"--examples must be >= 1, got {examples}")
     if top < 1:
@@ -487,22 +457,22 @@ def features_command(
                          else "left")
     for f in rep.features:
         tasks_sorted = sorted(((v["token_frequency"] or 0.0, k) for k, v in f["by_task"].items()), reverse=True)
-        top_task = f"{tasks_sorted[0][1]} ({_pct(tasks_sorted[0][0])})" if tasks_sorted and tasks_sorted[0][0] else "-"
+        top_task = f"{tasks_sorted[0][1]} ({pct(tasks_sorted[0][0])})" if tasks_sorted and tasks_sorted[0][0] else "-"
         promotes = ", ".join(c for c, _ in f["promotes"]) or "-"
         ex = f["examples"][0] if f["examples"] else None
         where = f"{ex['task']}: reads {ex['reads']}" if ex else "never fires"
-        table.add_row(str(f["id"]), _pct(f["token_frequency"]), _pct(f["quiz_frequency"]),
+        table.add_row(str(f["id"]), pct(f["token_frequency"]), pct(f["quiz_frequency"]),
                       _num(f["mean_activation"], 3), _num(f["max_activation"], 3), top_task, promotes, where)
-    _print_table(table)
+    print_table(table)
     if rep.steering:
         st = Table(title=f"Steering {' '.join(rep.steering['specs'])} (SAE spliced in, error term kept)",
                    title_justify="left")
         for name in ("task", "n", "acc clean", "acc steered", "loss clean", "loss steered", "changed"):
             st.add_column(name, justify="left" if name == "task" else "right")
         for g, v in rep.steering["by_group"].items():
-            st.add_row(g, str(v["n"]), _pct(v["accuracy_clean"]), _pct(v["accuracy_steered"]),
+            st.add_row(g, str(v["n"]), pct(v["accuracy_clean"]), pct(v["accuracy_steered"]),
                        _num(v["loss_clean"], 3), _num(v["loss_steered"], 3), str(v["changed"]))
-        _print_table(st)
+        print_table(st)
     err_console.print(f"wrote {index} (open it in a browser), {len([i for i in images.values() if i])} PNGs "
                       f"and report.json in {out}", highlight=False)
 

@@ -6,14 +6,13 @@ transformers or datasets), so it starts fast.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from culture_cli.common import console, err_console, fail, plain_output
+from culture_cli.common import check_noise, console, err_console, fail, plain_output
 
 
 def _parse_indices(values: list[str]) -> list[int]:
@@ -108,8 +107,7 @@ def show_quiz(
         fail(f"--n must be at least 1, got {n}")
     if seed < 0:
         fail(f"--seed must be >= 0, got {seed}")
-    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
-        fail(f"--noise must be a probability in [0, 1], got {noise}")
+    check_noise(noise)
     target = None
     if structure is not None:
         try:

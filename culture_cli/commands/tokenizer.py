@@ -9,13 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from culture_cli.common import console
+from culture_cli.common import command_group, console
 
-tokenizer_app = typer.Typer(
-    name="tokenizer",
-    help="The quiz tokenizer (word level: 0..9 a X f_X Y f_Y; BOS \"0\", PAD [PAD]=16): build or push it.",
-    no_args_is_help=True,
-)
+tokenizer_app = command_group(
+    "tokenizer", "The quiz tokenizer (word level: 0..9 a X f_X Y f_Y; BOS \"0\", PAD [PAD]=16): build or push it.")
 
 
 @tokenizer_app.command("build")

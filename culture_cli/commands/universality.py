@@ -18,33 +18,35 @@ from typing import Annotated, Optional
 
 import typer
 
-from culture_cli.common import console, err_console, fail, parse_ids, plain_output, progress, write_json
+from culture_cli.common import (
+    DeviceOption,
+    ModelsSourceOption,
+    check_noise,
+    command_group,
+    err_console,
+    fail,
+    parse_ids,
+    pct,
+    print_table_console_width,
+    progress,
+    write_json_or_fail,
+)
 
 HELP = "Universality across models: universal neurons, residual CKA, SAE features (vs a random baseline)."
 
-universality_app = typer.Typer(
-    name="universality",
-    help=HELP,
-    no_args_is_help=True,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+universality_app = command_group("universality", HELP)
 
 
 def _f(x, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _print_table(table) -> None:
-    if plain_output():
-        width = max(console.width, console.measure(table).maximum)
-        console.print(table, width=width, crop=False)
-    else:
-        console.print(table)
+def _top_tasks(entry) -> str:
+    """The 3 tasks where a neuron / feature is most active: "task mean (fire rate)", or ""."""
+    if "tasks" not in entry:
+        return ""
+    ranked = sorted(entry["tasks"].items(), key=lambda kv: -kv[1]["mean"])[:3]
+    return ", ".join(f"{k} {v['mean']:.2f} ({100 * v['fire_rate']:.0f}%)" for k, v in ranked)
 
 
 def _tables(report, top: int):
@@ -60,8 +62,8 @@ def _tables(report, top: int):
                 "mean max-corr", "baseline", "excess"):
         t.add_column(col, justify="right")
     for r in report.summary_rows():
-        t.add_row(str(r["layer"]), str(r["neurons"]), _pct(r["dead"]), str(r["universal"]),
-                  _pct(r["share_universal"]), _pct(r["baseline_share_universal"]) if base else "-",
+        t.add_row(str(r["layer"]), str(r["neurons"]), pct(r["dead"]), str(r["universal"]),
+                  pct(r["share_universal"]), pct(r["baseline_share_universal"]) if base else "-",
                   _f(r["mean_max_corr"]), _f(r["baseline_mean_max_corr"]),
                   _f(r["excess_mean_max_corr"]) if base else "-")
     yield t
@@ -73,11 +75,7 @@ def _tables(report, top: int):
         t.add_column(col, justify=j)
     for e in univ[:top]:
         matches = ", ".join(f"{m}:{v['neuron']} {v['corr']:.2f}" for m, v in e["matches"].items())
-        tasks = ""
-        if "tasks" in e:
-            ranked = sorted(e["tasks"].items(), key=lambda kv: -kv[1]["mean"])[:3]
-            tasks = ", ".join(f"{k} {v['mean']:.2f} ({100 * v['fire_rate']:.0f}%)" for k, v in ranked)
-        t.add_row(e["model"], str(e["layer"]), str(e["neuron"]), _f(e["mean_max_corr"]), matches, tasks)
+        t.add_row(e["model"], str(e["layer"]), str(e["neuron"]), _f(e["mean_max_corr"]), matches, _top_tasks(e))
     yield t
 
     rows = report.task_rows()
@@ -86,8 +84,8 @@ def _tables(report, top: int):
         for col in ("task", "tokens", "universal preferring", "share of universal", "share of alive neurons"):
             t.add_column(col, justify="right" if col != "task" else "left")
         for r in rows:
-            t.add_row(r["task"], f"{r['tokens']:,}", str(r["universal_preferring"]), _pct(r["share_of_universal"]),
-                      _pct(r["share_of_alive"]))
+            t.add_row(r["task"], f"{r['tokens']:,}", str(r["universal_preferring"]), pct(r["share_of_universal"]),
+                      pct(r["share_of_alive"]))
         yield t
 
     rows = report.cka_diagonal_rows()
@@ -106,7 +104,7 @@ def _tables(report, top: int):
             t.add_column(col, justify="right")
         for r in rows:
             t.add_row(r["pair"], r["alive"], str(r["matched"]), _f(r["median_matched_corr"]),
-                      _f(r["mean_matched_corr"]), _pct(r["share_above"]), _f(r["mean_decoder_cos"]))
+                      _f(r["mean_matched_corr"]), pct(r["share_above"]), _f(r["mean_decoder_cos"]))
         yield t
         feats = report.universal_features()
         if feats:
@@ -116,11 +114,7 @@ def _tables(report, top: int):
                 t.add_column(col, justify="left" if col in ("matches", "tasks (mean act, fire rate)") else "right")
             for e in feats[:top]:
                 matches = ", ".join(f"{m}:{v['feature']} {v['corr']:.2f}" for m, v in e["matches"].items())
-                tasks = ""
-                if "tasks" in e:
-                    ranked = sorted(e["tasks"].items(), key=lambda kv: -kv[1]["mean"])[:3]
-                    tasks = ", ".join(f"{k} {v['mean']:.2f} ({100 * v['fire_rate']:.0f}%)" for k, v in ranked)
-                t.add_row(e["model"], str(e["feature"]), _f(e["mean_matched_corr"]), matches, tasks)
+                t.add_row(e["model"], str(e["feature"]), _f(e["mean_matched_corr"]), matches, _top_tasks(e))
             yield t
 
 
@@ -129,9 +123,7 @@ def compare_command(
     models: Annotated[Optional[list[str]], typer.Option(
         "--models", help="Model ids, at least 2 (several after one flag: --models 0 1 2 3); "
         "default: every model of the source.", show_default=False)] = None,
-    source: Annotated[Optional[str], typer.Option(
-        "--source", help="Where the models are: a Hugging Face repo id, a directory, or 'bundled' "
-        "(default: the published models).", show_default=False)] = None,
+    source: ModelsSourceOption = None,
     layers: Annotated[Optional[list[str]], typer.Option(
         "--layers", help="MLP layers to compare (--layers 0 5 11); default: every layer. CKA then uses the "
         "residual stream at embed + these layers.", show_default=False)] = None,
@@ -160,7 +152,7 @@ def compare_command(
         "--json", help="Write every number to this JSON file.", show_default=False)] = None,
     png: Annotated[Optional[Path], typer.Option(
         "--png", help="Write heatmaps and histograms (PNG) into this directory.", show_default=False)] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
+    device: DeviceOption = "cpu",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the quizzes and of the baseline models.")] = 0,
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", help="Quizzes per forward pass (default: sized to ~256 MB of activations).",
@@ -182,8 +174,7 @@ def compare_command(
         fail(f"--tokens must be at least 1, got {tokens}")
     if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
         fail(f"--threshold must be a correlation in [-1, 1], got {threshold}")
-    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
-        fail(f"--noise must be a probability in [0, 1], got {noise}")
+    check_noise(noise)
     if positions not in ("all", "cells"):
         fail(f"--positions must be all or cells, got {positions!r}")
     if precision not in ("float64", "float32"):
@@ -248,12 +239,9 @@ def compare_command(
                             "sae_dirs": [str(p) for p in sae] if sae else None})
 
     for table in _tables(report, top):
-        _print_table(table)
+        print_table_console_width(table)
     if json_path is not None:
-        try:
-            write_json(json_path, report.to_dict())
-        except OSError as exc:
-            fail(f"cannot write {json_path}: {exc.strerror or exc}")
+        write_json_or_fail(json_path, report.to_dict())
     if png is not None:
         try:
             paths = plot_report(report, png)
