@@ -104,16 +104,6 @@ def print_table(table) -> None:
         console.print(table)
 
 
-def print_table_console_width(table) -> None:
-    """Print a table, not cropped; in a pipe at the console's width (which
-    ``console.measure`` caps the table at), so long cells wrap there."""
-    if plain_output():
-        width = max(console.width, console.measure(table).maximum)
-        console.print(table, width=width, crop=False)
-    else:
-        console.print(table)
-
-
 # ------------------------------------------------------------------ option checks
 
 

@@ -21,7 +21,7 @@ from culture_cli.common import (
     err_console,
     parse_ids,
     pct,
-    print_table_console_width,
+    print_table,
     progress,
     write_json_or_fail,
 )
@@ -168,7 +168,7 @@ def eval_command(
     for table in (_main_table(results, generate),
                   _breakdown_table(results, "by_task", "By task", generate),
                   _breakdown_table(results, "by_structure", "By structure", generate)):
-        print_table_console_width(table)
+        print_table(table)
     if json_path is not None:
         write_json_or_fail(json_path, results.to_dict())
 

@@ -27,7 +27,7 @@ from culture_cli.common import (
     fail,
     parse_ids,
     pct,
-    print_table_console_width,
+    print_table,
     progress,
     write_json_or_fail,
 )
@@ -239,7 +239,7 @@ def compare_command(
                             "sae_dirs": [str(p) for p in sae] if sae else None})
 
     for table in _tables(report, top):
-        print_table_console_width(table)
+        print_table(table)
     if json_path is not None:
         write_json_or_fail(json_path, report.to_dict())
     if png is not None:
