@@ -211,7 +211,10 @@ class CultureRun:
 
     @classmethod
     def create(cls, out, config: TrainConfig, hooks: TrainingHooks | None = None,
-               command: str | None = None) -> "CultureRun":
+               command: str | None = None, init_from=None) -> "CultureRun":
+        """A new run in ``out``. ``init_from`` (a model source: directory,
+        "bundled", hub id) starts model k from that source's model k instead of
+        random weights (same architecture required; Adam starts fresh)."""
         out = Path(out)
         if out.exists() and any(out.iterdir()):
             raise TrainingError(f"{out} is not empty: use --resume to continue it, or another --out")
@@ -226,6 +229,8 @@ class CultureRun:
             run.models.append(MyGPT(cfg).to(run.device))
             run.accuracies.append(0.0)
             run.epochs.append(0)
+        if init_from is not None:
+            run._init_from(init_from)
         run.optimizers = [run._make_optimizer(m) for m in run.models]
         torch.manual_seed(_seed(config.seed, 2))
         run.log(f"created {config.nb_models} models of {run.models[0].num_parameters:,} parameters "
@@ -276,6 +281,20 @@ class CultureRun:
             run.test_c_quizzes = [test] if len(test) else []
         run.log(f"resumed at round {run.round}, accuracies {_fmt(run.accuracies)}")
         return run
+
+    def _init_from(self, source) -> None:
+        from culture.sources import load_model
+
+        for k, model in enumerate(self.models):
+            loaded, accuracy = load_model(k, source=source)
+            if loaded.config.to_dict() | {"dropout": 0, "attention_dropout": None} != \
+                    model.config.to_dict() | {"dropout": 0, "attention_dropout": None}:
+                raise TrainingError(f"--init-from {source}: model {k} has another architecture "
+                                    f"({loaded.config.dim_model}/{loaded.config.dim_keys}/{loaded.config.dim_hidden}/"
+                                    f"{loaded.config.nb_heads}/{loaded.config.nb_blocks})")
+            model.load_state_dict(loaded.state_dict())
+            self.accuracies[k] = float(accuracy or 0.0)
+        self.log(f"initialised the models from {source}")
 
     def _make_optimizer(self, model: MyGPT) -> torch.optim.Optimizer:
         # fused Adam: one kernel for all parameters (CPU and CUDA)

@@ -166,3 +166,15 @@ def test_generate_candidates_are_valid_canonical_quizzes(tmp_path):
     c = training.generate_candidates(run.models[0], 5, temperature_hot=1.5, temperature_cold=1.0, generator=g)
     Q.validate_quizzes(c)
     assert (Q.block_markers(c) == torch.tensor(Q.CANONICAL)).all()
+
+
+def test_init_from_a_source_copies_the_weights(tmp_path):
+    first = CultureRun.create(tmp_path / "a", tiny_config())
+    first.train(max_rounds=1)
+    second = CultureRun.create(tmp_path / "b", tiny_config(seed=99), init_from=str(tmp_path / "a"))
+    for k in range(2):
+        for name, value in first.models[k].state_dict().items():
+            assert torch.equal(value, second.models[k].state_dict()[name])
+    assert second.accuracies == pytest.approx(first.accuracies)
+    with pytest.raises(TrainingError, match="another architecture"):
+        CultureRun.create(tmp_path / "c", tiny_config(dim_model=64), init_from=str(tmp_path / "a"))

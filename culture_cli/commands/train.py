@@ -17,6 +17,8 @@ def register(app: typer.Typer) -> None:
 def train(
     out: Path = typer.Option(..., "--out", help="Result directory (gpt_XXX.pth, c_quizzes.pth, train.log)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped."),
+    init_from: Optional[str] = typer.Option(
+        None, "--init-from", help="Start model k from model k of this source (directory, bundled, hub id)."),
     nb_models: int = typer.Option(5, "--nb-models", min=1, help="Number of GPTs."),
     model: str = typer.Option("37M", "--model", help="Size preset: 17K, 4M, 37M, 122M, 352M."),
     dim_model: Optional[int] = typer.Option(None, help="Custom size: overrides the preset."),
@@ -69,7 +71,7 @@ def train(
         import sys
 
         command = shlex.join(["culture-interp"] + sys.argv[1:])
-        run = CultureRun.create(out, config, hooks=hooks, command=command)
+        run = CultureRun.create(out, config, hooks=hooks, command=command, init_from=init_from)
     with hooks.progress:
         reason = run.train()
     _summary(run, reason)
