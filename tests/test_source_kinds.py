@@ -82,3 +82,28 @@ def test_unknown_id_is_one_line(source, capsys):
     # offline, the hub source can only say which models it has cached
     assert "model 7" in lines[0]
     assert "models there: 0, 1" in lines[0] or "cached models: 0, 1" in lines[0]
+
+
+class _Payload:
+    """Unpickling this would run code (it must never be)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+@pytest.mark.parametrize("command", [["eval", "--num-samples", 4], ["convert", "--out", "OUT"]])
+def test_pickle_payload_and_corrupt_checkpoint_are_refused(tmp_path, capsys, command):
+    marker = tmp_path / "payload-ran"
+    root = make_local_source(tmp_path, n_models=2)
+    torch.save(({"embedding.0.f.0.weight": _Payload(marker)}, 0.5), root / "gpt_000.pth")
+    (root / "gpt_001.pth").write_bytes(b"\x80\x02 definitely not a checkpoint")
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in command]
+    for k, pattern in ((0, "refused"), (1, "not a readable checkpoint")):
+        code, out, err = run_cli(capsys, argv[0], "--models", k, "--source", root, *argv[1:])
+        lines = [l for l in err.splitlines() if l.strip()]
+        assert code == 2 and len(lines) == 1 and pattern in lines[0], err
+        assert "Traceback" not in err
+    assert not marker.exists()

@@ -129,6 +129,12 @@ def eval_command(
         ids = src.model_ids()
     for k in ids:
         src.check_model_id(k)
+    loaded, accuracies = [], []  # load (and so check) every model before printing anything
+    for k in ids:
+        model, acc = sources.load_model(k, src, device=dev)
+        model.model_id = k
+        loaded.append(model)
+        accuracies.append(acc)
 
     test_c = None
     if c_quizzes:
@@ -144,13 +150,6 @@ def eval_command(
     err_console.print(
         f"test set: {len(test_set)} quizzes ({len(test_set) - test_set.n_c_quizzes} world, "
         f"{test_set.n_c_quizzes} c-quizzes), seed {seed}, noise {noise:g}", highlight=False)
-
-    loaded, accuracies = [], []
-    for k in ids:
-        model, acc = sources.load_model(k, src, device=dev)
-        model.model_id = k
-        loaded.append(model)
-        accuracies.append(acc)
 
     with progress() as bar:
         tasks_ids: dict[str, int] = {}
