@@ -136,7 +136,8 @@ ModelsSourceOption = Annotated[Optional[str], typer.Option(
     "--source", help="Where the models are: a Hugging Face repo id, a directory, or 'bundled' "
     "(default: the published models).", show_default=False)]
 TasksOption = Annotated[Optional[list[str]], typer.Option(
-    "--tasks", "--task", help="World tasks (default: the 8 of the published models).", show_default=False)]
+    "--tasks", "--task", help="World tasks (default: the source's training tasks when it records them, "
+        "else the 8 of the published models).", show_default=False)]
 CQuizzesOption = Annotated[bool, typer.Option("--c-quizzes/--no-c-quizzes",
                                               help="Mix in the source's test c-quizzes (at most half).")]
 NoiseOption = Annotated[float, typer.Option("--noise", help="Prompt noise (structures 1 and 2).")]

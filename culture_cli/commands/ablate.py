@@ -121,8 +121,8 @@ def ablate_command(
     from culture.world import resolve_tasks
 
     dev = check_device(device)
-    names = resolve_tasks(list(tasks) if tasks else None)
     src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
+    names = resolve_tasks(list(tasks) if tasks else src.default_tasks())
     src.check_model_id(model)
     hooked = load_hooked(model, src, device=str(dev))
     ts = source_test_set(src, num_samples, names, c_quizzes=c_quizzes, seed=seed, noise=noise)

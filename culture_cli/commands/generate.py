@@ -17,7 +17,8 @@ def generate_command(
     model: Annotated[int, typer.Option("--model", help="Model id in the source.")] = 0,
     source: ModelSourceOption = None,
     task: Annotated[Optional[list[str]], typer.Option(
-        "--task", "--tasks", help="World task(s) to draw quizzes from (default: the 8 of the published models).",
+        "--task", "--tasks", help="World task(s) to draw quizzes from (default: the source's training tasks when it records them, "
+        "else the 8 of the published models).",
         show_default=False)] = None,
     n: Annotated[int, typer.Option("--n", help="How many quizzes.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the quizzes, the noise and the sampling.")] = 0,
@@ -67,8 +68,8 @@ def generate_command(
     if target_structure not in EVAL_STRUCTURES:
         fail(f"--structure must be one of the four with a single answer block (1..4), got {structure}")
     dev = check_device(device)
-    task_names = resolve_tasks(list(task) if task else None)
     src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
+    task_names = resolve_tasks(list(task) if task else src.default_tasks())
     gpt, stored = sources.load_model(model, src, device=dev)
 
     quizzes, task_index = generate_quizzes_with_tasks(n, task_names, seed=seed)

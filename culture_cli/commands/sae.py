@@ -103,7 +103,7 @@ def _test_set(src, num_samples, tasks, c_quizzes, seed, noise):
     from culture.ablation import source_test_set
     from culture.world import resolve_tasks
 
-    names = resolve_tasks(list(tasks) if tasks else None)
+    names = resolve_tasks(list(tasks) if tasks else src.default_tasks())
     ts = source_test_set(src, num_samples, names, c_quizzes=c_quizzes, seed=seed, noise=noise)
     err_console.print(f"test set: {len(ts)} quizzes ({len(ts) - ts.n_c_quizzes} world, {ts.n_c_quizzes} "
                       f"c-quizzes), seed {seed}, noise {noise:g}", highlight=False)
@@ -140,7 +140,7 @@ def train(
         "--num-quizzes", help="Quizzes to generate without --dataset (default: as many as the run reads).",
         show_default=False)] = None,
     tasks: Annotated[Optional[list[str]], typer.Option(
-        "--tasks", "--task", help="World tasks of the generated quizzes (default: the 8 of the published models).",
+        "--tasks", "--task", help="World tasks of the generated quizzes (default: the source's training tasks when it records them, else the 8 of the published models).",
         show_default=False)] = None,
     noise: Annotated[float, typer.Option("--noise", help="Prompt noise of the generated quizzes.")] = 0.05,
     steps: Annotated[int, typer.Option("--steps", help="Training steps (batches).")] = 30_000,
@@ -277,7 +277,8 @@ def train(
                       f"{batch_tokens:,} tokens", highlight=False)
     t0 = time.perf_counter()
     with progress() as bar:
-        result = train_sae(hooked, out, settings, dataset=dataset, tasks=list(tasks) if tasks else None,
+        result = train_sae(hooked, out, settings, dataset=dataset,
+                           tasks=list(tasks) if tasks else src.default_tasks(),
                            noise=noise, num_quizzes=num_quizzes, model_name=f"culture-gpt-{model}",
                            overwrite=overwrite, progress=_reporter(bar),
                            extra_summary={"model_id": model, "source": src.name})

@@ -130,7 +130,8 @@ def compare_command(
     tokens: Annotated[int, typer.Option(
         "--tokens", help="Tokens to stream (quizzes of 404 positions; memory does not grow with it).")] = 100_000,
     tasks: Annotated[Optional[list[str]], typer.Option(
-        "--tasks", "--task", help="World tasks of the quizzes (default: the 8 of the published models).",
+        "--tasks", "--task", help="World tasks of the quizzes (default: the source's training tasks when it records them, "
+        "else the 8 of the published models).",
         show_default=False)] = None,
     threshold: Annotated[float, typer.Option(
         "--threshold", help="A neuron / feature is universal when its mean max-correlation exceeds this "
@@ -202,8 +203,8 @@ def compare_command(
     from culture.world import resolve_tasks
 
     dev = check_device(device)
-    task_names = list(resolve_tasks(list(tasks) if tasks else None))
     src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
+    task_names = list(resolve_tasks(list(tasks) if tasks else src.default_tasks()))
     if ids is None:
         ids = src.model_ids()
         if len(ids) < 2:
