@@ -21,6 +21,8 @@ from culture.mygpt import load_mygpt, save_checkpoint
 from culture.quizfile import load_c_quizzes, save_c_quizzes
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+#: the greedy accuracy every bundled model should reach (issue #4)
+TARGET_GREEDY_ACCURACY = 0.9
 
 
 def pack_zoo(run_dir, dest=ZOO_DIR, *, models=None, num_samples: int = 500, seed: int = 0,
@@ -85,6 +87,10 @@ def model_card(info: dict) -> str:
         "Small culture GPTs trained on this package's world-quiz generator with `culture-interp train`,",
         "shipped so that every command works offline: `--source bundled`.",
         "",
+        *(["**Status: still training.** Below the zoo's target of 90% greedy accuracy per model; "
+            "continue with `culture-interp train --out RUN --resume` (or `--init-from bundled` on a new "
+            "machine) and pack again.", ""]
+          if min(r["greedy_accuracy"] or 0.0 for r in rows) < TARGET_GREEDY_ACCURACY else []),
         "## How they were trained",
         "",
         "```bash",
