@@ -58,7 +58,7 @@ def _tables(report, top: int):
     t = Table(title=f"Universal neurons by layer (mean max-correlation > {thr:g}; "
                     f"{report.settings['tokens']:,} tokens{mode}; models {', '.join(report.names)})",
               title_justify="left")
-    for col in ("layer", "neurons", "dead", "universal", "share universal", "baseline",
+    for col in ("layer", "neurons per model", "dead", "universal (all models)", "share universal", "baseline",
                 "mean max-corr", "baseline", "excess"):
         t.add_column(col, justify="right")
     for r in report.summary_rows():
