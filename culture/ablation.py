@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from culture.errors import CultureError
+from culture.evaluation import source_test_set  # noqa: F401 - re-exported (ablation API)
 from culture.quiz import BLOCK_LEN, MARKER_LABELS, N_BLOCKS, QUIZ_LEN, ar_mask, block_markers
 
 __all__ = [
@@ -154,25 +155,6 @@ def _score(hooked, test_set, batch_size: int, device, fwd_hooks=()) -> dict:
         with hooked.hooks(fwd_hooks=list(fwd_hooks)):
             return score_quizzes(hooked, test_set, batch_size=batch_size, device=device)
     return score_quizzes(hooked, test_set, batch_size=batch_size, device=device)
-
-
-def source_test_set(source, n: int, tasks=None, *, c_quizzes: bool = True, seed: int = 0, noise: float = 0.05):
-    """:func:`culture.evaluation.make_test_set` with the test c-quizzes of a model
-    source mixed in (at most half) when ``c_quizzes`` and the source has some."""
-    from culture.evaluation import make_test_set
-    from culture.sources import resolve_source
-
-    test_c = None
-    if c_quizzes:
-        pair = resolve_source(source).c_quizzes()
-        if pair is not None:
-            test_c = pair[1]
-            if isinstance(test_c, (list, tuple)):
-                parts = [torch.as_tensor(t).reshape(-1, QUIZ_LEN) for t in test_c]
-                test_c = torch.cat(parts) if parts else None
-            if test_c is not None and test_c.shape[0] == 0:
-                test_c = None
-    return make_test_set(n, tasks=tasks, c_quizzes=test_c, seed=seed, noise=noise)
 
 
 # ------------------------------------------------------------------ hooks

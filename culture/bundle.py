@@ -10,7 +10,6 @@ the exact command, seeds, tasks, sizes, accuracies and training time.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -130,8 +129,3 @@ def model_card(info: dict) -> str:
               + " ".join(str(k) for k in range(len(rows)))
               + f" --source bundled --num-samples {info['evaluation']['num_samples']}`", ""]
     return "\n".join(lines)
-
-
-def copy_zoo(dest) -> None:
-    """Copy the installed zoo somewhere else (e.g. to publish it)."""
-    shutil.copytree(ZOO_DIR, dest, dirs_exist_ok=True)

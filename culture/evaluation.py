@@ -55,6 +55,7 @@ from culture.quiz import (
 )
 
 __all__ = [
+    "source_test_set",
     "C_QUIZ_LABEL",
     "TestSet",
     "ModelEval",
@@ -216,6 +217,17 @@ def make_test_set(
 
 
 # -------------------------------------------------------------------- scores
+
+
+def source_test_set(source, n: int, tasks=None, *, c_quizzes: bool = True, seed: int = 0,
+                    noise: float = 0.05) -> TestSet:
+    """:func:`make_test_set` with the test c-quizzes of a model source (a
+    :class:`culture.sources.ModelSource` or anything ``resolve_source`` takes)
+    mixed in, at most half, when ``c_quizzes`` and the source has some."""
+    from culture.sources import resolve_source
+
+    pair = resolve_source(source).c_quizzes() if c_quizzes else None
+    return make_test_set(n, tasks=tasks, c_quizzes=None if pair is None else pair[1], seed=seed, noise=noise)
 
 
 def _sequences(quizzes, targets) -> torch.Tensor:

@@ -371,9 +371,8 @@ class CultureRun:
         if self._test_set is None:
             from culture.evaluation import make_test_set
 
-            c = self.c_quizzes("test")
             self._test_set = make_test_set(
-                n=self.config.test_samples, tasks=self.tasks, c_quizzes=c if len(c) else None,
+                n=self.config.test_samples, tasks=self.tasks, c_quizzes=self.c_quizzes("test"),
                 seed=_seed(self.config.seed, 5), noise=self.config.prompt_noise,
             )
         return self._test_set

@@ -114,10 +114,8 @@ def eval_command(
     check_test_set_options(num_samples, batch_size, seed, noise)
     ids = parse_ids(models, "--models")
 
-    import torch
-
     from culture import sources
-    from culture.evaluation import check_device, evaluate, make_test_set
+    from culture.evaluation import check_device, evaluate, source_test_set
     from culture.world import resolve_tasks
 
     dev = check_device(device)
@@ -136,17 +134,7 @@ def eval_command(
         loaded.append(model)
         accuracies.append(acc)
 
-    test_c = None
-    if c_quizzes:
-        pair = src.c_quizzes()
-        if pair is not None:
-            test_c = pair[1]
-            if isinstance(test_c, (list, tuple)):
-                test_c = torch.cat([torch.as_tensor(t).reshape(-1, 404) for t in test_c]) if test_c else None
-            if test_c is not None and test_c.shape[0] == 0:
-                test_c = None
-
-    test_set = make_test_set(num_samples, tasks=task_names, c_quizzes=test_c, seed=seed, noise=noise)
+    test_set = source_test_set(src, num_samples, task_names, c_quizzes=c_quizzes, seed=seed, noise=noise)
     err_console.print(
         f"test set: {len(test_set)} quizzes ({len(test_set) - test_set.n_c_quizzes} world, "
         f"{test_set.n_c_quizzes} c-quizzes), seed {seed}, noise {noise:g}", highlight=False)

@@ -100,7 +100,7 @@ def _load_sae_for(spec: str, subfolder: str | None, hooked, device, model: int |
 
 
 def _test_set(src, num_samples, tasks, c_quizzes, seed, noise):
-    from culture.ablation import source_test_set
+    from culture.evaluation import source_test_set
     from culture.world import resolve_tasks
 
     names = resolve_tasks(list(tasks) if tasks else src.default_tasks())
