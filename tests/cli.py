@@ -35,3 +35,26 @@ def error_line(capsys, *argv) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
     return lines[0]
+
+
+def heavy_imports(argvs, modules, cwd=None):
+    """Run each command line of ``argvs`` through ``culture-interp`` in one
+    fresh interpreter; return (which of ``modules`` it imported, its stdout,
+    its stderr)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import json, sys\n"
+        "from culture_cli.main import main\n"
+        f"for argv in {[list(a) for a in argvs]!r}:\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        f"print('HEAVY=' + json.dumps(sorted(m for m in {tuple(modules)!r} if m in sys.modules)))\n"
+    )
+    root = cwd or Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    lines = [x for x in res.stdout.splitlines() if x.startswith("HEAVY=")]
+    assert lines, res.stdout[-500:] + res.stderr[-800:]
+    return json.loads(lines[-1][len("HEAVY="):]), res.stdout, res.stderr

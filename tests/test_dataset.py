@@ -3,8 +3,6 @@ noise, determinism (seed, num_proc, n), partitions, parquet, push (mocked),
 one-line errors."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -33,7 +31,7 @@ from culture.quiz import (
     structure_index,
     validate_quizzes,
 )
-from tests.cli import run_cli
+from tests.cli import heavy_imports, run_cli
 
 TASKS = ["grow", "frame", "contact"]
 N = 150       # 50 per task
@@ -342,10 +340,6 @@ def test_cli_existing_output(tmp_path, capsys):
 
 
 def test_help_imports_no_heavy_library():
-    code = ("import sys; from culture_cli.main import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('datasets', 'transformers', 'pyarrow', 'transformer_lens', 'sae_lens')"
-            " if m in sys.modules]\n"
-            "print('HEAVY', heavy)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "HEAVY []" in res.stdout, res.stdout + res.stderr
+    heavy, out, err = heavy_imports([["--help"]],
+                                    ("datasets", "transformers", "pyarrow", "transformer_lens", "sae_lens"))
+    assert heavy == [], out + err

@@ -10,13 +10,11 @@ import json
 import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.cli import exit_code
+from tests.cli import exit_code, heavy_imports
 from tests.helpers_sources import make_local_source, make_offline_hub_cache, use_hub_env
 
 SHAPE = (32, 16, 64, 2, 2)  # dim_model, dim_keys, dim_hidden, heads, blocks
@@ -353,18 +351,13 @@ def test_push_offline_is_one_error(tmp_path, monkeypatch, trained):
 
 
 def test_help_does_not_import_sae_lens():
-    code = ("import sys\nfrom culture_cli.main import main\n"
-            "for argv in (['--help'], ['sae', '--help'], ['sae', 'train', '--help'], ['sae', 'eval', '--help'],\n"
-            "             ['sae', 'features', '--help'], ['ablate', '--help']):\n"
-            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
-            "bad = [m for m in ('sae_lens', 'transformer_lens') if m in sys.modules]\n"
-            "print('HEAVY', bad)\n")
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
-    assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-500:]
-    assert "Traceback" not in out.stderr, out.stderr[-800:]
+    argvs = (["--help"], ["sae", "--help"], ["sae", "train", "--help"], ["sae", "eval", "--help"],
+             ["sae", "features", "--help"], ["ablate", "--help"])
+    heavy, out, err = heavy_imports(argvs, ("sae_lens", "transformer_lens"))
+    assert heavy == [], out[-500:] + err[-500:]
+    assert "Traceback" not in err, err[-800:]
     for word in ("--steer", "--features", "--attention", "--l1-coefficient", "--dense-threshold"):
-        assert word in out.stdout
+        assert word in out
 
 
 def _synthetic_report() -> dict:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -25,7 +22,7 @@ from culture.universality import (
     max_correlations,
     plot_report,
 )
-from tests.cli import error_line, run_cli
+from tests.cli import error_line, heavy_imports, run_cli
 from tests.helpers_sources import make_local_source
 
 CFG = GPTConfig(32, 16, 64, 2, 2)
@@ -402,18 +399,7 @@ def test_cli_errors(tmp_path, capsys):
 
 
 def test_cli_help_does_not_import_heavy_modules():
-    code = textwrap.dedent("""
-        import sys
-        from culture_cli.main import main
-        for argv in (["--help"], ["universality", "compare", "--help"]):
-            try:
-                main(argv)
-            except SystemExit:
-                pass
-        heavy = [m for m in ("transformer_lens", "sae_lens", "matplotlib", "scipy") if m in sys.modules]
-        print("HEAVY", heavy)
-    """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert "universality" in res.stdout and "--within-position" in res.stdout
-    assert "HEAVY []" in res.stdout, res.stdout
+    heavy, out, err = heavy_imports([["--help"], ["universality", "compare", "--help"]],
+                                    ("transformer_lens", "sae_lens", "matplotlib", "scipy"))
+    assert "universality" in out and "--within-position" in out
+    assert heavy == [], out
