@@ -28,7 +28,7 @@ def pack_zoo(run_dir, dest=ZOO_DIR, *, models=None, num_samples: int = 500, seed
              progress=None) -> dict:
     """Pack ``run_dir`` (a ``culture-interp train`` result) into ``dest``."""
     from culture.evaluation import evaluate, make_test_set
-    from culture.training import CONFIG_FILE, STATE_FILE
+    from culture.training import CONFIG_FILE, STATE_FILE, run_stages
 
     run_dir, dest = Path(run_dir), Path(dest)
     cfg_path = run_dir / CONFIG_FILE
@@ -57,22 +57,44 @@ def pack_zoo(run_dir, dest=ZOO_DIR, *, models=None, num_samples: int = 500, seed
     test_c = load_c_quizzes(dest / "c_quizzes.pth")[1] if (dest / "c_quizzes.pth").exists() else None
     test_set = make_test_set(n=num_samples, tasks=config.get("tasks"), c_quizzes=test_c, seed=seed)
     results = evaluate(loaded, test_set, progress=progress)
+    stages = run_stages(config, state)  # the --init-from source's stages, then this run
     info = {
         "command": config.get("command"),
         "run_dir": str(run_dir),
-        "run_config": {k: v for k, v in config.items() if k != "command"},
+        "run_config": {k: v for k, v in config.items() if k not in ("command", "init_from")},
         "source_models": ids,
         "parameters": loaded[0].num_parameters,
         "architecture": loaded[0].config.to_dict(),
-        "rounds": int(state["round"]),
+        "rounds": sum(int(st["rounds"] or 0) for st in stages),
         "epochs": [int(state["epochs"][k]) for k in ids],
-        "training_seconds": float(state.get("seconds", 0.0)),
+        "training_seconds": sum(float(st["training_seconds"] or 0.0) for st in stages),
+        "stages": stages,
         "c_quizzes": {"train": n_c[0], "test": n_c[1]},
         "evaluation": {"num_samples": num_samples, "seed": seed, "results": results.to_dict()},
     }
     atomic_write_json(dest / "zoo.json", info)
     atomic_write_text(dest / "MODEL_CARD.md", model_card(info))
     return info
+
+
+def _stage_lines(info: dict) -> list[str]:
+    """The commands that made the zoo: one per training stage (a stage after
+    the first starts from the previous one with --init-from), then the pack."""
+    stages = info.get("stages") or [{"command": info.get("command"), "rounds": info.get("rounds"),
+                                     "epochs": info.get("epochs"), "training_seconds": info.get("training_seconds")}]
+    lines = []
+    if len(stages) > 1:
+        lines += [f"In {len(stages)} stages; each stage after the first starts from the weights the previous one "
+                  "packed (`--init-from bundled`, fresh Adam state, epoch counts carried on so every epoch draws "
+                  "new quizzes):", ""]
+    lines.append("```bash")
+    for i, st in enumerate(stages, 1):
+        secs = float(st.get("training_seconds") or 0.0)
+        lines.append(f"# stage {i}: {st.get('rounds')} rounds, {secs / 3600:.2f} h, epochs per model after it "
+                     f"{st.get('epochs')}")
+        lines.append(st.get("command") or "(command not recorded)")
+    lines += [f"culture-interp zoo pack --run {info.get('run_dir', 'RUN_DIR')}", "```", ""]
+    return lines
 
 
 def model_card(info: dict) -> str:
@@ -92,18 +114,14 @@ def model_card(info: dict) -> str:
           if min(r["greedy_accuracy"] or 0.0 for r in rows) < TARGET_GREEDY_ACCURACY else []),
         "## How they were trained",
         "",
-        "```bash",
-        f"{info['command'] or '(command not recorded)'}",
-        f"culture-interp zoo pack --run {info.get('run_dir', 'RUN_DIR')}",
-        "```",
-        "",
+        *_stage_lines(info),
         f"- tasks: {', '.join(cfg.get('tasks') or ['the eight default tasks'])}",
         f"- models: {len(info['source_models'])} (seed {cfg.get('seed')} of the run; model k is initialised "
         "from a seed derived from (run seed, k), so every model starts from different weights)",
         f"- architecture: dim_model {arch['dim_model']}, dim_keys {arch['dim_keys']}, dim_hidden "
         f"{arch['dim_hidden']}, heads {arch['nb_heads']}, blocks {arch['nb_blocks']} — "
         f"{info['parameters']:,} parameters, fp16 weights",
-        f"- training: {info['rounds']} rounds, epochs per model {info['epochs']}, "
+        f"- training: {info['rounds']} rounds, epochs per model {info['epochs']} in all, "
         f"{cfg.get('train_samples')} quizzes per epoch, batch {cfg.get('batch_size')}, Adam lr {cfg.get('lr')}, "
         f"dropout {cfg.get('dropout')}, prompt noise {cfg.get('prompt_noise')}",
         f"- training time: {info['training_seconds'] / 3600:.2f} h on CPU (2 cores)",

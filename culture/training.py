@@ -182,6 +182,40 @@ def _seed(*parts: int) -> int:
     return h
 
 
+def training_record(source) -> tuple[list[dict], list[int] | None]:
+    """(stages, epochs per model) of how a model source was trained, when it
+    records it: a packed zoo (``zoo.json``) or a ``culture-interp train`` run
+    directory. A stage is {command, rounds, epochs, training_seconds}; epochs
+    are cumulative. ([], None) for sources that say nothing (published models)."""
+    if source.has_file("zoo.json"):
+        try:
+            info = json.loads(source.file("zoo.json").read_text())
+            stages = info.get("stages") or [_stage(info.get("command"), info.get("rounds"),
+                                                   info.get("epochs"), info.get("training_seconds"))]
+            return stages, info.get("epochs")
+        except (OSError, ValueError, AttributeError):
+            return [], None
+    if source.has_file(CONFIG_FILE) and source.has_file(STATE_FILE):
+        try:
+            config = json.loads(source.file(CONFIG_FILE).read_text())
+            state = torch.load(source.file(STATE_FILE), map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 -- an unreadable record is no record
+            return [], None
+        return run_stages(config, state), [int(e) for e in state["epochs"]]
+    return [], None
+
+
+def _stage(command, rounds, epochs, seconds) -> dict:
+    return {"command": command, "rounds": rounds, "epochs": epochs, "training_seconds": seconds}
+
+
+def run_stages(config: dict, state: dict) -> list[dict]:
+    """The stages of a run directory: those of its --init-from source, then its own."""
+    earlier = (config.get("init_from") or {}).get("stages") or []
+    return [*earlier, _stage(config.get("command"), int(state["round"]), [int(e) for e in state["epochs"]],
+                             float(state.get("seconds", 0.0)))]
+
+
 class CultureRun:
     """A culture training run in a result directory (see module docstring).
 
@@ -221,7 +255,6 @@ class CultureRun:
         _check_tasks(config.tasks)
         run = cls(out, config, hooks)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / CONFIG_FILE, {**config.to_dict(), "command": command})
         torch.manual_seed(_seed(config.seed, 0))
         cfg = config.gpt_config()
         for k in range(config.nb_models):
@@ -229,8 +262,10 @@ class CultureRun:
             run.models.append(MyGPT(cfg).to(run.device))
             run.accuracies.append(0.0)
             run.epochs.append(0)
+        record = {**config.to_dict(), "command": command}
         if init_from is not None:
-            run._init_from(init_from)
+            record["init_from"] = {"source": str(init_from), "stages": run._init_from(init_from)}
+        atomic_write_json(out / CONFIG_FILE, record)
         run.optimizers = [run._make_optimizer(m) for m in run.models]
         torch.manual_seed(_seed(config.seed, 2))
         run.log(f"created {config.nb_models} models of {run.models[0].num_parameters:,} parameters "
@@ -282,11 +317,17 @@ class CultureRun:
         run.log(f"resumed at round {run.round}, accuracies {_fmt(run.accuracies)}")
         return run
 
-    def _init_from(self, source) -> None:
-        from culture.sources import load_model
+    def _init_from(self, source) -> list[dict]:
+        """Copy model k of ``source`` into model k. When the source records
+        its training (a packed zoo or a run directory), the epoch counts carry
+        over -- so the next epochs draw fresh quizzes, not the source's first
+        epochs again -- and its training stages are returned for the record."""
+        from culture.sources import load_model, resolve_source
 
+        src = resolve_source(source)
+        stages, epochs = training_record(src)
         for k, model in enumerate(self.models):
-            loaded, accuracy = load_model(k, source=source)
+            loaded, accuracy = load_model(k, source=src)
             if loaded.config.to_dict() | {"dropout": 0, "attention_dropout": None} != \
                     model.config.to_dict() | {"dropout": 0, "attention_dropout": None}:
                 raise TrainingError(f"--init-from {source}: model {k} has another architecture "
@@ -294,7 +335,10 @@ class CultureRun:
                                     f"{loaded.config.nb_heads}/{loaded.config.nb_blocks})")
             model.load_state_dict(loaded.state_dict())
             self.accuracies[k] = float(accuracy or 0.0)
-        self.log(f"initialised the models from {source}")
+            if epochs is not None and k < len(epochs):
+                self.epochs[k] = int(epochs[k])
+        self.log(f"initialised the models from {source} (epochs so far {self.epochs})")
+        return stages
 
     def _make_optimizer(self, model: MyGPT) -> torch.optim.Optimizer:
         # fused Adam: one kernel for all parameters (CPU and CUDA)

@@ -37,3 +37,22 @@ def test_pack_zoo_writes_fp16_reference_checkpoints_and_card(tmp_path, capsys):
     result = json.loads((tmp_path / "r.json").read_text())
     tasks = set(result["models"][0]["by_task"])
     assert tasks <= {"frame", "replace_color"}
+
+
+def test_a_zoo_trained_in_two_stages_records_both(tmp_path):
+    cfg = TrainConfig(nb_models=2, model="17K", tasks=("frame",), train_samples=20, test_samples=10,
+                      culture=False, eval_batch_size=10)
+    first = CultureRun.create(tmp_path / "run1", cfg, command="culture-interp train --out run1")
+    first.train(max_rounds=2)
+    pack_zoo(tmp_path / "run1", tmp_path / "zoo", num_samples=10)
+    second = CultureRun.create(tmp_path / "run2", cfg, command="culture-interp train --out run2 --init-from zoo",
+                               init_from=str(tmp_path / "zoo"))
+    assert second.epochs == [1, 1]
+    second.train(max_rounds=1)
+    info = pack_zoo(tmp_path / "run2", tmp_path / "zoo", num_samples=10)
+    assert [st["command"] for st in info["stages"]] == ["culture-interp train --out run1",
+                                                       "culture-interp train --out run2 --init-from zoo"]
+    assert info["rounds"] == 3 and sorted(info["epochs"]) == [1, 2]
+    assert info["training_seconds"] == pytest.approx(first.seconds + second.seconds)
+    card = (tmp_path / "zoo" / "MODEL_CARD.md").read_text()
+    assert "# stage 1" in card and "# stage 2" in card and "--init-from zoo" in card

@@ -176,5 +176,14 @@ def test_init_from_a_source_copies_the_weights(tmp_path):
         for name, value in first.models[k].state_dict().items():
             assert torch.equal(value, second.models[k].state_dict()[name])
     assert second.accuracies == pytest.approx(first.accuracies)
+    # the epoch counts carry on (next epochs draw new quizzes, not the source's first ones again)
+    assert second.epochs == first.epochs and sum(second.epochs) == 1
+    k = first.epochs.index(1)
+    first_data = CultureRun.create(tmp_path / "a0", tiny_config()).epoch_data(k)
+    assert not torch.equal(second.epoch_data(k), first_data)
+    # and the run records where it came from
+    record = json.loads((tmp_path / "b" / "train_config.json").read_text())["init_from"]
+    assert record["source"] == str(tmp_path / "a") and len(record["stages"]) == 1
+    assert record["stages"][0]["rounds"] == 1 and record["stages"][0]["epochs"] == first.epochs
     with pytest.raises(TrainingError, match="another architecture"):
         CultureRun.create(tmp_path / "c", tiny_config(dim_model=64), init_from=str(tmp_path / "a"))
