@@ -10,6 +10,7 @@ the exact command, seeds, tasks, sizes, accuracies and training time.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -18,8 +19,8 @@ from culture.errors import CultureError
 from culture.io import atomic_write_json, atomic_write_text
 from culture.mygpt import load_mygpt, save_checkpoint
 from culture.quizfile import load_c_quizzes, save_c_quizzes
+from culture.sources import ZOO_DIR
 
-ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 #: the greedy accuracy every bundled model should reach (issue #4)
 TARGET_GREEDY_ACCURACY = 0.9
 
@@ -28,6 +29,7 @@ def pack_zoo(run_dir, dest=ZOO_DIR, *, models=None, num_samples: int = 500, seed
              progress=None) -> dict:
     """Pack ``run_dir`` (a ``culture-interp train`` result) into ``dest``."""
     from culture.evaluation import evaluate, make_test_set
+    from culture.sae.common import BUNDLED_SAE_FOLDER
     from culture.training import CONFIG_FILE, STATE_FILE, run_stages
 
     run_dir, dest = Path(run_dir), Path(dest)
@@ -40,6 +42,9 @@ def pack_zoo(run_dir, dest=ZOO_DIR, *, models=None, num_samples: int = 500, seed
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("gpt_*.pth"):
         old.unlink()
+    stale_saes = dest / BUNDLED_SAE_FOLDER  # SAEs of the previous weights no longer fit
+    if stale_saes.is_dir():
+        shutil.rmtree(stale_saes)
     loaded = []
     for new_id, k in enumerate(ids):
         model, acc = load_mygpt(run_dir / f"gpt_{k:03d}.pth")

@@ -17,7 +17,9 @@ def test_pack_zoo_writes_fp16_reference_checkpoints_and_card(tmp_path, capsys):
     run = CultureRun.create(run_dir, cfg, command="culture-interp train --out run")
     run.train(max_rounds=2)
     dest = tmp_path / "zoo"
+    (dest / "sae" / "gpt-0").mkdir(parents=True)  # an SAE of earlier weights: packing removes it
     info = pack_zoo(run_dir, dest, num_samples=20)
+    assert not (dest / "sae").exists()
     for k in range(2):
         state, acc = torch.load(dest / f"gpt_{k:03d}.pth", weights_only=True)
         assert all(v.dtype == torch.float16 for v in state.values())

@@ -281,6 +281,20 @@ def test_load_sae_from_a_hub_source(trained, tmp_path, monkeypatch):
         load_sae("someone/not-cached")
 
 
+def test_bundled_sae_loads_from_the_zoo_sae_folder(trained, tmp_path, monkeypatch):
+    import culture.sources
+    from culture.sae import SAEError, load_sae
+
+    zoo = tmp_path / "zoo"
+    monkeypatch.setattr(culture.sources, "ZOO_DIR", zoo)
+    zoo.mkdir()
+    with pytest.raises(SAEError, match="ships no SAE"):
+        load_sae("bundled")
+    shutil.copytree(trained["sae"], zoo / "sae" / "gpt-0" / "blocks_1_mlp_out")
+    sae = load_sae("bundled")
+    assert sae.cfg.metadata.hook_name == HOOK and sae.cfg.d_sae == 64
+
+
 def test_load_sae_errors(tmp_path, trained):
     from culture.sae import SAEError, load_sae
 

@@ -14,6 +14,8 @@ DEFAULT_HOOK = "blocks.8.hook_mlp_out"
 DEFAULT_SAE_REPO = "tommyp111/culture-sae"
 #: folder of the published SAE in that repo
 DEFAULT_SAE_SUBFOLDER = "gpt-0/blocks_8_mlp_out"
+#: folder of the bundled zoo holding its SAEs (``--sae bundled``), laid out as on the hub: gpt-K/<hook>
+BUNDLED_SAE_FOLDER = "sae"
 #: file names of SAELens's format
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"

@@ -16,6 +16,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 from culture.sae.common import (
+    BUNDLED_SAE_FOLDER,
     CFG_FILE,
     DEFAULT_SAE_REPO,
     DEFAULT_SAE_SUBFOLDER,
@@ -107,7 +108,8 @@ def load_sae(path_or_repo: str | os.PathLike = DEFAULT_SAE_REPO, subfolder: str 
              device: str = "cpu", dtype: str | None = None):
     """A SAELens ``SAE`` (eval mode) from a directory or a hub repo.
 
-    ``path_or_repo``: a directory with ``cfg.json`` + ``sae_weights.safetensors``
+    ``path_or_repo``: ``"bundled"`` (the SAEs shipped in the bundled zoo's
+    ``sae/`` folder), a directory with ``cfg.json`` + ``sae_weights.safetensors``
     (or a folder holding exactly one such directory), or a hub repo id
     ``owner/name`` optionally followed by the SAE's folder
     (``owner/name/gpt-0/blocks_8_mlp_out``). ``subfolder``: the SAE's folder
@@ -119,6 +121,12 @@ def load_sae(path_or_repo: str | os.PathLike = DEFAULT_SAE_REPO, subfolder: str 
 
     spec = os.fspath(path_or_repo)
     local = Path(spec).expanduser()
+    if spec == "bundled":  # the SAEs shipped with the bundled zoo
+        from culture.sources import ZOO_DIR
+
+        local = ZOO_DIR / BUNDLED_SAE_FOLDER
+        if not local.is_dir():
+            raise SAEError("the bundled zoo ships no SAE")
     if local.exists():
         folder = _local_dir(local, subfolder)
     elif (spec.startswith((".", "/", "~")) or os.path.isabs(spec) or "\\" in spec
