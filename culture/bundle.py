@@ -98,6 +98,8 @@ def _stage_lines(info: dict) -> list[str]:
         lines.append(f"# stage {i}: {st.get('rounds')} rounds, {secs / 3600:.2f} h, epochs per model after it "
                      f"{st.get('epochs')}")
         lines.append(st.get("command") or "(command not recorded)")
+        for r in st.get("resumes") or []:
+            lines.append(f"{r.get('command') or '(resumed; command not recorded)'}   # resumed at round {r.get('round')}")
     lines += [f"culture-interp zoo pack --run {info.get('run_dir', 'RUN_DIR')}", "```", ""]
     return lines
 

@@ -77,6 +77,7 @@ class TrainConfig:
     threshold: float = 0.95
     max_rounds: int | None = None
     target_accuracy: float | None = None
+    target_greedy_accuracy: float | None = None
     culture: bool = True
     max_fail: int = 2
     proba_understands: float = 0.95
@@ -212,8 +213,10 @@ def _stage(command, rounds, epochs, seconds) -> dict:
 def run_stages(config: dict, state: dict) -> list[dict]:
     """The stages of a run directory: those of its --init-from source, then its own."""
     earlier = (config.get("init_from") or {}).get("stages") or []
-    return [*earlier, _stage(config.get("command"), int(state["round"]), [int(e) for e in state["epochs"]],
-                             float(state.get("seconds", 0.0)))]
+    stage = _stage(config.get("command"), int(state["round"]), [int(e) for e in state["epochs"]],
+                   float(state.get("seconds", 0.0)))
+    stage["resumes"] = list(config.get("resumes", []))
+    return [*earlier, stage]
 
 
 class CultureRun:
@@ -232,7 +235,8 @@ class CultureRun:
         self.device = torch.device(config.device)
         self.models: list[MyGPT] = []
         self.optimizers: list[torch.optim.Optimizer] = []
-        self.accuracies: list[float] = []
+        self.accuracies: list[float] = []  # expected sampled accuracy: drives the loop, as the reference
+        self.greedy_accuracies: list[float] = []  # greedy accuracy on the same test set (--target-greedy-accuracy)
         self.epochs: list[int] = []
         self.round = 0
         self.seconds = 0.0  # training + evaluation + culture time, summed over rounds
@@ -261,6 +265,7 @@ class CultureRun:
             torch.manual_seed(_seed(config.seed, 1, k))
             run.models.append(MyGPT(cfg).to(run.device))
             run.accuracies.append(0.0)
+            run.greedy_accuracies.append(0.0)
             run.epochs.append(0)
         record = {**config.to_dict(), "command": command}
         if init_from is not None:
@@ -275,15 +280,18 @@ class CultureRun:
 
     @classmethod
     def resume(cls, out, hooks: TrainingHooks | None = None, device: str | None = None,
-               **overrides) -> "CultureRun":
-        """Reopen a run directory where a (possibly killed) run stopped."""
+               command: str | None = None, **overrides) -> "CultureRun":
+        """Reopen a run directory where a (possibly killed) run stopped.
+        ``overrides``: stopping rules to change (max_rounds, target_accuracy,
+        target_greedy_accuracy); ``command`` is added to the run's record."""
         out = Path(out)
         cfg_path, state_path = out / CONFIG_FILE, out / STATE_FILE
         if not cfg_path.is_file() or not state_path.is_file():
             raise TrainingError(f"{out} holds no resumable run ({CONFIG_FILE} / {STATE_FILE} missing)")
         try:
-            config = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
-        except (ValueError, TypeError) as exc:
+            record = json.loads(cfg_path.read_text())
+            config = TrainConfig.from_dict(record)
+        except (ValueError, TypeError, AttributeError) as exc:
             raise TrainingError(f"{cfg_path}: unreadable run configuration ({exc})") from None
         for key, value in overrides.items():
             if value is not None:
@@ -305,6 +313,7 @@ class CultureRun:
             if opt_state:
                 opt.load_state_dict(opt_state)
         run.accuracies = [float(a) for a in state["accuracies"]]
+        run.greedy_accuracies = [float(a) for a in state.get("greedy_accuracies", [0.0] * len(run.accuracies))]
         run.epochs = [int(e) for e in state["epochs"]]
         run.round = int(state["round"])
         run.seconds = float(state.get("seconds", 0.0))
@@ -314,6 +323,10 @@ class CultureRun:
             train, test = load_c_quizzes(out / "c_quizzes.pth")
             run.train_c_quizzes = [train] if len(train) else []
             run.test_c_quizzes = [test] if len(test) else []
+        if command is not None or any(v is not None for v in overrides.values()):
+            record = {**record, **config.to_dict()}
+            record["resumes"] = [*record.get("resumes", []), {"round": run.round, "command": command}]
+            atomic_write_json(cfg_path, record)
         run.log(f"resumed at round {run.round}, accuracies {_fmt(run.accuracies)}")
         return run
 
@@ -356,6 +369,7 @@ class CultureRun:
         state = {
             "round": self.round,
             "accuracies": [float(a) for a in self.accuracies],
+            "greedy_accuracies": [float(a) for a in self.greedy_accuracies],
             "epochs": list(self.epochs),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "rng": torch.get_rng_state(),
@@ -449,6 +463,7 @@ class CultureRun:
         model.eval()
         scores = self.evaluate_model(model)
         self.accuracies[k] = scores["accuracy"]
+        self.greedy_accuracies[k] = scores["greedy_accuracy"]
         self.epochs[k] += 1
         report = EpochReport(
             round=self.round, model=k, epoch=self.epochs[k], train_loss=total_loss / max(seen, 1),
@@ -488,6 +503,9 @@ class CultureRun:
             return f"reached {limit} rounds"
         if cfg.target_accuracy is not None and min(self.accuracies) >= cfg.target_accuracy:
             return f"every model reached {cfg.target_accuracy}"
+        target = cfg.target_greedy_accuracy
+        if target is not None and min(self.greedy_accuracies) >= target:
+            return f"every model reached greedy accuracy {target}"
         return None
 
     def step(self) -> EpochReport | CultureReport:
@@ -500,6 +518,7 @@ class CultureRun:
         if cfg.culture and min(self.accuracies) >= cfg.threshold:
             report = self.culture_phase()
             self.accuracies = [0.0] * len(self.models)  # force retraining, as the reference
+            self.greedy_accuracies = [0.0] * len(self.models)
             self._test_set = None
             changed = range(len(self.models))
         else:

@@ -42,6 +42,7 @@ def test_train_stop_resume_restores_weights_optimizer_and_round(tmp_path):
     assert resumed.round == 3
     assert resumed.epochs == run.epochs
     assert resumed.accuracies == pytest.approx(run.accuracies)
+    assert resumed.greedy_accuracies == pytest.approx(run.greedy_accuracies)
     for k in range(2):
         a, b = run.optimizers[k].state_dict(), resumed.optimizers[k].state_dict()
         assert a["state"].keys() == b["state"].keys() and len(a["state"]) > 0
@@ -187,3 +188,22 @@ def test_init_from_a_source_copies_the_weights(tmp_path):
     assert record["stages"][0]["rounds"] == 1 and record["stages"][0]["epochs"] == first.epochs
     with pytest.raises(TrainingError, match="another architecture"):
         CultureRun.create(tmp_path / "c", tiny_config(dim_model=64), init_from=str(tmp_path / "a"))
+
+
+def test_target_greedy_accuracy_stops_and_a_resume_is_recorded(tmp_path):
+    out = tmp_path / "run"
+    run = CultureRun.create(out, tiny_config(), command="culture-interp train --out run")
+    run.train(max_rounds=2)
+    assert all(0.0 <= g <= 1.0 for g in run.greedy_accuracies) and len(run.greedy_accuracies) == 2
+    assert run.should_stop(None) is None
+    resumed = CultureRun.resume(out, command="culture-interp train --out run --resume --target-greedy-accuracy 0",
+                                target_greedy_accuracy=0.0)
+    assert resumed.train() == "every model reached greedy accuracy 0.0" and resumed.round == 2
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["target_greedy_accuracy"] == 0.0 and record["command"] == "culture-interp train --out run"
+    assert record["resumes"] == [{"round": 2, "command": "culture-interp train --out run --resume "
+                                                        "--target-greedy-accuracy 0"}]
+    resumed.greedy_accuracies[0] = -1.0  # one model below the target: keep training
+    assert resumed.should_stop(None) is None
+    stages = training.run_stages(record, torch.load(out / "train_state.pth", weights_only=True))
+    assert stages[-1]["resumes"] == record["resumes"]

@@ -41,7 +41,10 @@ def train(
     threshold: float = typer.Option(0.95, "--threshold", help="Accuracy every model needs before a culture phase."),
     max_rounds: Optional[int] = typer.Option(None, "--max-rounds", help="Stop after this many rounds."),
     target_accuracy: Optional[float] = typer.Option(
-        None, "--target-accuracy", help="Stop when every model reaches this test accuracy."),
+        None, "--target-accuracy", help="Stop when every model reaches this test accuracy (expected sampled)."),
+    target_greedy_accuracy: Optional[float] = typer.Option(
+        None, "--target-greedy-accuracy", min=0.0, max=1.0,
+        help="Stop when every model reaches this greedy accuracy on the run's test set."),
     no_culture: bool = typer.Option(False, "--no-culture", help="Train only; never make culture quizzes."),
     max_fail: int = typer.Option(2, "--max-fail", min=1, help="At most this many models may fail a kept quiz."),
     culture_batch: int = typer.Option(500, "--culture-batch", min=1, help="Candidates generated per batch."),
@@ -52,11 +55,16 @@ def train(
 
     from culture.training import CultureRun, TrainConfig
 
+    import shlex
+    import sys
+
     _check_device(device, torch)
     hooks = RichTrainingHooks()
+    command = shlex.join(["culture-interp"] + sys.argv[1:])
     if resume:
-        overrides = {"max_rounds": max_rounds, "target_accuracy": target_accuracy}
-        run = CultureRun.resume(out, hooks=hooks, device=device, **overrides)
+        overrides = {"max_rounds": max_rounds, "target_accuracy": target_accuracy,
+                     "target_greedy_accuracy": target_greedy_accuracy}
+        run = CultureRun.resume(out, hooks=hooks, device=device, command=command, **overrides)
     else:
         config = TrainConfig(
             nb_models=nb_models, model=model, dim_model=dim_model, dim_keys=dim_keys, dim_hidden=dim_hidden,
@@ -64,13 +72,10 @@ def train(
             attention_dropout=attention_dropout, tasks=tuple(tasks) if tasks else None,
             train_samples=train_samples, test_samples=test_samples, batch_size=batch_size, lr=lr,
             prompt_noise=prompt_noise, seed=seed, threshold=threshold, max_rounds=max_rounds,
-            target_accuracy=target_accuracy, culture=not no_culture, max_fail=max_fail,
+            target_accuracy=target_accuracy, target_greedy_accuracy=target_greedy_accuracy,
+            culture=not no_culture, max_fail=max_fail,
             culture_batch=culture_batch, fresh_optimizer=fresh_optimizer, device=device,
         )
-        import shlex
-        import sys
-
-        command = shlex.join(["culture-interp"] + sys.argv[1:])
         run = CultureRun.create(out, config, hooks=hooks, command=command, init_from=init_from)
     with hooks.progress:
         reason = run.train()
