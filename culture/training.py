@@ -282,8 +282,9 @@ class CultureRun:
     def resume(cls, out, hooks: TrainingHooks | None = None, device: str | None = None,
                command: str | None = None, **overrides) -> "CultureRun":
         """Reopen a run directory where a (possibly killed) run stopped.
-        ``overrides``: stopping rules to change (max_rounds, target_accuracy,
-        target_greedy_accuracy); ``command`` is added to the run's record."""
+        ``overrides``: settings to change (max_rounds, target_accuracy,
+        target_greedy_accuracy, lr -- Adam's moments are kept); ``command`` is
+        added to the run's record."""
         out = Path(out)
         cfg_path, state_path = out / CONFIG_FILE, out / STATE_FILE
         if not cfg_path.is_file() or not state_path.is_file():
@@ -312,6 +313,8 @@ class CultureRun:
         for opt, opt_state in zip(run.optimizers, state["optimizers"]):
             if opt_state:
                 opt.load_state_dict(opt_state)
+            for group in opt.param_groups:  # the saved state holds the old lr; --lr on resume changes it
+                group["lr"] = config.lr
         run.accuracies = [float(a) for a in state["accuracies"]]
         run.greedy_accuracies = [float(a) for a in state.get("greedy_accuracies", [0.0] * len(run.accuracies))]
         run.epochs = [int(e) for e in state["epochs"]]

@@ -203,6 +203,11 @@ def test_target_greedy_accuracy_stops_and_a_resume_is_recorded(tmp_path):
     assert record["target_greedy_accuracy"] == 0.0 and record["command"] == "culture-interp train --out run"
     assert record["resumes"] == [{"round": 2, "command": "culture-interp train --out run --resume "
                                                         "--target-greedy-accuracy 0"}]
+    assert all(g["lr"] == run.config.lr for opt in resumed.optimizers for g in opt.param_groups)
+    annealed = CultureRun.resume(out, lr=run.config.lr / 10)  # Adam moments kept, new lr
+    assert all(g["lr"] == pytest.approx(run.config.lr / 10) for opt in annealed.optimizers for g in opt.param_groups)
+    assert torch.equal(annealed.optimizers[0].state_dict()["state"][0]["exp_avg"],
+                       resumed.optimizers[0].state_dict()["state"][0]["exp_avg"])
     resumed.greedy_accuracies[0] = -1.0  # one model below the target: keep training
     assert resumed.should_stop(None) is None
     stages = training.run_stages(record, torch.load(out / "train_state.pth", weights_only=True))

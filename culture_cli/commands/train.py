@@ -35,7 +35,9 @@ def train(
     train_samples: int = typer.Option(40_000, "--train-samples", min=1, help="Quizzes per epoch."),
     test_samples: int = typer.Option(2_000, "--test-samples", min=1, help="Test-set size."),
     batch_size: int = typer.Option(25, "--batch-size", min=1),
-    lr: float = typer.Option(5e-4, "--lr"),
+    lr: Optional[float] = typer.Option(
+        None, "--lr", min=0.0,
+        help="Adam learning rate [default: 5e-4]. With --resume: a new lr (Adam's moments kept)."),
     prompt_noise: float = typer.Option(0.05, "--prompt-noise", min=0.0, max=1.0),
     seed: int = typer.Option(0, "--seed"),
     threshold: float = typer.Option(0.95, "--threshold", help="Accuracy every model needs before a culture phase."),
@@ -63,14 +65,15 @@ def train(
     command = shlex.join(["culture-interp"] + sys.argv[1:])
     if resume:
         overrides = {"max_rounds": max_rounds, "target_accuracy": target_accuracy,
-                     "target_greedy_accuracy": target_greedy_accuracy}
+                     "target_greedy_accuracy": target_greedy_accuracy, "lr": lr}
         run = CultureRun.resume(out, hooks=hooks, device=device, command=command, **overrides)
     else:
         config = TrainConfig(
             nb_models=nb_models, model=model, dim_model=dim_model, dim_keys=dim_keys, dim_hidden=dim_hidden,
             nb_heads=nb_heads, nb_blocks=nb_blocks, dropout=dropout,
             attention_dropout=attention_dropout, tasks=tuple(tasks) if tasks else None,
-            train_samples=train_samples, test_samples=test_samples, batch_size=batch_size, lr=lr,
+            train_samples=train_samples, test_samples=test_samples, batch_size=batch_size,
+            lr=TrainConfig.lr if lr is None else lr,
             prompt_noise=prompt_noise, seed=seed, threshold=threshold, max_rounds=max_rounds,
             target_accuracy=target_accuracy, target_greedy_accuracy=target_greedy_accuracy,
             culture=not no_culture, max_fail=max_fail,
@@ -149,3 +152,4 @@ def _summary(run, reason: str) -> None:
     console.print(table)
     n_train, n_test = len(run.c_quizzes("train")), len(run.c_quizzes("test"))
     console.print(f"culture quizzes: {n_train} train, {n_test} test  ({run.out / 'c_quizzes.pth'})")
+
