@@ -99,7 +99,8 @@ def _stage_lines(info: dict) -> list[str]:
                      f"{st.get('epochs')}")
         lines.append(st.get("command") or "(command not recorded)")
         for r in st.get("resumes") or []:
-            lines.append(f"{r.get('command') or '(resumed; command not recorded)'}   # resumed at round {r.get('round')}")
+            resumed = r.get("command") or "(resumed; command not recorded)"
+            lines.append(f"{resumed}   # resumed at round {r.get('round')}")
     lines += [f"culture-interp zoo pack --run {info.get('run_dir', 'RUN_DIR')}", "```", ""]
     return lines
 
@@ -129,7 +130,8 @@ def model_card(info: dict) -> str:
         f"{arch['dim_hidden']}, heads {arch['nb_heads']}, blocks {arch['nb_blocks']} — "
         f"{info['parameters']:,} parameters, fp16 weights",
         f"- training: {info['rounds']} rounds, epochs per model {info['epochs']} in all, "
-        f"{cfg.get('train_samples')} quizzes per epoch, batch {cfg.get('batch_size')}, Adam lr {cfg.get('lr')}, "
+        f"{cfg.get('train_samples')} quizzes per epoch, batch {cfg.get('batch_size')}, "
+        f"Adam lr {cfg.get('lr')} (the last one set; see the commands), "
         f"dropout {cfg.get('dropout')}, prompt noise {cfg.get('prompt_noise')}",
         f"- training time: {info['training_seconds'] / 3600:.2f} h on CPU (2 cores)",
         f"- culture quizzes: {info['c_quizzes']['train']} train, {info['c_quizzes']['test']} test",
