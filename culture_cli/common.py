@@ -128,6 +128,19 @@ def check_test_set_options(num_samples: int, batch_size: int, seed: int, noise: 
 # Shared option declarations (``param: DeviceOption = "cpu"``); typer copies
 # the OptionInfo for every parameter, so one can serve several commands.
 
+#: the arguments of the command being run (set by culture_cli.main.main; None: sys.argv)
+_INVOCATION: list[str] | None = None
+
+
+def invocation() -> str:
+    """The command line being run, as a shell would take it (for records such
+    as train_config.json) -- also when main() is called with a list."""
+    import shlex
+
+    args = sys.argv[1:] if _INVOCATION is None else _INVOCATION
+    return shlex.join(["culture-interp", *args])
+
+
 MODEL_SOURCE_HELP = ("Where the model is: a Hugging Face repo id, a directory, or 'bundled' "
                      "(default: the published models).")
 

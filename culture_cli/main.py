@@ -84,8 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one line on stderr and exit code 2."""
     from culture.errors import CultureError
 
+    from culture_cli import common
+
     _register_commands()
-    args = expand_multi_value_options(list(sys.argv[1:] if argv is None else argv))
+    given = list(sys.argv[1:] if argv is None else argv)
+    common._INVOCATION = given
+    args = expand_multi_value_options(given)
     try:
         app(args=args, prog_name="culture-interp")
     except CultureError as exc:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from culture_cli.common import console, err_console, fail
+from culture_cli.common import console, err_console, fail, invocation
 
 
 def register(app: typer.Typer) -> None:
@@ -57,12 +57,9 @@ def train(
 
     from culture.training import CultureRun, TrainConfig
 
-    import shlex
-    import sys
-
     _check_device(device, torch)
     hooks = RichTrainingHooks()
-    command = shlex.join(["culture-interp"] + sys.argv[1:])
+    command = invocation()
     if resume:
         overrides = {"max_rounds": max_rounds, "target_accuracy": target_accuracy,
                      "target_greedy_accuracy": target_greedy_accuracy, "lr": lr}

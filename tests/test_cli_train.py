@@ -1,0 +1,45 @@
+"""``culture-interp train`` end to end: create, stop, resume with a new lr and
+stopping rule (recorded), and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from tests.cli import error_line, run_cli
+
+TINY = ["--nb-models", "2", "--model", "17K", "--tasks", "frame", "--train-samples", "20", "--test-samples", "10",
+        "--batch-size", "10", "--no-culture", "--seed", "5"]
+
+
+def test_train_then_resume_with_a_new_lr_and_target(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--out", str(out), *TINY, "--lr", "2e-3", "--max-rounds", "2")
+    assert code == 0, err
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["lr"] == 2e-3 and record["tasks"] == ["frame"] and "--max-rounds 2" in record["command"]
+    state = torch.load(out / "train_state.pth", weights_only=True)
+    assert state["round"] == 2 and len(state["greedy_accuracies"]) == 2
+
+    code, _, err = run_cli(capsys, "train", "--out", str(out), "--resume", "--lr", "1e-4", "--max-rounds", "3")
+    assert code == 0, err
+    state = torch.load(out / "train_state.pth", weights_only=True)
+    assert state["round"] == 3
+    assert all(g["lr"] == 1e-4 for opt in state["optimizers"] if opt for g in opt["param_groups"])
+
+    code, _, err = run_cli(capsys, "train", "--out", str(out), "--resume", "--target-greedy-accuracy", "0",
+                           "--max-rounds", "10")
+    assert code == 0, err
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["lr"] == 1e-4 and record["target_greedy_accuracy"] == 0.0 and record["max_rounds"] == 10
+    assert [r["round"] for r in record["resumes"]] == [2, 3]
+    assert "--lr 1e-4" in record["resumes"][0]["command"] and record["command"].startswith("culture-interp train")
+    assert torch.load(out / "train_state.pth", weights_only=True)["round"] == 3  # the target held at once
+
+def test_train_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    assert "not empty" in error_line(capsys, "train", "--out", str(tmp_path / "full"), *TINY)
+    assert "no resumable run" in error_line(capsys, "train", "--out", str(tmp_path / "none"), "--resume")
+    assert "unknown" in error_line(capsys, "train", "--out", str(tmp_path / "t"), *TINY, "--tasks", "nope")
