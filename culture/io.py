@@ -61,7 +61,14 @@ def check_out_dir(out: Path, overwrite: bool, error: type[Exception]) -> None:
 
 
 def replace_dir(src: Path, dst: Path) -> None:
-    """Rename the finished folder ``src`` onto ``dst`` (replacing an old one)."""
+    """Rename the finished folder ``src`` onto ``dst`` (replacing an old one),
+    with the usual modes (mkdtemp makes 0700; some writers make 0600 files)."""
+    mask = _umask()
+    for path in [src, *src.rglob("*")]:
+        if path.is_dir():
+            os.chmod(path, 0o777 & ~mask)
+        elif path.is_file():
+            os.chmod(path, 0o666 & ~mask)
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         os.replace(dst, old)

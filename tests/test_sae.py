@@ -7,6 +7,7 @@ One tiny SAE is trained once per module through the CLI (a few dozen steps of
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -71,6 +72,11 @@ def test_train_writes_a_loadable_saelens_directory(trained):
     assert {"cfg.json", "sae_weights.safetensors", "training_summary.json", "runner_cfg.json"} <= names
     # atomic: no temporary folder left beside it
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".sae-out.")]
+    # with the usual modes, not the 0700 / 0600 of temporary files
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (out / "sae_weights.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
     sae = SAE.load_from_disk(str(out))
     assert sae.cfg.d_in == SHAPE[0] and sae.cfg.d_sae == 2 * SHAPE[0]
     assert sae.cfg.metadata.hook_name == HOOK
