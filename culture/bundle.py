@@ -85,8 +85,9 @@ def pack_zoo(run_dir, dest=ZOO_DIR, *, models=None, num_samples: int = 500, seed
 def _stage_lines(info: dict) -> list[str]:
     """The commands that made the zoo: one per training stage (a stage after
     the first starts from the previous one with --init-from), then the pack."""
-    stages = info.get("stages") or [{"command": info.get("command"), "rounds": info.get("rounds"),
-                                     "epochs": info.get("epochs"), "training_seconds": info.get("training_seconds")}]
+    from culture.training import zoo_stages
+
+    stages = zoo_stages(info)
     lines = []
     if len(stages) > 1:
         lines += [f"In {len(stages)} stages; each stage after the first starts from the weights the previous one "

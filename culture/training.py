@@ -191,9 +191,7 @@ def training_record(source) -> tuple[list[dict], list[int] | None]:
     if source.has_file("zoo.json"):
         try:
             info = json.loads(source.file("zoo.json").read_text())
-            stages = info.get("stages") or [_stage(info.get("command"), info.get("rounds"),
-                                                   info.get("epochs"), info.get("training_seconds"))]
-            return stages, info.get("epochs")
+            return zoo_stages(info), info.get("epochs")
         except (OSError, ValueError, AttributeError):
             return [], None
     if source.has_file(CONFIG_FILE) and source.has_file(STATE_FILE):
@@ -208,6 +206,13 @@ def training_record(source) -> tuple[list[dict], list[int] | None]:
 
 def _stage(command, rounds, epochs, seconds) -> dict:
     return {"command": command, "rounds": rounds, "epochs": epochs, "training_seconds": seconds}
+
+
+def zoo_stages(info: dict) -> list[dict]:
+    """The training stages of a packed zoo's ``zoo.json``; a zoo packed before
+    stages were recorded counts as one stage."""
+    return info.get("stages") or [_stage(info.get("command"), info.get("rounds"), info.get("epochs"),
+                                         info.get("training_seconds"))]
 
 
 def run_stages(config: dict, state: dict) -> list[dict]:

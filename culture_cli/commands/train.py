@@ -149,4 +149,3 @@ def _summary(run, reason: str) -> None:
     console.print(table)
     n_train, n_test = len(run.c_quizzes("train")), len(run.c_quizzes("test"))
     console.print(f"culture quizzes: {n_train} train, {n_test} test  ({run.out / 'c_quizzes.pth'})")
-
