@@ -106,6 +106,23 @@ def _stage_lines(info: dict) -> list[str]:
     return lines
 
 
+def _greedy_table(rows: list[dict], group: str, title: str, order) -> list[str]:
+    """Markdown lines of one greedy-accuracy table: a row per model, a column
+    per key of ``row[group]`` (tasks or structures, headed with their markers
+    when the results name them) in ``order``."""
+    keys = order({key for r in rows for key in r.get(group, {})})
+    if not keys:
+        return []
+    markers = {key: r[group][key].get("markers") for r in rows for key in r.get(group, {})}
+    heads = [f"{key} {markers[key]}" if markers.get(key) else key for key in keys]
+    lines = ["", title, "", "| model | " + " | ".join(heads) + " |", "|---|" + "---|" * len(keys)]
+    for k, r in enumerate(rows):
+        cells = [f"{r[group][key].get('greedy_accuracy', float('nan')):.3f}" if key in r[group] else "-"
+                 for key in keys]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def model_card(info: dict) -> str:
     cfg = info["run_config"]
     arch = info["architecture"]
@@ -145,14 +162,11 @@ def model_card(info: dict) -> str:
     ]
     for k, r in enumerate(rows):
         lines.append(f"| {k} | {r['perplexity']:.4f} | {r['greedy_accuracy']:.4f} | {r['expected_accuracy']:.4f} |")
-    tasks = sorted({t for r in rows for t in r.get("by_task", {})})
-    if tasks:
-        lines += ["", "Greedy accuracy per task:", "",
-                  "| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-        for k, r in enumerate(rows):
-            cells = [f"{r['by_task'][t].get('greedy_accuracy', float('nan')):.3f}" if t in r["by_task"] else "-"
-                     for t in tasks]
-            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += _greedy_table(rows, "by_task", "Greedy accuracy per task:", sorted)
+    lines += _greedy_table(
+        rows, "by_structure",
+        "Greedy accuracy per structure (1 and 2 carry prompt noise on the block before the predicted one):",
+        lambda keys: sorted(keys, key=int))
     lines += ["", "Reproduce: `culture-interp eval --models "
               + " ".join(str(k) for k in range(len(rows)))
               + f" --source bundled --num-samples {info['evaluation']['num_samples']}`", ""]

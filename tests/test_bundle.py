@@ -27,6 +27,7 @@ def test_pack_zoo_writes_fp16_reference_checkpoints_and_card(tmp_path, capsys):
         assert model.token_embedding.weight.dtype == torch.float32
     card = (dest / "MODEL_CARD.md").read_text()
     assert "culture-interp train --out run" in card and "frame" in card
+    assert "Greedy accuracy per structure" in card and "| 1 (A, f_A, B, f_B) |" in card
     assert json.loads((dest / "zoo.json").read_text())["run_config"]["tasks"] == ["frame", "replace_color"]
     assert len(info["evaluation"]["results"]["models"]) == 2
 
