@@ -18,6 +18,7 @@ import torch
 from culture.errors import CultureError
 from culture.io import atomic_write_json, atomic_write_text
 from culture.mygpt import load_mygpt, save_checkpoint
+from culture.quiz import STRUCTURES
 from culture.quizfile import load_c_quizzes, save_c_quizzes
 from culture.sources import ZOO_DIR
 
@@ -114,13 +115,26 @@ def _greedy_table(rows: list[dict], group: str, title: str, order) -> list[str]:
     if not keys:
         return []
     markers = {key: r[group][key].get("markers") for r in rows for key in r.get(group, {})}
-    heads = [f"{key} {markers[key]}" if markers.get(key) else key for key in keys]
+    heads = [f"{key} {markers[key]}" if markers.get(key) not in (None, key) else key for key in keys]
     lines = ["", title, "", "| model | " + " | ".join(heads) + " |", "|---|" + "---|" * len(keys)]
     for k, r in enumerate(rows):
         cells = [f"{r[group][key].get('greedy_accuracy', float('nan')):.3f}" if key in r[group] else "-"
                  for key in keys]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _noised_structures() -> str:
+    """Which numbered structures (culture.quiz.STRUCTURES) carry prompt noise, in words."""
+    noised = [str(i + 1) for i, st in enumerate(STRUCTURES) if st.noised]
+    if not noised:
+        return "no prompt noise"
+    return f"prompt noise in structure{'s' if len(noised) > 1 else ''} {', '.join(noised)}"
+
+
+def _structure_order(key: str) -> tuple[bool, int]:
+    """Structure numbers in numeric order; "other" (an unknown structure) last."""
+    return (not key.isdigit(), int(key) if key.isdigit() else 0)
 
 
 def model_card(info: dict) -> str:
@@ -163,10 +177,8 @@ def model_card(info: dict) -> str:
     for k, r in enumerate(rows):
         lines.append(f"| {k} | {r['perplexity']:.4f} | {r['greedy_accuracy']:.4f} | {r['expected_accuracy']:.4f} |")
     lines += _greedy_table(rows, "by_task", "Greedy accuracy per task:", sorted)
-    lines += _greedy_table(
-        rows, "by_structure",
-        "Greedy accuracy per structure (1 and 2 carry prompt noise on the block before the predicted one):",
-        lambda keys: sorted(keys, key=int))
+    lines += _greedy_table(rows, "by_structure", f"Greedy accuracy per structure ({_noised_structures()}):",
+                           lambda keys: sorted(keys, key=_structure_order))
     lines += ["", "Reproduce: `culture-interp eval --models "
               + " ".join(str(k) for k in range(len(rows)))
               + f" --source bundled --num-samples {info['evaluation']['num_samples']}`", ""]

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from culture.bundle import pack_zoo
+from culture.bundle import _greedy_table, _structure_order, pack_zoo
 from culture.mygpt import load_mygpt
 from culture.sources import resolve_source
 from culture.training import CultureRun, TrainConfig
@@ -59,3 +59,11 @@ def test_a_zoo_trained_in_two_stages_records_both(tmp_path):
     assert info["training_seconds"] == pytest.approx(first.seconds + second.seconds)
     card = (tmp_path / "zoo" / "MODEL_CARD.md").read_text()
     assert "# stage 1" in card and "# stage 2" in card and "--init-from zoo" in card
+
+
+def test_structure_table_orders_numbers_and_puts_unknown_structures_last():
+    rows = [{"by_structure": {"other": {"greedy_accuracy": 0.5, "markers": "other"},
+                              "10": {"greedy_accuracy": 0.25}, "2": {"greedy_accuracy": 1.0, "markers": "(B)"}}}]
+    lines = _greedy_table(rows, "by_structure", "t", lambda keys: sorted(keys, key=_structure_order))
+    assert lines[3] == "| model | 2 (B) | 10 | other |"
+    assert lines[5] == "| 0 | 1.000 | 0.250 | 0.500 |"
