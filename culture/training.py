@@ -22,7 +22,12 @@ Decisions where the reference is silent or where we deviate on purpose:
   Adam every epoch; ``fresh_optimizer=True`` restores that);
 - ``train_state.pth`` (weights_only-loadable: tensors, numbers, strings) holds
   the round, accuracies, optimiser states and RNG state, so ``resume`` continues
-  a killed run losing at most the epoch in progress.
+  a killed run losing at most the epoch in progress;
+- optional, off by default (the reference has none): ``ema_decay`` keeps an
+  exponential moving average of each model's weights (torch's
+  ``AveragedModel``), updated after every optimiser step. The average is what
+  is evaluated, written to ``gpt_{k:03d}.pth`` and used by the culture phase;
+  the raw training weights live in ``train_state.pth`` for ``resume``.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ class TrainConfig:
     culture_batch: int = 500
     eval_batch_size: int = 100
     fresh_optimizer: bool = False
+    ema_decay: float | None = None  # None or 0: no weight averaging (reference)
     device: str = "cpu"
 
     def gpt_config(self) -> GPTConfig:
@@ -240,6 +246,7 @@ class CultureRun:
         self.device = torch.device(config.device)
         self.models: list[MyGPT] = []
         self.optimizers: list[torch.optim.Optimizer] = []
+        self.averages: list = []  # AveragedModel per model when config.ema_decay, else empty
         self.accuracies: list[float] = []  # expected sampled accuracy: drives the loop, as the reference
         self.greedy_accuracies: list[float] = []  # greedy accuracy on the same test set (--target-greedy-accuracy)
         self.epochs: list[int] = []
@@ -277,6 +284,7 @@ class CultureRun:
             record["init_from"] = {"source": str(init_from), "stages": run._init_from(init_from)}
         atomic_write_json(out / CONFIG_FILE, record)
         run.optimizers = [run._make_optimizer(m) for m in run.models]
+        run._make_averages()
         torch.manual_seed(_seed(config.seed, 2))
         run.log(f"created {config.nb_models} models of {run.models[0].num_parameters:,} parameters "
                 f"({cfg.dim_model}/{cfg.dim_keys}/{cfg.dim_hidden}/{cfg.nb_heads}/{cfg.nb_blocks}) in {out}")
@@ -314,6 +322,12 @@ class CultureRun:
             model = MyGPT(config.gpt_config())
             model.load_state_dict({n: v.float() for n, v in weights.items()})
             run.models.append(model.to(run.device))
+        # with averaging, the checkpoints hold the averages and the state the raw
+        # weights; a run that turns averaging on starts both from the checkpoints
+        run._make_averages(started=True)
+        raw = state.get("raw_weights") if run.averages else None
+        for model, weights in zip(run.models, raw or []):
+            model.load_state_dict(weights)
         run.optimizers = [run._make_optimizer(m) for m in run.models]
         for opt, opt_state in zip(run.optimizers, state["optimizers"]):
             if opt_state:
@@ -361,6 +375,30 @@ class CultureRun:
         self.log(f"initialised the models from {source} (epochs so far {self.epochs})")
         return stages
 
+    def _make_averages(self, started: bool = False) -> None:
+        """One exponential moving average of the weights per model (torch's
+        AveragedModel), when config.ema_decay asks for it. ``started``: the
+        models already hold averaged weights (resume), so the first update
+        averages instead of copying."""
+        self.averages = []
+        if not self.config.ema_decay:
+            return
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        decay = float(self.config.ema_decay)
+        if not 0.0 < decay < 1.0:
+            raise TrainingError(f"ema_decay must be in (0, 1), got {decay}")
+        for model in self.models:
+            average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+            if started:
+                average.n_averaged.fill_(1)
+            self.averages.append(average)
+
+    def published(self, k: int) -> MyGPT:
+        """Model k as evaluated and checkpointed: its weight average when
+        averaging is on, else the trained model itself."""
+        return self.averages[k].module if self.averages else self.models[k]
+
     def _make_optimizer(self, model: MyGPT) -> torch.optim.Optimizer:
         # fused Adam: one kernel for all parameters (CPU and CUDA)
         try:
@@ -371,7 +409,7 @@ class CultureRun:
     # ------------------------------------------------------------ persistence
 
     def save_model(self, k: int) -> None:
-        save_checkpoint(self.models[k], self.accuracies[k], self.out / f"gpt_{k:03d}.pth")
+        save_checkpoint(self.published(k), self.accuracies[k], self.out / f"gpt_{k:03d}.pth")
 
     def save_state(self) -> None:
         state = {
@@ -384,6 +422,8 @@ class CultureRun:
             "culture_reports": self.culture_reports,
             "seconds": float(self.seconds),
         }
+        if self.averages:
+            state["raw_weights"] = [m.state_dict() for m in self.models]
         atomic_torch_save(state, self.out / STATE_FILE)
 
     def save_c_quizzes(self) -> None:
@@ -464,12 +504,16 @@ class CultureRun:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if self.averages:
+                self.averages[k].update_parameters(model)
             total_loss += loss.item() * len(batch)
             seen += len(batch)
             self.hooks.batch_end(k, b, loss.item(), seen / max(time.perf_counter() - start, 1e-9))
         seconds = time.perf_counter() - start
         model.eval()
-        scores = self.evaluate_model(model)
+        published = self.published(k)
+        published.eval()
+        scores = self.evaluate_model(published)
         self.accuracies[k] = scores["accuracy"]
         self.greedy_accuracies[k] = scores["greedy_accuracy"]
         self.epochs[k] += 1
@@ -553,7 +597,7 @@ class CultureRun:
     def culture_phase(self) -> CultureReport:
         cfg = self.config
         report = culture_phase(
-            self.models, nb_train=cfg.nb_c_quizzes_train, nb_test=cfg.nb_c_quizzes_test, config=cfg,
+            [self.published(k) for k in range(len(self.models))], nb_train=cfg.nb_c_quizzes_train, nb_test=cfg.nb_c_quizzes_test, config=cfg,
             seed=_seed(cfg.seed, 6, self.round), device=self.device, round=self.round,
         )
         kept_train, kept_test, rep = report

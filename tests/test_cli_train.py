@@ -37,6 +37,14 @@ def test_train_then_resume_with_a_new_lr_and_target(tmp_path, capsys):
     assert "--lr 1e-4" in record["resumes"][0]["command"] and record["command"].startswith("culture-interp train")
     assert torch.load(out / "train_state.pth", weights_only=True)["round"] == 3  # the target held at once
 
+    # weight averaging turned on at a resume: recorded, raw weights kept in the state
+    code, _, err = run_cli(capsys, "train", "--out", str(out), "--resume", "--ema-decay", "0.99", "--max-rounds", "4",
+                           "--target-greedy-accuracy", "1")
+    assert code == 0, err
+    assert json.loads((out / "train_config.json").read_text())["ema_decay"] == 0.99
+    state = torch.load(out / "train_state.pth", weights_only=True)
+    assert state["round"] == 4 and len(state["raw_weights"]) == 2
+
 def test_train_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")

@@ -212,3 +212,58 @@ def test_target_greedy_accuracy_stops_and_a_resume_is_recorded(tmp_path):
     assert resumed.should_stop(None) is None
     stages = training.run_stages(record, torch.load(out / "train_state.pth", weights_only=True))
     assert stages[-1]["resumes"] == record["resumes"]
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {n: v.detach().clone() for n, v in model.state_dict().items()}
+
+
+def test_weight_average_is_evaluated_saved_and_resumed(tmp_path):
+    out = tmp_path / "run"
+    decay = 0.9
+    run = CultureRun.create(out, tiny_config(nb_models=1, ema_decay=decay))
+    start = _weights(run.models[0])
+    # the average after one epoch of two steps: copy at step 1, then one lerp
+    steps: list[dict] = []
+    original_step = run.optimizers[0].step
+
+    def recording_step(*a, **kw):
+        result = original_step(*a, **kw)
+        steps.append(_weights(run.models[0]))
+        return result
+
+    run.optimizers[0].step = recording_step
+    run.step()
+    saved_rng = torch.get_rng_state()  # what the save recorded (building a model below draws from it)
+    assert len(steps) == 2
+    expected = {n: decay * steps[0][n] + (1 - decay) * steps[1][n] for n in start}
+    average = _weights(run.published(0))
+    for n in start:
+        assert torch.allclose(average[n], expected[n], atol=1e-6)
+    assert any(not torch.equal(average[n], steps[1][n]) for n in start)  # the average is not the raw model
+
+    # the checkpoint holds the average; its accuracy is the average's
+    saved, _ = load_mygpt(out / "gpt_000.pth")
+    for n, v in saved.state_dict().items():
+        assert torch.equal(v, average[n])
+    assert run.accuracies[0] == pytest.approx(run.evaluate_model(run.published(0))["accuracy"])
+
+    # resume: raw weights from the state, the average from the checkpoint, and
+    # the next update averages (does not copy)
+    resumed = CultureRun.resume(out)
+    for n, v in resumed.models[0].state_dict().items():
+        assert torch.equal(v, steps[1][n])
+    for n, v in resumed.published(0).state_dict().items():
+        assert torch.equal(v, average[n])
+    r1 = run.step()
+    torch.set_rng_state(saved_rng)
+    r2 = resumed.step()
+    assert r1.accuracy == pytest.approx(r2.accuracy)
+    for n, v in run.published(0).state_dict().items():
+        assert torch.allclose(v, resumed.published(0).state_dict()[n], atol=1e-6)
+
+    # 0 turns averaging off: training continues from the saved average
+    plain = CultureRun.resume(out, ema_decay=0.0)
+    assert plain.averages == [] and plain.published(0) is plain.models[0]
+    for n, v in plain.models[0].state_dict().items():
+        assert torch.equal(v, resumed.published(0).state_dict()[n])

@@ -51,6 +51,11 @@ def train(
     max_fail: int = typer.Option(2, "--max-fail", min=1, help="At most this many models may fail a kept quiz."),
     culture_batch: int = typer.Option(500, "--culture-batch", min=1, help="Candidates generated per batch."),
     fresh_optimizer: bool = typer.Option(False, "--fresh-optimizer", help="New Adam every epoch (reference)."),
+    ema_decay: Optional[float] = typer.Option(
+        None, "--ema-decay", min=0.0, max=0.9999,
+        help="Keep an exponential moving average of each model's weights (decay per step, e.g. 0.999) and "
+             "evaluate and save the average; off by default (the reference has none). With --resume: turn it "
+             "on, change it, or 0 to turn it off."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps."),
 ) -> None:
     import torch
@@ -62,7 +67,7 @@ def train(
     command = invocation()
     if resume:
         overrides = {"max_rounds": max_rounds, "target_accuracy": target_accuracy,
-                     "target_greedy_accuracy": target_greedy_accuracy, "lr": lr}
+                     "target_greedy_accuracy": target_greedy_accuracy, "lr": lr, "ema_decay": ema_decay}
         run = CultureRun.resume(out, hooks=hooks, device=device, command=command, **overrides)
     else:
         config = TrainConfig(
@@ -74,7 +79,8 @@ def train(
             prompt_noise=prompt_noise, seed=seed, threshold=threshold, max_rounds=max_rounds,
             target_accuracy=target_accuracy, target_greedy_accuracy=target_greedy_accuracy,
             culture=not no_culture, max_fail=max_fail,
-            culture_batch=culture_batch, fresh_optimizer=fresh_optimizer, device=device,
+            culture_batch=culture_batch, fresh_optimizer=fresh_optimizer, ema_decay=ema_decay or None,
+            device=device,
         )
         run = CultureRun.create(out, config, hooks=hooks, command=command, init_from=init_from)
     with hooks.progress:
