@@ -27,7 +27,11 @@ Decisions where the reference is silent or where we deviate on purpose:
   exponential moving average of each model's weights (torch's
   ``AveragedModel``), updated after every optimiser step. The average is what
   is evaluated, written to ``gpt_{k:03d}.pth`` and used by the culture phase;
-  the raw training weights live in ``train_state.pth`` for ``resume``.
+  the raw training weights live in ``train_state.pth`` for ``resume``;
+- optional, off by default: ``train_structures`` restricts the structures the
+  training quizzes are drawn from (numbers 1..5 of REFERENCE section 1, each
+  with its own prompt noise), e.g. (1, 2) to spend a fine-tuning stage on the
+  noised structures. Evaluation always uses the four deterministic ones.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ class TrainConfig:
     eval_batch_size: int = 100
     fresh_optimizer: bool = False
     ema_decay: float | None = None  # None or 0: no weight averaging (reference)
+    train_structures: tuple[int, ...] | None = None  # None: all five (reference)
     device: str = "cpu"
 
     def gpt_config(self) -> GPTConfig:
@@ -125,15 +130,26 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tasks"] = list(self.tasks) if self.tasks is not None else None
+        d["train_structures"] = list(self.train_structures) if self.train_structures is not None else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
-        if d.get("tasks") is not None:
-            d["tasks"] = tuple(d["tasks"])
+        for key in ("tasks", "train_structures"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
         return cls(**d)
+
+    def structures(self) -> tuple[Q.Structure, ...]:
+        """The structures training quizzes are drawn from."""
+        if not self.train_structures:
+            return Q.STRUCTURES
+        bad = [i for i in self.train_structures if not 1 <= int(i) <= len(Q.STRUCTURES)]
+        if bad:
+            raise TrainingError(f"unknown structure {bad[0]} (structures: 1..{len(Q.STRUCTURES)})")
+        return tuple(Q.STRUCTURES[int(i) - 1] for i in dict.fromkeys(self.train_structures))
 
 
 @dataclass
@@ -269,6 +285,7 @@ class CultureRun:
         if out.exists() and any(out.iterdir()):
             raise TrainingError(f"{out} is not empty: use --resume to continue it, or another --out")
         _check_tasks(config.tasks)
+        config.structures()  # fails early on an unknown structure
         run = cls(out, config, hooks)
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(_seed(config.seed, 0))
@@ -312,6 +329,7 @@ class CultureRun:
                 setattr(config, key, value)
         if device is not None:
             config.device = device
+        config.structures()
         run = cls(out, config, hooks)
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -456,7 +474,7 @@ class CultureRun:
     def epoch_data(self, k: int) -> torch.Tensor:
         """Fresh training quizzes for model k's next epoch: world quizzes plus
         train culture quizzes (at most half), shuffled, random structures (all
-        five), prompt noise."""
+        five unless config.train_structures), prompt noise."""
         from culture.world import generate_quizzes
 
         cfg = self.config
@@ -468,7 +486,7 @@ class CultureRun:
         world = generate_quizzes(n - len(c), tasks=self.tasks, seed=_seed(cfg.seed, 4, k, self.epochs[k]))
         quizzes = torch.cat([world, c])
         quizzes = quizzes[torch.randperm(len(quizzes), generator=g)]
-        quizzes, _ = Q.random_structures(quizzes, Q.STRUCTURES, generator=g)
+        quizzes, _ = Q.random_structures(quizzes, cfg.structures(), generator=g)
         return Q.add_prompt_noise(quizzes, cfg.prompt_noise, generator=g)
 
     def test_set(self):

@@ -20,7 +20,8 @@ app = typer.Typer(
 )
 
 #: options that take several values after one flag: ``--models 0 1 2 3``
-MULTI_VALUE_OPTIONS = ("--models", "--tasks", "--task", "--layers", "--features", "--steer", "--index")
+MULTI_VALUE_OPTIONS = ("--models", "--tasks", "--task", "--layers", "--features", "--steer", "--index",
+                       "--train-structures")
 
 
 @app.callback()

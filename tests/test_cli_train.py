@@ -39,9 +39,10 @@ def test_train_then_resume_with_a_new_lr_and_target(tmp_path, capsys):
 
     # weight averaging turned on at a resume: recorded, raw weights kept in the state
     code, _, err = run_cli(capsys, "train", "--out", str(out), "--resume", "--ema-decay", "0.99", "--max-rounds", "4",
-                           "--target-greedy-accuracy", "1")
+                           "--target-greedy-accuracy", "1", "--train-structures", "1", "2")
     assert code == 0, err
-    assert json.loads((out / "train_config.json").read_text())["ema_decay"] == 0.99
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["ema_decay"] == 0.99 and record["train_structures"] == [1, 2]
     state = torch.load(out / "train_state.pth", weights_only=True)
     assert state["round"] == 4 and len(state["raw_weights"]) == 2
 
@@ -51,3 +52,5 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     assert "not empty" in error_line(capsys, "train", "--out", str(tmp_path / "full"), *TINY)
     assert "no resumable run" in error_line(capsys, "train", "--out", str(tmp_path / "none"), "--resume")
     assert "unknown" in error_line(capsys, "train", "--out", str(tmp_path / "t"), *TINY, "--tasks", "nope")
+    assert "unknown structure 7" in error_line(capsys, "train", "--out", str(tmp_path / "s"), *TINY,
+                                                "--train-structures", "1", "7")

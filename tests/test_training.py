@@ -267,3 +267,16 @@ def test_weight_average_is_evaluated_saved_and_resumed(tmp_path):
     assert plain.averages == [] and plain.published(0) is plain.models[0]
     for n, v in plain.models[0].state_dict().items():
         assert torch.equal(v, resumed.published(0).state_dict()[n])
+
+
+def test_train_structures_restricts_the_training_quizzes(tmp_path):
+    run = CultureRun.create(tmp_path / "run", tiny_config(train_structures=(1, 2)))
+    data = run.epoch_data(0)
+    index = Q.structure_index(data)
+    assert set(index.tolist()) == {0, 1}  # structures 1 and 2 only, both drawn
+    default = CultureRun.create(tmp_path / "all", tiny_config(train_samples=200))
+    assert set(Q.structure_index(default.epoch_data(0)).tolist()) == {0, 1, 2, 3, 4}
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["train_structures"] == [1, 2]
+    assert CultureRun.resume(tmp_path / "run").config.train_structures == (1, 2)
+    with pytest.raises(TrainingError, match="unknown structure 6"):
+        CultureRun.create(tmp_path / "bad", tiny_config(train_structures=(1, 6)))

@@ -56,6 +56,10 @@ def train(
         help="Keep an exponential moving average of each model's weights (decay per step, e.g. 0.999) and "
              "evaluate and save the average; off by default (the reference has none). With --resume: turn it "
              "on, change it, or 0 to turn it off."),
+    train_structures: Optional[list[int]] = typer.Option(
+        None, "--train-structures",
+        help="Draw training quizzes from these structures only (1..5, REFERENCE section 1; default: all five, "
+             "as the reference), e.g. 1 2 for a stage on the noised structures. May change with --resume."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps."),
 ) -> None:
     import torch
@@ -67,7 +71,8 @@ def train(
     command = invocation()
     if resume:
         overrides = {"max_rounds": max_rounds, "target_accuracy": target_accuracy,
-                     "target_greedy_accuracy": target_greedy_accuracy, "lr": lr, "ema_decay": ema_decay}
+                     "target_greedy_accuracy": target_greedy_accuracy, "lr": lr, "ema_decay": ema_decay,
+                     "train_structures": tuple(train_structures) if train_structures else None}
         run = CultureRun.resume(out, hooks=hooks, device=device, command=command, **overrides)
     else:
         config = TrainConfig(
@@ -80,6 +85,7 @@ def train(
             target_accuracy=target_accuracy, target_greedy_accuracy=target_greedy_accuracy,
             culture=not no_culture, max_fail=max_fail,
             culture_batch=culture_batch, fresh_optimizer=fresh_optimizer, ema_decay=ema_decay or None,
+            train_structures=tuple(train_structures) if train_structures else None,
             device=device,
         )
         run = CultureRun.create(out, config, hooks=hooks, command=command, init_from=init_from)
