@@ -137,6 +137,16 @@ def _structure_order(key: str) -> tuple[bool, int]:
     return (not key.isdigit(), int(key) if key.isdigit() else 0)
 
 
+def _last_options(cfg: dict) -> str:
+    """The run's last non-reference training options, in words ('' when none)."""
+    parts = []
+    if cfg.get("ema_decay"):
+        parts.append(f"weight average (EMA, decay {cfg['ema_decay']} per step): the shipped weights are the average")
+    if cfg.get("train_structures"):
+        parts.append("training quizzes from structures " + ", ".join(str(i) for i in cfg["train_structures"]))
+    return "; last stage: " + "; ".join(parts) if parts else ""
+
+
 def model_card(info: dict) -> str:
     cfg = info["run_config"]
     arch = info["architecture"]
@@ -164,7 +174,7 @@ def model_card(info: dict) -> str:
         f"- training: {info['rounds']} rounds, epochs per model {info['epochs']} in all, "
         f"{cfg.get('train_samples')} quizzes per epoch, batch {cfg.get('batch_size')}, "
         f"Adam lr {cfg.get('lr')} (the last one set; see the commands), "
-        f"dropout {cfg.get('dropout')}, prompt noise {cfg.get('prompt_noise')}",
+        f"dropout {cfg.get('dropout')}, prompt noise {cfg.get('prompt_noise')}{_last_options(cfg)}",
         f"- training time: {info['training_seconds'] / 3600:.2f} h on CPU (2 cores)",
         f"- culture quizzes: {info['c_quizzes']['train']} train, {info['c_quizzes']['test']} test",
         "",

@@ -67,3 +67,12 @@ def test_structure_table_orders_numbers_and_puts_unknown_structures_last():
     lines = _greedy_table(rows, "by_structure", "t", lambda keys: sorted(keys, key=_structure_order))
     assert lines[3] == "| model | 2 (B) | 10 | other |"
     assert lines[5] == "| 0 | 1.000 | 0.250 | 0.500 |"
+
+
+def test_card_names_the_last_stage_options():
+    from culture.bundle import _last_options
+
+    assert _last_options({"ema_decay": None, "train_structures": None}) == ""
+    text = _last_options({"ema_decay": 0.999, "train_structures": [1, 2]})
+    assert "EMA, decay 0.999" in text and "shipped weights are the average" in text
+    assert text.endswith("structures 1, 2")
