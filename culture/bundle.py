@@ -144,7 +144,7 @@ def _last_options(cfg: dict) -> str:
         parts.append(f"weight average (EMA, decay {cfg['ema_decay']} per step): the shipped weights are the average")
     if cfg.get("train_structures"):
         parts.append("training quizzes from structures " + ", ".join(str(i) for i in cfg["train_structures"]))
-    return "; last stage: " + "; ".join(parts) if parts else ""
+    return "; since the last resume: " + "; ".join(parts) if parts else ""
 
 
 def model_card(info: dict) -> str:
