@@ -146,10 +146,13 @@ class TrainConfig:
         """The structures training quizzes are drawn from."""
         if not self.train_structures:
             return Q.STRUCTURES
-        bad = [i for i in self.train_structures if not 1 <= int(i) <= len(Q.STRUCTURES)]
-        if bad:
-            raise TrainingError(f"unknown structure {bad[0]} (structures: 1..{len(Q.STRUCTURES)})")
-        return tuple(Q.STRUCTURES[int(i) - 1] for i in dict.fromkeys(self.train_structures))
+        chosen = []
+        for i in dict.fromkeys(self.train_structures):
+            try:
+                chosen.append(Q.parse_structure(int(i)))
+            except ValueError:
+                raise TrainingError(f"unknown structure {i} (structures: 1..{len(Q.STRUCTURES)})") from None
+        return tuple(chosen)
 
 
 @dataclass
@@ -614,8 +617,9 @@ class CultureRun:
 
     def culture_phase(self) -> CultureReport:
         cfg = self.config
+        models = [self.published(k) for k in range(len(self.models))]
         report = culture_phase(
-            [self.published(k) for k in range(len(self.models))], nb_train=cfg.nb_c_quizzes_train, nb_test=cfg.nb_c_quizzes_test, config=cfg,
+            models, nb_train=cfg.nb_c_quizzes_train, nb_test=cfg.nb_c_quizzes_test, config=cfg,
             seed=_seed(cfg.seed, 6, self.round), device=self.device, round=self.round,
         )
         kept_train, kept_test, rep = report

@@ -69,10 +69,11 @@ def train(
     _check_device(device, torch)
     hooks = RichTrainingHooks()
     command = invocation()
+    structures = tuple(train_structures) if train_structures else None
     if resume:
         overrides = {"max_rounds": max_rounds, "target_accuracy": target_accuracy,
                      "target_greedy_accuracy": target_greedy_accuracy, "lr": lr, "ema_decay": ema_decay,
-                     "train_structures": tuple(train_structures) if train_structures else None}
+                     "train_structures": structures}
         run = CultureRun.resume(out, hooks=hooks, device=device, command=command, **overrides)
     else:
         config = TrainConfig(
@@ -85,7 +86,7 @@ def train(
             target_accuracy=target_accuracy, target_greedy_accuracy=target_greedy_accuracy,
             culture=not no_culture, max_fail=max_fail,
             culture_batch=culture_batch, fresh_optimizer=fresh_optimizer, ema_decay=ema_decay or None,
-            train_structures=tuple(train_structures) if train_structures else None,
+            train_structures=structures,
             device=device,
         )
         run = CultureRun.create(out, config, hooks=hooks, command=command, init_from=init_from)
