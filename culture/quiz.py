@@ -275,6 +275,41 @@ def ar_mask(quizzes: torch.Tensor, structures=STRUCTURES) -> torch.Tensor:
                       device=quizzes.device)
 
 
+def partner_marker(marker: int) -> int:
+    """The marker of the paired grid: A <-> f_A, B <-> f_B."""
+    return {TOKEN_A: TOKEN_FA, TOKEN_FA: TOKEN_A, TOKEN_B: TOKEN_FB, TOKEN_FB: TOKEN_B}[int(marker)]
+
+
+def transform_mask(quizzes: torch.Tensor, structures=STRUCTURES, *, paired: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """(n, 404) bool: the *transform cells* -- predicted cells (from each quiz's
+    structure, as :func:`ar_mask`) whose colour differs from the same cell of
+    the paired grid (f(B) vs B, B vs f(B), f(A) vs A...). The other predicted
+    cells are copies of the paired grid.
+
+    ``paired``: quizzes to read the paired grids from (same structures) --
+    pass the clean quizzes when ``quizzes`` carry prompt noise, so a noised
+    input cell is not mistaken for a change; default ``quizzes`` itself.
+    """
+    n = quizzes.shape[0]
+    source = quizzes if paired is None else paired
+    if source.shape != quizzes.shape:
+        raise QuizFormatError(f"paired quizzes have shape {tuple(source.shape)}, expected {tuple(quizzes.shape)}")
+    markers = block_markers(quizzes)  # (n, 4)
+    partners = markers.clone()
+    for m in MARKERS:
+        partners[markers == m] = partner_marker(m)
+    # block index of each block's partner: the position of the partner marker
+    where = (block_markers(source).unsqueeze(1) == partners.unsqueeze(2)).float().argmax(2)  # (n, 4)
+    grids = quizzes.reshape(n, N_BLOCKS, BLOCK_LEN)[:, :, 1:]
+    partner_cells = source.reshape(n, N_BLOCKS, BLOCK_LEN)[:, :, 1:].gather(
+        1, where.unsqueeze(2).expand(n, N_BLOCKS, N_CELLS))
+    differ = grids != partner_cells
+    full = torch.zeros(n, N_BLOCKS, BLOCK_LEN, dtype=torch.bool, device=quizzes.device)
+    full[:, :, 1:] = differ
+    return full.reshape(n, QUIZ_LEN) & ar_mask(quizzes, structures)
+
+
 # ------------------------------------------------------------------------- noise
 
 

@@ -57,6 +57,8 @@ STATE_FILE = "train_state.pth"
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "train.log"
 CULTURE_LOG_FILE = "culture_log.jsonl"
+#: sidecar of c_quizzes.pth: for each kept quiz, its phase, generating model and solve probabilities
+C_QUIZZES_INFO_FILE = "c_quizzes_info.json"
 
 
 class TrainingError(CultureError):
@@ -274,6 +276,8 @@ class CultureRun:
         self.train_c_quizzes: list[torch.Tensor] = []
         self.test_c_quizzes: list[torch.Tensor] = []
         self.culture_reports: list[dict] = []
+        # one record per kept c-quiz, in the order of c_quizzes.pth (see C_QUIZZES_INFO_FILE)
+        self.c_quiz_info: dict[str, list[dict]] = {"train": [], "test": []}
         self._test_set = None
 
     # ------------------------------------------------------------ creation
@@ -366,6 +370,7 @@ class CultureRun:
             train, test = load_c_quizzes(out / "c_quizzes.pth")
             run.train_c_quizzes = [train] if len(train) else []
             run.test_c_quizzes = [test] if len(test) else []
+            run.c_quiz_info = read_c_quiz_info(out / C_QUIZZES_INFO_FILE, len(train), len(test))
         if command is not None or any(v is not None for v in overrides.values()):
             record = {**record, **config.to_dict()}
             record["resumes"] = [*record.get("resumes", []), {"round": run.round, "command": command}]
@@ -448,6 +453,13 @@ class CultureRun:
         atomic_torch_save(state, self.out / STATE_FILE)
 
     def save_c_quizzes(self) -> None:
+        # sidecar first: a kill between the two leaves records for quizzes not yet
+        # saved, which read_c_quiz_info trims; never quizzes without records
+        atomic_write_json(self.out / C_QUIZZES_INFO_FILE, {
+            "description": "one record per quiz of c_quizzes.pth, same order: the culture phase that kept it "
+                           "(1 = first), the training round, the model that generated it and every model's "
+                           "probability of solving it both ways when it was kept",
+            "nb_models": len(self.models), **self.c_quiz_info})
         save_c_quizzes(self.out / "c_quizzes.pth", self.train_c_quizzes, self.test_c_quizzes)
 
     def save_all(self) -> None:
@@ -622,11 +634,12 @@ class CultureRun:
             models, nb_train=cfg.nb_c_quizzes_train, nb_test=cfg.nb_c_quizzes_test, config=cfg,
             seed=_seed(cfg.seed, 6, self.round), device=self.device, round=self.round,
         )
-        kept_train, kept_test, rep = report
-        if len(kept_train):
-            self.train_c_quizzes.append(kept_train)
-        if len(kept_test):
-            self.test_c_quizzes.append(kept_test)
+        kept_train, kept_test, rep, info = report
+        phase = len(self.culture_reports) + 1
+        for split, kept, records in (("train", kept_train, info["train"]), ("test", kept_test, info["test"])):
+            if len(kept):
+                (self.train_c_quizzes if split == "train" else self.test_c_quizzes).append(kept)
+            self.c_quiz_info[split] += [{"phase": phase, "round": self.round, **r} for r in records]
         self.save_c_quizzes()
         self.culture_reports.append(asdict(rep))
         with open(self.out / CULTURE_LOG_FILE, "a") as f:
@@ -701,7 +714,10 @@ def generate_candidates(model: MyGPT, n: int, *, temperature_hot: float, tempera
 
 def culture_phase(models, *, nb_train: int, nb_test: int, config: TrainConfig, seed: int,
                   device="cpu", round: int = 0):
-    """Generate, filter and keep culture quizzes. Returns (train, test, CultureReport).
+    """Generate, filter and keep culture quizzes. Returns (train, test,
+    CultureReport, info): ``info["train"|"test"]`` has one record per kept quiz
+    (``generator``: the model that made it, ``solve_probabilities``: every
+    model's probability of solving it, as the rule saw them).
 
     Each batch, one model (drawn at random) generates candidates; trivial ones
     are dropped; the others are kept by :func:`validation_rule` on
@@ -715,12 +731,14 @@ def culture_phase(models, *, nb_train: int, nb_test: int, config: TrainConfig, s
         "prompt_noise": config.prompt_noise,
     })
     kept: list[torch.Tensor] = []
+    records: list[dict] = []
     start = time.perf_counter()
     for _ in range(config.culture_max_batches):
         if sum(len(x) for x in kept) >= wanted:
             break
         report.batches += 1
-        generator_model = models[int(torch.randint(len(models), (1,), generator=g))]
+        generator_id = int(torch.randint(len(models), (1,), generator=g))
+        generator_model = models[generator_id]
         generator_model.eval()
         with torch.inference_mode():
             candidates = generate_candidates(
@@ -743,12 +761,30 @@ def culture_phase(models, *, nb_train: int, nb_test: int, config: TrainConfig, s
         report.too_easy += int(verdict["too_easy"].sum())
         report.too_hard += int(verdict["too_hard"].sum())
         kept.append(candidates[verdict["kept"]])
+        records += [{"generator": generator_id, "solve_probabilities": [float(f"{float(p):.6f}") for p in row]}
+                    for row in probas[verdict["kept"]]]
     all_kept = torch.cat(kept) if kept else torch.empty(0, Q.QUIZ_LEN, dtype=torch.long)
-    all_kept = all_kept[:wanted]
+    all_kept, records = all_kept[:wanted], records[:wanted]
     train, test = all_kept[:nb_train], all_kept[nb_train:wanted]
     report.kept, report.kept_train, report.kept_test = len(all_kept), len(train), len(test)
     report.seconds = time.perf_counter() - start
-    return train, test, report
+    return train, test, report, {"train": records[:nb_train], "test": records[nb_train:]}
+
+
+def read_c_quiz_info(path: str | os.PathLike, nb_train: int, nb_test: int) -> dict[str, list[dict]]:
+    """The per-quiz records of a c_quizzes sidecar (see C_QUIZZES_INFO_FILE),
+    trimmed to the quizzes the c_quizzes file holds; records missing from an
+    older run are filled with ``{"phase": None}``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        data = {}
+    out = {}
+    for split, n in (("train", nb_train), ("test", nb_test)):
+        records = [r for r in data.get(split, []) if isinstance(r, dict)][:n]
+        out[split] = records + [{"phase": None}] * (n - len(records))
+    return out
 
 
 def _check_tasks(tasks) -> None:

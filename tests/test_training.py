@@ -142,6 +142,12 @@ def test_culture_phase_keeps_exactly_what_the_logged_rule_accepts(tmp_path, monk
     # counts add up
     assert report.generated == report.trivial + len(candidates)
     assert report.undecided + report.too_easy + report.too_hard + int(accepted.sum()) == len(candidates)
+    # the sidecar matches the kept quizzes one to one: phase, generator, probabilities under the rule
+    info = json.loads((tmp_path / "run" / training.C_QUIZZES_INFO_FILE).read_text())
+    assert len(info["train"]) == len(train) and len(info["test"]) == len(test)
+    for quiz, record in zip(kept, info["train"] + info["test"]):
+        assert record["phase"] == 1 and record["round"] == 0 and 0 <= record["generator"] < 3
+        assert record["solve_probabilities"] == pytest.approx(_fake_probabilities(quiz[None], 3)[0].tolist())
     # accuracies reset: every model retrains
     assert run.accuracies == [0.0, 0.0, 0.0]
 

@@ -50,6 +50,9 @@ def train(
     no_culture: bool = typer.Option(False, "--no-culture", help="Train only; never make culture quizzes."),
     max_fail: int = typer.Option(2, "--max-fail", min=1, help="At most this many models may fail a kept quiz."),
     culture_batch: int = typer.Option(500, "--culture-batch", min=1, help="Candidates generated per batch."),
+    culture_max_batches: int = typer.Option(
+        20, "--culture-max-batches", min=1,
+        help="A culture phase stops after this many batches of candidates, even short of its quota."),
     fresh_optimizer: bool = typer.Option(False, "--fresh-optimizer", help="New Adam every epoch (reference)."),
     ema_decay: Optional[float] = typer.Option(
         None, "--ema-decay", min=0.0, max=0.9999,
@@ -73,7 +76,8 @@ def train(
     if resume:
         overrides = {"max_rounds": max_rounds, "target_accuracy": target_accuracy,
                      "target_greedy_accuracy": target_greedy_accuracy, "lr": lr, "ema_decay": ema_decay,
-                     "train_structures": structures}
+                     "train_structures": structures, "threshold": _given(threshold, 0.95),
+                     "culture_max_batches": _given(culture_max_batches, 20)}
         run = CultureRun.resume(out, hooks=hooks, device=device, command=command, **overrides)
     else:
         config = TrainConfig(
@@ -85,7 +89,7 @@ def train(
             prompt_noise=prompt_noise, seed=seed, threshold=threshold, max_rounds=max_rounds,
             target_accuracy=target_accuracy, target_greedy_accuracy=target_greedy_accuracy,
             culture=not no_culture, max_fail=max_fail,
-            culture_batch=culture_batch, fresh_optimizer=fresh_optimizer, ema_decay=ema_decay or None,
+            culture_batch=culture_batch, culture_max_batches=culture_max_batches, fresh_optimizer=fresh_optimizer, ema_decay=ema_decay or None,
             train_structures=structures,
             device=device,
         )
@@ -93,6 +97,12 @@ def train(
     with hooks.progress:
         reason = run.train()
     _summary(run, reason)
+
+
+def _given(value, default):
+    """An option's value when the user changed it from its default, else None
+    (for the settings a resume may change)."""
+    return None if value == default else value
 
 
 def _check_device(device: str, torch) -> None:
