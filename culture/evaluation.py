@@ -175,6 +175,7 @@ def make_test_set(
     seed: int = 0,
     noise: float = 0.05,
     structures: Sequence = EVAL_STRUCTURES,
+    c_quizzes_only: bool = False,
 ) -> TestSet:
     """The reference's test set: ``n`` quizzes (see the module docstring).
 
@@ -184,6 +185,8 @@ def make_test_set(
     fill the rest. ``structures``: those drawn uniformly (default the four
     deterministic ones; give all of ``STRUCTURES`` for the original run's mix,
     where structure-5 quizzes count in perplexity but not in accuracy).
+    ``c_quizzes_only``: no world quizzes -- the test set is the c-quizzes
+    (at most n, in random structures with prompt noise as usual).
     Same arguments -> same test set.
     """
     from culture.world import TASKS, generate_quizzes_with_tasks, resolve_tasks
@@ -198,8 +201,13 @@ def make_test_set(
     g = torch.Generator().manual_seed(int(seed))
 
     c = _as_c_quizzes(c_quizzes)
-    if c is not None and c.shape[0] > n // 2:
-        c = c[torch.randperm(c.shape[0], generator=g)[: n // 2]]
+    if c_quizzes_only:
+        if c is None or not len(c):
+            raise EvaluationError("no c-quizzes to build a culture-only test set from")
+        n = min(n, c.shape[0])
+    cap = n if c_quizzes_only else n // 2
+    if c is not None and c.shape[0] > cap:
+        c = c[torch.randperm(c.shape[0], generator=g)[:cap]]
     n_c = 0 if c is None else c.shape[0]
     # world quizzes are i.i.d., so generating n - n_c of them is the reference's
     # "n generated, subsampled to n - n_c"
@@ -219,15 +227,31 @@ def make_test_set(
 # -------------------------------------------------------------------- scores
 
 
+#: what ``--quizzes`` selects: world quizzes, culture quizzes, or the reference mix of both
+QUIZ_KINDS = ("world", "culture", "both")
+
+
 def source_test_set(source, n: int, tasks=None, *, c_quizzes: bool = True, seed: int = 0,
-                    noise: float = 0.05) -> TestSet:
+                    noise: float = 0.05, quizzes: str = "both") -> TestSet:
     """:func:`make_test_set` with the test c-quizzes of a model source (a
     :class:`culture.sources.ModelSource` or anything ``resolve_source`` takes)
-    mixed in, at most half, when ``c_quizzes`` and the source has some."""
+    mixed in, at most half, when ``c_quizzes`` and the source has some.
+
+    ``quizzes`` (:data:`QUIZ_KINDS`): ``"both"`` that mix; ``"world"`` world
+    quizzes only; ``"culture"`` the source's test c-quizzes only (at most n;
+    an error when it has none)."""
     from culture.sources import resolve_source
 
-    pair = resolve_source(source).c_quizzes() if c_quizzes else None
-    return make_test_set(n, tasks=tasks, c_quizzes=None if pair is None else pair[1], seed=seed, noise=noise)
+    if quizzes not in QUIZ_KINDS:
+        raise EvaluationError(f"unknown quiz kind {quizzes!r} (choose from {', '.join(QUIZ_KINDS)})")
+    src = resolve_source(source)
+    want = quizzes == "culture" or (quizzes == "both" and c_quizzes)
+    pair = src.c_quizzes() if want else None
+    if quizzes == "culture" and (pair is None or not len(pair[1])):
+        raise EvaluationError(f"source {src.name} has no test c-quizzes "
+                              "(--quizzes culture needs them)")
+    return make_test_set(n, tasks=tasks, c_quizzes=None if pair is None else pair[1], seed=seed, noise=noise,
+                         c_quizzes_only=quizzes == "culture")
 
 
 def _sequences(quizzes, targets) -> torch.Tensor:

@@ -158,3 +158,5 @@ BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Quizzes per 
 DeviceOption = Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")]
 JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the numbers to this JSON file.",
                                                     show_default=False)]
+QuizKindsOption = Annotated[str, typer.Option(
+    "--quizzes", help="Which quizzes: world, culture (the source's test c-quizzes) or both (the reference mix).")]

@@ -271,3 +271,28 @@ def test_block_boundaries_unchanged_by_scoring():
     assert torch.equal(ts.quizzes, before)
     assert (ts.quizzes[:, ::BLOCK_LEN] >= 11).all()
     assert set(EVAL_STRUCTURES) == set(STRUCTURES[:4])
+
+
+def test_source_test_set_selects_world_culture_or_both(tmp_path):
+    from culture.evaluation import C_QUIZ_LABEL, EvaluationError, source_test_set
+    from culture.quizfile import save_c_quizzes
+    from culture.world import generate_quizzes
+
+    from tests.helpers_sources import make_local_source
+
+    src = make_local_source(tmp_path, n_models=1, with_c_quizzes=False)
+    c = generate_quizzes(6, tasks=["grow"], seed=9)
+    save_c_quizzes(src / "c_quizzes.pth", [c[:2]], [c[2:]])
+    both = source_test_set(src, 20, tasks=["frame"], seed=0)
+    assert both.labels.count(C_QUIZ_LABEL) == 4
+    world = source_test_set(src, 20, tasks=["frame"], seed=0, quizzes="world")
+    assert C_QUIZ_LABEL not in world.labels and len(world) == 20
+    culture = source_test_set(src, 20, tasks=["frame"], seed=0, quizzes="culture")
+    assert culture.labels == [C_QUIZ_LABEL] * 4
+    canonical = {tuple(q.tolist()) for q in c[2:]}
+    assert {tuple(q.tolist()) for q in reconfigure(culture.targets, CANONICAL)} == canonical
+    with pytest.raises(EvaluationError):
+        source_test_set(src, 20, quizzes="everything")
+    (src / "c_quizzes.pth").unlink()
+    with pytest.raises(EvaluationError, match="no test c-quizzes"):
+        source_test_set(src, 20, quizzes="culture")
