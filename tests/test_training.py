@@ -286,3 +286,37 @@ def test_train_structures_restricts_the_training_quizzes(tmp_path):
     assert CultureRun.resume(tmp_path / "run").config.train_structures == (1, 2)
     with pytest.raises(TrainingError, match="unknown structure 6"):
         CultureRun.create(tmp_path / "bad", tiny_config(train_structures=(1, 6)))
+
+
+def test_two_culture_phases_with_retraining_and_a_resume_between(tmp_path, monkeypatch):
+    """Forced threshold: train both models, phase 1, (kill + resume), retrain both, phase 2.
+    The kept quizzes satisfy the logged rule, the sidecar matches them one to one (phase,
+    round, generator, probabilities) across the resume, and c_quizzes.pth is the reference layout."""
+    cfg = tiny_config(culture=True, threshold=0.5, culture_batch=40, culture_max_batches=2,
+                      c_quizzes_train=3, c_quizzes_test=1, max_fail=1, nb_models=3)
+    monkeypatch.setattr(training, "solve_probabilities", lambda models, q, **kw: _fake_probabilities(q, len(models)))
+    monkeypatch.setattr(CultureRun, "evaluate_model",
+                        lambda self, model: {"perplexity": 1.0, "accuracy": 1.0, "greedy_accuracy": 1.0})
+    out = tmp_path / "run"
+    run = CultureRun.create(out, cfg)
+    kinds = [type(run.step()).__name__ for _ in range(4)]  # 3 epochs, then phase 1
+    assert kinds == ["EpochReport"] * 3 + ["CultureReport"]
+    run = CultureRun.resume(out)  # as after a kill
+    kinds = [type(run.step()).__name__ for _ in range(4)]  # every model retrains, then phase 2
+    assert kinds == ["EpochReport"] * 3 + ["CultureReport"]
+
+    obj = torch.load(out / "c_quizzes.pth", weights_only=True)
+    assert isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(x, list) for x in obj)
+    train, test = load_c_quizzes(out / "c_quizzes.pth")
+    info = json.loads((out / training.C_QUIZZES_INFO_FILE).read_text())
+    assert len(info["train"]) == len(train) and len(info["test"]) == len(test)
+    phases = [r["phase"] for r in info["train"] + info["test"]]
+    assert set(phases) == {1, 2}
+    assert {r["round"] for r in info["train"] if r["phase"] == 2} == {7}
+    for quiz, r in zip(torch.cat([train, test]), info["train"] + info["test"]):
+        probas = torch.tensor([r["solve_probabilities"]])
+        assert torch.allclose(probas, _fake_probabilities(quiz[None], 3), atol=1e-6)
+        assert validation_rule(probas, understands=0.95, not_understands=0.5, max_fail=1)["kept"].all()
+    logged = [json.loads(line) for line in (out / "culture_log.jsonl").read_text().splitlines()]
+    assert [entry["round"] for entry in logged] == [3, 7]
+    assert sum(entry["kept"] for entry in logged) == len(train) + len(test)

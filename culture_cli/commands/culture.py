@@ -1,0 +1,125 @@
+"""``culture-interp culture report``: what the culture invents (library: culture.culture_report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from culture_cli.common import (
+    JsonOption,
+    ModelsSourceOption,
+    TasksOption,
+    command_group,
+    console,
+    err_console,
+    fail,
+    parse_ids,
+    pct,
+    print_table,
+    progress,
+    write_json_or_fail,
+)
+
+culture_app = command_group("culture", "The culture quizzes of a source: what they invent, who fails them.")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(culture_app, name="culture")
+
+
+def _ci(entry) -> str:
+    if entry is None or entry["value"] is None:
+        return "-"
+    lo, hi = entry["ci95"]
+    return f"{pct(entry['value'])} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _mean(entry) -> str:
+    if entry["value"] is None:
+        return "-"
+    lo, hi = entry["ci95"]
+    return f"{entry['value']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _tables(report: dict) -> list:
+    from rich.table import Table
+
+    cls = report["classification"]
+    t1 = Table(title="Which world rule explains each c-quiz (oracle over the 15 tasks)", title_justify="left")
+    for col, just in (("phase", "right"), ("split", "left"), ("n", "right"), ("matches no rule", "right"),
+                      ("by rule", "left")):
+        t1.add_column(col, justify=just)
+    for row in cls["by_phase"]:
+        rules = ", ".join(f"{k} {v}" for k, v in row["by_rule"].items())
+        t1.add_row(str(row["phase"] if row["phase"] is not None else "?"), row["split"], str(row["n"]),
+                   _ci(row["no_rule"]), rules)
+    ctl = cls["control_world"]
+    t1.caption = (f"control: {ctl['matches_own_task']['n']} world quizzes of {', '.join(ctl['tasks'])} match their own "
+                  f"task {_ci(ctl['matches_own_task'])}, no rule {_ci(ctl['matches_no_rule'])}")
+
+    t2 = Table(title="c-quizzes beside world quizzes (mean [95% bootstrap interval])", title_justify="left")
+    for col in ("statistic", "c-quizzes", "world quizzes"):
+        t2.add_column(col, justify="left" if col == "statistic" else "right")
+    for name, entry in report["statistics"].items():
+        t2.add_row(name, _mean(entry["culture"]), _mean(entry["world"]))
+
+    t3 = Table(title="Who fails the c-quizzes (greedy accuracy [95% Wilson]; fails = solve probability "
+                     f"<= {report['settings']['fail_below']}, both ways, as the keep rule)", title_justify="left")
+    for col in ("model", "made", "greedy on c-quizzes", "greedy on world", "fails now", "failed when kept"):
+        t3.add_column(col, justify="right")
+    for m in report["models"]:
+        t3.add_row(str(m["model"]), str(m["generated"]), _ci(m["greedy_on_culture"]), _ci(m["greedy_on_world"]),
+                   _ci(m["fails_now"]), _ci(m["failed_when_kept"]))
+
+    t4 = Table(title="Models failing each c-quiz", title_justify="left")
+    t4.add_column("models failing", justify="right")
+    t4.add_column("now", justify="right")
+    t4.add_column("when kept", justify="right")
+    now, kept = report["failing_models_per_quiz"]["now"], report["failing_models_per_quiz"]["when_kept"]
+    for c in now:
+        t4.add_row(c, _ci(now[c]), _ci(kept[c]) if kept else "-")
+    return [t1, t2, t3, t4]
+
+
+@culture_app.command("report", help="What the culture invents: each c-quiz checked against the 15 world rules, "
+                                    "statistics beside world quizzes, who fails which, a gallery.")
+def report_command(
+    source: ModelsSourceOption = None,
+    models: Annotated[Optional[list[str]], typer.Option("--models", help="Model ids (default: all).",
+                                                        show_default=False)] = None,
+    tasks: TasksOption = None,
+    num_world: Annotated[int, typer.Option("--num-world", min=1,
+                                           help="World quizzes of the control and the comparison.")] = 500,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the world quizzes and noise draws.")] = 0,
+    png: Annotated[Optional[Path], typer.Option("--png", help="Folder for the gallery PNGs (one per matching rule).",
+                                                show_default=False)] = None,
+    per_group: Annotated[int, typer.Option("--per-group", min=1, help="Quizzes per gallery picture.")] = 6,
+    json_path: JsonOption = None,
+) -> None:
+    from culture.culture_report import culture_report, save_gallery
+    from culture.sources import DEFAULT_SOURCE
+
+    ids = parse_ids(models)
+    src = source or DEFAULT_SOURCE
+    with progress() as bar:
+        tasks_bar = {}
+
+        def tick(what, done, total):
+            if what not in tasks_bar:
+                tasks_bar[what] = bar.add_task(what, total=total)
+            bar.update(tasks_bar[what], completed=done)
+
+        report = culture_report(src, models=ids, tasks=tasks, num_world=num_world, seed=seed, progress=tick)
+    for table in _tables(report):
+        print_table(table)
+    n = report["c_quizzes"]
+    console.print(f"{n['train']} train + {n['test']} test c-quizzes of {report['source']}")
+    if png is not None:
+        if png.exists() and not png.is_dir():
+            fail(f"--png {png}: exists and is not a directory")
+        written = save_gallery(report, src, png, per_group=per_group)
+        err_console.print(f"wrote {len(written)} gallery picture(s) in {png}")
+    if json_path is not None:
+        write_json_or_fail(json_path, report)
