@@ -27,11 +27,15 @@ TARGET_GREEDY_ACCURACY = 0.9
 
 
 def pack_zoo(run_dir, dest=ZOO_DIR, *, models=None, num_samples: int = 500, seed: int = 0,
-             progress=None) -> dict:
-    """Pack ``run_dir`` (a ``culture-interp train`` result) into ``dest``."""
+             progress=None, note: str | None = None) -> dict:
+    """Pack ``run_dir`` (a ``culture-interp train`` result) into ``dest``:
+    fp16 checkpoints, c_quizzes.pth with its sidecar, zoo.json and the model
+    card (evaluated on world quizzes alone and with the test c-quizzes mixed
+    in, as ``eval`` does). ``note``: a sentence for the card (e.g. why the
+    culture threshold differs from the reference's)."""
     from culture.evaluation import evaluate, make_test_set
     from culture.sae.common import BUNDLED_SAE_FOLDER
-    from culture.training import CONFIG_FILE, STATE_FILE, run_stages
+    from culture.training import C_QUIZZES_INFO_FILE, CONFIG_FILE, STATE_FILE, run_stages
 
     run_dir, dest = Path(run_dir), Path(dest)
     cfg_path = run_dir / CONFIG_FILE
@@ -60,9 +64,18 @@ def pack_zoo(run_dir, dest=ZOO_DIR, *, models=None, num_samples: int = 500, seed
             save_c_quizzes(dest / "c_quizzes.pth", [train], [test])
         elif (dest / "c_quizzes.pth").exists():
             (dest / "c_quizzes.pth").unlink()
+    sidecar = run_dir / C_QUIZZES_INFO_FILE
+    if sidecar.is_file() and (dest / "c_quizzes.pth").exists():
+        atomic_write_text(dest / C_QUIZZES_INFO_FILE, sidecar.read_text())
+    elif (dest / C_QUIZZES_INFO_FILE).exists():
+        (dest / C_QUIZZES_INFO_FILE).unlink()
     test_c = load_c_quizzes(dest / "c_quizzes.pth")[1] if (dest / "c_quizzes.pth").exists() else None
     test_set = make_test_set(n=num_samples, tasks=config.get("tasks"), c_quizzes=test_c, seed=seed)
     results = evaluate(loaded, test_set, progress=progress)
+    world_results = results
+    if test_c is not None and len(test_c):
+        world_set = make_test_set(n=num_samples, tasks=config.get("tasks"), seed=seed)
+        world_results = evaluate(loaded, world_set, progress=progress)
     stages = run_stages(config, state)  # the --init-from source's stages, then this run
     info = {
         "command": config.get("command"),
@@ -76,7 +89,10 @@ def pack_zoo(run_dir, dest=ZOO_DIR, *, models=None, num_samples: int = 500, seed
         "training_seconds": sum(float(st["training_seconds"] or 0.0) for st in stages),
         "stages": stages,
         "c_quizzes": {"train": n_c[0], "test": n_c[1]},
+        "culture_phases": [dict(r) for r in state.get("culture_reports", [])],
+        "note": note,
         "evaluation": {"num_samples": num_samples, "seed": seed, "results": results.to_dict()},
+        "evaluation_world": {"num_samples": num_samples, "seed": seed, "results": world_results.to_dict()},
     }
     atomic_write_json(dest / "zoo.json", info)
     atomic_write_text(dest / "MODEL_CARD.md", model_card(info))
@@ -147,11 +163,44 @@ def _last_options(cfg: dict) -> str:
     return "; since the last resume: " + "; ".join(parts) if parts else ""
 
 
+def _culture_lines(info: dict) -> list[str]:
+    """The culture phases: rule, threshold, cost per phase (candidates, kept, time)."""
+    phases = info.get("culture_phases") or []
+    cfg = info["run_config"]
+    if not phases:
+        return [f"- culture phases: none (the models never reached the threshold {cfg.get('threshold')})"]
+    lines = ["", "## Culture phases", ""]
+    threshold = cfg.get("threshold")
+    lines.append(f"A phase runs when every model's expected sampled accuracy on the run's test set is at least "
+                 f"{threshold}" + (" (the reference's 0.95)." if threshold == 0.95 else
+                                  f" (the reference uses 0.95; this zoo {threshold})."))
+    if info.get("note"):
+        lines.append(info["note"])
+    rule = phases[0].get("rule", {})
+    lines += ["", f"Keep rule (the reference's): every model solves a candidate both ways with probability "
+                  f">= {rule.get('understands')} or <= {rule.get('not_understands')} (averaged over "
+                  f"{rule.get('averaging_rounds')} prompt-noise draws), and 1 to {rule.get('max_fail')} models "
+                  f"are <= {rule.get('not_understands')}. Per kept quiz, `c_quizzes_info.json` records the phase, "
+                  "the generating model and every model's solve probability.", "",
+              "| phase | round | batches | generated | trivial | undecided | solved by all | failed by too many "
+              "| kept (train + test) | time |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for i, p in enumerate(phases, 1):
+        lines.append(f"| {i} | {p.get('round')} | {p.get('batches')} | {p.get('generated')} | {p.get('trivial')} | "
+                     f"{p.get('undecided')} | {p.get('too_easy')} | {p.get('too_hard')} | {p.get('kept')} "
+                     f"({p.get('kept_train')} + {p.get('kept_test')}) | {float(p.get('seconds') or 0) / 60:.1f} min |")
+    lines += ["", "What the culture invents: `culture-interp culture report --source bundled`."]
+    return lines
+
+
 def model_card(info: dict) -> str:
     cfg = info["run_config"]
     arch = info["architecture"]
-    results = info["evaluation"]["results"]
+    results = (info.get("evaluation_world") or info["evaluation"])["results"]
     rows = results["models"] if isinstance(results, dict) and "models" in results else results
+    mixed = info["evaluation"]["results"]
+    mixed_rows = mixed["models"] if isinstance(mixed, dict) and "models" in mixed else mixed
+    n_c = info["c_quizzes"]["train"] + info["c_quizzes"]["test"]
     lines = [
         "# culture-interp bundled zoo",
         "",
@@ -177,9 +226,11 @@ def model_card(info: dict) -> str:
         f"dropout {cfg.get('dropout')}, prompt noise {cfg.get('prompt_noise')}{_last_options(cfg)}",
         f"- training time: {info['training_seconds'] / 3600:.2f} h on CPU (2 cores)",
         f"- culture quizzes: {info['c_quizzes']['train']} train, {info['c_quizzes']['test']} test",
+        *_culture_lines(info),
         "",
         "## Accuracy (culture-interp eval, "
-        f"{info['evaluation']['num_samples']} quizzes, seed {info['evaluation']['seed']})",
+        f"{info['evaluation']['num_samples']} quizzes, seed {info['evaluation']['seed']}"
+        + (", world quizzes only: `--no-c-quizzes`)" if n_c else ")"),
         "",
         "| model | perplexity | greedy acc | expected sampled acc |",
         "|---|---|---|---|",
@@ -189,7 +240,18 @@ def model_card(info: dict) -> str:
     lines += _greedy_table(rows, "by_task", "Greedy accuracy per task:", sorted)
     lines += _greedy_table(rows, "by_structure", f"Greedy accuracy per structure ({_noised_structures()}):",
                            lambda keys: sorted(keys, key=_structure_order))
-    lines += ["", "Reproduce: `culture-interp eval --models "
-              + " ".join(str(k) for k in range(len(rows)))
-              + f" --source bundled --num-samples {info['evaluation']['num_samples']}`", ""]
+    ids = " ".join(str(k) for k in range(len(rows)))
+    n = info['evaluation']['num_samples']
+    lines += ["", f"Reproduce: `culture-interp eval --models {ids} --source bundled --num-samples {n}"
+              + (" --no-c-quizzes`" if n_c else "`")]
+    if n_c and mixed_rows and "culture" in mixed_rows[0].get("by_task", {}):
+        lines += ["", f"With the test c-quizzes mixed in (the reference protocol, `culture-interp eval --models {ids} "
+                      f"--source bundled --num-samples {n}`), greedy / expected accuracy on the "
+                      f"{mixed_rows[0]['by_task']['culture']['n']} c-quizzes of that test set:", "",
+                  "| model | culture greedy | culture expected | all greedy |", "|---|---|---|---|"]
+        for k, r in enumerate(mixed_rows):
+            c = r["by_task"]["culture"]
+            lines.append(f"| {k} | {c['greedy_accuracy']:.3f} | {c['expected_accuracy']:.3f} | "
+                         f"{r['greedy_accuracy']:.3f} |")
+    lines.append("")
     return "\n".join(lines)

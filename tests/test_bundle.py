@@ -76,3 +76,29 @@ def test_card_names_the_last_stage_options():
     text = _last_options({"ema_decay": 0.999, "train_structures": [1, 2]})
     assert "EMA, decay 0.999" in text and "shipped weights are the average" in text
     assert text.endswith("structures 1, 2")
+
+
+def test_pack_zoo_ships_c_quizzes_sidecar_and_culture_costs(tmp_path, monkeypatch):
+    from culture import training
+    from culture.quizfile import load_c_quizzes
+    from tests.test_training import _fake_probabilities
+
+    monkeypatch.setattr(training, "solve_probabilities", lambda models, q, **kw: _fake_probabilities(q, len(models)))
+    run_dir = tmp_path / "run"
+    cfg = TrainConfig(nb_models=3, model="17K", tasks=("frame",), train_samples=25, test_samples=10, culture=True,
+                      threshold=0.0, culture_batch=40, culture_max_batches=2, c_quizzes_train=3, c_quizzes_test=2,
+                      max_fail=1, eval_batch_size=10)
+    run = CultureRun.create(run_dir, cfg)
+    run.step()  # accuracies 0 >= threshold 0: a culture phase
+    dest = tmp_path / "zoo"
+    info = pack_zoo(run_dir, dest, num_samples=12, note="Threshold forced to 0 for the test.")
+    train, test = load_c_quizzes(dest / "c_quizzes.pth")
+    sidecar = json.loads((dest / "c_quizzes_info.json").read_text())
+    assert len(sidecar["train"]) == len(train) and len(sidecar["test"]) == len(test) and len(train) > 0
+    assert info["culture_phases"][0]["kept"] == len(train) + len(test)
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "## Culture phases" in card and "Threshold forced to 0 for the test." in card
+    assert f"| 1 | 0 | {info['culture_phases'][0]['batches']} | {info['culture_phases'][0]['generated']} |" in card
+    assert "--no-c-quizzes" in card  # the headline accuracy is on world quizzes only
+    if len(test):
+        assert "culture greedy" in card

@@ -23,12 +23,14 @@ def pack(
     dest: Optional[Path] = typer.Option(None, "--dest", help="Zoo folder (default: the package's culture/zoo)."),
     models: Optional[list[int]] = typer.Option(None, "--models", help="Which models of the run (default: all)."),
     num_samples: int = typer.Option(500, "--num-samples", min=1, help="Quizzes for the model card's evaluation."),
+    note: Optional[str] = typer.Option(None, "--note", help="A sentence for the model card's culture section "
+                                       "(e.g. why the threshold differs from the reference's).", show_default=False),
 ) -> None:
     from culture.bundle import ZOO_DIR, pack_zoo
 
     if not run.is_dir():
         fail(f"run directory not found: {run}")
-    info = pack_zoo(run, dest or ZOO_DIR, models=models, num_samples=num_samples)
+    info = pack_zoo(run, dest or ZOO_DIR, models=models, num_samples=num_samples, note=note)
     rows = info["evaluation"]["results"]["models"]
     for k, r in enumerate(rows):
         console.print(f"model {k}: greedy {r['greedy_accuracy']:.4f}  expected {r['expected_accuracy']:.4f}")
