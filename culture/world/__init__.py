@@ -9,6 +9,9 @@ uniformly from the requested list.
     >>> q = generate_quizzes(1000, seed=0)             # (1000, 404) LongTensor
     >>> q, task = generate_quizzes_with_tasks(1000, ["frame", "contact"], seed=0)
     >>> TASKS[task[0]]                                  # the task of quiz 0
+    >>> q, task, params = generate_quizzes_with_params(1000, seed=0)  # same q, plus latent parameters
+    >>> params[0]                                       # e.g. {"src": 3, "dst": 7, ...}; see PARAMETERS
+    >>> clean, corrupted = generate_pairs(200, "replace_color", "dst", seed=0)  # see PAIR_FACTORS
 
 Each task generates a whole batch at once with NumPy (rejection sampling
 redraws only the rejected rows, all of them together); the task modules are
@@ -38,6 +41,12 @@ draws.
 :mod:`culture.world.scalar` is a slow one-quiz-at-a-time implementation of
 the same rules, used as the benchmark baseline and as the distribution oracle
 in the tests.
+
+Every task generator is a :class:`~culture.world._common.TaskRule`: per-quiz
+parameters, then per-pair layout, then rendering. That split lets
+:func:`generate_quizzes_with_params` record the draws without changing the
+random stream, and :mod:`culture.world.pairs` re-render a B grid under other
+parameters (counterfactual pairs).
 
 Reproducibility: the same (n, tasks, seed) always gives the same quizzes; the
 output for a smaller n is *not* a prefix of the output for a larger one.

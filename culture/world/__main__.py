@@ -1,14 +1,14 @@
 """Tables of the world generator's ground truth, as Markdown:
 
     python -m culture.world parameters        # PARAMETERS: per-quiz parameters of every task
-    python -m culture.world factors [--n N]   # PAIR_FACTORS, with the share of clean quizzes kept
+    python -m culture.world factors [--n N]   # PAIR_FACTORS but `example`, with the share of clean quizzes kept
 """
 
 from __future__ import annotations
 
 import argparse
 
-from culture.world import PARAMETERS, TASKS
+from culture.world import PAIR_FACTORS, PARAMETERS, TASKS
 from culture.world.pairs import factor_table
 
 
@@ -31,9 +31,15 @@ def main(argv=None) -> None:
         return
     print(_row(["task", "factor", "what the corrupted side changes", f"clean quizzes kept (of {args.n})"]))
     print(_row(["---"] * 4))
-    for task, factor, text, kept in factor_table(args.n, args.seed):
-        print(_row([task, f"`{factor}`", text, kept]))
-
+    rows = factor_table(args.n, args.seed)
+    for t in TASKS:
+        mine = [r for r in rows if r[0] == t and r[1] != "example"]
+        for task, factor, text, kept in mine:
+            print(_row([task, f"`{factor}`", text, kept]))
+        if not mine:
+            print(_row([t, "-", "none: every parameter of the rule shows in B", "-"]))
+    print()
+    print(f"Every task also has `example`: {PAIR_FACTORS[TASKS[0]]['example']}.")
 
 if __name__ == "__main__":
     main()
