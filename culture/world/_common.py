@@ -5,6 +5,7 @@ Conventions used by every vectorised task
 -----------------------------------------
 * A task generator has the signature ``task(rng, n) -> uint8 array (n, 4, 100)``:
   ``n`` quizzes, blocks in canonical order A, f(A), B, f(B), cells row-major.
+  Each is a :class:`TaskRule` (parameters, layout, render steps; see there).
 * Internally a task works on ``2n`` *pairs* (X, f(X)): rows ``0..n-1`` are the
   (A, f(A)) pairs and rows ``n..2n-1`` the (B, f(B)) pairs of the same quizzes.
   Parameters shared by the two pairs of a quiz (colours, direction...) are drawn
