@@ -74,3 +74,16 @@ def test_cli_report_gallery_json_and_errors(tmp_path, capsys):
     assert all(q["phase"] is None for q in rep["quizzes"])  # no sidecar: phase unknown
     (src / "c_quizzes.pth").unlink()
     assert "has no c-quizzes" in error_line(capsys, "culture", "report", "--source", src)
+
+
+def test_yield_counts_every_candidate_once(tmp_path, capsys):
+    src = make_local_source(tmp_path, n_models=2, with_c_quizzes=False)
+    code, out, err = run_cli(capsys, "culture", "yield", "--source", src, "--candidates", "6", "--num-world", "4",
+                             "--tasks", "frame", "--json", tmp_path / "y.json")
+    assert code == 0, err
+    res = json.loads((tmp_path / "y.json").read_text())
+    for part, n in (("candidates", 6), ("world", 4)):
+        v = res[part]["verdicts"]
+        assert res[part]["n"] == n
+        assert sum(v[k]["k"] for k in ("trivial", "kept", "undecided", "too_easy", "too_hard")) == n
+    assert "world quizzes (control)" in out

@@ -123,3 +123,56 @@ def report_command(
         err_console.print(f"wrote {len(written)} gallery picture(s) in {png}")
     if json_path is not None:
         write_json_or_fail(json_path, report)
+
+
+@culture_app.command("yield", help="Can these models make a culture? The keep rule's verdicts on candidates they "
+                                   "generate and, as the control, on world quizzes.")
+def yield_command(
+    source: ModelsSourceOption = None,
+    models: Annotated[Optional[list[str]], typer.Option("--models", help="Model ids (default: all).",
+                                                        show_default=False)] = None,
+    tasks: TasksOption = None,
+    candidates: Annotated[int, typer.Option("--candidates", min=1, help="Candidates to generate (models in turn).")] = 100,
+    num_world: Annotated[int, typer.Option("--num-world", min=1, help="World quizzes of the control.")] = 100,
+    temperature_hot: Annotated[float, typer.Option("--temperature-hot", min=0.0,
+                                                   help="Temperature of the first generated block (reference 1.5).")] = 1.5,
+    max_fail: Annotated[int, typer.Option("--max-fail", min=1, help="At most this many models may fail a kept quiz.")] = 2,
+    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    json_path: JsonOption = None,
+) -> None:
+    from rich.table import Table
+
+    from culture.culture_report import culture_yield
+    from culture.sources import DEFAULT_SOURCE
+
+    with progress() as bar:
+        bars = {}
+
+        def tick(what, done, total):
+            if what not in bars:
+                bars[what] = bar.add_task(what, total=total)
+            bar.update(bars[what], completed=done)
+
+        res = culture_yield(source or DEFAULT_SOURCE, models=parse_ids(models), candidates=candidates,
+                            num_world=num_world, tasks=tasks, seed=seed, temperature_hot=temperature_hot,
+                            max_fail=max_fail, progress=tick)
+    st = res["settings"]
+    table = Table(title=f"The keep rule on {st['candidates']} generated candidates and {st['num_world']} world quizzes "
+                        f"(solve both ways >= {st['understands']} or <= {st['not_understands']}, "
+                        f"1..{st['max_fail']} fail; share [95% Wilson])", title_justify="left")
+    table.add_column("verdict")
+    table.add_column("candidates", justify="right")
+    table.add_column("world quizzes (control)", justify="right")
+    for key in res["candidates"]["verdicts"]:
+        table.add_row(key.replace("_", " "), _ci(res["candidates"]["verdicts"][key]), _ci(res["world"]["verdicts"][key]))
+    for k in res["candidates"]["solves"]:
+        table.add_row(f"model {k} solves (>= {st['understands']})", _ci(res["candidates"]["solves"][k]),
+                      _ci(res["world"]["solves"][k]))
+    for k, qs in res["candidates"]["solve_probability_quantiles"].items():
+        w = res["world"]["solve_probability_quantiles"][k]
+        table.add_row(f"model {k} solve probability p10 / median / p90",
+                      f"{qs['p10']:.2f} / {qs['median']:.2f} / {qs['p90']:.2f}",
+                      f"{w['p10']:.2f} / {w['median']:.2f} / {w['p90']:.2f}")
+    print_table(table)
+    if json_path is not None:
+        write_json_or_fail(json_path, res)

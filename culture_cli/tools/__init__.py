@@ -1,0 +1,1 @@
+"""Contributor tools (not part of the ``culture-interp`` command line)."""
