@@ -10,13 +10,11 @@ the exact command, seeds, tasks, sizes, accuracies and training time.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import torch
 
-from culture.errors import CultureError
-from culture.io import atomic_write_json, atomic_write_text
+from culture.errors import CultureError, first_sentence
+from culture.io import atomic_dir, atomic_write_json, atomic_write_text, load_tensors
 from culture.mygpt import load_mygpt, save_checkpoint
 from culture.quiz import STRUCTURES
 from culture.quizfile import load_c_quizzes, save_c_quizzes
@@ -28,28 +26,39 @@ TARGET_GREEDY_ACCURACY = 0.9
 
 def pack_zoo(run_dir, dest=ZOO_DIR, *, models=None, num_samples: int = 500, seed: int = 0,
              progress=None, note: str | None = None) -> dict:
-    """Pack ``run_dir`` (a ``culture-interp train`` result) into ``dest``:
-    fp16 checkpoints, c_quizzes.pth with its sidecar, zoo.json and the model
-    card (evaluated on world quizzes alone and with the test c-quizzes mixed
-    in, as ``eval`` does). ``note``: a sentence for the card (e.g. why the
-    culture threshold differs from the reference's)."""
-    from culture.evaluation import evaluate, make_test_set
-    from culture.sae.common import BUNDLED_SAE_FOLDER
-    from culture.training import C_QUIZZES_INFO_FILE, CONFIG_FILE, STATE_FILE, run_stages
+    """Pack ``run_dir`` (a ``culture-interp train`` result) into ``dest``,
+    which is replaced whole (atomically): fp16 checkpoints, c_quizzes.pth with
+    its sidecar, zoo.json and the model card (evaluated on world quizzes alone
+    and with the test c-quizzes mixed in, as ``eval`` does). ``note``: a
+    sentence for the card (e.g. why the culture threshold differs from the
+    reference's)."""
+    from culture.training import CONFIG_FILE, STATE_FILE
 
     run_dir, dest = Path(run_dir), Path(dest)
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.is_file():
         raise CultureError(f"{run_dir} is not a training run ({CONFIG_FILE} missing)")
-    config = json.loads(cfg_path.read_text())
-    state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CultureError(f"{cfg_path}: unreadable run configuration ({first_sentence(exc)})") from None
+    state = load_tensors(run_dir / STATE_FILE, CultureError, "training state")
     ids = list(range(config["nb_models"])) if models is None else list(models)
-    dest.mkdir(parents=True, exist_ok=True)
-    for old in dest.glob("gpt_*.pth"):
-        old.unlink()
-    stale_saes = dest / BUNDLED_SAE_FOLDER  # SAEs of the previous weights no longer fit
-    if stale_saes.is_dir():
-        shutil.rmtree(stale_saes)
+    for k in ids:
+        if not (run_dir / f"gpt_{k:03d}.pth").is_file():
+            raise CultureError(f"{run_dir} has no model {k} (gpt_{k:03d}.pth)")
+    # the zoo is built in a staging folder and replaces dest whole at the end (its
+    # old SAEs go with it: they do not fit the new weights); a failure leaves dest as it was
+    with atomic_dir(dest) as staging:
+        info = _pack_into(staging, run_dir, config, state, ids, num_samples, seed, progress, note)
+    return info
+
+
+def _pack_into(dest: Path, run_dir: Path, config: dict, state: dict, ids: list[int], num_samples: int,
+               seed: int, progress, note: str | None = None) -> dict:
+    from culture.evaluation import evaluate, make_test_set
+    from culture.training import C_QUIZZES_INFO_FILE, run_stages
+
     loaded = []
     for new_id, k in enumerate(ids):
         model, acc = load_mygpt(run_dir / f"gpt_{k:03d}.pth")

@@ -84,16 +84,17 @@ def _meta_table(meta: dict) -> str:
 
 def _summary_table(features: list[dict]) -> str:
     head = ("<tr><th>feature</th><th>token freq</th><th>quiz freq</th><th>mean act</th><th>max act</th>"
-            '<th class="l">most frequent in</th><th class="l">promotes</th></tr>')
+            '<th class="l">most frequent in</th><th class="l">promotes</th><th class="l">suppresses</th></tr>')
     rows = []
     for f in features:
         tasks = sorted(((v.get("token_frequency") or 0.0, k) for k, v in f["by_task"].items()), reverse=True)
         top_task = f"{tasks[0][1]} ({_pct(tasks[0][0])})" if tasks and tasks[0][0] > 0 else "-"
         promotes = " ".join(_swatch(c) + _e(c) for c, _ in f.get("promotes") or []) or "-"
+        suppresses = " ".join(_swatch(c) + _e(c) for c, _ in f.get("suppresses") or []) or "-"
         rows.append(f'<tr><td><a href="#f-{f["id"]}">{f["id"]}</a></td><td>{_pct(f["token_frequency"])}</td>'
                     f'<td>{_pct(f["quiz_frequency"])}</td><td>{_num(f["mean_activation"])}</td>'
                     f'<td>{_num(f["max_activation"])}</td><td class="l">{_e(top_task)}</td>'
-                    f'<td class="l">{promotes}</td></tr>')
+                    f'<td class="l">{promotes}</td><td class="l">{suppresses}</td></tr>')
     return f"<table>{head}{''.join(rows)}</table>"
 
 

@@ -54,7 +54,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -64,7 +63,7 @@ import numpy as np
 import torch
 
 from culture.errors import CultureError
-from culture.io import check_out_dir, replace_dir
+from culture.io import OutputSet, check_out_dir, existing_ancestor
 from culture.quiz import (
     EVAL_STRUCTURES,
     QUIZ_LEN,
@@ -397,7 +396,8 @@ def resolve_dataset_tasks(tasks: str | Iterable[str] | None) -> tuple[str, ...]:
 def load_source_c_quizzes(source: str | os.PathLike) -> torch.Tensor:
     """The *test* c-quizzes (k, 404) of a model source (``bundled``, a
     directory, a hub repo id — see ``culture.sources``) or of a
-    ``c_quizzes.pth`` file."""
+    ``c_quizzes.pth`` file; none (0, 404) when the source has no c-quizzes
+    (the bundled zoo, a run whose culture phase never ran)."""
     path = Path(os.fspath(source)).expanduser()
     if path.is_file():
         from culture.quizfile import load_c_quizzes
@@ -409,7 +409,7 @@ def load_source_c_quizzes(source: str | os.PathLike) -> torch.Tensor:
         raise DatasetBuildError(f"c-quiz file not found: {source}") from None
     pair = resolve_source(source).c_quizzes()
     if pair is None:
-        raise DatasetBuildError(f"source {source} has no c-quizzes (c_quizzes.pth)")
+        return torch.empty(0, QUIZ_LEN, dtype=torch.long)
     return pair[1]
 
 
@@ -485,14 +485,15 @@ def build_dataset(
     labels_sorted = sorted(counts)
     label_id = {name: i for i, name in enumerate(labels_sorted)}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     need = total * (SEQ_LEN * 4 * (2 if partitioned else 1) + SEQ_LEN) * 1.1
-    free = shutil.disk_usage(out.parent).free
+    free = shutil.disk_usage(existing_ancestor(out.parent)).free
     if need > free:
         raise DatasetBuildError(f"not enough disk space in {out.parent}: about {need / 1e9:.1f} GB needed, "
                                 f"{free / 1e9:.1f} GB free")
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # staging folder next to out (culture.io's temporary names: a killed build's is removed by the next one)
+    staged = OutputSet()
+    tmp = staged.dir(out)
     try:
         staging = tmp / ".staging.u8"
         with open(staging, "wb") as f:
@@ -633,9 +634,9 @@ def build_dataset(
                  "partitioned": partitioned, "parquet": parquet}
         (tmp / "build.json").write_text(json.dumps(build, indent=2) + "\n")
         check_out_dir(out, overwrite, DatasetBuildError)  # still free (nothing raced us)?
-        replace_dir(tmp, out)
+        staged.commit()
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        staged.rollback()
         raise
     return report
 

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from culture.errors import CultureError
+from culture.errors import CultureError, first_sentence
 from culture.mygpt import GPTConfig, MyGPT, sinusoidal_positions
 from culture.quiz import QUIZ_LEN
 from culture.sources import DEFAULT_SOURCE
@@ -411,7 +411,10 @@ def load_converted(directory: str | os.PathLike, device="cpu", sae: bool = False
 
         params = load_file(str(w_path), device=str(device))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several kinds
-        raise HookedConversionError(f"{w_path}: not a readable safetensors file ({str(exc)[:120]})") from None
+        raise HookedConversionError(f"{w_path}: not a readable safetensors file ({first_sentence(exc)})") from None
+    from culture.io import check_finite
+
+    check_finite(params, str(w_path), HookedConversionError)
     hooked = _empty_hooked(cfg, sae)
     try:
         _load_hooked_params(hooked, params)
@@ -423,14 +426,18 @@ def load_converted(directory: str | os.PathLike, device="cpu", sae: bool = False
     return hooked.eval()
 
 
-def max_logit_diff(model: MyGPT, hooked: HookedTransformer, quizzes: torch.Tensor) -> float:
-    """max |MyGPT(quizzes) - hooked(BOS + quizzes[:-1])| over all logits."""
+def max_logit_diff(model: MyGPT, hooked: HookedTransformer, quizzes: torch.Tensor,
+                   with_scale: bool = False) -> float | tuple[float, float]:
+    """max |MyGPT(quizzes) - hooked(BOS + quizzes[:-1])| over all logits; with
+    ``with_scale`` also max |logit|, the scale float32 rounding is relative to
+    (both models compute in float32; fp16 checkpoints are upcast on load)."""
     device = model.token_embedding.weight.device
     quizzes = quizzes.to(device)
-    with torch.no_grad():
+    with torch.inference_mode():
         ours = model(quizzes)
         theirs = hooked_logits(hooked, quizzes).to(ours)
-    return float((ours - theirs).abs().max().item())
+    diff = float((ours - theirs).abs().max().item())
+    return (diff, float(ours.abs().max().item())) if with_scale else diff
 
 
 __all__ = [

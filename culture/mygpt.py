@@ -333,20 +333,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, float | None]:
     Uses ``torch.load(weights_only=True)``: a pickle that would run code is
     refused, never executed.
     """
+    from culture.io import check_finite, load_tensors
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds
-        text = str(exc)
-        if "Unsupported global" in text or "GLOBAL" in text:
-            raise CheckpointError(
-                f"{path}: refused, the file holds code or objects beyond tensors (loaded with weights_only=True)"
-            ) from None
-        detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
-        detail = detail[0] if detail else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({detail[:120]})") from None
+    obj = load_tensors(path, CheckpointError, "checkpoint")
     if isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], dict):
         state, accuracy = obj
     elif isinstance(obj, dict):
@@ -355,11 +345,18 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, float | None]:
         raise CheckpointError(f"{path}: expected (state_dict, accuracy), got {type(obj).__name__}")
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: state dict holds non-tensor values")
+    for key, value in state.items():
+        if not value.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {key} has dtype {str(value.dtype).removeprefix('torch.')}, "
+                                  "expected floating-point weights")
+    check_finite(state, path, CheckpointError)
     if accuracy is not None:
         try:
             accuracy = float(accuracy)
         except (TypeError, ValueError):
             raise CheckpointError(f"{path}: accuracy is not a number") from None
+        if not math.isfinite(accuracy):
+            raise CheckpointError(f"{path}: the stored accuracy is {accuracy}, not a number in [0, 1]")
     return state, accuracy
 
 

@@ -243,9 +243,9 @@ def hub_cache_dir() -> Path:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line[:200]
+    from culture.errors import first_sentence
+
+    return first_sentence(exc)
 
 
 def _is_network_error(exc: BaseException) -> bool:

@@ -48,13 +48,11 @@ Nothing here reaches the network except :func:`push_tokenizer`.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from culture.errors import CultureError
 from culture.hub import check_push, check_repo_id, hub_offline, push_error  # noqa: F401 - also importable from here
-from culture.io import check_out_dir, replace_dir
+from culture.io import atomic_dir, check_out_dir
 
 #: id -> word for the 15 model tokens (cells 0..10 as hex digits, then markers)
 TOKEN_WORDS: tuple[str, ...] = tuple(f"{i:x}" for i in range(11)) + ("X", "f_X", "Y", "f_Y")
@@ -133,14 +131,8 @@ def save_tokenizer(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
     non-empty ``out`` is replaced only with ``overwrite``."""
     out = Path(out)
     check_out_dir(out, overwrite, TokenizerError)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         build_tokenizer().save_pretrained(str(tmp))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

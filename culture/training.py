@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -49,7 +50,7 @@ import torch.nn.functional as F
 
 from culture import quiz as Q
 from culture.errors import CultureError
-from culture.io import atomic_torch_save, atomic_write_json
+from culture.io import atomic_torch_save, atomic_write_json, make_parents, remove_empty
 from culture.mygpt import PRESETS, GPTConfig, MyGPT, read_checkpoint, save_checkpoint
 from culture.quizfile import load_c_quizzes, save_c_quizzes
 
@@ -289,12 +290,36 @@ class CultureRun:
         "bundled", hub id) starts model k from that source's model k instead of
         random weights (same architecture required; Adam starts fresh)."""
         out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise TrainingError(f"{out} exists and is not a directory")
         if out.exists() and any(out.iterdir()):
             raise TrainingError(f"{out} is not empty: use --resume to continue it, or another --out")
+        # every setting checked before anything is written
         _check_tasks(config.tasks)
         config.structures()  # fails early on an unknown structure
+        config.gpt_config()  # unknown preset, heads that do not divide the width
+        if init_from is not None:
+            from culture.sources import resolve_source
+
+            src = resolve_source(init_from)
+            for k in range(config.nb_models):
+                src.check_model_id(k)
+        existed = out.exists()
+        made = make_parents(out)
+        try:
+            return cls._create(out, config, hooks, command, init_from)
+        except BaseException:  # a run that could not start leaves nothing behind
+            if existed:  # it was empty
+                for entry in out.iterdir():
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+            remove_empty(made)
+            raise
+
+    @classmethod
+    def _create(cls, out: Path, config: TrainConfig, hooks, command, init_from) -> "CultureRun":
         run = cls(out, config, hooks)
-        out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(_seed(config.seed, 0))
         cfg = config.gpt_config()
         for k in range(config.nb_models):

@@ -1,8 +1,36 @@
 """Helpers shared by the commands: console, errors, JSON output, progress,
-tables, option checks and the options several commands declare alike."""
+tables, option checks and the options several commands declare alike.
+
+Outputs -- how every command gets its output paths checked before any work
+--------------------------------------------------------------------------
+``culture_cli.main`` wraps every registered command: before the command's
+body runs (so before any model is loaded), each of its *output options* is
+checked with :func:`culture.io.check_output`, and a path that cannot be
+written -- its parent is a file, a file is expected where a directory is (or
+the reverse), the folder is not writable, two outputs are the same path, an
+output would overwrite one of the command's inputs, a folder to be replaced is
+not empty without ``--overwrite`` -- gives one ``error:`` line and exit code 2.
+
+An output option is a ``Path`` option that is
+
+* declared with a marker: ``Annotated[OptionalOutputFile, typer.Option("--json", ...)]``
+  (a file written whole), :data:`OutputDir` / :data:`OptionalOutputDir` (a
+  folder written whole; refused when it exists and is not empty unless the
+  command's ``--overwrite`` is on, when it has one), :data:`OutputFolder` /
+  :data:`OptionalOutputFolder` (a folder files are added to); or
+* unmarked but named ``--json`` or ``--png`` (a file) or ``--out`` / ``-o`` /
+  ``--output`` / ``--dest`` (a folder written whole) -- mark it when it is
+  something else.
+
+A command writing several outputs writes them through one
+:class:`culture.io.OutputSet` (all staged, renamed into place only when all
+succeeded), so a failure half-way leaves none of them. Temporary files are
+``.culture-tmp.*`` entries next to the output; later runs remove stale ones.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -29,11 +57,12 @@ def plain_output() -> bool:
     return bool(os.environ.get("NO_COLOR")) or not sys.stdout.isatty()
 
 
-def write_json(path, obj) -> None:
+def write_json(path, obj, announce: bool = True) -> None:
     from culture.io import atomic_write_json
 
     atomic_write_json(path, obj)
-    err_console.print(f"wrote {path}")
+    if announce:
+        err_console.print(f"wrote {path}", highlight=False)
 
 
 def write_json_or_fail(path, obj) -> None:
@@ -42,6 +71,28 @@ def write_json_or_fail(path, obj) -> None:
         write_json(path, obj)
     except OSError as exc:
         fail(f"cannot write {path}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def outputs(announce: bool = True):
+    """A :class:`culture.io.OutputSet` for a command's outputs: write each
+    one to the staging path ``outputs.file(path)`` / ``outputs.dir(path)``
+    gives; all are renamed into place when the block ends without error, none
+    otherwise. An OSError becomes one error line; ``announce`` prints
+    "wrote PATH" for each output once it is in place."""
+    from culture.io import OutputSet
+
+    staged = OutputSet()
+    try:
+        with staged:
+            yield staged
+    except OSError as exc:
+        where = str(getattr(exc, "filename", None) or "")
+        where = f" {where}" if where and ".culture-tmp." not in where else " the outputs"
+        fail(f"cannot write{where}: {exc.strerror or exc} (no output written)")
+    if announce:
+        for path in staged.committed:
+            err_console.print(f"wrote {path}", highlight=False)
 
 
 def progress() -> Progress:
@@ -124,6 +175,186 @@ def check_test_set_options(num_samples: int, batch_size: int, seed: int, noise: 
     check_noise(noise)
 
 
+def given_options() -> set[str]:
+    """Names of the parameters of the running command that the user gave
+    (on the command line or through the environment), not left at their default."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer
+        get_current_context = click_module().get_current_context
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return set()
+    out = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT"):
+            out.add(name)
+    return out
+
+
+def option_flag(name: str) -> str:
+    """The option of the running command for parameter ``name`` (``--max-rounds``)."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer
+        get_current_context = click_module().get_current_context
+    ctx = get_current_context(silent=True)
+    for param in (ctx.command.params if ctx is not None else []):
+        if param.name == name and getattr(param, "opts", None):
+            return max(param.opts, key=len)
+    return "--" + name.replace("_", "-")
+
+
+# ------------------------------------------------------------------ output markers
+
+
+class OutputKind:
+    """Marks an option as an output (see the module docstring): put it in the
+    ``Annotated[...]`` of the parameter; :data:`OutputFile` & co. do."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"OutputKind({self.kind!r})"
+
+
+OUTPUT_FILE = OutputKind("file")
+OUTPUT_DIR = OutputKind("dir")
+OUTPUT_FOLDER = OutputKind("merge")
+
+OutputFile = Annotated[Path, OUTPUT_FILE]
+OptionalOutputFile = Annotated[Optional[Path], OUTPUT_FILE]
+OutputDir = Annotated[Path, OUTPUT_DIR]
+OptionalOutputDir = Annotated[Optional[Path], OUTPUT_DIR]
+OutputFolder = Annotated[Path, OUTPUT_FOLDER]
+OptionalOutputFolder = Annotated[Optional[Path], OUTPUT_FOLDER]
+
+#: option names that are outputs when not marked otherwise: file or folder written whole
+OUTPUT_FILE_NAMES = ("--json", "--png")
+OUTPUT_DIR_NAMES = ("--out", "-o", "--output", "--dest")
+
+
+def _marker(annotation) -> OutputKind | None:
+    import typing
+
+    for arg in getattr(annotation, "__metadata__", ()):
+        if isinstance(arg, OutputKind):
+            return arg
+    for arg in typing.get_args(annotation):
+        found = _marker(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def click_module():
+    """The click that typer runs on: its own copy (``typer._click``, typer >=
+    0.22) or the click package (older typer)."""
+    try:
+        from typer import _click as clicklib
+    except ImportError:  # pragma: no cover - older typer
+        import click as clicklib
+    return clicklib
+
+
+def is_option(param) -> bool:
+    return getattr(param, "param_type_name", "") == "option"
+
+
+def is_path_param(param) -> bool:
+    descriptor = getattr(param, "type_descriptor", None)
+    if descriptor is not None:
+        return bool(descriptor.is_path)
+    return getattr(getattr(param, "type", None), "name", "") == "path"  # pragma: no cover - older typer
+
+
+def output_options(command) -> list[tuple[str, str, str]]:
+    """(parameter name, option name, kind) of the output options of a click
+    command built by typer from a command function (see the module docstring);
+    kind is "file", "dir" or "merge"."""
+    import typing
+
+    function = getattr(command.callback, "__wrapped__", None)
+    try:
+        hints = typing.get_type_hints(function, include_extras=True) if function is not None else {}
+    except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to names
+        hints = {}
+    out = []
+    for param in command.params:
+        if not is_option(param):
+            continue
+        marker = _marker(hints.get(param.name))
+        flag = max(param.opts, key=len)
+        if marker is not None:
+            out.append((param.name, flag, marker.kind))
+        elif is_path_param(param):
+            if any(o in OUTPUT_FILE_NAMES for o in param.opts):
+                out.append((param.name, flag, "file"))
+            elif any(o in OUTPUT_DIR_NAMES for o in param.opts):
+                out.append((param.name, flag, "dir"))
+    return out
+
+
+def _paths_in(value) -> list[Path]:
+    if value is None or isinstance(value, bool):
+        return []
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in _paths_in(v)]
+    if isinstance(value, (str, os.PathLike)) and str(value).strip():
+        try:
+            p = Path(value).expanduser()
+            return [p] if p.exists() else []
+        except (OSError, ValueError):
+            return []
+    return []
+
+
+def _installed_package_dir() -> Path | None:
+    """The site-packages folder the ``culture`` package is installed in (None
+    for a source checkout, whose zoo a maintainer refreshes in place)."""
+    import culture
+
+    package = Path(culture.__file__).resolve().parent.parent
+    return package if package.name in ("site-packages", "dist-packages") else None
+
+
+def check_outputs(command, values: dict) -> None:
+    """Check the output options (:func:`output_options`) of a click command
+    against the values it is called with: one error line (exit 2) for the
+    first bad one. Run by ``culture_cli.main`` before every command."""
+    from culture.io import check_output
+
+    outputs = output_options(command)
+    if not outputs:
+        return
+    flags = {p.name: max(p.opts, key=len) for p in command.params if getattr(p, "opts", None)}
+    overwrite = values.get("overwrite")
+    overwrite = overwrite if isinstance(overwrite, bool) else None
+    output_names = {name for name, _, _ in outputs}
+    inputs = [(name, p) for name, v in values.items() if name not in output_names for p in _paths_in(v)]
+    seen: dict[Path, str] = {}
+    for name, flag, kind in outputs:
+        value = values.get(name)
+        if value is None:
+            continue
+        path = check_output(value, kind, overwrite=overwrite, what=flag)
+        key = path.resolve()
+        package = _installed_package_dir()
+        if package is not None and key.is_relative_to(package) and not values.get("force"):
+            fail(f"{flag} {value} is inside {package}, where the culture-interp package is installed; "
+                 "write elsewhere")
+        if key in seen:
+            fail(f"{flag} {value} and {seen[key]} are the same path; give each output its own")
+        seen[key] = f"{flag} {value}"
+        for other, p in inputs:
+            src = p.resolve()
+            if (kind != "merge" and src == key) or (kind == "dir" and src.is_relative_to(key)):
+                fail(f"{flag} {value} would overwrite the input {flags.get(other, other)} {p}; "
+                     "write the output elsewhere")
+
+
 # ------------------------------------------------------------------ options
 # Shared option declarations (``param: DeviceOption = "cpu"``); typer copies
 # the OptionInfo for every parameter, so one can serve several commands.
@@ -156,7 +387,7 @@ CQuizzesOption = Annotated[bool, typer.Option("--c-quizzes/--no-c-quizzes",
 NoiseOption = Annotated[float, typer.Option("--noise", help="Prompt noise (structures 1 and 2).")]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Quizzes per forward pass.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")]
-JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the numbers to this JSON file.",
-                                                    show_default=False)]
+JsonOption = Annotated[OptionalOutputFile, typer.Option("--json", help="Write the numbers to this JSON file.",
+                                                       show_default=False)]
 QuizKindsOption = Annotated[str, typer.Option(
     "--quizzes", help="Which quizzes: world, culture (the source's test c-quizzes) or both (the reference mix).")]

@@ -9,7 +9,13 @@ import torch
 from culture.errors import CultureError
 
 #: hook point of the earlier toolkit's SAE (REFERENCE.md section 9)
-DEFAULT_HOOK = "blocks.8.hook_mlp_out"
+DEFAULT_HOOK = "blocks.8.hook_mlp_out"  # the published SAEs' hook (37M models, 12 blocks)
+
+
+def default_hook(hooked) -> str:
+    """The hook ``sae train`` uses when none is given: the middle block's MLP
+    output of this model (``blocks.2.hook_mlp_out`` for the 4-block bundled models)."""
+    return f"blocks.{hooked.cfg.n_layers // 2}.hook_mlp_out"
 #: hub repo of the earlier toolkit's SAEs
 DEFAULT_SAE_REPO = "tommyp111/culture-sae"
 #: folder of the published SAE in that repo

@@ -15,8 +15,9 @@ For each one:
   logits of the 15 tokens, ``W_dec[f] @ M @ W_U`` with M the map from the hook
   into the residual stream (identity for resid / attn_out / mlp_out, W_out for
   ``mlp.hook_post``, W_O for ``attn.hook_z``; no final LayerNorm in these
-  models, later layers ignored); ``promotes`` / ``suppresses``: the colours
-  with the largest / smallest effect;
+  models, later layers ignored); ``promotes``: the (at most 3) colours with
+  the largest positive effect, ``suppresses``: those with the most negative
+  one -- a colour is never listed on the wrong side of zero;
 * ``examples``: the quizzes where it fires most, with the position.
 
 :func:`feature_examples_image` draws those quizzes (culture.render) with, on
@@ -393,8 +394,8 @@ def feature_report(
             entry["logit_effect"] = {TOKEN_NAMES[i]: float(e[i]) for i in range(e.shape[0])}
             colours = e[:N_COLORS]
             order = colours.argsort(descending=True).tolist()
-            entry["promotes"] = [[COLOR_NAMES[i], float(colours[i])] for i in order[:3]]
-            entry["suppresses"] = [[COLOR_NAMES[i], float(colours[i])] for i in order[::-1][:3]]
+            entry["promotes"] = [[COLOR_NAMES[i], float(colours[i])] for i in order if colours[i] > 0][:3]
+            entry["suppresses"] = [[COLOR_NAMES[i], float(colours[i])] for i in order[::-1] if colours[i] < 0][:3]
         out_features.append(entry)
 
     # per-position activations of each feature on its example quizzes (one small pass)

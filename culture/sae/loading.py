@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
+from culture.errors import first_sentence
 from culture.sae.common import (
     BUNDLED_SAE_FOLDER,
     CFG_FILE,
@@ -148,8 +149,11 @@ def load_sae(path_or_repo: str | os.PathLike = DEFAULT_SAE_REPO, subfolder: str 
             warnings.simplefilter("ignore")  # "non-empty model_from_pretrained_kwargs"
             sae = SAE.load_from_disk(str(folder), device=str(device), dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - SAELens raises many kinds; one line
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        line = first_sentence(exc)
         raise SAEError(f"cannot load the SAE in {folder}: {type(exc).__name__}: {line}") from None
+    from culture.io import check_finite
+
+    check_finite(dict(sae.state_dict()), str(folder / WEIGHTS_FILE), SAEError)
     norm = getattr(sae.cfg, "normalize_activations", "none")
     if norm == "expected_average_only_in":
         factor = raw.get("norm_scaling_factor") or (raw.get("metadata") or {}).get("norm_scaling_factor")

@@ -39,9 +39,7 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -50,7 +48,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from culture.io import check_out_dir, replace_dir
+from culture.errors import first_sentence
+from culture.io import OutputSet, check_out_dir
 from culture.sae.common import DEFAULT_HOOK, SAEError, activation_size, hook_dirname
 
 #: prompt-noise probability of the published run (evaluation and datasets use it too)
@@ -228,7 +227,7 @@ def load_training_dataset(path: str | os.PathLike, context_size: int = SEQ_LEN):
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as exc:  # noqa: BLE001 - datasets raises several kinds
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        line = first_sentence(exc)
         raise SAEError(f"{path} is not a dataset saved with save_to_disk (culture-interp dataset build): "
                        f"{line}") from None
     if isinstance(ds, datasets.DatasetDict):
@@ -485,6 +484,7 @@ def train_sae(
     overwrite: bool = False,
     progress: Progress | None = None,
     extra_summary: dict | None = None,
+    summary_json: str | os.PathLike | None = None,
 ) -> SAETrainResult:
     """Train an SAE on ``hooked`` (a culture GPT as a TransformerLens model) at
     ``settings.hook_name`` with SAELens's runner; write it to ``out``.
@@ -495,6 +495,8 @@ def train_sae(
     ``progress(phase, done, total, info)`` is called with phases "data"
     (quizzes generated), "norm" (batches of the norm estimate) and "train"
     (steps; info holds the latest loss, L0 and variance explained).
+    ``summary_json``: also write the summary to this file, all or nothing
+    with ``out``.
     """
     import datasets
     from sae_lens import LanguageModelSAETrainingRunner
@@ -529,8 +531,8 @@ def train_sae(
     else:
         raise SAEError(f"dataset must be None, a directory or a datasets.Dataset, got {type(dataset).__name__}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    staged = OutputSet()  # a staging folder next to out, renamed into place at the end
+    tmp = staged.dir(out)
     try:
         cfg = runner_config(settings, d_in, output_path=str(tmp), model_name=model_name,
                             dataset_path=dataset_label,
@@ -593,9 +595,11 @@ def train_sae(
             **(extra_summary or {}),
         }
         (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        replace_dir(tmp, out)
+        if summary_json is not None:
+            staged.file(summary_json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        staged.commit()
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        staged.rollback()
         raise
     sae.eval()
     return SAETrainResult(sae=_inference_sae(out, sae), out=out, summary=summary)

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from culture.errors import CultureError
+from culture.errors import CultureError, first_sentence
 from culture.quiz import BLOCK_LEN, EVAL_STRUCTURES, QUIZ_LEN, STRUCTURES
 
 POSITIONS = ("all", "cells")
@@ -315,11 +315,14 @@ def load_sae(path, device="cpu"):
                                     f"sae_weights.safetensors)")
     from sae_lens import SAE
 
+    from culture.io import check_finite
+
     try:
-        return SAE.load_from_disk(path, device=str(device))
+        sae = SAE.load_from_disk(path, device=str(device))
     except Exception as exc:  # noqa: BLE001 - SAELens raises many kinds
-        text = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise UniversalityError(f"{path}: not a loadable SAELens SAE ({text})") from None
+        raise UniversalityError(f"{path}: not a loadable SAELens SAE ({first_sentence(exc)})") from None
+    check_finite(dict(sae.state_dict()), os.path.join(path, "sae_weights.safetensors"), UniversalityError)
+    return sae
 
 
 def sae_input(sae, act: torch.Tensor) -> torch.Tensor:

@@ -22,11 +22,11 @@ from culture_cli.common import (
     console,
     err_console,
     fail,
+    outputs,
     pct,
     print_table,
     progress,
     write_json,
-    write_json_or_fail,
 )
 
 
@@ -133,14 +133,15 @@ def ablate_command(
         pattern = attention_pattern(hooked, q, layer, head)
         offset, share = dominant_offset(pattern)
         title = f"model {model}, head {layer}.{head}, quiz {quiz} ({ts.labels[quiz]})"
-        save_attention_png(pattern, q, png, title)
         console.print(f"head {layer}.{head}: most attended offset {offset} tokens back "
                       f"({100 * share:.0f}% of the queries after the first grid); a grid is 101 tokens",
                       highlight=False)
-        err_console.print(f"wrote {png}", highlight=False)
-        if json_path is not None:
-            write_json(json_path, {"model": model, "head": [layer, head], "quiz": quiz, "task": ts.labels[quiz],
-                                   "dominant_offset": offset, "share": share})
+        with outputs() as staged:
+            save_attention_png(pattern, q, staged.file(png), title)
+            if json_path is not None:
+                write_json(staged.file(json_path), {"model": model, "head": [layer, head], "quiz": quiz,
+                                                    "task": ts.labels[quiz], "dominant_offset": offset,
+                                                    "share": share}, announce=False)
         return
 
     err_console.print(f"test set: {len(ts)} quizzes ({len(ts) - ts.n_c_quizzes} world, {ts.n_c_quizzes} "
@@ -159,11 +160,11 @@ def ablate_command(
                                 progress=report)
     results.settings.update({"model": model, "source": src.name, **ts.settings()})
     print_table(_table(results))
-    if png is not None:
-        save_ablation_heatmap(results, png)
-        err_console.print(f"wrote {png}", highlight=False)
-    if json_path is not None:
-        write_json_or_fail(json_path, results.to_dict())
+    with outputs() as staged:  # all or nothing
+        if png is not None:
+            save_ablation_heatmap(results, staged.file(png))
+        if json_path is not None:
+            write_json(staged.file(json_path), results.to_dict(), announce=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -60,8 +60,9 @@ def run_convert(models: list[int] | None, source: str, out: Path, device: str = 
     import torch
 
     from culture.hooked import HookedConversionError, max_logit_diff, mygpt_to_hooked, save_converted
+    from culture.io import check_output
     from culture.sources import resolve_source
-    from culture_cli.common import err_console
+    from culture_cli.common import err_console, outputs
 
     if n_quizzes < 1:
         raise HookedConversionError("--n-quizzes must be at least 1")
@@ -70,33 +71,36 @@ def run_convert(models: list[int] | None, source: str, out: Path, device: str = 
     ids = list(models) if models else src.model_ids()
     for k in ids:  # fail early, before any conversion, on an unknown id
         src.check_model_id(k)
-    if out.exists() and not out.is_dir():
-        raise HookedConversionError(f"--out {out} exists and is not a directory")
+    check_output(out, "merge", what="--out")
     quizzes, check = check_quizzes(n_quizzes, seed)
     rows = []
-    for k in ids:
-        with err_console.status(f"converting model {k} of {src.name}"):
-            model, accuracy = src.load_model(k, device=dev)
-            hooked = mygpt_to_hooked(model)
-            diff = max_logit_diff(model, hooked, quizzes.to(dev))
-            if not diff <= tolerance:
-                raise HookedConversionError(
-                    f"conversion check failed for model {k}: max |logit difference| {diff:.3g} > {tolerance:g}")
-            cfg = model.config
-            directory = out / f"gpt-{k}"
-            save_converted(hooked, directory, extra={
-                "model_id": k,
-                "source": src.name,
-                "source_kind": src.kind,
-                "accuracy": accuracy,
-                "max_abs_logit_diff": diff,
-                "check": check,
-            })
-        rows.append({"model": k, "params": model.num_parameters, "config": cfg, "d_head": hooked.cfg.d_head,
-                     "accuracy": accuracy, "max_abs_logit_diff": diff, "dir": directory})
-        del model, hooked
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+    # every model is written into a staging folder; OUT/gpt-k appear only when all succeeded
+    with outputs(announce=False) as staged:
+        root = staged.dir(out, merge=True)
+        for k in ids:
+            with err_console.status(f"converting model {k} of {src.name}"):
+                model, accuracy = src.load_model(k, device=dev)
+                hooked = mygpt_to_hooked(model)
+                diff, scale = max_logit_diff(model, hooked, quizzes.to(dev), with_scale=True)
+                if not diff <= tolerance:
+                    raise HookedConversionError(
+                        f"conversion check failed for model {k}: max |logit difference| {diff:.3g} > {tolerance:g}")
+                cfg = model.config
+                save_converted(hooked, root / f"gpt-{k}", extra={
+                    "model_id": k,
+                    "source": src.name,
+                    "source_kind": src.kind,
+                    "accuracy": accuracy,
+                    "max_abs_logit_diff": diff,
+                    "max_abs_logit": scale,
+                    "check": check,
+                })
+            rows.append({"model": k, "params": model.num_parameters, "config": cfg, "d_head": hooked.cfg.d_head,
+                         "accuracy": accuracy, "max_abs_logit_diff": diff, "max_abs_logit": scale,
+                         "dir": out / f"gpt-{k}"})
+            del model, hooked
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
     return rows, check
 
 
@@ -110,19 +114,22 @@ def _params(n: int) -> str:
 def print_table(rows: list[dict], source: str, check: str) -> None:
     from rich.table import Table
 
-    from culture_cli.common import console
+    from culture_cli.common import print_table as print_rich_table
 
-    table = Table(title=f"TransformerLens conversion of {source}", caption=f"check: {check}")
+    table = Table(title=f"TransformerLens conversion of {source}",
+                  caption=f"check: {check}; both in float32: |Δlogit| is float32 rounding, relative to max |logit|")
     for col, justify in (("model", "right"), ("params", "right"), ("config (D, dk, dv, H, heads, blocks)", "left"),
-                         ("d_head", "right"), ("accuracy", "right"), ("max |Δlogit|", "right"), ("written to", "left")):
+                         ("d_head", "right"), ("accuracy", "right"), ("max |Δlogit|", "right"), ("max |logit|", "right"),
+                         ("written to", "left")):
         table.add_column(col, justify=justify)
     for r in rows:
         c = r["config"]
         acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
         table.add_row(str(r["model"]), _params(r["params"]),
                       f"{c.dim_model}, {c.dim_keys}, {c.dim_value}, {c.dim_hidden}, {c.nb_heads}, {c.nb_blocks}",
-                      str(r["d_head"]), acc, f"{r['max_abs_logit_diff']:.2e}", str(r["dir"]))
-    console.print(table)
+                      str(r["d_head"]), acc, f"{r['max_abs_logit_diff']:.2e}", f"{r['max_abs_logit']:.3g}",
+                      str(r["dir"]))
+    print_rich_table(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -55,7 +55,11 @@ def build(
     c_quizzes = None
     if source is not None:
         c_quizzes = load_source_c_quizzes(source)
-        err_console.print(f"{len(c_quizzes):,} test c-quizzes from {source}")
+        if len(c_quizzes):
+            err_console.print(f"{len(c_quizzes):,} test c-quizzes from {source}", highlight=False)
+        else:
+            err_console.print(f"note: {source} has no test c-quizzes: the dataset holds world quizzes only",
+                              highlight=False)
 
     t0 = time.perf_counter()
     with progress() as bar:

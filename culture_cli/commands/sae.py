@@ -18,16 +18,18 @@ from culture_cli.common import (
     JsonOption,
     ModelSourceOption,
     NoiseOption,
+    OptionalOutputFile,
+    OutputDir,
     TasksOption,
     check_noise,
     check_test_set_options,
     command_group,
     err_console,
     fail,
+    outputs,
     pct,
     print_table,
     progress,
-    write_json,
     write_json_or_fail,
 )
 
@@ -130,9 +132,11 @@ def _parse_options(values: list[str] | None) -> dict:
 @sae_app.command("train")
 def train(
     model: Annotated[int, typer.Option("--model", help="Model id (gpt_{K:03d}.pth of the source).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write (SAELens format), atomically.")],
+    out: Annotated[OutputDir, typer.Option("--out", "-o", help="Directory to write (SAELens format), atomically.")],
     source: ModelSourceOption = None,
-    hook: Annotated[str, typer.Option("--hook", help="TransformerLens hook point.")] = "blocks.8.hook_mlp_out",
+    hook: Annotated[Optional[str], typer.Option(
+        "--hook", help="TransformerLens hook point (default: the middle block's MLP output, "
+        "blocks.{n_layers // 2}.hook_mlp_out).", show_default=False)] = None,
     dataset: Annotated[Optional[Path], typer.Option(
         "--dataset", help="A `culture-interp dataset build` directory (input_ids: BOS + quiz); default: "
         "quizzes generated on the fly.", show_default=False)] = None,
@@ -210,8 +214,9 @@ def train(
         show_default=False)] = None,
     private: Annotated[bool, typer.Option("--private", help="With --push: create the repo private.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --out.")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary to this file.",
-                                                      show_default=False)] = None,
+    json_path: Annotated[OptionalOutputFile, typer.Option(
+        "--json", help="Also write the summary to this file (with --out, all or nothing).", show_default=False)
+    ] = None,
 ) -> None:
     """Train an SAE on a model's activations with SAELens's training runner.
 
@@ -223,7 +228,7 @@ def train(
     """
     import time
 
-    from culture.sae import SAETrainSettings, train_sae
+    from culture.sae import DEFAULT_HOOK, SAETrainSettings, train_sae
     from culture.sae.training import default_path_in_repo
 
     if num_quizzes is not None and num_quizzes < 1:
@@ -239,7 +244,7 @@ def train(
     if k is not None:
         extra["k"] = k
     settings = SAETrainSettings(
-        hook_name=hook, architecture=architecture, expansion_factor=expansion_factor, d_sae=d_sae,
+        hook_name=hook or DEFAULT_HOOK, architecture=architecture, expansion_factor=expansion_factor, d_sae=d_sae,
         l1_coefficient=l1_coefficient, lp_norm=lp_norm, l1_warm_up_steps=l1_warm_up_steps, steps=steps,
         training_tokens=training_tokens, train_batch_size_tokens=batch_tokens, context_size=context_size, lr=lr,
         lr_scheduler_name=lr_scheduler, lr_warm_up_steps=lr_warm_up_steps, lr_decay_steps=lr_decay_steps,
@@ -266,9 +271,9 @@ def train(
 
     hooked, src, dev = _load_model(model, source, device, sae=False)
     settings.device = str(dev)
-    from culture.sae.common import check_hook
+    from culture.sae.common import check_hook, default_hook
 
-    check_hook(hooked, hook)
+    hook = settings.hook_name = check_hook(hooked, hook or default_hook(hooked))
     if dataset is not None:
         from culture.sae.training import load_training_dataset
 
@@ -281,7 +286,7 @@ def train(
                            tasks=list(tasks) if tasks else src.default_tasks(),
                            noise=noise, num_quizzes=num_quizzes, model_name=f"culture-gpt-{model}",
                            overwrite=overwrite, progress=_reporter(bar),
-                           extra_summary={"model_id": model, "source": src.name})
+                           extra_summary={"model_id": model, "source": src.name}, summary_json=json_path)
     s = result.summary
     s["wall_seconds"] = time.perf_counter() - t0
 
@@ -306,7 +311,7 @@ def train(
         table.add_row(name, str(value))
     print_table(table)
     if json_path is not None:
-        write_json(json_path, s)
+        err_console.print(f"wrote {json_path}", highlight=False)
     if push:
         from culture.sae import push_sae
 
@@ -391,8 +396,10 @@ def features_command(
     steer: Annotated[Optional[list[str]], typer.Option(
         "--steer", help="FEATURE=SCALE (0 ablates) or FEATURE=@VALUE (clamp); several after one flag. "
         "Re-runs greedy accuracy with the SAE spliced in (error term kept).", show_default=False)] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Dashboard folder (index.html, PNGs, report.json).")
-                   ] = Path("sae-features"),
+    out: Annotated[OutputDir, typer.Option(
+        "--out", "-o", help="Dashboard folder (index.html, PNGs, report.json), written whole.")
+    ] = Path("sae-features"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --out.")] = False,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Test quizzes.")] = 500,
     tasks: TasksOption = None,
     c_quizzes: CQuizzesOption = True,
@@ -419,8 +426,6 @@ def features_command(
     from culture.sae import feature_report, parse_steer, steer_accuracy
 
     specs = parse_steer(list(steer)) if steer else []  # syntax first; range once the SAE is loaded
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} exists and is not a directory")
     hooked, src, dev = _load_model(model, source, device, sae=True)
     sae_obj = _load_sae_for(sae, subfolder, hooked, dev, model)
     d_sae = int(sae_obj.cfg.d_sae)
@@ -446,24 +451,28 @@ def features_command(
             "features in the SAE": f"{d_sae:,}", "test quizzes": f"{len(ts)} (seed {seed}, noise {noise:g})",
             "tasks": ", ".join(ts.tasks)}
     images = {f["id"]: rep.image(f["id"]) for f in rep.features}
-    index = write_dashboard(out, rep.to_dict(), images, meta,
-                            title=f"SAE features, model {model}, {rep.hook_name}")
+    with outputs(announce=False) as staged:  # the whole folder replaced at once (no stale PNGs)
+        index = write_dashboard(staged.dir(out), rep.to_dict(), images, meta,
+                                title=f"SAE features, model {model}, {rep.hook_name}")
+    index = out / index.name
 
     from rich.table import Table
 
     table = Table(title=f"Features of {sae} at {rep.hook_name}", title_justify="left")
     for name in ("feature", "token freq", "quiz freq", "mean act", "max act", "most frequent in", "promotes",
-                 "strongest at"):
-        table.add_column(name, justify="right" if name not in ("most frequent in", "promotes", "strongest at")
-                         else "left")
+                 "suppresses", "strongest at"):
+        table.add_column(name, justify="left" if name in ("most frequent in", "promotes", "suppresses",
+                                                          "strongest at") else "right")
     for f in rep.features:
         tasks_sorted = sorted(((v["token_frequency"] or 0.0, k) for k, v in f["by_task"].items()), reverse=True)
         top_task = f"{tasks_sorted[0][1]} ({pct(tasks_sorted[0][0])})" if tasks_sorted and tasks_sorted[0][0] else "-"
         promotes = ", ".join(c for c, _ in f["promotes"]) or "-"
+        suppresses = ", ".join(c for c, _ in f["suppresses"]) or "-"
         ex = f["examples"][0] if f["examples"] else None
         where = f"{ex['task']}: reads {ex['reads']}" if ex else "never fires"
         table.add_row(str(f["id"]), pct(f["token_frequency"]), pct(f["quiz_frequency"]),
-                      _num(f["mean_activation"], 3), _num(f["max_activation"], 3), top_task, promotes, where)
+                      _num(f["mean_activation"], 3), _num(f["max_activation"], 3), top_task, promotes, suppresses,
+                      where)
     print_table(table)
     if rep.steering:
         st = Table(title=f"Steering {' '.join(rep.steering['specs'])} (SAE spliced in, error term kept)",

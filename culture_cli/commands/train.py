@@ -2,48 +2,64 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 
-from culture_cli.common import console, err_console, fail, invocation
+from culture_cli.common import OutputDir, console, err_console, fail, given_options, invocation, option_flag
 
 
 def register(app: typer.Typer) -> None:
     app.command("train", help="Train culture GPTs on world quizzes, with the culture phase (reference loop).")(train)
 
 
+#: the settings a resume may change (every other option is the run's own)
+RESUMABLE = ("max_rounds", "target_accuracy", "target_greedy_accuracy", "lr", "ema_decay", "train_structures",
+             "threshold", "culture_max_batches", "device")
+
+
 def train(
-    out: Path = typer.Option(..., "--out", help="Result directory (gpt_XXX.pth, c_quizzes.pth, train.log)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped."),
+    out: OutputDir = typer.Option(..., "--out", help="Result directory (gpt_XXX.pth, c_quizzes.pth, train.log)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out where it stopped; may change only --max-rounds, "
+        "--target-accuracy, --target-greedy-accuracy, --lr, --ema-decay, --train-structures, --threshold, "
+        "--culture-max-batches and --device."),
     init_from: Optional[str] = typer.Option(
         None, "--init-from", help="Start model k from model k of this source (directory, bundled, hub id)."),
     nb_models: int = typer.Option(5, "--nb-models", min=1, help="Number of GPTs."),
     model: str = typer.Option("37M", "--model", help="Size preset: 17K, 4M, 37M, 122M, 352M."),
-    dim_model: Optional[int] = typer.Option(None, help="Custom size: overrides the preset."),
-    dim_keys: Optional[int] = typer.Option(None),
-    dim_hidden: Optional[int] = typer.Option(None),
-    nb_heads: Optional[int] = typer.Option(None),
-    nb_blocks: Optional[int] = typer.Option(None),
-    dropout: float = typer.Option(0.1, help="Dropout (embedding, attention, MLP), as the reference."),
+    dim_model: Optional[int] = typer.Option(None, "--dim-model", min=1,
+                                            help="Custom size: width of the residual stream (overrides the preset)."),
+    dim_keys: Optional[int] = typer.Option(None, "--dim-keys", min=1,
+                                           help="Custom size: key / query size per head (overrides the preset)."),
+    dim_hidden: Optional[int] = typer.Option(None, "--dim-hidden", min=1,
+                                             help="Custom size: hidden width of the MLPs (overrides the preset)."),
+    nb_heads: Optional[int] = typer.Option(None, "--nb-heads", min=1,
+                                           help="Custom size: attention heads per block; must divide --dim-model."),
+    nb_blocks: Optional[int] = typer.Option(None, "--nb-blocks", min=1,
+                                            help="Custom size: blocks (attention + MLP) (overrides the preset)."),
+    dropout: float = typer.Option(0.1, "--dropout", min=0.0, max=0.99,
+                                  help="Dropout (embedding, attention, MLP), as the reference."),
     attention_dropout: Optional[float] = typer.Option(
-        None, "--attention-dropout",
+        None, "--attention-dropout", min=0.0, max=0.99,
         help="Dropout on attention probabilities (default: --dropout). 0 enables the fused attention kernels "
              "(about 2-3x faster training steps on CPU)."),
     tasks: Optional[list[str]] = typer.Option(None, "--tasks", help="World tasks (default: the eight)."),
     train_samples: int = typer.Option(40_000, "--train-samples", min=1, help="Quizzes per epoch."),
     test_samples: int = typer.Option(2_000, "--test-samples", min=1, help="Test-set size."),
-    batch_size: int = typer.Option(25, "--batch-size", min=1),
+    batch_size: int = typer.Option(25, "--batch-size", min=1, help="Quizzes per training step."),
     lr: Optional[float] = typer.Option(
-        None, "--lr", min=0.0,
-        help="Adam learning rate [default: 5e-4]. With --resume: a new lr (Adam's moments kept)."),
-    prompt_noise: float = typer.Option(0.05, "--prompt-noise", min=0.0, max=1.0),
-    seed: int = typer.Option(0, "--seed"),
-    threshold: float = typer.Option(0.95, "--threshold", help="Accuracy every model needs before a culture phase."),
-    max_rounds: Optional[int] = typer.Option(None, "--max-rounds", help="Stop after this many rounds."),
+        None, "--lr", min=0.0, show_default="5e-4",
+        help="Adam learning rate; with --resume, a new one (Adam's moments are kept)."),
+    prompt_noise: float = typer.Option(0.05, "--prompt-noise", min=0.0, max=1.0,
+                                       help="Prompt noise of the noised structures (1 and 2)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the models, quizzes and culture phases."),
+    threshold: float = typer.Option(0.95, "--threshold", min=0.0, max=1.0,
+                                    help="Accuracy every model needs before a culture phase."),
+    max_rounds: Optional[int] = typer.Option(None, "--max-rounds", min=1, help="Stop after this many rounds."),
     target_accuracy: Optional[float] = typer.Option(
-        None, "--target-accuracy", help="Stop when every model reaches this test accuracy (expected sampled)."),
+        None, "--target-accuracy", min=0.0, max=1.0,
+        help="Stop when every model reaches this test accuracy (expected sampled)."),
     target_greedy_accuracy: Optional[float] = typer.Option(
         None, "--target-greedy-accuracy", min=0.0, max=1.0,
         help="Stop when every model reaches this greedy accuracy on the run's test set."),
@@ -60,8 +76,8 @@ def train(
              "evaluate and save the average; off by default (the reference has none). With --resume: turn it "
              "on, change it, or 0 to turn it off."),
     train_structures: Optional[list[int]] = typer.Option(
-        None, "--train-structures",
-        help="Draw training quizzes from these structures only (1..5, REFERENCE section 1; default: all five, "
+        None, "--train-structures", min=1, max=5,
+        help="Draw training quizzes from these structures only (1..5 as in show-quiz; default: all five, "
              "as the reference), e.g. 1 2 for a stage on the noised structures. May change with --resume."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps."),
 ) -> None:
@@ -69,15 +85,24 @@ def train(
 
     from culture.training import CultureRun, TrainConfig
 
+    given = given_options()
+    if resume:
+        fixed = sorted(given - set(RESUMABLE) - {"out", "resume"})
+        if fixed:
+            fail(f"--resume continues the run with its own settings: {', '.join(option_flag(n) for n in fixed)} "
+                 f"cannot change on resume (it may change {', '.join(option_flag(n) for n in RESUMABLE)})")
+    if lr is not None and lr <= 0:
+        fail(f"--lr must be > 0, got {lr}")
     _check_device(device, torch)
     hooks = RichTrainingHooks()
     command = invocation()
     structures = tuple(train_structures) if train_structures else None
     if resume:
-        overrides = {"max_rounds": max_rounds, "target_accuracy": target_accuracy,
-                     "target_greedy_accuracy": target_greedy_accuracy, "lr": lr, "ema_decay": ema_decay,
-                     "train_structures": structures, "threshold": _given(threshold, 0.95),
-                     "culture_max_batches": _given(culture_max_batches, 20)}
+        values = {"max_rounds": max_rounds, "target_accuracy": target_accuracy,
+                  "target_greedy_accuracy": target_greedy_accuracy, "lr": lr, "ema_decay": ema_decay,
+                  "train_structures": structures, "threshold": threshold,
+                  "culture_max_batches": culture_max_batches}
+        overrides = {k: (v if k in given else None) for k, v in values.items()}
         run = CultureRun.resume(out, hooks=hooks, device=device, command=command, **overrides)
     else:
         config = TrainConfig(
@@ -89,20 +114,13 @@ def train(
             prompt_noise=prompt_noise, seed=seed, threshold=threshold, max_rounds=max_rounds,
             target_accuracy=target_accuracy, target_greedy_accuracy=target_greedy_accuracy,
             culture=not no_culture, max_fail=max_fail,
-            culture_batch=culture_batch, culture_max_batches=culture_max_batches, fresh_optimizer=fresh_optimizer, ema_decay=ema_decay or None,
-            train_structures=structures,
-            device=device,
+            culture_batch=culture_batch, culture_max_batches=culture_max_batches, fresh_optimizer=fresh_optimizer,
+            ema_decay=ema_decay or None, train_structures=structures, device=device,
         )
         run = CultureRun.create(out, config, hooks=hooks, command=command, init_from=init_from)
     with hooks.progress:
         reason = run.train()
     _summary(run, reason)
-
-
-def _given(value, default):
-    """An option's value when the user changed it from its default, else None
-    (for the settings a resume may change)."""
-    return None if value == default else value
 
 
 def _check_device(device: str, torch) -> None:

@@ -13,7 +13,6 @@ command.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -21,6 +20,8 @@ import typer
 from culture_cli.common import (
     DeviceOption,
     ModelsSourceOption,
+    OptionalOutputFile,
+    OptionalOutputFolder,
     check_noise,
     command_group,
     err_console,
@@ -28,8 +29,9 @@ from culture_cli.common import (
     parse_ids,
     pct,
     print_table,
+    outputs,
     progress,
-    write_json_or_fail,
+    write_json,
 )
 
 HELP = "Universality across models: universal neurons, residual CKA, SAE features (vs a random baseline)."
@@ -149,9 +151,9 @@ def compare_command(
     baseline: Annotated[bool, typer.Option(
         "--baseline/--no-baseline", help="Also run random-init models of the same shapes (chance level).")] = True,
     cka: Annotated[bool, typer.Option("--cka/--no-cka", help="Layer x layer residual CKA per model pair.")] = True,
-    json_path: Annotated[Optional[Path], typer.Option(
+    json_path: Annotated[OptionalOutputFile, typer.Option(
         "--json", help="Write every number to this JSON file.", show_default=False)] = None,
-    png: Annotated[Optional[Path], typer.Option(
+    png: Annotated[OptionalOutputFolder, typer.Option(
         "--png", help="Write heatmaps and histograms (PNG) into this directory.", show_default=False)] = None,
     device: DeviceOption = "cpu",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the quizzes and of the baseline models.")] = 0,
@@ -192,8 +194,6 @@ def compare_command(
         fail(f"--models: give at least 2 models to compare, got {len(ids)}")
     if sae and ids is not None and len(sae) != len(ids):
         fail(f"--sae: give one SAE directory per model ({len(sae)} for {len(ids)} models)")
-    if png is not None and png.exists() and not png.is_dir():
-        fail(f"--png {png} exists and is not a directory")
 
     import torch
 
@@ -241,13 +241,13 @@ def compare_command(
 
     for table in _tables(report, top):
         print_table(table)
+    with outputs(announce=False) as staged:  # --json and --png all or nothing
+        if json_path is not None:
+            write_json(staged.file(json_path), report.to_dict(), announce=False)
+        paths = plot_report(report, staged.dir(png, merge=True)) if png is not None else []
     if json_path is not None:
-        write_json_or_fail(json_path, report.to_dict())
+        err_console.print(f"wrote {json_path}", highlight=False)
     if png is not None:
-        try:
-            paths = plot_report(report, png)
-        except OSError as exc:
-            fail(f"cannot write figures into {png}: {exc.strerror or exc}")
         err_console.print(f"wrote {len(paths)} figure(s) into {png}", highlight=False)
 
 
