@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -10,15 +9,16 @@ import typer
 from culture_cli.common import (
     JsonOption,
     ModelsSourceOption,
+    OptionalOutputDir,
     TasksOption,
     command_group,
     console,
     err_console,
-    fail,
     parse_ids,
     pct,
     print_table,
     progress,
+    write_json,
     write_json_or_fail,
 )
 
@@ -93,12 +93,14 @@ def report_command(
     num_world: Annotated[int, typer.Option("--num-world", min=1,
                                            help="World quizzes of the control and the comparison.")] = 500,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the world quizzes and noise draws.")] = 0,
-    png: Annotated[Optional[Path], typer.Option("--png", help="Folder for the gallery PNGs (one per matching rule).",
-                                                show_default=False)] = None,
+    png: Annotated[OptionalOutputDir, typer.Option("--png", help="Folder for the gallery PNGs (one per matching "
+                                                   "rule), written whole.", show_default=False)] = None,
     per_group: Annotated[int, typer.Option("--per-group", min=1, help="Quizzes per gallery picture.")] = 6,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --png folder.")] = False,
     json_path: JsonOption = None,
 ) -> None:
     from culture.culture_report import culture_report, save_gallery
+    from culture.io import OutputSet
     from culture.sources import DEFAULT_SOURCE
 
     ids = parse_ids(models)
@@ -116,13 +118,15 @@ def report_command(
         print_table(table)
     n = report["c_quizzes"]
     console.print(f"{n['train']} train + {n['test']} test c-quizzes of {report['source']}")
+    with OutputSet() as outputs:  # gallery and JSON land together or not at all
+        if png is not None:
+            written = save_gallery(report, src, outputs.dir(png), per_group=per_group)
+        if json_path is not None:
+            write_json(outputs.file(json_path), report, announce=False)
     if png is not None:
-        if png.exists() and not png.is_dir():
-            fail(f"--png {png}: exists and is not a directory")
-        written = save_gallery(report, src, png, per_group=per_group)
         err_console.print(f"wrote {len(written)} gallery picture(s) in {png}")
     if json_path is not None:
-        write_json_or_fail(json_path, report)
+        err_console.print(f"wrote {json_path}")
 
 
 @culture_app.command("yield", help="Can these models make a culture? The keep rule's verdicts on candidates they "
