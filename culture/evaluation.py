@@ -51,6 +51,7 @@ from culture.quiz import (
     parse_structure,
     random_structures,
     structure_index,
+    transform_mask,
     validate_quizzes,
 )
 
@@ -64,6 +65,11 @@ __all__ = [
     "make_test_set",
     "score_quizzes",
     "predicted_log_probs",
+    "cell_scores",
+    "cell_metrics",
+    "loss_recovered",
+    "group_metrics",
+    "CELL_FAMILIES",
     "summarize",
     "evaluate",
     "logits_fn",
@@ -284,6 +290,7 @@ def score_quizzes(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device=None,
     progress: Callable[[int, int], None] | None = None,
+    batch_hooks: Callable[[torch.Tensor], Sequence] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-quiz scores from one teacher-forced forward per batch.
 
@@ -297,7 +304,17 @@ def score_quizzes(
     * ``log_prob``: sum of log p(target) over the predicted cells
       (exp(log_prob) = probability that temperature-1 sampling is right);
     * ``n_wrong``: predicted cells where the argmax differs from the target;
+    * ``n_predicted``; ``transform_log_prob``, ``transform_n_wrong``,
+      ``n_transform``: the same on the *transform cells* (predicted cells
+      that differ from the paired grid of the clean ``targets``, see
+      :func:`culture.quiz.transform_mask`; without ``targets``, of
+      ``quizzes``) -- see :func:`cell_scores`;
     * ``deterministic``: the structure predicts one block (accuracy counts it).
+
+    ``batch_hooks`` (TransformerLens models only): called with the row
+    indices (into the test set) of each batch, returns the ``fwd_hooks`` for
+    that batch's forward -- for edits that differ per quiz (mean ablation per
+    structure, resampling from other quizzes).
     """
     if isinstance(quizzes, TestSet):
         quizzes, targets = quizzes.quizzes, quizzes.targets
@@ -307,32 +324,74 @@ def score_quizzes(
     device = model_device(model) if device is None else torch.device(device)
     fn = logits_fn(model)
     mask = ar_mask(seq)
-    out = {k: [] for k in ("ce", "greedy_correct", "log_prob", "n_wrong")}
+    changed = transform_mask(seq, paired=seq if targets is None else validate_quizzes(targets, what="targets"))
+    out: dict[str, list] = {}
     was_training = isinstance(model, torch.nn.Module) and model.training
     if isinstance(model, torch.nn.Module):
         model.eval()
     try:
         with torch.inference_mode():
             done = 0
-            for x, m in zip(seq.split(batch_size), mask.split(batch_size)):
-                x, m = x.to(device), m.to(device)
-                logits = fn(x).float()
-                logp = F.log_softmax(logits, dim=-1)
-                token_lp = logp.gather(-1, x.unsqueeze(-1)).squeeze(-1)  # (b, 404)
-                wrong = (logits.argmax(-1) != x) & m
-                out["ce"].append((-token_lp.mean(1)).cpu())
-                out["log_prob"].append(torch.where(m, token_lp, torch.zeros_like(token_lp)).sum(1).cpu())
-                out["n_wrong"].append(wrong.sum(1).cpu())
-                out["greedy_correct"].append((~wrong.any(1)).cpu())
+            for x, m, t in zip(seq.split(batch_size), mask.split(batch_size), changed.split(batch_size)):
+                rows = torch.arange(done, done + x.shape[0])
+                x = x.to(device)
+                if batch_hooks is not None:
+                    with model.hooks(fwd_hooks=list(batch_hooks(rows))):
+                        logits = fn(x)
+                else:
+                    logits = fn(x)
+                for k, v in cell_scores(logits, x, m.to(device), t.to(device)).items():
+                    out.setdefault(k, []).append(v.cpu())
                 done += x.shape[0]
                 if progress is not None:
                     progress(done, seq.shape[0])
     finally:
         if was_training:
             model.train()
-    scores = {k: (torch.cat(v) if v else torch.empty(0)) for k, v in out.items()}
+    scores = {k: torch.cat(v) for k, v in out.items()}
+    if not out:
+        scores = {k: torch.empty(0) for k in _SCORE_KEYS}
     scores["deterministic"] = _deterministic(seq)
     return scores
+
+
+#: per-quiz tensors of :func:`cell_scores`
+_SCORE_KEYS = ("ce", "greedy_correct", "log_prob", "n_wrong", "n_predicted", "transform_log_prob",
+               "transform_n_wrong", "n_transform")
+
+
+def cell_scores(logits: torch.Tensor, sequences: torch.Tensor, predicted: torch.Tensor,
+                transform: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-quiz scores of one batch of teacher-forced logits, on the predicted
+    cells and on the transform cells (the reusable core of every loss and
+    accuracy in the toolkit; :func:`cell_metrics` turns them into metrics).
+
+    ``logits`` (b, 404, vocab) in the reference convention (position t
+    predicts token t); ``sequences`` (b, 404) the targets; ``predicted`` and
+    ``transform`` (b, 404) bool masks (:func:`culture.quiz.ar_mask`,
+    :func:`culture.quiz.transform_mask` against the clean quizzes). Returns
+    (b,) tensors: ``ce`` (mean cross-entropy over all 404 positions),
+    ``log_prob`` / ``transform_log_prob`` (sum of log p(target) over the
+    family's cells), ``n_wrong`` / ``transform_n_wrong`` (cells whose argmax
+    is not the target), ``n_predicted`` / ``n_transform`` (cells in the
+    family), ``greedy_correct`` (no predicted cell wrong).
+    """
+    logits = logits.float()
+    logp = F.log_softmax(logits, dim=-1)
+    token_lp = logp.gather(-1, sequences.unsqueeze(-1)).squeeze(-1)  # (b, 404)
+    miss = logits.argmax(-1) != sequences
+    zero = torch.zeros_like(token_lp)
+    wrong = miss & predicted
+    return {
+        "ce": -token_lp.mean(1),
+        "greedy_correct": ~wrong.any(1),
+        "log_prob": torch.where(predicted, token_lp, zero).sum(1),
+        "n_wrong": wrong.sum(1),
+        "n_predicted": predicted.sum(1),
+        "transform_log_prob": torch.where(transform, token_lp, zero).sum(1),
+        "transform_n_wrong": (miss & transform).sum(1),
+        "n_transform": transform.sum(1),
+    }
 
 
 def predicted_log_probs(model, quizzes, targets=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -371,10 +430,154 @@ def _perplexity(ce: torch.Tensor) -> float | None:
     return math.exp(m) if m < 700 else float("inf")
 
 
+#: the two metric families: every predicted cell, and the transform cells
+#: (predicted cells that differ from the paired grid) -> the score keys of each
+CELL_FAMILIES = {
+    "all_cells": ("log_prob", "n_wrong", "n_predicted"),
+    "transform_cells": ("transform_log_prob", "transform_n_wrong", "n_transform"),
+}
+
+
+def _rows(scores: dict, index) -> torch.Tensor:
+    n = scores["ce"].shape[0]
+    if index is None:
+        return torch.arange(n)
+    index = torch.as_tensor(index)
+    return index.nonzero().flatten() if index.dtype == torch.bool else index.long()
+
+
+def _np(t: torch.Tensor):
+    return t.double().cpu().numpy()
+
+
+def _family_arrays(scores: dict, rows: torch.Tensor, family: str) -> dict:
+    lp, wrong, cells = CELL_FAMILIES[family]
+    det = scores["deterministic"][rows]
+    n_cells = scores[cells][rows]
+    scored = det & (n_cells > 0)  # quizzes whose grid accuracy counts
+    return {
+        "nll": -_np(scores[lp][rows]),
+        "cells": _np(n_cells),
+        "right_cells": _np((n_cells - scores[wrong][rows]) * det),
+        "det_cells": _np(n_cells * det),
+        "grid_right": _np((scores[wrong][rows] == 0) & scored),
+        "grid_prob": _np(scores[lp][rows].double().exp() * scored),
+        "scored": _np(scored),
+    }
+
+
+def cell_metrics(scores: dict, index=None, *, baseline: dict | None = None, resampler=None) -> dict:
+    """Loss and accuracy of a group of quizzes on all predicted cells and on
+    the transform cells, each with its 95% interval (one bootstrap over the
+    group's quizzes; Wilson for whole-grid accuracy).
+
+    ``scores``: per-quiz scores of :func:`score_quizzes` (or
+    :func:`cell_scores`); ``index``: the group (bool mask or indices; all
+    quizzes when None). Returns ``{"n", "n_scored", "loss", "ce_all",
+    "greedy_accuracy", "all_cells": F, "transform_cells": F}``, F =
+
+    * ``cells``: cells of the family; ``quizzes``: scored quizzes having some;
+    * ``ce``: cross-entropy per cell, pooled over the group's cells;
+    * ``cell_accuracy``: share of the family's cells whose argmax is right;
+    * ``grid_accuracy``: share of quizzes with every cell of the family right
+      (Wilson interval, ``k`` of ``n``) -- on all cells, the greedy accuracy;
+    * ``expected_grid_accuracy``: mean probability that sampling at
+      temperature 1 gets every cell of the family right;
+    * with ``baseline`` (scores of the same quizzes under another condition,
+      e.g. the clean model): ``change``, this minus the baseline for ``ce``,
+      ``cell_accuracy`` and ``grid_accuracy`` with *paired* intervals (the
+      quizzes are resampled together), and ``ce_ratio``.
+
+    Accuracies count deterministic quizzes only (as the reference); values
+    are ``{"value", "ci95": [low, high]}`` dicts. Flat ``loss`` (= all-cells
+    ce), ``ce_all`` (mean over all 404 positions) and ``greedy_accuracy``
+    are the legacy numbers. ``resampler``: a :class:`culture.intervals.Resampler`
+    over the group's quizzes, to share between calls on the same group.
+    """
+    from culture.intervals import Resampler, share
+
+    rows = _rows(scores, index)
+    n = int(rows.numel())
+    R = resampler if resampler is not None else Resampler(n)
+    if R.n != n:
+        raise EvaluationError(f"resampler over {R.n} samples, group has {n}")
+    out = {"n": n, "n_scored": int(scores["deterministic"][rows].sum()),
+           "ce_all": _mean(scores["ce"][rows])}
+    for family in CELL_FAMILIES:
+        a = _family_arrays(scores, rows, family)
+        k, m = int(a["grid_right"].sum()), int(a["scored"].sum())
+        fam = {
+            "cells": int(a["cells"].sum()),
+            "quizzes": m,
+            "ce": R.ratio(a["nll"], a["cells"]),
+            "cell_accuracy": R.ratio(a["right_cells"], a["det_cells"]),
+            "grid_accuracy": share(k, m),
+            "expected_grid_accuracy": R.ratio(a["grid_prob"], a["scored"]),
+        }
+        if baseline is not None:
+            b = _family_arrays(baseline, rows, family)
+            ce_b = R.ratio(b["nll"], b["cells"])["value"]
+            fam["change"] = {
+                "ce": R.ratio(a["nll"] - b["nll"], a["cells"]),
+                "cell_accuracy": R.ratio(a["right_cells"] - b["right_cells"], a["det_cells"]),
+                "grid_accuracy": R.ratio(a["grid_right"] - b["grid_right"], a["scored"]),
+            }
+            ce = fam["ce"]["value"]
+            fam["ce_ratio"] = ce / ce_b if ce is not None and ce_b else None
+        out[family] = fam
+    out["loss"] = out["all_cells"]["ce"]["value"]
+    out["greedy_accuracy"] = out["all_cells"]["grid_accuracy"]["value"]
+    return out
+
+
+def loss_recovered(patched: dict, clean: dict, floor: dict, index=None, *, floor_name: str = "zero ablation",
+                   resampler=None) -> dict:
+    """Loss recovered, (floor - patched) / (floor - clean) on the pooled
+    cross-entropy per cell, on all predicted cells and on the transform
+    cells, with a paired bootstrap interval over the group's quizzes
+    (``patched``, ``clean``, ``floor``: per-quiz scores of the same quizzes;
+    ``floor_name`` says what the floor is -- 1 = nothing lost, 0 = as bad as
+    the floor). ``{family: {"value", "ci95", "floor"}}``."""
+    from culture.intervals import Resampler
+
+    rows = _rows(clean, index)
+    R = resampler if resampler is not None else Resampler(int(rows.numel()))
+    out = {}
+    for family in CELL_FAMILIES:
+        p, c, f = (_family_arrays(s, rows, family)["nll"] for s in (patched, clean, floor))
+        v = R.pooled(lambda fp, fc: fp / fc, f - p, f - c)
+        v["floor"] = floor_name
+        out[family] = v
+    return out
+
+
+def group_metrics(scores: dict, labels: Sequence[str], groups: Sequence[str], *, baseline: dict | None = None,
+                  resamplers: dict | None = None, all_label: str = "all") -> dict:
+    """{group: :func:`cell_metrics`} for each label of ``groups`` (quizzes
+    whose label is it) and ``all_label`` (every quiz). ``resamplers``: a dict
+    kept by the caller, filled with one Resampler per group, so that repeated
+    calls on the same quizzes share resamples (and cost less)."""
+    from culture.intervals import Resampler
+
+    lab = list(labels)
+    cache = resamplers if resamplers is not None else {}
+    out = {}
+    for g in [*groups, all_label]:
+        mask = torch.ones(len(lab), dtype=torch.bool) if g == all_label else torch.tensor(
+            [x == g for x in lab], dtype=torch.bool)
+        if g not in cache:
+            cache[g] = Resampler(int(mask.sum()))
+        out[g] = cell_metrics(scores, mask, baseline=baseline, resampler=cache[g])
+    return out
+
+
 def summarize(scores: dict[str, torch.Tensor], index=None) -> dict:
     """The metrics of a group of quizzes (``index``: bool mask or indices; all
     when None): n, perplexity, greedy / expected / generated accuracy (None
-    when the group has no deterministic quiz, or no generation)."""
+    when the group has no deterministic quiz, or no generation) with their
+    95% intervals (``*_ci95``), and :func:`cell_metrics`'s two families
+    (``all_cells``, ``transform_cells``: cross-entropy, per-cell and
+    whole-grid accuracy)."""
     if index is None:
         index = torch.ones(scores["ce"].shape[0], dtype=torch.bool)
     index = torch.as_tensor(index)
@@ -390,13 +593,35 @@ def summarize(scores: dict[str, torch.Tensor], index=None) -> dict:
     }
     if "generated_correct" in scores:
         out["generated_accuracy"] = _mean(scores["generated_correct"][index][det].float())
+    return out | _intervals(scores, index)
+
+
+def _intervals(scores: dict, index) -> dict:
+    """The 95% intervals of summarize's accuracies and both cell families."""
+    from culture.intervals import wilson_interval
+
+    cells = cell_metrics(scores, index)
+    out = {
+        "greedy_accuracy_ci95": cells["all_cells"]["grid_accuracy"]["ci95"],
+        "expected_accuracy_ci95": cells["all_cells"]["expected_grid_accuracy"]["ci95"],
+        "generated_accuracy_ci95": None,
+    }
+    if "generated_correct" in scores:
+        det = scores["deterministic"][index]
+        ok = scores["generated_correct"][index][det]
+        out["generated_accuracy_ci95"] = list(wilson_interval(int(ok.sum()), int(ok.numel())))
+    out["all_cells"] = cells["all_cells"]
+    out["transform_cells"] = cells["transform_cells"]
     return out
 
 
 @dataclass
 class ModelEval:
-    """One model's results: headline metrics, breakdowns by task label and by
-    structure (keys "1".."5"), and the per-quiz ``scores`` (not in to_dict)."""
+    """One model's results: headline metrics, their intervals and cell
+    families (``intervals``: the ``*_ci95`` and ``all_cells`` /
+    ``transform_cells`` entries of :func:`summarize`), breakdowns by task
+    label and by structure (keys "1".."5"), and the per-quiz ``scores`` (not
+    in to_dict)."""
 
     name: str
     n: int
@@ -407,6 +632,7 @@ class ModelEval:
     expected_accuracy: float | None
     generated_accuracy: float | None = None
     checkpoint_accuracy: float | None = None
+    intervals: dict = field(default_factory=dict)
     by_task: dict[str, dict] = field(default_factory=dict)
     by_structure: dict[str, dict] = field(default_factory=dict)
     scores: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -422,6 +648,7 @@ class ModelEval:
             "expected_accuracy": self.expected_accuracy,
             "generated_accuracy": self.generated_accuracy,
             "checkpoint_accuracy": self.checkpoint_accuracy,
+            **self.intervals,
             "by_task": self.by_task,
             "by_structure": self.by_structure,
         }
@@ -546,5 +773,6 @@ def evaluate(
             mean_cross_entropy=head["mean_cross_entropy"], greedy_accuracy=head["greedy_accuracy"],
             expected_accuracy=head["expected_accuracy"], generated_accuracy=head["generated_accuracy"],
             checkpoint_accuracy=ckpt, by_task=by_task, by_structure=by_structure, scores=scores,
+            intervals={k: v for k, v in head.items() if k.endswith("_ci95") or k in CELL_FAMILIES},
         ))
     return results

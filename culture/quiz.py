@@ -259,7 +259,6 @@ def predicted_blocks(quizzes: torch.Tensor, structures=STRUCTURES) -> torch.Tens
 
     A quiz whose marker order is not in ``structures`` predicts its last block.
     """
-    n = quizzes.shape[0]
     idx = structure_index(quizzes, structures)
     table = torch.zeros(len(structures) + 1, N_BLOCKS, dtype=torch.bool)
     for k, s in enumerate(structures):

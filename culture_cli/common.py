@@ -145,6 +145,26 @@ def pct(x, digits: int = 1) -> str:
     return "-" if x is None else f"{100 * x:.{digits}f}%"
 
 
+def pct_ci(entry, digits: int = 1) -> str:
+    """A share with its 95% interval, ``"91.8% [89.1, 93.9]"``, from a
+    ``{"value", "ci95"}`` dict (``culture.intervals``); "-" when missing."""
+    from culture.intervals import format_interval
+
+    if not entry or entry.get("value") is None:
+        return "-"
+    return format_interval(entry["value"], *entry["ci95"], digits=digits)
+
+
+def num_ci(entry, digits: int = 3) -> str:
+    """A number with its 95% interval, ``"0.00284 [0.00214, 0.00361]"``
+    (``digits`` significant digits); "-" when missing."""
+    from culture.intervals import format_interval
+
+    if not entry or entry.get("value") is None:
+        return "-"
+    return format_interval(entry["value"], *entry["ci95"], percent=False, digits=digits)
+
+
 def print_table(table) -> None:
     """Print a table; in a pipe, as wide as it needs (no cropped cells)."""
     if plain_output():

@@ -96,30 +96,71 @@ def test_ablate_cli_table_heatmap_json(source, tmp_path, capsys):
     d = json.loads(out.read_text())
     assert len(d["ablations"]) == (4 + 4) * 2
     assert d["groups"][-1] == "all" and d["clean"]["all"]["n"] == 6
+    # both metric families, with intervals, and the paired change against clean
+    for entry in (d["clean"]["all"], d["ablations"][0]["metrics"]["frame"] if "frame" in d["groups"]
+                  else d["ablations"][0]["metrics"]["all"]):
+        for family in ("all_cells", "transform_cells"):
+            f = entry[family]
+            assert {"ce", "cell_accuracy", "grid_accuracy", "expected_grid_accuracy"} <= set(f)
+            lo, hi = f["grid_accuracy"]["ci95"]
+            assert 0.0 <= lo <= f["grid_accuracy"]["value"] <= hi <= 1.0
+    change = d["ablations"][0]["metrics"]["all"]["transform_cells"]["change"]
+    assert {"ce", "cell_accuracy", "grid_accuracy"} <= set(change)
+    assert d["clean"]["all"]["transform_cells"]["cells"] < d["clean"]["all"]["all_cells"]["cells"]
     from PIL import Image
 
     with Image.open(png) as img:
         assert img.size[0] > 300 and img.size[1] > 200
 
 
-def test_attention_pattern_png(source, tmp_path, capsys):
+def test_attention_statistics_cli(source, tmp_path, capsys):
     from PIL import Image
 
-    png = tmp_path / "att.png"
-    rc = exit_code(["ablate", "--model", "0", "--source", str(source), "-n", "2", "--attention", "0.1",
-                    "--png", str(png)])
+    png, out = tmp_path / "att.png", tmp_path / "att.json"
+    rc = exit_code(["ablate", "--model", "0", "--source", str(source), "-n", "4", "--attention", "0.1",
+                    "--png", str(png), "--json", str(out), "--batch-size", "2"])
     assert rc == 0
-    assert "most attended offset" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Look-back offsets" in printed and "paired grid" in printed
+    d = json.loads(out.read_text())
+    assert d["n"] == 4 and len(d["offsets"]) == 8
+    # the attention of a query sums to 1 over the key groups
+    for row in d["by_block"].values():
+        assert sum(v["value"] for v in row.values()) == pytest.approx(1.0, abs=1e-5)
     with Image.open(png) as img:
         assert img.size[0] > 300
-    from culture.ablation import attention_pattern, source_test_set
-    from culture.hooked import load_hooked
+    png1 = tmp_path / "one.png"
+    assert exit_code(["ablate", "--model", "0", "--source", str(source), "-n", "2", "--attention", "0.1",
+                      "--quiz", "1", "--png", str(png1)]) == 0
+    assert png1.exists()
 
-    ts = source_test_set(source, 2, seed=0)
-    pat = attention_pattern(load_hooked(0, source), ts.quizzes[0], 0, 1)
-    assert pat.shape == (404, 404)
-    assert torch.allclose(pat.sum(-1), torch.ones(404), atol=1e-5)
-    assert float(pat.triu(1).abs().max()) == 0.0  # causal
+
+def test_attention_statistics_match_one_quiz_patterns(source):
+    """By-block masses and offset masses equal those computed by hand from
+    each quiz's pattern (attention_pattern)."""
+    from culture.ablation import attention_pattern, attention_statistics, source_test_set
+    from culture.hooked import load_hooked
+    from culture.quiz import ar_mask
+
+    ts = source_test_set(source, 3, seed=4)
+    hooked = load_hooked(0, source)
+    stats = attention_statistics(hooked, ts, 1, 0, batch_size=2, top_offsets=404)
+    seq = torch.where(ar_mask(ts.quizzes), ts.targets, ts.quizzes)
+    pats = [attention_pattern(hooked, seq[i], 1, 0).double() for i in range(3)]
+    mask = ar_mask(seq)
+    # mass at offset d over the answer queries, mean per quiz then over quizzes
+    for entry in stats.offsets[:5]:
+        d = entry["offset"]
+        per_quiz = []
+        for i, p in enumerate(pats):
+            q = mask[i].nonzero().flatten()
+            per_quiz.append(float(p[q, q - d].mean()))
+        assert entry["mass"]["value"] == pytest.approx(sum(per_quiz) / 3, abs=1e-6)
+    # the answer queries' mass on their own grid (block 3 in every eval structure)
+    own = [float(p[mask[i]][:, 304:].sum(1).mean()) for i, p in enumerate(pats)]
+    assert stats.by_block["answer"]["same grid"]["value"] == pytest.approx(sum(own) / 3, abs=1e-6)
+    pattern = stats.mean_patterns
+    assert all(v.shape == (404, 404) for v in pattern.values())
 
 
 def test_dominant_offset():
@@ -139,7 +180,8 @@ def test_ablate_cli_errors(source, tmp_path, capsys):
           "-n", "2"], "out of range"),
         (["ablate", "--model", "0", "--source", str(source), "--attention", "x", "--png", str(tmp_path / "a.png")],
          "LAYER.HEAD"),
-        (["ablate", "--model", "0", "--source", str(source), "--attention", "0.0"], "--png"),
+        (["ablate", "--model", "0", "--source", str(source), "--attention", "0.0", "--quiz", "0"], "--png"),
+        (["ablate", "--model", "0", "--source", str(source), "--attention", "0.0", "--mean"], "--attention"),
         (["ablate", "--model", "0", "--source", str(source), "--tasks", "nope"], "unknown task"),
     ]
     for argv, needle in cases:
@@ -147,3 +189,101 @@ def test_ablate_cli_errors(source, tmp_path, capsys):
         err = capsys.readouterr().err
         lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
         assert len(lines) == 1 and needle in lines[0], (argv, err)
+
+
+# ------------------------------------------------------------------ nulls: mean per structure, resample
+
+
+@pytest.fixture(scope="module")
+def one_task_set(source):
+    from culture.ablation import source_test_set
+
+    return source_test_set(source, 16, ["replace_color", "frame"], seed=5, c_quizzes=False)
+
+
+def _hand_scores(hooked, ts, hook_name, replace):
+    """score the test set in one batch, replacing the activation at hook_name
+    by replace(act) (the hand-made ablation)."""
+    from culture.evaluation import cell_scores
+    from culture.hooked import to_hooked_tokens
+    from culture.quiz import ar_mask, transform_mask
+
+    seq = torch.where(ar_mask(ts.quizzes), ts.targets, ts.quizzes)
+    tokens = to_hooked_tokens(seq)
+    with torch.inference_mode():
+        logits = hooked.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda act, hook: replace(act))],
+                                       attention_mask=torch.ones_like(tokens))
+    return cell_scores(logits, seq, ar_mask(seq), transform_mask(seq, paired=ts.targets))
+
+
+def _clean_activations(hooked, ts, hook_name):
+    from culture.hooked import to_hooked_tokens
+    from culture.quiz import ar_mask
+
+    seq = torch.where(ar_mask(ts.quizzes), ts.targets, ts.quizzes)
+    tokens = to_hooked_tokens(seq)
+    with torch.inference_mode():
+        _, cache = hooked.run_with_cache(tokens, names_filter=[hook_name], attention_mask=torch.ones_like(tokens))
+    return cache[hook_name].clone()
+
+
+def test_mean_ablation_is_the_hand_computed_per_structure_mean(source, one_task_set):
+    from culture.ablation import Component, run_ablations, structure_position_means
+    from culture.hooked import load_hooked
+
+    ts = one_task_set
+    assert len(set(ts.structures.tolist())) >= 3  # the means differ by structure
+    hooked = load_hooked(0, source)
+    comp = Component("mlp", 0)
+    act = _clean_activations(hooked, ts, comp.hook_name)  # (16, 404, d)
+    by_hand = torch.zeros_like(act)
+    for s in set(ts.structures.tolist()):
+        rows = ts.structures == s
+        by_hand[rows] = act[rows].double().mean(0).float()
+    table = structure_position_means(hooked, ts, [comp], batch_size=5)[comp]
+    assert torch.allclose(table[ts.structures.long()], by_hand, atol=1e-6)
+
+    res = run_ablations(hooked, ts, components=[comp], modes=("mean", "pooled_mean"), batch_size=5)
+    mean_row, pooled_row = res.rows
+    expect = _hand_scores(hooked, ts, comp.hook_name, lambda a: by_hand.to(a))
+    nll = -expect["log_prob"].double().sum() / expect["n_predicted"].sum()
+    assert mean_row["metrics"]["all"]["loss"] == pytest.approx(float(nll), rel=1e-5)
+    # pooling the structures is a different null (the random model's loss barely cares, its activations do)
+    pooled = act.double().mean(0).float()
+    assert float((by_hand - pooled).abs().max()) > 1e-2
+    assert pooled_row["metrics"]["all"]["loss"] != pytest.approx(mean_row["metrics"]["all"]["loss"], rel=1e-6)
+
+
+def test_resample_draws_from_the_same_structure_and_task(source, one_task_set):
+    from culture.ablation import Component, resample_donors, run_ablations
+    from culture.hooked import load_hooked
+
+    ts = one_task_set
+    donors = resample_donors(ts, seed=3)
+    assert sorted(donors.tolist()) == list(range(len(ts)))  # every quiz donates once
+    groups = {}
+    for i in range(len(ts)):
+        groups.setdefault((ts.labels[i], int(ts.structures[i])), []).append(i)
+    for i, j in enumerate(donors.tolist()):
+        assert ts.labels[j] == ts.labels[i] and int(ts.structures[j]) == int(ts.structures[i])
+        alone = len(groups[(ts.labels[i], int(ts.structures[i]))]) == 1
+        assert (j == i) == alone
+    assert any(len(g) > 1 for g in groups.values())
+    assert not torch.equal(resample_donors(ts, seed=3), resample_donors(ts, seed=4)) or all(
+        len(g) <= 2 for g in groups.values())
+
+    hooked = load_hooked(0, source)
+    comp = Component("head", 1, 1)
+    act = _clean_activations(hooked, ts, comp.hook_name)  # (16, 404, heads, d_head)
+
+    def swap(a):
+        a = a.clone()
+        a[:, :, 1] = act[donors][:, :, 1].to(a)
+        return a
+
+    expect = _hand_scores(hooked, ts, comp.hook_name, swap)
+    res = run_ablations(hooked, ts, components=[comp], modes=("resample",), batch_size=5, seed=3)
+    nll = -expect["transform_log_prob"].double().sum() / expect["n_transform"].sum()
+    got = res.rows[0]["metrics"]["all"]["transform_cells"]["ce"]["value"]
+    assert got == pytest.approx(float(nll), rel=1e-5)
+    assert res.settings["resample_self_donors"] == int((donors == torch.arange(len(ts))).sum())

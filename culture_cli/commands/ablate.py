@@ -1,6 +1,7 @@
-"""``culture-interp ablate``: zero / mean ablation of every attention layer, MLP
-layer and (``--heads``) attention head, per task, as a table and a heatmap;
-``--attention L.H`` draws one head's attention pattern instead. The library is
+"""``culture-interp ablate``: zero / mean / resample ablation of every attention
+layer, MLP layer and (``--heads``) attention head, per task, as tables and a
+heatmap; ``--attention L.H`` averages one head's attention over the test set
+instead. The library is
 :mod:`culture.ablation`; TransformerLens and matplotlib are imported inside."""
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from culture_cli.common import (
     JsonOption,
     ModelSourceOption,
     NoiseOption,
+    QuizKindsOption,
     TasksOption,
     check_test_set_options,
-    console,
     err_console,
     fail,
+    num_ci,
     outputs,
-    pct,
+    pct_ci,
     print_table,
     progress,
     write_json,
@@ -34,74 +36,148 @@ def _loss(x) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
-def _table(results):
+def _colour(text: str, ratio) -> str:
+    """Red when the ablation multiplies the loss by 2 or more, bold red by 10."""
+    if ratio is None:
+        return text
+    return f"[bold red]{text}[/]" if ratio >= 10 else (f"[red]{text}[/]" if ratio >= 2 else text)
+
+
+def _ce(family: dict) -> str:
+    ratio = family.get("ce_ratio")
+    return f"{_loss(family['ce']['value'])}" + (f" (x{ratio:.3g})" if ratio is not None else "")
+
+
+def _change(entry) -> str:
+    """A paired change in percentage points with its interval."""
+    if not entry or entry.get("value") is None:
+        return "-"
+    lo, hi = entry["ci95"]
+    return f"{100 * entry['value']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def _summary_table(results):
+    """Over all quizzes: both cell families, intervals, the paired change."""
     from rich.table import Table
 
-    multi = len(results.modes()) > 1
-    table = Table(title="Ablations: loss on the predicted cells / greedy accuracy, per task", title_justify="left")
+    n = results.clean["all"]["n"]
+    table = Table(title=f"Ablations over all {n} quizzes: all predicted cells | transform cells "
+                  "(95% intervals; change vs clean: paired)", title_justify="left")
+    for name in ("component", "mode", "CE/cell: all", "CE/cell: transform", "grid acc: all", "grid acc: transform",
+                 "change in grid acc: all (points)", "change: transform"):
+        table.add_column(name, justify="left" if name in ("component", "mode") else "right")
+
+    def row(name: str, mode: str, m: dict) -> list[str]:
+        a, t = m["all_cells"], m["transform_cells"]
+        return [name, mode, _colour(_ce(a), a.get("ce_ratio")), _colour(_ce(t), t.get("ce_ratio")),
+                pct_ci(a["grid_accuracy"]), pct_ci(t["grid_accuracy"]),
+                _change(a.get("change", {}).get("grid_accuracy")), _change(t.get("change", {}).get("grid_accuracy"))]
+
+    table.add_row(*row("clean", "", results.clean["all"]), end_section=True)
+    for r in results.rows:
+        table.add_row(*row(r["component"], r["mode"], r["metrics"]["all"]))
+    return table
+
+
+def _task_table(results):
+    """Per task: whole-grid accuracy on all cells / on transform cells."""
+    from rich.table import Table
+
+    groups = [g for g in results.groups if g != "all"]
+    table = Table(title="By task: whole-grid accuracy, all cells / transform cells (95% intervals; red: loss x2, "
+                  "bold: x10)", title_justify="left")
     table.add_column("component", justify="left")
-    if multi:
-        table.add_column("mode", justify="left")
-    for g in results.groups:
+    table.add_column("mode", justify="left")
+    for g in groups:
         table.add_column(g, justify="right")
 
-    def cells(metrics, base=None):
+    def cells(metrics: dict) -> list[str]:
         out = []
-        for g in results.groups:
-            m = metrics[g]
-            text = f"{_loss(m['loss'])} / {pct(m['greedy_accuracy'], 0)}"
-            if base is not None and m["loss"] is not None and base[g]["loss"]:
-                ratio = m["loss"] / base[g]["loss"]
-                if ratio >= 10:
-                    text = f"[bold red]{text}[/]"
-                elif ratio >= 2:
-                    text = f"[red]{text}[/]"
-            out.append(text)
+        for g in groups:
+            a, t = metrics[g]["all_cells"], metrics[g]["transform_cells"]
+            out.append(_colour(f"{pct_ci(a['grid_accuracy'], 0)} / {pct_ci(t['grid_accuracy'], 0)}",
+                               a.get("ce_ratio")))
         return out
 
-    table.add_row("clean", *([""] if multi else []), *cells(results.clean))
+    table.add_row("clean", "", *cells(results.clean), end_section=True)
     for r in results.rows:
-        table.add_row(r["component"], *([r["mode"]] if multi else []), *cells(r["metrics"], results.clean))
+        table.add_row(r["component"], r["mode"], *cells(r["metrics"]))
     return table
+
+
+def _attention_tables(stats):
+    from rich.table import Table
+
+    from culture.ablation import KEY_GROUPS
+
+    t1 = Table(title=f"Head {stats.layer}.{stats.head}: attention mass by query grid (the cells it predicts) and "
+               f"key grid, mean over {stats.n} quizzes [95% interval]", title_justify="left")
+    t1.add_column("query", justify="left")
+    for k in KEY_GROUPS:
+        t1.add_column(k, justify="right")
+    for g, row in stats.by_block.items():
+        t1.add_row(g, *[num_ci(row[k], 2) for k in KEY_GROUPS], end_section=g == "answer: copy cells")
+    t2 = Table(title="Look-back offsets over the answer cells' queries (offset d: the key reads the token d+1 "
+               "before the one predicted)", title_justify="left")
+    for name in ("offset", "key reads", "mean attention", "share of queries with their maximum there"):
+        t2.add_column(name, justify="left" if name == "key reads" else "right")
+    for o in stats.offsets:
+        t2.add_row(str(o["offset"]), o["reads"], num_ci(o["mass"], 3), pct_ci(o["argmax_share"]))
+    return t1, t2
 
 
 def ablate_command(
     model: Annotated[int, typer.Option("--model", help="Model id (gpt_{K:03d}.pth of the source).")],
     source: ModelSourceOption = None,
-    mean: Annotated[bool, typer.Option("--mean", help="Also mean-ablate (per-position mean over the test quizzes).")
+    mean: Annotated[bool, typer.Option(
+        "--mean", help="Also mean-ablate (mean over the test quizzes of the same structure, per position).")
                     ] = False,
     heads: Annotated[bool, typer.Option("--heads", help="Also ablate every attention head (hook_z).")] = False,
+    resample: Annotated[bool, typer.Option(
+        "--resample", help="Also resample-ablate (the activation of another test quiz of the same structure and "
+        "task).")] = False,
+    pooled_mean: Annotated[bool, typer.Option(
+        "--pooled-mean", help="Also mean-ablate with the mean over all quizzes (structures pooled; for "
+        "comparison).")] = False,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Test quizzes.")] = 400,
     tasks: TasksOption = None,
+    quizzes: QuizKindsOption = "both",
     c_quizzes: CQuizzesOption = True,
     noise: NoiseOption = 0.05,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test set.")] = 0,
     attention: Annotated[Optional[str], typer.Option(
-        "--attention", help="LAYER.HEAD: draw this head's attention pattern over a quiz (needs --png) "
-        "instead of ablating.", show_default=False)] = None,
-    quiz: Annotated[int, typer.Option("--quiz", help="With --attention: index of the test quiz drawn.")] = 0,
+        "--attention", help="LAYER.HEAD: this head's attention averaged over the test quizzes (by grid, by "
+        "look-back offset; --png: the mean pattern per structure) instead of ablating.", show_default=False)] = None,
+    quiz: Annotated[Optional[int], typer.Option(
+        "--quiz", help="With --attention --png: draw this one test quiz's pattern instead of the mean.",
+        show_default=False)] = None,
     png: Annotated[Optional[Path], typer.Option(
-        "--png", help="Heatmap (components x tasks) or, with --attention, the pattern, as PNG.", show_default=False)
-    ] = None,
+        "--png", help="Heatmap (components x tasks) or, with --attention, the patterns, as PNG.",
+        show_default=False)] = None,
     json_path: JsonOption = None,
     batch_size: BatchSizeOption = 50,
     device: DeviceOption = "cpu",
 ) -> None:
-    """Ablate attention layers, MLP layers (and heads): loss and greedy accuracy per task.
+    """Ablate attention layers, MLP layers (and heads): loss and accuracy per task,
+    on all predicted cells and on the transform cells.
 
     Zero ablation replaces the component's output by 0; --mean by its mean at
-    the same position over the test quizzes. Loss = cross-entropy on the
-    predicted cells (teacher-forced). --attention L.H --png FILE draws a head's
-    attention over one quiz, block boundaries marked.
+    the same position over the test quizzes of the same structure; --resample
+    by its activation on another test quiz of the same structure and task;
+    --pooled-mean by the mean over all quizzes. Loss = cross-entropy per
+    predicted cell (teacher-forced); 95% intervals, paired against clean.
+    --attention L.H averages a head's attention over the test quizzes.
     """
     check_test_set_options(num_samples, batch_size, seed, noise)
     if attention is not None:
-        if png is None:
-            fail("--attention needs --png PATH (the picture of the pattern)")
-        if mean or heads:
-            fail("--attention draws a pattern; --mean / --heads are for ablations")
-        if not 0 <= quiz < num_samples:
+        if mean or heads or resample or pooled_mean:
+            fail("--attention studies one head; --mean / --resample / --pooled-mean / --heads are for ablations")
+        if quiz is not None and png is None:
+            fail("--quiz needs --png PATH (the picture of that quiz's pattern)")
+        if quiz is not None and not 0 <= quiz < num_samples:
             fail(f"--quiz must be in 0..{num_samples - 1}, got {quiz}")
+    elif quiz is not None:
+        fail("--quiz goes with --attention")
     from culture.ablation import parse_head
 
     if attention is not None:
@@ -110,10 +186,11 @@ def ablate_command(
     from culture import sources
     from culture.ablation import (
         attention_pattern,
-        dominant_offset,
+        attention_statistics,
         run_ablations,
         save_ablation_heatmap,
         save_attention_png,
+        save_mean_attention_png,
         source_test_set,
     )
     from culture.evaluation import check_device
@@ -125,28 +202,35 @@ def ablate_command(
     names = resolve_tasks(list(tasks) if tasks else src.default_tasks())
     src.check_model_id(model)
     hooked = load_hooked(model, src, device=str(dev))
-    ts = source_test_set(src, num_samples, names, c_quizzes=c_quizzes, seed=seed, noise=noise)
+    ts = source_test_set(src, num_samples, names, c_quizzes=c_quizzes, seed=seed, noise=noise, quizzes=quizzes)
+    err_console.print(f"test set: {len(ts)} quizzes ({len(ts) - ts.n_c_quizzes} world, {ts.n_c_quizzes} "
+                      f"c-quizzes), seed {seed}, noise {noise:g}", highlight=False)
 
     if attention is not None:
         layer, head = parse_head(attention, hooked.cfg.n_layers, hooked.cfg.n_heads)
-        q = ts.quizzes[quiz]
-        pattern = attention_pattern(hooked, q, layer, head)
-        offset, share = dominant_offset(pattern)
-        title = f"model {model}, head {layer}.{head}, quiz {quiz} ({ts.labels[quiz]})"
-        console.print(f"head {layer}.{head}: most attended offset {offset} tokens back "
-                      f"({100 * share:.0f}% of the queries after the first grid); a grid is 101 tokens",
-                      highlight=False)
-        with outputs() as staged:
-            save_attention_png(pattern, q, staged.file(png), title)
+        with progress() as bar:
+            task_id = bar.add_task(f"attention of head {layer}.{head}", total=len(ts))
+            stats = attention_statistics(hooked, ts, layer, head, batch_size=batch_size, device=dev,
+                                         progress=lambda phase, done, total: bar.update(task_id, completed=done))
+        for table in _attention_tables(stats):
+            print_table(table)
+        with outputs() as staged:  # all or nothing
+            if png is not None:
+                if quiz is not None:
+                    q = ts.quizzes[quiz]
+                    save_attention_png(attention_pattern(hooked, q, layer, head), q, staged.file(png),
+                                       f"model {model}, head {layer}.{head}, quiz {quiz} ({ts.labels[quiz]})")
+                else:
+                    save_mean_attention_png(stats, staged.file(png), f"model {model}, head {layer}.{head}: "
+                                            f"attention averaged over {stats.n} test quizzes, per structure")
             if json_path is not None:
-                write_json(staged.file(json_path), {"model": model, "head": [layer, head], "quiz": quiz,
-                                                    "task": ts.labels[quiz], "dominant_offset": offset,
-                                                    "share": share}, announce=False)
+                d = stats.to_dict()
+                d["settings"].update({"model": model, "source": src.name, **ts.settings()})
+                write_json(staged.file(json_path), d, announce=False)
         return
 
-    err_console.print(f"test set: {len(ts)} quizzes ({len(ts) - ts.n_c_quizzes} world, {ts.n_c_quizzes} "
-                      f"c-quizzes), seed {seed}, noise {noise:g}", highlight=False)
-    modes = ["zero", "mean"] if mean else ["zero"]
+    modes = ["zero", *(["mean"] if mean else []), *(["resample"] if resample else []),
+             *(["pooled_mean"] if pooled_mean else [])]
     with progress() as bar:
         task_id = None
 
@@ -157,9 +241,10 @@ def ablate_command(
             bar.update(task_id, completed=done)
 
         results = run_ablations(hooked, ts, heads=heads, modes=modes, batch_size=batch_size, device=dev,
-                                progress=report)
-    results.settings.update({"model": model, "source": src.name, **ts.settings()})
-    print_table(_table(results))
+                                progress=report, seed=seed)
+    results.settings.update({"model": model, "source": src.name, "quizzes": quizzes, **ts.settings()})
+    print_table(_summary_table(results))
+    print_table(_task_table(results))
     with outputs() as staged:  # all or nothing
         if png is not None:
             save_ablation_heatmap(results, staged.file(png))
@@ -168,5 +253,5 @@ def ablate_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("ablate", short_help="Zero/mean-ablate layers and heads: loss and accuracy per task; "
-                "attention patterns.")(ablate_command)
+    app.command("ablate", short_help="Zero/mean/resample-ablate layers and heads: loss and accuracy per task; "
+                "attention over many quizzes.")(ablate_command)

@@ -19,8 +19,10 @@ from culture_cli.common import (
     ModelsSourceOption,
     check_test_set_options,
     err_console,
+    num_ci,
     parse_ids,
     pct,
+    pct_ci,
     print_table,
     progress,
     write_json_or_fail,
@@ -33,46 +35,53 @@ def _ppl(x) -> str:
     return f"{x:.4f}" if x < 100 else f"{x:.4g}"
 
 
+def _cells(entry, key: str, digits: int = 1) -> str:
+    """``all / transform`` for one metric of the two cell families."""
+    fmt = (lambda d: num_ci(d, 3)) if key == "ce" else (lambda d: pct_ci(d, digits))
+    return f"{fmt(entry['all_cells'][key])} / {fmt(entry['transform_cells'][key])}"
+
+
 def _main_table(results, generate: bool):
     from rich.table import Table
 
-    table = Table(title="Evaluation", title_justify="left")
-    table.add_column("model", justify="right")
-    table.add_column("perplexity", justify="right")
-    table.add_column("greedy acc", justify="right")
-    table.add_column("expected sampled acc", justify="right")
-    if generate:
-        table.add_column("sampled acc (generated)", justify="right")
-    table.add_column("checkpoint acc", justify="right")
+    table = Table(title="Evaluation (95% intervals; all predicted cells / transform cells)", title_justify="left")
+    for name in ("model", "perplexity", "greedy acc", "expected sampled acc",
+                 *(["sampled acc (generated)"] if generate else []), "transform cells: grid acc",
+                 "cell acc: all / transform", "CE per cell: all / transform", "checkpoint acc"):
+        table.add_column(name, justify="right")
     for r in results:
-        row = [r.name, _ppl(r.perplexity), pct(r.greedy_accuracy), pct(r.expected_accuracy)]
+        d = r.to_dict()
+        row = [r.name, _ppl(r.perplexity), pct_ci({"value": r.greedy_accuracy, "ci95": d["greedy_accuracy_ci95"]}),
+               pct_ci({"value": r.expected_accuracy, "ci95": d["expected_accuracy_ci95"]})]
         if generate:
-            row.append(pct(r.generated_accuracy))
-        row.append(pct(r.checkpoint_accuracy))
+            row.append(pct_ci({"value": r.generated_accuracy, "ci95": d["generated_accuracy_ci95"]}))
+        row += [pct_ci(d["transform_cells"]["grid_accuracy"]), _cells(d, "cell_accuracy", 2), _cells(d, "ce"),
+                pct(r.checkpoint_accuracy)]
         table.add_row(*row)
     return table
 
 
 def _breakdown_table(results, key: str, title: str, generate: bool):
+    """One row per (group, model): accuracies with intervals, transform-cell
+    grid accuracy, cross-entropy per cell on both families."""
     from rich.table import Table
 
-    what = "greedy / expected" + (" / sampled" if generate else "")
-    table = Table(title=f"{title} (accuracy: {what})", title_justify="left")
+    table = Table(title=f"{title} (95% intervals)", title_justify="left")
+    for name in (key.removeprefix("by_"), "model", "n", "greedy acc", "expected sampled acc",
+                 *(["sampled acc"] if generate else []), "transform cells: grid acc", "CE per cell: all / transform"):
+        table.add_column(name, justify="left" if name == key.removeprefix("by_") else "right")
     first = getattr(results[0], key)
-    table.add_column(key.removeprefix("by_"), justify="left")
-    table.add_column("n", justify="right")
-    for r in results:
-        table.add_column(f"model {r.name}", justify="right")
-    for group, entry in first.items():
+    for i, (group, entry) in enumerate(first.items()):
         name = f"{group} {entry['markers']}" if "markers" in entry else group
-        cells = []
-        for r in results:
+        for j, r in enumerate(results):
             e = getattr(r, key)[group]
-            parts = [pct(e["greedy_accuracy"]), pct(e["expected_accuracy"])]
+            row = [name if j == 0 else "", r.name, str(e["n"]),
+                   pct_ci({"value": e["greedy_accuracy"], "ci95": e["greedy_accuracy_ci95"]}),
+                   pct_ci({"value": e["expected_accuracy"], "ci95": e["expected_accuracy_ci95"]})]
             if generate:
-                parts.append(pct(e["generated_accuracy"]))
-            cells.append(" / ".join(parts))
-        table.add_row(name, str(entry["n"]), *cells)
+                row.append(pct_ci({"value": e["generated_accuracy"], "ci95": e["generated_accuracy_ci95"]}))
+            row += [pct_ci(e["transform_cells"]["grid_accuracy"]), _cells(e, "ce")]
+            table.add_row(*row, end_section=j == len(results) - 1 and len(results) > 1)
     return table
 
 
