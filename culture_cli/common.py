@@ -165,6 +165,26 @@ def num_ci(entry, digits: int = 3) -> str:
     return format_interval(entry["value"], *entry["ci95"], percent=False, digits=digits)
 
 
+def points_ci(entry) -> str:
+    """A change of a share (a ``{"value", "ci95"}`` dict, e.g. ablated minus
+    clean) in percentage points with its interval, ``"-4.5 [-7.0, -2.0]"``."""
+    if not entry or entry.get("value") is None:
+        return "-"
+    lo, hi = entry["ci95"]
+    return f"{100 * entry['value']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def write_outputs(png=None, draw=None, json_path=None, data=None) -> None:
+    """The optional files of an analysis, all or nothing: ``draw(path)``
+    writes the picture, ``data`` goes to ``json_path`` ("wrote PATH" on stderr
+    for each once both are in place)."""
+    with outputs() as staged:
+        if png is not None:
+            draw(staged.file(png))
+        if json_path is not None:
+            write_json(staged.file(json_path), data, announce=False)
+
+
 def print_table(table) -> None:
     """Print a table; in a pipe, as wide as it needs (no cropped cells)."""
     if plain_output():

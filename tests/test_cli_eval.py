@@ -43,6 +43,13 @@ def test_eval_tables_and_json(capsys, source, tmp_path):
         assert m["perplexity"] > 1 and 0 <= m["greedy_accuracy"] <= 1
         assert m["generated_accuracy"] is not None
         assert "culture" in m["by_task"] and sum(e["n"] for e in m["by_task"].values()) == 12
+        # both metric families and the intervals of every accuracy
+        lo, hi = m["greedy_accuracy_ci95"]
+        assert lo <= m["greedy_accuracy"] <= hi and m["generated_accuracy_ci95"] is not None
+        for entry in (m, m["by_task"]["culture"], m["by_structure"]["1"]):
+            for family in ("all_cells", "transform_cells"):
+                assert {"ce", "cell_accuracy", "grid_accuracy", "expected_grid_accuracy"} <= set(entry[family])
+        assert m["all_cells"]["grid_accuracy"]["value"] == m["greedy_accuracy"]
     assert not list(path.parent.glob(".*tmp"))  # atomic write left nothing behind
 
 

@@ -186,6 +186,13 @@ def test_eval_cli_json(trained, capsys):
                 "loss_zero", "loss_recovered", "accuracy_clean", "accuracy_sae", "accuracy_zero"):
         assert key in overall
     assert 0 <= overall["dead_features"] <= 64 and overall["l0"] > 0
+    for family in ("all_cells", "transform_cells"):  # both metric families, intervals, the floor named
+        f = overall[family]
+        assert set(f) == {"clean", "sae", "zero", "loss_recovered"}
+        assert f["loss_recovered"]["floor"] == "hook zero-ablated" and len(f["loss_recovered"]["ci95"]) == 2
+        assert {"ce", "cell_accuracy", "grid_accuracy"} <= set(f["sae"]["change"])
+    assert overall["all_cells"]["clean"]["grid_accuracy"]["value"] == overall["accuracy_clean"]
+    assert overall["transform_cells"]["clean"]["cells"] < overall["all_cells"]["clean"]["cells"]
 
 
 # ------------------------------------------------------------------ features
@@ -212,6 +219,10 @@ def test_features_cli_dashboard_and_steering(trained, capsys):
     assert len(f["logit_effect"]) == 15 and len(f["promotes"]) == 3
     assert report["steering"]["specs"] == ["1=0", "5=@2"]
     assert report["steering"]["by_group"]["all"]["n"] == 8
+    for family in ("all_cells", "transform_cells"):
+        steered = report["steering"]["by_group"]["all"][family]["steered"]
+        assert 0 <= steered["grid_accuracy"]["ci95"][0] <= steered["grid_accuracy"]["ci95"][1] <= 1
+        assert "grid_accuracy" in steered["change"]
     for feat in report["features"]:
         if feat["examples"]:
             assert (out / f"feature_{feat['id']}.png").is_file()

@@ -26,7 +26,8 @@ or more), a dot sized by the activation, a thick box on the cell read at the max
 on the cell predicted there.
 
 :func:`steer_accuracy` re-scores the test set (greedy accuracy, loss on the
-predicted cells) with the SAE spliced in *with its error term* (so that with no
+predicted cells; both also on the transform cells, with intervals and the
+paired change against clean) with the SAE spliced in *with its error term* (so that with no
 change the model is the clean model) and features scaled or clamped through a
 hook on the SAE's ``hook_sae_acts_post``.
 """
@@ -41,7 +42,8 @@ from dataclasses import dataclass, field
 import torch
 
 from culture.ablation import ALL, task_metrics, test_sequences
-from culture.quiz import BLOCK_LEN, COLOR_NAMES, GRID, MARKER_LABELS, MARKER_NAMES, N_COLORS, ar_mask
+from culture.evaluation import CELL_FAMILIES
+from culture.quiz import BLOCK_LEN, COLOR_NAMES, GRID, MARKER_LABELS, MARKER_NAMES, N_COLORS
 from culture.sae.common import SAEError, ensure_sae_model, hook_activations, output_directions
 from culture.sae.evaluation import encode_decode
 
@@ -116,7 +118,6 @@ def steer_accuracy(hooked, sae, test_set, specs: Sequence[SteerSpec], *, batch_s
             raise SAEError(f"feature {s.feature} out of range (the SAE has {sae.cfg.d_sae} features)")
     dev = torch.device(device) if device is not None else torch.device(model.cfg.device)
     names = test_set.label_names
-    n_pred = ar_mask(test_set.targets).sum(1)
 
     def report(phase):
         return (lambda d, t: progress(phase, d, t)) if progress is not None else None
@@ -133,8 +134,9 @@ def steer_accuracy(hooked, sae, test_set, specs: Sequence[SteerSpec], *, batch_s
         with model.hooks(fwd_hooks=[(f"{hook}.hook_sae_acts_post", steer)]):
             steered_scores = score_quizzes(model, test_set, batch_size=batch_size, device=dev,
                                            progress=report("steered"))
-    clean = task_metrics(clean_scores, test_set.labels, names, n_pred)
-    steered = task_metrics(steered_scores, test_set.labels, names, n_pred)
+    resamplers: dict = {}
+    clean = task_metrics(clean_scores, test_set.labels, names, resamplers=resamplers)
+    steered = task_metrics(steered_scores, test_set.labels, names, baseline=clean_scores, resamplers=resamplers)
     changed = clean_scores["greedy_correct"] != steered_scores["greedy_correct"]
     labels = list(test_set.labels)
     out = {}
@@ -147,9 +149,12 @@ def steer_accuracy(hooked, sae, test_set, specs: Sequence[SteerSpec], *, batch_s
             "loss_clean": clean[g]["loss"],
             "loss_steered": steered[g]["loss"],
             "changed": int((changed & mask).sum()),
+            **{family: {"clean": clean[g][family], "steered": steered[g][family]} for family in CELL_FAMILIES},
         }
     return {"specs": [s.text for s in specs], "by_group": out,
-            "method": "SAE spliced in with its error term; features edited at hook_sae_acts_post"}
+            "method": "SAE spliced in with its error term; features edited at hook_sae_acts_post",
+            "intervals": "95%: Wilson for whole-grid accuracy, bootstrap over quizzes otherwise; 'change' in "
+                         "steered: steered minus clean on the same quizzes, paired"}
 
 
 # ------------------------------------------------------------------ positions

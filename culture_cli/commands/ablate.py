@@ -24,11 +24,11 @@ from culture_cli.common import (
     err_console,
     fail,
     num_ci,
-    outputs,
     pct_ci,
+    points_ci,
     print_table,
     progress,
-    write_json,
+    write_outputs,
 )
 
 
@@ -48,14 +48,6 @@ def _ce(family: dict) -> str:
     return f"{_loss(family['ce']['value'])}" + (f" (x{ratio:.3g})" if ratio is not None else "")
 
 
-def _change(entry) -> str:
-    """A paired change in percentage points with its interval."""
-    if not entry or entry.get("value") is None:
-        return "-"
-    lo, hi = entry["ci95"]
-    return f"{100 * entry['value']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
 def _summary_table(results):
     """Over all quizzes: both cell families, intervals, the paired change."""
     from rich.table import Table
@@ -71,7 +63,8 @@ def _summary_table(results):
         a, t = m["all_cells"], m["transform_cells"]
         return [name, mode, _colour(_ce(a), a.get("ce_ratio")), _colour(_ce(t), t.get("ce_ratio")),
                 pct_ci(a["grid_accuracy"]), pct_ci(t["grid_accuracy"]),
-                _change(a.get("change", {}).get("grid_accuracy")), _change(t.get("change", {}).get("grid_accuracy"))]
+                points_ci(a.get("change", {}).get("grid_accuracy")),
+                points_ci(t.get("change", {}).get("grid_accuracy"))]
 
     table.add_row(*row("clean", "", results.clean["all"]), end_section=True)
     for r in results.rows:
@@ -214,19 +207,19 @@ def ablate_command(
                                          progress=lambda phase, done, total: bar.update(task_id, completed=done))
         for table in _attention_tables(stats):
             print_table(table)
-        with outputs() as staged:  # all or nothing
-            if png is not None:
-                if quiz is not None:
-                    q = ts.quizzes[quiz]
-                    save_attention_png(attention_pattern(hooked, q, layer, head), q, staged.file(png),
-                                       f"model {model}, head {layer}.{head}, quiz {quiz} ({ts.labels[quiz]})")
-                else:
-                    save_mean_attention_png(stats, staged.file(png), f"model {model}, head {layer}.{head}: "
-                                            f"attention averaged over {stats.n} test quizzes, per structure")
-            if json_path is not None:
-                d = stats.to_dict()
-                d["settings"].update({"model": model, "source": src.name, **ts.settings()})
-                write_json(staged.file(json_path), d, announce=False)
+
+        def draw(path):
+            if quiz is not None:
+                q = ts.quizzes[quiz]
+                save_attention_png(attention_pattern(hooked, q, layer, head), q, path,
+                                   f"model {model}, head {layer}.{head}, quiz {quiz} ({ts.labels[quiz]})")
+            else:
+                save_mean_attention_png(stats, path, f"model {model}, head {layer}.{head}: attention averaged "
+                                        f"over {stats.n} test quizzes, per structure")
+
+        d = stats.to_dict()
+        d["settings"].update({"model": model, "source": src.name, **ts.settings()})
+        write_outputs(png, draw, json_path, d)
         return
 
     modes = ["zero", *(["mean"] if mean else []), *(["resample"] if resample else []),
@@ -245,11 +238,7 @@ def ablate_command(
     results.settings.update({"model": model, "source": src.name, "quizzes": quizzes, **ts.settings()})
     print_table(_summary_table(results))
     print_table(_task_table(results))
-    with outputs() as staged:  # all or nothing
-        if png is not None:
-            save_ablation_heatmap(results, staged.file(png))
-        if json_path is not None:
-            write_json(staged.file(json_path), results.to_dict(), announce=False)
+    write_outputs(png, lambda path: save_ablation_heatmap(results, path), json_path, results.to_dict())
 
 
 def register(app: typer.Typer) -> None:

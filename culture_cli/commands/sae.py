@@ -20,14 +20,18 @@ from culture_cli.common import (
     NoiseOption,
     OptionalOutputFile,
     OutputDir,
+    QuizKindsOption,
     TasksOption,
     check_noise,
     check_test_set_options,
     command_group,
     err_console,
     fail,
+    num_ci,
     outputs,
     pct,
+    pct_ci,
+    points_ci,
     print_table,
     progress,
     write_json_or_fail,
@@ -55,6 +59,30 @@ def _num(x, digits: int = 4) -> str:
     if isinstance(x, int):
         return f"{x:,}"
     return f"{x:.{digits}g}"
+
+
+_FAMILY_LABELS = {"all_cells": "all", "transform_cells": "transform"}
+
+
+def _splice_table(results):
+    """Per task and cell family: CE clean / SAE / zero, loss recovered (floor
+    named), whole-grid accuracy clean / SAE (with the paired change) / zero."""
+    from rich.table import Table
+
+    table = Table(title="SAE spliced in: all predicted cells and transform cells (95% intervals; change paired)",
+                  title_justify="left")
+    for name in ("task", "cells", "CE/cell clean / SAE / zero", "loss recovered (floor: hook zeroed)",
+                 "grid acc clean", "grid acc SAE", "change (points)", "grid acc zero"):
+        table.add_column(name, justify="left" if name in ("task", "cells") else "right")
+    for g in results.groups:
+        for family, label in _FAMILY_LABELS.items():
+            f = results.by_group[g][family]
+            ce = " / ".join(_num(f[k]["ce"]["value"], 3) for k in ("clean", "sae", "zero"))
+            table.add_row(g if family == "all_cells" else "", label, ce, num_ci(f["loss_recovered"], 3),
+                          pct_ci(f["clean"]["grid_accuracy"]), pct_ci(f["sae"]["grid_accuracy"]),
+                          points_ci(f["sae"]["change"]["grid_accuracy"]), pct_ci(f["zero"]["grid_accuracy"]),
+                          end_section=family == "transform_cells")
+    return table
 
 
 def _reporter(bar):
@@ -101,12 +129,12 @@ def _load_sae_for(spec: str, subfolder: str | None, hooked, device, model: int |
     return sae
 
 
-def _test_set(src, num_samples, tasks, c_quizzes, seed, noise):
+def _test_set(src, num_samples, tasks, c_quizzes, seed, noise, quizzes="both"):
     from culture.evaluation import source_test_set
     from culture.world import resolve_tasks
 
     names = resolve_tasks(list(tasks) if tasks else src.default_tasks())
-    ts = source_test_set(src, num_samples, names, c_quizzes=c_quizzes, seed=seed, noise=noise)
+    ts = source_test_set(src, num_samples, names, c_quizzes=c_quizzes, seed=seed, noise=noise, quizzes=quizzes)
     err_console.print(f"test set: {len(ts)} quizzes ({len(ts) - ts.n_c_quizzes} world, {ts.n_c_quizzes} "
                       f"c-quizzes), seed {seed}, noise {noise:g}", highlight=False)
     return ts
@@ -332,6 +360,7 @@ def eval_command(
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Held-out test quizzes.")] = 500,
     tasks: TasksOption = None,
     c_quizzes: CQuizzesOption = True,
+    quizzes: QuizKindsOption = "both",
     noise: NoiseOption = 0.05,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test set (not the training seed).")] = 0,
     dense_threshold: Annotated[float, typer.Option(
@@ -350,7 +379,7 @@ def eval_command(
 
     hooked, src, dev = _load_model(model, source, device, sae=True)
     sae_obj = _load_sae_for(sae, subfolder, hooked, dev, model)
-    ts = _test_set(src, num_samples, tasks, c_quizzes, seed, noise)
+    ts = _test_set(src, num_samples, tasks, c_quizzes, seed, noise, quizzes)
     with progress() as bar:
         report = _reporter(bar)
         results = evaluate_sae(hooked, sae_obj, ts, batch_size=batch_size, dense_threshold=dense_threshold,
@@ -360,18 +389,17 @@ def eval_command(
 
     table = Table(title=f"SAE {sae} at {results.hook_name} ({results.d_sae:,} features), model {model}",
                   title_justify="left")
-    for name in ("task", "n", "var. expl.", "L0", "dead", "dense", "loss clean", "loss SAE", "loss zero",
-                 "loss recovered", "acc clean", "acc SAE", "acc zero"):
+    for name in ("task", "n", "var. expl.", "L0", "dead", "dense"):
         table.add_column(name, justify="left" if name == "task" else "right")
     for g in results.groups:
         r = results.by_group[g]
         table.add_row(g, str(r["n"]), _num(r.get("explained_variance"), 3), _num(r.get("l0"), 3),
-                      _num(r.get("dead_features")), _num(r.get("dense_features")), _num(r["loss_clean"], 3),
-                      _num(r["loss_sae"], 3), _num(r["loss_zero"], 3), _num(r["loss_recovered"], 3),
-                      pct(r["accuracy_clean"]), pct(r["accuracy_sae"]), pct(r["accuracy_zero"]))
+                      _num(r.get("dead_features")), _num(r.get("dense_features")))
     print_table(table)
-    err_console.print("loss = cross-entropy on the predicted cells; recovered = (zero - SAE) / (zero - clean); "
-                      "dead = never fires on these quizzes", highlight=False)
+    print_table(_splice_table(results))
+    err_console.print("CE = cross-entropy per cell; loss recovered = (zero - SAE) / (zero - clean), floor: the "
+                      "hook zero-ablated; transform cells = the cells the rule changes; dead = never fires on "
+                      "these quizzes", highlight=False)
     if json_path is not None:
         d = results.to_dict()
         d["settings"].update({"model": model, "source": src.name, "sae": sae, "subfolder": subfolder,
@@ -403,6 +431,7 @@ def features_command(
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Test quizzes.")] = 500,
     tasks: TasksOption = None,
     c_quizzes: CQuizzesOption = True,
+    quizzes: QuizKindsOption = "both",
     noise: NoiseOption = 0.05,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test set.")] = 0,
     batch_size: BatchSizeOption = 16,
@@ -434,7 +463,7 @@ def features_command(
             fail(f"feature {f} out of range (the SAE has {d_sae:,} features: 0..{d_sae - 1})")
     if specs:
         specs = parse_steer(list(steer), d_sae)
-    ts = _test_set(src, num_samples, tasks, c_quizzes, seed, noise)
+    ts = _test_set(src, num_samples, tasks, c_quizzes, seed, noise, quizzes)
     with progress() as bar:
         report = _reporter(bar)
         rep = feature_report(hooked, sae_obj, ts, features=ids or None, top=top, rank_by=rank_by,
@@ -475,13 +504,19 @@ def features_command(
                       where)
     print_table(table)
     if rep.steering:
-        st = Table(title=f"Steering {' '.join(rep.steering['specs'])} (SAE spliced in, error term kept)",
-                   title_justify="left")
-        for name in ("task", "n", "acc clean", "acc steered", "loss clean", "loss steered", "changed"):
-            st.add_column(name, justify="left" if name == "task" else "right")
+        st = Table(title=f"Steering {' '.join(rep.steering['specs'])} (SAE spliced in, error term kept; "
+                   "95% intervals, change paired)", title_justify="left")
+        for name in ("task", "cells", "n", "grid acc clean", "grid acc steered", "change (points)",
+                     "CE/cell clean / steered", "quizzes changed"):
+            st.add_column(name, justify="left" if name in ("task", "cells") else "right")
         for g, v in rep.steering["by_group"].items():
-            st.add_row(g, str(v["n"]), pct(v["accuracy_clean"]), pct(v["accuracy_steered"]),
-                       _num(v["loss_clean"], 3), _num(v["loss_steered"], 3), str(v["changed"]))
+            for family, label in _FAMILY_LABELS.items():
+                c, t = v[family]["clean"], v[family]["steered"]
+                st.add_row(g if family == "all_cells" else "", label, str(v["n"]), pct_ci(c["grid_accuracy"]),
+                           pct_ci(t["grid_accuracy"]), points_ci(t["change"]["grid_accuracy"]),
+                           f"{_num(c['ce']['value'], 3)} / {_num(t['ce']['value'], 3)}",
+                           str(v["changed"]) if family == "all_cells" else "",
+                           end_section=family == "transform_cells")
         print_table(st)
     err_console.print(f"wrote {index} (open it in a browser), {len([i for i in images.values() if i])} PNGs "
                       f"and report.json in {out}", highlight=False)
