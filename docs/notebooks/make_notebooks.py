@@ -165,14 +165,17 @@ test_set = source_test_set("bundled", 120, seed=0, quizzes="world")
 
 Variance explained and L0 (active features per token) on held-out quizzes; *loss recovered* compares the
 loss on the predicted cells with the activation replaced by the SAE's reconstruction against the clean
-run (1) and the zero-ablated run (0) — its floor.
+run (1) and the zero-ablated run (0) — its floor. Most predicted cells are copies of the paired grid, so
+it is also given on the *transform cells* alone (the cells the rule changes), with a bootstrap interval.
 """),
         code("""
 res = evaluate_sae(hooked, sae, test_set)
 for group in res.groups:
     g = res.by_group[group]
-    print(f"{group:14s} var.expl. {g['variance_explained']:.3f}  L0 {g['l0']:.1f}  "
-          f"loss recovered {g['loss_recovered']:.3f}  greedy clean/SAE/zero "
+    t = g["transform_cells"]["loss_recovered"]
+    print(f"{group:14s} var.expl. {g['explained_variance']:.3f}  L0 {g['l0']:.1f}  "
+          f"loss recovered {g['loss_recovered']:.3f} (on transform cells {t['value']:.3f} "
+          f"[{t['ci95'][0]:.3f}, {t['ci95'][1]:.3f}])  greedy clean/SAE/zero "
           f"{g['accuracy_clean']:.2f}/{g['accuracy_sae']:.2f}/{g['accuracy_zero']:.2f}")
 """),
         md("""
