@@ -88,6 +88,9 @@ def _bos_tokens(quizzes: torch.Tensor) -> torch.Tensor:
 
 
 def _hooked_logits(model, tokens: torch.Tensor, cache=None) -> torch.Tensor:
+    if cache is None and getattr(model, "tokenizer", None) is None:
+        # no tokenizer: TransformerLens builds no padding mask, and none is needed (cheaper without)
+        return model(tokens, return_type="logits")
     # an explicit all-ones mask: no pad-token masking (pad "0" = empty cell)
     mask = torch.ones(tokens.shape, dtype=torch.long, device=tokens.device)
     return model(tokens, return_type="logits", attention_mask=mask, past_kv_cache=cache)

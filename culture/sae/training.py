@@ -28,9 +28,19 @@ The output directory holds SAELens's files (``cfg.json``,
 ``sae_weights.safetensors``, ``sparsity.safetensors``, ``runner_cfg.json``)
 plus ``training_summary.json``; it is written into a temporary folder next to
 it and renamed into place at the end (``SAE.load_from_disk(out)`` works).
-Checkpoints (``n_checkpoints`` > 0, or an interrupted run with checkpoints on)
-go to ``<out>.checkpoints/`` beside it. ``seed`` seeds the run (SAELens 6 does
-not: SAE init and buffer shuffles use torch's global RNG, forked here).
+``seed`` seeds the run (SAELens 6 does not: SAE init and buffer shuffles use
+torch's global RNG, forked here).
+
+Resuming (``resume=True``, ``sae train --resume``): SAELens checkpoints go to
+``<out>.checkpoints/<samples>/`` beside ``out`` -- ``n_checkpoints`` evenly
+spaced ones, and one when the run is stopped by Ctrl-C or SIGTERM -- with the
+run's settings in ``<out>.checkpoints/culture_run.json``. A checkpoint counts
+once SAELens has written all of it (``.complete`` marks it, so a kill while
+writing one leaves the previous one in use). A resumed run starts from the
+latest one with SAELens's ``resume_from_checkpoint`` (SAE weights, Adam,
+schedules, the position in the data); its activation buffer is refilled, so
+it is not bit-identical to an uninterrupted run. After a run that finishes,
+the folder is removed unless ``n_checkpoints`` asked for checkpoints.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -49,7 +60,7 @@ import numpy as np
 import torch
 
 from culture.errors import first_sentence
-from culture.io import OutputSet, check_out_dir
+from culture.io import OutputSet, atomic_write_json, check_out_dir
 from culture.sae.common import DEFAULT_HOOK, SAEError, activation_size, hook_dirname
 
 #: prompt-noise probability of the published run (evaluation and datasets use it too)
@@ -331,7 +342,7 @@ def runner_config(settings: SAETrainSettings, d_in: int, *, output_path: str | N
         autocast=settings.autocast,
         compile_sae=settings.compile_sae,
         n_checkpoints=settings.n_checkpoints,
-        checkpoint_path=checkpoint_path if settings.n_checkpoints else None,
+        checkpoint_path=checkpoint_path,
         output_path=output_path,
         model_from_pretrained_kwargs={},
         verbose=False,
@@ -463,6 +474,81 @@ def _keep_signal_handlers():
                 signal.signal(sig, handler)
 
 
+# ------------------------------------------------------------------ checkpoints
+
+#: the run's settings, beside its checkpoints
+RUN_RECORD = "culture_run.json"
+_COMPLETE = ".complete"
+_CHECKPOINT_FILES = ("cfg.json", "sae_weights.safetensors", "trainer_state.pt", "activations_store_state.safetensors")
+
+
+def checkpoint_dir(out: str | os.PathLike) -> Path:
+    """Where the checkpoints of the SAE run writing ``out`` go: ``<out>.checkpoints/``."""
+    out = Path(out)
+    return out.with_name(out.name + ".checkpoints")
+
+
+def latest_checkpoint(out: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of the run writing ``out`` (None: none)."""
+    folder = checkpoint_dir(out)  # SAELens adds a folder per run: <out>.checkpoints/<run id>/<samples>/
+    done = [p.parent for p in folder.rglob(_COMPLETE)] if folder.is_dir() else []
+    return max(done, key=lambda p: int(p.name) if p.name.isdigit() else -1, default=None)
+
+
+def read_run_record(out: str | os.PathLike) -> dict:
+    """The settings of the interrupted run writing ``out`` (``culture_run.json``
+    beside its checkpoints); one-line SAEError when there is nothing to resume."""
+    out = Path(out)
+    folder = checkpoint_dir(out)
+    if out.is_dir() and (out / "training_summary.json").is_file():
+        raise SAEError(f"{out} holds a finished SAE: nothing to resume")
+    if not (folder / RUN_RECORD).is_file():
+        raise SAEError(f"nothing to resume for {out}: no {folder / RUN_RECORD} (a run saves checkpoints there "
+                       "when it is stopped with Ctrl-C or SIGTERM, or with --n-checkpoints N)")
+    if latest_checkpoint(out) is None:
+        raise SAEError(f"nothing to resume for {out}: {folder} holds no complete checkpoint")
+    try:
+        record = json.loads((folder / RUN_RECORD).read_text())
+        record["settings"] = SAETrainSettings(**record["settings"])
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise SAEError(f"{folder / RUN_RECORD}: unreadable run record ({first_sentence(exc)})") from None
+    return record
+
+
+def _mark_complete(path) -> None:
+    path = Path(path)
+    if all((path / name).is_file() for name in _CHECKPOINT_FILES):
+        (path / _COMPLETE).write_text("")
+
+
+def _checkpoint_on_interrupt(runner):
+    """Make SAELens's interruption handling save a *full* checkpoint (its own
+    saves only the data position), and mark every complete checkpoint."""
+    from sae_lens.training._interruption import InterruptedException
+
+    save = runner.save_checkpoint
+
+    def save_checkpoint(checkpoint_path):
+        if checkpoint_path is not None:  # SAELens's interrupt path does not make the folder
+            Path(checkpoint_path).mkdir(parents=True, exist_ok=True)
+        save(checkpoint_path)
+        if checkpoint_path is not None:
+            _mark_complete(checkpoint_path)
+
+    runner.save_checkpoint = save_checkpoint  # what the trainer calls after writing weights and state
+    run_trainer = runner.run_trainer_with_interruption_handling
+
+    def run_trainer_with_interruption_handling(trainer):
+        try:
+            return run_trainer(trainer)
+        except (KeyboardInterrupt, InterruptedException):
+            if runner.cfg.checkpoint_path is not None and trainer.n_training_steps > 0:
+                trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
+            raise
+
+    runner.run_trainer_with_interruption_handling = run_trainer_with_interruption_handling
+
+
 # ------------------------------------------------------------------ training
 
 
@@ -485,6 +571,7 @@ def train_sae(
     progress: Progress | None = None,
     extra_summary: dict | None = None,
     summary_json: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> SAETrainResult:
     """Train an SAE on ``hooked`` (a culture GPT as a TransformerLens model) at
     ``settings.hook_name`` with SAELens's runner; write it to ``out``.
@@ -496,7 +583,9 @@ def train_sae(
     (quizzes generated), "norm" (batches of the norm estimate) and "train"
     (steps; info holds the latest loss, L0 and variance explained).
     ``summary_json``: also write the summary to this file, all or nothing
-    with ``out``.
+    with ``out``. ``resume``: continue the interrupted run writing ``out``
+    from its latest checkpoint (see the module docstring; the other arguments
+    must be the run's own, as :func:`read_run_record` gives them).
     """
     import datasets
     from sae_lens import LanguageModelSAETrainingRunner
@@ -506,6 +595,12 @@ def train_sae(
     settings.check()
     out = Path(out)
     prepare_out(out, overwrite)
+    checkpoints = checkpoint_dir(out)
+    resume_from = None
+    if resume:
+        resume_from = latest_checkpoint(out)
+        if resume_from is None:
+            raise SAEError(f"nothing to resume for {out}: no complete checkpoint in {checkpoints}")
     if torch.device(hooked.cfg.device).type != torch.device(settings.device).type:
         raise SAEError(f"the model is on {hooked.cfg.device} but the SAE settings say {settings.device}: "
                        "put both on one device")
@@ -531,13 +626,24 @@ def train_sae(
     else:
         raise SAEError(f"dataset must be None, a directory or a datasets.Dataset, got {type(dataset).__name__}")
 
+    if not resume:
+        if checkpoints.exists():  # an earlier run's, not resumed: replaced by this run's
+            shutil.rmtree(checkpoints)
+        checkpoints.mkdir(parents=True)
+        record = {"settings": asdict(settings), "dataset": os.fspath(dataset) if isinstance(dataset, (str, os.PathLike))
+                  else None, "tasks": list(tasks) if tasks else None, "noise": noise, "num_quizzes": num_quizzes,
+                  "model_name": model_name, **(extra_summary or {})}
+        atomic_write_json(checkpoints / RUN_RECORD, record)
     staged = OutputSet()  # a staging folder next to out, renamed into place at the end
     tmp = staged.dir(out)
     try:
         cfg = runner_config(settings, d_in, output_path=str(tmp), model_name=model_name,
-                            dataset_path=dataset_label,
-                            checkpoint_path=str(out.with_name(out.name + ".checkpoints")))
+                            dataset_path=dataset_label, checkpoint_path=str(checkpoints))
+        if resume_from is not None:
+            cfg.resume_from_checkpoint = str(resume_from)
         stats = _StepStats(cfg.total_training_steps, progress)
+        if resume_from is not None and resume_from.name.isdigit():
+            stats.step = int(resume_from.name) // cfg.train_batch_size_tokens
         norm_batches = (settings.n_batches_for_norm_estimate
                         if settings.normalize_activations in ("expected_average_only_in", "covariance_whitening")
                         else 0)
@@ -555,6 +661,7 @@ def train_sae(
         with _quiet_sae_lens(), _keep_signal_handlers(), torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(settings.seed)
             runner = LanguageModelSAETrainingRunner(cfg, override_dataset=ds, override_model=hooked)
+            _checkpoint_on_interrupt(runner)
             runner.sae.training_forward_pass = stats.wrap(runner.sae.training_forward_pass)
             runner.activations_store = _CountingProvider(runner.activations_store, on_batch)
             try:
@@ -601,6 +708,8 @@ def train_sae(
     except BaseException:
         staged.rollback()
         raise
+    if not settings.n_checkpoints:  # finished: the checkpoints were only there for a resume
+        shutil.rmtree(checkpoints, ignore_errors=True)
     sae.eval()
     return SAETrainResult(sae=_inference_sae(out, sae), out=out, summary=summary)
 

@@ -27,7 +27,9 @@ from culture_cli.common import (
     command_group,
     err_console,
     fail,
+    given_options,
     num_ci,
+    option_flag,
     outputs,
     pct,
     pct_ci,
@@ -159,8 +161,15 @@ def _parse_options(values: list[str] | None) -> dict:
 
 @sae_app.command("train")
 def train(
-    model: Annotated[int, typer.Option("--model", help="Model id (gpt_{K:03d}.pth of the source).")],
-    out: Annotated[OutputDir, typer.Option("--out", "-o", help="Directory to write (SAELens format), atomically.")],
+    model: Annotated[Optional[int], typer.Option(
+        "--model", help="Model id (gpt_{K:03d}.pth of the source); required unless --resume.",
+        show_default=False)] = None,
+    out: Annotated[OutputDir, typer.Option("--out", "-o", help="Directory to write (SAELens format), atomically.")
+                   ] = ...,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the interrupted run writing --out from its latest checkpoint in "
+        "OUT.checkpoints/ (saved on Ctrl-C / SIGTERM and by --n-checkpoints; a SIGKILL loses the steps since the "
+        "last one), with the run's own settings; only --device, --json and --push may be given.")] = False,
     source: ModelSourceOption = None,
     hook: Annotated[Optional[str], typer.Option(
         "--hook", help="TransformerLens hook point (default: the middle block's MLP output, "
@@ -227,7 +236,8 @@ def train(
     autocast: Annotated[bool, typer.Option("--autocast", help="bfloat16 autocast of the SAE.")] = False,
     compile_sae: Annotated[bool, typer.Option("--compile-sae", help="torch.compile the SAE.")] = False,
     n_checkpoints: Annotated[int, typer.Option(
-        "--n-checkpoints", help="Checkpoints during training, in OUT.checkpoints/ beside OUT.")] = 0,
+        "--n-checkpoints", min=0, help="Checkpoints during training, in OUT.checkpoints/ beside OUT (kept after "
+        "the run; --resume continues from the latest).")] = 0,
     wandb: Annotated[bool, typer.Option("--wandb", help="Log to Weights & Biases (off by default).")] = False,
     wandb_project: Annotated[str, typer.Option("--wandb-project")] = "culture_sae",
     wandb_log_frequency: Annotated[int, typer.Option("--wandb-log-frequency")] = 30,
@@ -257,36 +267,54 @@ def train(
     import time
 
     from culture.sae import DEFAULT_HOOK, SAETrainSettings, train_sae
-    from culture.sae.training import default_path_in_repo
+    from culture.sae.training import default_path_in_repo, prepare_out
 
-    if num_quizzes is not None and num_quizzes < 1:
-        fail(f"--num-quizzes must be >= 1, got {num_quizzes}")
-    if num_quizzes is not None and dataset is not None:
-        fail("--num-quizzes is for generated quizzes; drop it with --dataset")
-    if tasks and dataset is not None:
-        fail("--tasks is for generated quizzes; a --dataset has its own tasks")
+    if resume:
+        given = given_options() - {"out", "resume", "device", "json_path", "push", "path_in_repo", "private"}
+        if given:
+            fail(f"--resume continues the run with its own settings: {', '.join(option_flag(n) for n in sorted(given))} "
+                 "cannot be given (only --device, --json, --push, --path-in-repo, --private)")
+        from culture.sae.training import read_run_record
+
+        record = read_run_record(out)
+        settings = record["settings"]
+        settings.device = device
+        model, source, hook = record.get("model_id"), record.get("source"), settings.hook_name
+        dataset = Path(record["dataset"]) if record.get("dataset") else None
+        tasks, noise, num_quizzes = record.get("tasks"), record.get("noise", noise), record.get("num_quizzes")
+        seed, batch_tokens, context_size = settings.seed, settings.train_batch_size_tokens, settings.context_size
+        if model is None:
+            fail(f"{out}: the run record names no model")
+    else:
+        if model is None:
+            fail("--model is required (the model whose activations the SAE reads)")
+        if num_quizzes is not None and num_quizzes < 1:
+            fail(f"--num-quizzes must be >= 1, got {num_quizzes}")
+        if num_quizzes is not None and dataset is not None:
+            fail("--num-quizzes is for generated quizzes; drop it with --dataset")
+        if tasks and dataset is not None:
+            fail("--tasks is for generated quizzes; a --dataset has its own tasks")
+        check_noise(noise)
+        extra = _parse_options(option)
+        if k is not None:
+            extra["k"] = k
+        settings = SAETrainSettings(
+            hook_name=hook or DEFAULT_HOOK, architecture=architecture, expansion_factor=expansion_factor,
+            d_sae=d_sae, l1_coefficient=l1_coefficient, lp_norm=lp_norm, l1_warm_up_steps=l1_warm_up_steps,
+            steps=steps, training_tokens=training_tokens, train_batch_size_tokens=batch_tokens,
+            context_size=context_size, lr=lr, lr_scheduler_name=lr_scheduler, lr_warm_up_steps=lr_warm_up_steps,
+            lr_decay_steps=lr_decay_steps, lr_end=lr_end, adam_beta1=adam_beta1, adam_beta2=adam_beta2,
+            normalize_activations=normalize_activations, apply_b_dec_to_input=apply_b_dec_to_input,
+            decoder_init_norm=decoder_init_norm or None, n_batches_in_buffer=n_batches_in_buffer,
+            store_batch_size_prompts=store_batch_size, activations_mixing_fraction=mixing_fraction,
+            feature_sampling_window=feature_sampling_window, dead_feature_window=dead_feature_window,
+            dead_feature_threshold=dead_feature_threshold, n_batches_for_norm_estimate=norm_batches, seed=seed,
+            dtype=dtype, device=device, autocast=autocast, compile_sae=compile_sae, n_checkpoints=n_checkpoints,
+            wandb=wandb, wandb_project=wandb_project, wandb_log_frequency=wandb_log_frequency,
+            eval_every_n_wandb_logs=eval_every_n_wandb_logs, extra=extra)
     if private and not push:
         fail("--private needs --push")
-    check_noise(noise)
-    extra = _parse_options(option)
-    if k is not None:
-        extra["k"] = k
-    settings = SAETrainSettings(
-        hook_name=hook or DEFAULT_HOOK, architecture=architecture, expansion_factor=expansion_factor, d_sae=d_sae,
-        l1_coefficient=l1_coefficient, lp_norm=lp_norm, l1_warm_up_steps=l1_warm_up_steps, steps=steps,
-        training_tokens=training_tokens, train_batch_size_tokens=batch_tokens, context_size=context_size, lr=lr,
-        lr_scheduler_name=lr_scheduler, lr_warm_up_steps=lr_warm_up_steps, lr_decay_steps=lr_decay_steps,
-        lr_end=lr_end, adam_beta1=adam_beta1, adam_beta2=adam_beta2, normalize_activations=normalize_activations,
-        apply_b_dec_to_input=apply_b_dec_to_input, decoder_init_norm=decoder_init_norm or None,
-        n_batches_in_buffer=n_batches_in_buffer, store_batch_size_prompts=store_batch_size,
-        activations_mixing_fraction=mixing_fraction, feature_sampling_window=feature_sampling_window,
-        dead_feature_window=dead_feature_window, dead_feature_threshold=dead_feature_threshold,
-        n_batches_for_norm_estimate=norm_batches, seed=seed, dtype=dtype, device=device, autocast=autocast,
-        compile_sae=compile_sae, n_checkpoints=n_checkpoints, wandb=wandb, wandb_project=wandb_project,
-        wandb_log_frequency=wandb_log_frequency, eval_every_n_wandb_logs=eval_every_n_wandb_logs, extra=extra)
     settings.check()
-    from culture.sae.training import prepare_out
-
     prepare_out(out, overwrite)
     if tasks:
         from culture.world import resolve_tasks
@@ -301,7 +329,8 @@ def train(
     settings.device = str(dev)
     from culture.sae.common import check_hook, default_hook
 
-    hook = settings.hook_name = check_hook(hooked, hook or default_hook(hooked))
+    if not resume:
+        hook = settings.hook_name = check_hook(hooked, hook or default_hook(hooked))
     if dataset is not None:
         from culture.sae.training import load_training_dataset
 
@@ -314,7 +343,8 @@ def train(
                            tasks=list(tasks) if tasks else src.default_tasks(),
                            noise=noise, num_quizzes=num_quizzes, model_name=f"culture-gpt-{model}",
                            overwrite=overwrite, progress=_reporter(bar),
-                           extra_summary={"model_id": model, "source": src.name}, summary_json=json_path)
+                           extra_summary={"model_id": model, "source": src.name}, summary_json=json_path,
+                           resume=resume)
     s = result.summary
     s["wall_seconds"] = time.perf_counter() - t0
 
