@@ -39,7 +39,7 @@ SMALL = {
     "--expansion-factor": 2,
     # only capped: the default is small already, or the option is required
     "--n": 24, "--training-tokens": 3072, "--nb-models": 2, "--n-quizzes": 2, "--top": 2, "--examples": 2,
-    "--culture-batch": 8,
+    "--culture-batch": 8, "--candidates": 4, "--num-world": 4,
 }
 CAP_ONLY = {"--n", "--training-tokens", "--nb-models", "--top", "--examples", "--culture-batch"}
 #: model size presets of ``train``: the smallest stands in for each (the same everywhere, so
