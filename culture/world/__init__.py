@@ -9,6 +9,9 @@ uniformly from the requested list.
     >>> q = generate_quizzes(1000, seed=0)             # (1000, 404) LongTensor
     >>> q, task = generate_quizzes_with_tasks(1000, ["frame", "contact"], seed=0)
     >>> TASKS[task[0]]                                  # the task of quiz 0
+    >>> q, task, params = generate_quizzes_with_params(1000, seed=0)  # same q, plus latent parameters
+    >>> params[0]                                       # e.g. {"src": 3, "dst": 7, ...}; see PARAMETERS
+    >>> clean, corrupted = generate_pairs(200, "replace_color", "dst", seed=0)  # see PAIR_FACTORS
 
 Each task generates a whole batch at once with NumPy (rejection sampling
 redraws only the rejected rows, all of them together); the task modules are
@@ -39,6 +42,12 @@ draws.
 the same rules, used as the benchmark baseline and as the distribution oracle
 in the tests.
 
+Every task generator is a :class:`~culture.world._common.TaskRule`: per-quiz
+parameters, then per-pair layout, then rendering. That split lets
+:func:`generate_quizzes_with_params` record the draws without changing the
+random stream, and :mod:`culture.world.pairs` re-render a B grid under other
+parameters (counterfactual pairs).
+
 Reproducibility: the same (n, tasks, seed) always gives the same quizzes; the
 output for a smaller n is *not* a prefix of the output for a larger one.
 """
@@ -53,6 +62,7 @@ import torch
 from culture.errors import CultureError
 from culture.quiz import BLOCK_LEN, CANONICAL, N_BLOCKS, N_CELLS, QUIZ_LEN
 from culture.world import flood, geometry, motion, rectangles
+from culture.world._common import take
 
 #: The fifteen tasks of the reference generator, in its order.
 TASKS: tuple[str, ...] = (
@@ -85,9 +95,15 @@ DEFAULT_TASKS: tuple[str, ...] = (
     "contact",
 )
 
-#: name -> batch generator ``(rng: numpy Generator, n) -> uint8 (n, 4, 100)``
+#: name -> batch generator ``(rng: numpy Generator, n) -> uint8 (n, 4, 100)``,
+#: each a :class:`~culture.world._common.TaskRule` (parameters, layout, render)
 GENERATORS = {**rectangles.GENERATORS, **geometry.GENERATORS, **flood.GENERATORS, **motion.GENERATORS}
 assert set(GENERATORS) == set(TASKS)
+
+#: task -> {parameter name -> one-line description}: the keys of the per-quiz
+#: dicts of :func:`generate_quizzes_with_params` (values: ints, or tuples of
+#: ints; rectangles are (i1, i2, j1, j2), rows i1..i2-1, columns j1..j2-1)
+PARAMETERS: dict[str, dict[str, str]] = {t: dict(GENERATORS[t].parameters) for t in TASKS}
 
 # quizzes generated per internal chunk (bounds the working memory)
 _CHUNK = 1 << 16
@@ -96,7 +112,13 @@ __all__ = [
     "TASKS",
     "DEFAULT_TASKS",
     "UnknownTaskError",
+    "PARAMETERS",
+    "PAIR_FACTORS",
+    "UnknownFactorError",
+    "generate_pairs",
+    "generate_pairs_with_params",
     "generate_quizzes",
+    "generate_quizzes_with_params",
     "generate_quizzes_with_tasks",
     "generate_task_grids",
     "resolve_tasks",
@@ -137,21 +159,9 @@ def generate_task_grids(task: str, n: int, seed=None) -> np.ndarray:
     return GENERATORS[name](_rng(seed), n).reshape(n, N_BLOCKS, 10, 10)
 
 
-def generate_quizzes_with_tasks(
-    n: int,
-    tasks: str | Iterable[str] | None = None,
-    seed: int | np.random.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """n world quizzes and the task of each.
-
-    Returns ``(quizzes, task)``: quizzes a LongTensor (n, 404) in canonical
-    structure (A, f_A, B, f_B); task a LongTensor (n,) holding, for each quiz,
-    the index into :data:`TASKS` (not into ``tasks``) of the task it was drawn
-    from. Each quiz's task is uniform over the entries of ``tasks`` (default
-    :data:`DEFAULT_TASKS`; a name listed twice is drawn twice as often).
-    ``seed`` (int, None for fresh entropy, or a numpy Generator to draw from)
-    makes the output reproducible.
-    """
+def _generate(n, tasks, seed, params: list | None):
+    """The quizzes and task labels of n quizzes; fills ``params`` (a list of
+    n entries) with each quiz's parameter dict when given (same stream)."""
     names = resolve_tasks(tasks)
     n = int(n)
     if n < 0:
@@ -168,12 +178,72 @@ def generate_quizzes_with_tasks(
         for k, name in enumerate(names):
             rows = np.nonzero(which == k)[0]
             if rows.size:
-                cells[rows] = GENERATORS[name](rng, rows.size)
+                record = None if params is None else {}
+                cells[rows] = GENERATORS[name](rng, rows.size, record)
+                if record is not None:
+                    described = describe(name, record)
+                    for row, value in zip(rows.tolist(), described):
+                        params[start + row] = value
         out[start : start + m, :, 1:] = cells
         labels[start : start + m] = global_index[which]
     quizzes = torch.from_numpy(out).reshape(n, QUIZ_LEN)
     labels = torch.from_numpy(labels)
     return quizzes, labels
+
+
+def cells_to_quizzes(cells: np.ndarray) -> torch.Tensor:
+    """uint8 (n, 4, 100) grids A, f(A), B, f(B) -> LongTensor (n, 404), canonical."""
+    out = np.empty((len(cells), N_BLOCKS, BLOCK_LEN), np.int64)
+    out[:, :, 0] = CANONICAL
+    out[:, :, 1:] = cells
+    return torch.from_numpy(out).reshape(len(cells), QUIZ_LEN)
+
+
+def describe(task: str, record: dict) -> list[dict]:
+    """Per-quiz parameter dicts from a task generator's ``record`` (see
+    :class:`~culture.world._common.TaskRule`)."""
+    lay = record["layout"]
+    n = len(next(iter(record["params"].values())))
+    return GENERATORS[task].describe(record["params"], take(lay, slice(0, n)), take(lay, slice(n, 2 * n)))
+
+
+def generate_quizzes_with_tasks(
+    n: int,
+    tasks: str | Iterable[str] | None = None,
+    seed: int | np.random.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n world quizzes and the task of each.
+
+    Returns ``(quizzes, task)``: quizzes a LongTensor (n, 404) in canonical
+    structure (A, f_A, B, f_B); task a LongTensor (n,) holding, for each quiz,
+    the index into :data:`TASKS` (not into ``tasks``) of the task it was drawn
+    from. Each quiz's task is uniform over the entries of ``tasks`` (default
+    :data:`DEFAULT_TASKS`; a name listed twice is drawn twice as often).
+    ``seed`` (int, None for fresh entropy, or a numpy Generator to draw from)
+    makes the output reproducible.
+    """
+    return _generate(n, tasks, seed, None)
+
+
+def generate_quizzes_with_params(
+    n: int,
+    tasks: str | Iterable[str] | None = None,
+    seed: int | np.random.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """n world quizzes with their task and the generator's latent parameters.
+
+    Returns ``(quizzes, task, params)``: ``quizzes`` and ``task`` exactly as
+    :func:`generate_quizzes_with_tasks` returns them for the same arguments
+    (the same random stream: the parameters are recorded, not redrawn), and
+    ``params`` a list of n dicts, one per quiz, whose keys are those of
+    ``PARAMETERS[TASKS[task[i]]]`` and whose values are ints or tuples of
+    ints (JSON-friendly), e.g. ``params[i]["dst"]`` the new colour of a
+    replace_color quiz.
+    """
+    n = int(n)
+    params: list = [None] * max(n, 0)
+    quizzes, labels = _generate(n, tasks, seed, params)
+    return quizzes, labels, params
 
 
 def generate_quizzes(
@@ -186,3 +256,11 @@ def generate_quizzes(
     :data:`DEFAULT_TASKS`). Same ``seed`` -> same quizzes. Unknown task names
     raise :class:`UnknownTaskError` (a ValueError) listing the valid ones."""
     return generate_quizzes_with_tasks(n, tasks, seed)[0]
+
+
+from culture.world.pairs import (  # noqa: E402  (pairs reads GENERATORS above)
+    PAIR_FACTORS,
+    UnknownFactorError,
+    generate_pairs,
+    generate_pairs_with_params,
+)

@@ -5,6 +5,7 @@ Conventions used by every vectorised task
 -----------------------------------------
 * A task generator has the signature ``task(rng, n) -> uint8 array (n, 4, 100)``:
   ``n`` quizzes, blocks in canonical order A, f(A), B, f(B), cells row-major.
+  Each is a :class:`TaskRule` (parameters, layout, render steps; see there).
 * Internally a task works on ``2n`` *pairs* (X, f(X)): rows ``0..n-1`` are the
   (A, f(A)) pairs and rows ``n..2n-1`` the (B, f(B)) pairs of the same quizzes.
   Parameters shared by the two pairs of a quiz (colours, direction...) are drawn
@@ -317,3 +318,130 @@ def resample_until(
             r[pending[ok]] = o[ok]
         pending = pending[~ok]
     return tuple(result) if result is not None else ()
+
+
+# ------------------------------------------------------- tasks in three steps
+
+
+class TaskRule:
+    """One task's generator, split into the three steps every task follows:
+
+    1. ``params(rng, n) -> dict`` of per-quiz arrays (n, ...): the parameters
+       shared by the quiz's two pairs (colours, direction...);
+    2. ``layout(rng, p) -> dict`` of per-pair arrays (m, ...): the placement
+       of one pair (rectangle indices, cells...), given per-pair parameters
+       ``p`` (m rows);
+    3. ``render(p, layout) -> (x, fx)``: the pair grids, (m, 100) uint8 each.
+
+    Calling the rule runs the three on the 2n pairs of n quizzes (rows
+    0..n-1 are the A pairs, n..2n-1 the B pairs) and returns (n, 4, 100)
+    quizzes; with ``record`` (a dict) it also stores the draws there as
+    ``record["params"]`` (n rows) and ``record["layout"]`` (2n rows). The
+    random stream is the same with or without ``record``.
+
+    ``describe(p, layout_a, layout_b)`` turns recorded draws into per-quiz
+    columns (name -> array (n, ...) or list of n plain values) named by
+    ``parameters`` (name -> one-line description). ``factors`` (name ->
+    :class:`Factor`) are the parameters that can change while the B grid
+    stays the same (used by :mod:`culture.world.pairs`).
+    """
+
+    def __init__(self, name, params, layout, render, describe, parameters, factors=None) -> None:
+        self.name = name
+        self.params, self.layout, self.render, self.describe = params, layout, render, describe
+        self.parameters: dict[str, str] = parameters
+        self.factors: dict[str, Factor] = dict(factors or {})
+
+    def __call__(self, rng: np.random.Generator, n: int, record: dict | None = None) -> np.ndarray:
+        p = self.params(rng, n)
+        pairs = {k: both(v) for k, v in p.items()}
+        lay = self.layout(rng, pairs)
+        x, fx = self.render(pairs, lay)
+        if record is not None:
+            record["params"], record["layout"] = p, lay
+        return assemble(x, fx)
+
+    def __repr__(self) -> str:
+        return f"TaskRule({self.name!r})"
+
+
+class Factor:
+    """A parameter of a task that a counterfactual pair varies with B fixed.
+
+    ``alter(rng, p, layout_b) -> (feasible, p2, layout_b2)`` gets per-quiz
+    parameters and the B pair's layout (n rows each) and returns new
+    parameters and a B layout rendering the *same* B grid under ``p2``
+    (with the rule of ``target``, a task name, when the factor swaps the
+    task; None: the same task). ``feasible`` (n,) bool is False where this
+    B admits no other value (the quiz is then drawn again).
+    """
+
+    def __init__(self, description: str, alter, target: str | None = None) -> None:
+        self.description, self.alter, self.target = description, alter, target
+
+
+def colors_param(k: int):
+    """Parameter step of the tasks whose only shared parameters are k
+    distinct colours: ``{"c": (n, k)}``."""
+
+    def params(rng, n):
+        return {"c": distinct_colors(rng, n, k)}
+
+    return params
+
+
+def layout_grids(p, lay):
+    """Render step of the tasks whose layout step already paints the grids
+    (``{"x", "fx"}``: the rejection tests need them)."""
+    return lay["x"], lay["fx"]
+
+
+def _same(rng, p, lb):
+    """The ``example`` factor's alteration: nothing changes."""
+    return np.ones(len(next(iter(p.values()))), bool), p, lb
+
+
+#: the control factor every task has
+EXAMPLE = Factor("a new example pair drawn with the same parameters: f(B) unchanged (the control)", _same)
+
+
+def take(d: dict, rows) -> dict:
+    """The given rows of every array of a dict of arrays."""
+    return {k: v[rows] for k, v in d.items()}
+
+
+def choose(rng: np.random.Generator, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For allowed (n, k) bool: per row a uniform index among its allowed
+    columns, and whether the row has any (index 0 where not)."""
+    score = np.where(allowed, rng.random(allowed.shape), -1.0)
+    return score.argmax(axis=1), allowed.any(axis=1)
+
+
+def other_color(rng: np.random.Generator, used: np.ndarray) -> np.ndarray:
+    """(n,) uint8: per row a colour of 1..10 uniform among those not in
+    ``used`` (n, k)."""
+    allowed = np.ones((used.shape[0], N_PALETTE), bool)
+    allowed[np.arange(used.shape[0])[:, None], used.astype(np.int64) - 1] = False
+    return (choose(rng, allowed)[0] + 1).astype(np.uint8)
+
+
+def swap_columns(a: np.ndarray, i, k: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` (n, ...) with, per row r, columns i and k[r] exchanged."""
+    out = a.copy()
+    rows = np.arange(a.shape[0])
+    out[rows, i], out[rows, k] = a[rows, k], a[rows, i]
+    return out
+
+
+def plain_rows(columns: dict) -> list[dict]:
+    """Columns (name -> array (n, ...) or list of n values) -> n dicts of
+    plain Python values: ints, and tuples (of tuples) of ints."""
+    names = list(columns)
+    values = [_plain(c.tolist() if isinstance(c, np.ndarray) else list(c)) for c in columns.values()]
+    return [dict(zip(names, row)) for row in zip(*values)]
+
+
+def _plain(v):
+    if isinstance(v, (list, tuple)):
+        return tuple(_plain(u) for u in v)
+    return int(v)

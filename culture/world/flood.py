@@ -26,12 +26,16 @@ from __future__ import annotations
 import numpy as np
 
 from culture.world._common import (
+    EXAMPLE,
     GRID,
+    Factor,
+    TaskRule,
+    colors_param,
+    layout_grids,
+    other_color,
+    plain_rows,
     N_CELLS,
     RECTS,
-    assemble,
-    both,
-    distinct_colors,
     paint,
     resample_until,
     sample_rect_groups,
@@ -96,20 +100,20 @@ def layers(free: np.ndarray, source: np.ndarray, count: int) -> np.ndarray:
     return out
 
 
-def path(rng: np.random.Generator, n: int) -> np.ndarray:
-    colors = both(distinct_colors(rng, n, 4))
+def _path_layout(rng, p):
+    colors = p["c"]
 
     def attempt(rng, rows):
-        p = rows.size
+        m = rows.size
         c = colors[rows]
-        r = sample_rect_groups(rng, p, 2)
-        x = np.zeros((p, N_CELLS), np.uint8)
+        r = sample_rect_groups(rng, m, 2)
+        x = np.zeros((m, N_CELLS), np.uint8)
         paint(x, RECTS.full[r[:, 0]], c[:, 0])
         paint(x, RECTS.full[r[:, 1]], c[:, 1])
-        a = rng.integers(GRID, size=(p, 2))  # rows of the two ends
-        b = rng.integers(GRID, size=(p, 2))  # columns
+        a = rng.integers(GRID, size=(m, 2))  # rows of the two ends
+        b = rng.integers(GRID, size=(m, 2))  # columns
         e1, e2 = a[:, 0] * GRID + b[:, 0], a[:, 1] * GRID + b[:, 1]
-        pr = np.arange(p)
+        pr = np.arange(m)
         ok = (np.abs(a[:, 0] - a[:, 1]) + np.abs(b[:, 0] - b[:, 1]) > 2) & (x[pr, e1] == 0) & (x[pr, e2] == 0)
         fx = x.copy()
         s = np.nonzero(ok)[0]
@@ -138,36 +142,82 @@ def path(rng: np.random.Generator, n: int) -> np.ndarray:
             set_cells(fx, e, c[:, 2])
         return ok, x, fx
 
-    x, fx = resample_until(rng, 2 * n, attempt)
-    return assemble(x, fx)
+    x, fx = resample_until(rng, len(colors), attempt)
+    return {"x": x, "fx": fx}
 
 
-def fill(rng: np.random.Generator, n: int) -> np.ndarray:
-    colors = both(distinct_colors(rng, n, 4))
-    accept_any = rng.random(2 * n) < 0.5  # drawn once per grid, before its attempts
+def _describe_path(p, la, lb):
+    c = p["c"]
+    return plain_rows({"rects": c[:, :2], "ends": c[:, 2], "path": c[:, 3]})
+
+
+def _new_path_color(rng, p, lb):
+    c = p["c"].copy()
+    c[:, 3] = other_color(rng, c)
+    fx = np.where(lb["fx"] == p["c"][:, 3:4], c[:, 3:4], lb["fx"])
+    return np.ones(len(c), bool), {"c": c}, {"x": lb["x"], "fx": fx}
+
+
+path = TaskRule(
+    "path",
+    colors_param(4),
+    _path_layout,
+    layout_grids,
+    _describe_path,
+    {
+        "rects": "colours of the two rectangles",
+        "ends": "colour of the two end cells",
+        "path": "colour of the shortest-path cells in f(X) (not in X)",
+    },
+    {
+        "color": Factor("the path colour (another colour unused in the quiz)", _new_path_color),
+        "example": EXAMPLE,
+    },
+)
+
+
+def _fill_layout(rng, p):
+    colors = p["c"]
+    accept_any = rng.random(len(colors)) < 0.5  # drawn once per grid, before its attempts
 
     def attempt(rng, rows):
-        p = rows.size
+        m = rows.size
         c = colors[rows]
-        r = sample_rect_groups(rng, p, 3)
-        x = np.zeros((p, N_CELLS), np.uint8)
+        r = sample_rect_groups(rng, m, 3)
+        x = np.zeros((m, N_CELLS), np.uint8)
         for k in range(3):
             paint(x, RECTS.full[r[:, k]], c[:, k])
         free = x == 0
         # seed uniform among the empty cells (the reference redraws until empty)
-        score = np.where(free, rng.random((p, N_CELLS)), -1.0)
+        score = np.where(free, rng.random((m, N_CELLS)), -1.0)
         seed = score.argmax(axis=1)
         has_room = free.any(axis=1)  # three rectangles can tile the grid: redraw then
         reach = from_bits(reachable(to_bits(free), seed))
         fx = x.copy()
         paint(fx, reach, c[:, 3])
         set_cells(x, seed, c[:, 3])
-        set_cells(fx, seed, np.zeros(p, np.uint8))
+        set_cells(fx, seed, np.zeros(m, np.uint8))
         enclosed = (free & ~reach).any(axis=1)
         return has_room & (accept_any[rows] | enclosed), x, fx
 
-    x, fx = resample_until(rng, 2 * n, attempt)
-    return assemble(x, fx)
+    x, fx = resample_until(rng, len(colors), attempt)
+    return {"x": x, "fx": fx}
+
+
+def _describe_fill(p, la, lb):
+    return plain_rows({"rects": p["c"][:, :3], "color": p["c"][:, 3]})
+
+
+# the seed shows the fill colour in B: only the control
+fill = TaskRule(
+    "fill",
+    colors_param(4),
+    _fill_layout,
+    layout_grids,
+    _describe_fill,
+    {"rects": "colours of the three rectangles", "color": "colour of the seed cell in X and of its region in f(X)"},
+    {"example": EXAMPLE},
+)
 
 
 GENERATORS = {"path": path, "fill": fill}

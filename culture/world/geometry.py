@@ -25,11 +25,14 @@ import numpy as np
 
 from culture.world._common import (
     CELL_COL,
+    EXAMPLE,
+    Factor,
+    TaskRule,
+    choose,
+    plain_rows,
     CELL_ROW,
     GRID,
     N_CELLS,
-    assemble,
-    both,
     box_mask,
     cell_mask,
     distinct_colors,
@@ -65,19 +68,46 @@ _SCALE_MARK = (
 )
 
 
-def scale(rng: np.random.Generator, n: int) -> np.ndarray:
-    c = both(distinct_colors(rng, n, 2))
-    offset = both(rng.integers(len(_OFFSETS), size=n))
-    s = rng.integers(len(_SMALL), size=(2 * n, 3))
+def _scale_params(rng, n):
+    c = distinct_colors(rng, n, 2)
+    return {"c": c, "offset": rng.integers(len(_OFFSETS), size=n)}
+
+
+def _scale_layout(rng, p):
+    return {"s": rng.integers(len(_SMALL), size=(len(p["c"]), 3))}
+
+
+def _render_scale(p, lay):
+    c, offset, s = p["c"], p["offset"], lay["s"]
     in_x = _SMALL_AT[offset[:, None], s].any(axis=1)
     in_fx = _SMALL_SCALED[s].any(axis=1)
-    x = np.zeros((2 * n, N_CELLS), np.uint8)
-    fx = np.zeros((2 * n, N_CELLS), np.uint8)
+    x = np.zeros((len(s), N_CELLS), np.uint8)
+    fx = np.zeros((len(s), N_CELLS), np.uint8)
     paint(x, in_x, c[:, 0])
     paint(fx, in_fx, c[:, 0])
     paint(x, _SCALE_MARK[offset], c[:, 1])
     paint(fx, _SCALE_MARK[offset], c[:, 1])
-    return assemble(x, fx)
+    return x, fx
+
+
+def _describe_scale(p, la, lb):
+    return plain_rows({"offset": _OFFSETS[p["offset"]], "color": p["c"][:, 0], "mark": p["c"][:, 1]})
+
+
+# offset and colours all show in B: no factor but the control
+scale = TaskRule(
+    "scale",
+    _scale_params,
+    _scale_layout,
+    _render_scale,
+    _describe_scale,
+    {
+        "offset": "(i, j): top-left cell of the 5 x 5 window of X that f(X) shows doubled (the mark's corner)",
+        "color": "colour of the rectangles",
+        "mark": "colour of the L mark at the offset",
+    },
+    {"example": EXAMPLE},
+)
 
 
 # ---------------------------------------------------------------------- symbols
@@ -121,11 +151,19 @@ def _symbol_layout(rng: np.random.Generator, m: int, tries: int = 48):
     return out_i, out_j, out_q
 
 
-def symbols(rng: np.random.Generator, n: int) -> np.ndarray:
-    c = both(distinct_colors(rng, n, NB_SYMBOLS + 1))
-    m = 2 * n
+def _symbols_params(rng, n):
+    return {"c": distinct_colors(rng, n, NB_SYMBOLS + 1)}
+
+
+def _symbols_layout(rng, p):
+    i, j, q = _symbol_layout(rng, len(p["c"]))
+    return {"i": i, "j": j, "q": q}
+
+
+def _render_symbols(p, lay):
+    c, i, j, q = p["c"], lay["i"], lay["j"], lay["q"]
+    m = len(q)
     rows = np.arange(m)
-    i, j, q = _symbol_layout(rng, m)
     x = np.zeros((m, N_CELLS), np.uint8)
     for k in range(NB_SYMBOLS):
         paint(x, _SQUARE[i[:, k] * _POS + j[:, k]], c[:, k])
@@ -138,7 +176,33 @@ def symbols(rng: np.random.Generator, n: int) -> np.ndarray:
     for cell in (pi * GRID + pj, ci * GRID + pj, pi * GRID + cj):
         set_cells(x, cell, c[:, NB_SYMBOLS])
         set_cells(fx, cell, c[:, NB_SYMBOLS])
-    return assemble(x, fx)
+    return x, fx
+
+
+def _describe_symbols(p, la, lb):
+    c = p["c"]
+    rows = np.arange(len(c))
+    return plain_rows({
+        "colors": c[:, :NB_SYMBOLS], "pointer": c[:, NB_SYMBOLS],
+        "target_a": c[rows, la["q"]], "target_b": c[rows, lb["q"]],
+    })
+
+
+# every colour shows in B and B's pointer names the target: only the control
+symbols = TaskRule(
+    "symbols",
+    _symbols_params,
+    _symbols_layout,
+    _render_symbols,
+    _describe_symbols,
+    {
+        "colors": "colours of the four squares, the pointing square first",
+        "pointer": "colour of the 3-cell pointer inside the first square",
+        "target_a": "colour of the square the pointer designates in A (painted at the centre in f(A))",
+        "target_b": "the same in B",
+    },
+    {"example": EXAMPLE},
+)
 
 
 # --------------------------------------------------------------------- isometry
@@ -187,26 +251,79 @@ _ISO_MASK = box_mask(*_ISO_RECTS.T)
 NB_ISO_RECTS = 3
 
 
-def isometry(rng: np.random.Generator, n: int) -> np.ndarray:
-    transform = both(rng.integers(len(ISOMETRY_SOURCES), size=n))
+def _isometry_params(rng, n):
+    return {"t": rng.integers(len(ISOMETRY_SOURCES), size=n)}
 
+
+def _isometry_layout(rng, p):
     def attempt(rng, rows):
-        p = rows.size
-        c = distinct_colors(rng, p, NB_ISO_RECTS)
-        r = rng.integers(len(_ISO_RECTS), size=(p, NB_ISO_RECTS))
-        x = np.zeros((p, N_CELLS), np.uint8)
+        m = rows.size
+        c = distinct_colors(rng, m, NB_ISO_RECTS)
+        r = rng.integers(len(_ISO_RECTS), size=(m, NB_ISO_RECTS))
+        x = np.zeros((m, N_CELLS), np.uint8)
         for k in range(NB_ISO_RECTS):
             paint(x, _ISO_MASK[r[:, k]], c[:, k])
         filled = (x > 0).sum(axis=1)
-        visible = np.ones(p, bool)
+        visible = np.ones(m, bool)
         for k in range(NB_ISO_RECTS):
             visible &= (x == c[:, k : k + 1]).any(axis=1)
         return (filled > N_CELLS // 4) & visible, x
 
-    (x,) = resample_until(rng, 2 * n, attempt)
-    padded = np.concatenate([x, np.zeros((2 * n, 1), np.uint8)], axis=1)
-    fx = np.take_along_axis(padded, ISOMETRY_SOURCES[transform], axis=1)
-    return assemble(x, fx)
+    (x,) = resample_until(rng, len(p["t"]), attempt)
+    return {"x": x}
+
+
+def _render_isometry(p, lay):
+    x = lay["x"]
+    padded = np.concatenate([x, np.zeros((len(x), 1), np.uint8)], axis=1)
+    return x, np.take_along_axis(padded, ISOMETRY_SOURCES[p["t"]], axis=1)
+
+
+ISO_SHIFTS = np.array([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)])
+
+
+def _describe_isometry(p, la, lb):
+    t = p["t"]
+    return plain_rows({"transform": t, "rotation": (t // 9) % 4, "flip": t // 36, "shift": ISO_SHIFTS[t % 9]})
+
+
+def _other_transform(same_rotation: bool, same_shift: bool):
+    """Alteration drawing another transformation, uniform among those that
+    keep the rotation/flip and/or the shift."""
+
+    def alter(rng, p, lb):
+        t = p["t"]
+        every = np.arange(len(ISOMETRY_SOURCES))
+        allowed = every[None, :] != t[:, None]
+        if same_rotation:
+            allowed &= every[None, :] // 9 == (t // 9)[:, None]
+        if same_shift:
+            allowed &= every[None, :] % 9 == (t % 9)[:, None]
+        t2, feasible = choose(rng, allowed)
+        return feasible, {"t": t2}, lb
+
+    return alter
+
+
+isometry = TaskRule(
+    "isometry",
+    _isometry_params,
+    _isometry_layout,
+    _render_isometry,
+    _describe_isometry,
+    {
+        "transform": "index 0..71 = (4 * flip + rotation) * 9 + shift index",
+        "rotation": "quarter turns clockwise about the grid centre, 0..3 (applied first)",
+        "flip": "1: then turned upside down (rows reversed)",
+        "shift": "then moved by (di, dj), each in -1..1 (zero allowed; cells moved out are lost)",
+    },
+    {
+        "transform": Factor("another of the 72 transformations", _other_transform(False, False)),
+        "rotation": Factor("another rotation/flip, the same shift", _other_transform(False, True)),
+        "shift": Factor("another shift, the same rotation/flip", _other_transform(True, False)),
+        "example": EXAMPLE,
+    },
+)
 
 
 GENERATORS = {"scale": scale, "symbols": symbols, "isometry": isometry}

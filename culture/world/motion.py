@@ -29,11 +29,13 @@ from __future__ import annotations
 import numpy as np
 
 from culture.world._common import (
+    EXAMPLE,
     GRID,
     N_CELLS,
-    assemble,
-    both,
-    distinct_colors,
+    TaskRule,
+    colors_param,
+    layout_grids,
+    plain_rows,
     paint,
     resample_until,
     set_cells,
@@ -68,16 +70,56 @@ def _trajectories():
 _T_START, _T_SECOND, _T_RAY = _trajectories()
 
 
-def trajectory(rng: np.random.Generator, n: int) -> np.ndarray:
-    c = both(distinct_colors(rng, n, 2))
-    t = rng.integers(len(_T_START), size=2 * n)
-    x = np.zeros((2 * n, N_CELLS), np.uint8)
-    fx = np.zeros((2 * n, N_CELLS), np.uint8)
+def _trajectory_layout(rng, p):
+    return {"t": rng.integers(len(_T_START), size=len(p["c"]))}
+
+
+def _render_trajectory(p, lay):
+    c, t = p["c"], lay["t"]
+    x = np.zeros((len(t), N_CELLS), np.uint8)
+    fx = np.zeros((len(t), N_CELLS), np.uint8)
     set_cells(x, _T_START[t], c[:, 0])
     set_cells(x, _T_SECOND[t], c[:, 1])
     paint(fx, _T_RAY[t], c[:, 1])
     set_cells(fx, _T_START[t], c[:, 0])
-    return assemble(x, fx)
+    return x, fx
+
+
+def _step(lay):
+    start, second = _T_START[lay["t"]], _T_SECOND[lay["t"]]
+    return np.stack([second // GRID - start // GRID, second % GRID - start % GRID], axis=1)
+
+
+def _start(lay):
+    start = _T_START[lay["t"]]
+    return np.stack([start // GRID, start % GRID], axis=1)
+
+
+def _describe_trajectory(p, la, lb):
+    c = p["c"]
+    return plain_rows({
+        "start_color": c[:, 0], "ray_color": c[:, 1],
+        "start_a": _start(la), "step_a": _step(la), "start_b": _start(lb), "step_b": _step(lb),
+    })
+
+
+# both colours show in B and the step is per grid: only the control
+trajectory = TaskRule(
+    "trajectory",
+    colors_param(2),
+    _trajectory_layout,
+    _render_trajectory,
+    _describe_trajectory,
+    {
+        "start_color": "colour of the start cell",
+        "ray_color": "colour of the second cell and of the ray in f(X)",
+        "start_a": "start cell (i, j) in A",
+        "step_a": "step (di, dj) in A, each in -3..3",
+        "start_b": "start cell in B",
+        "step_b": "step in B",
+    },
+    {"example": EXAMPLE},
+)
 
 
 # ----------------------------------------------------------------------- bounce
@@ -87,8 +129,8 @@ MAX_MOVES = GRID
 _UNIT = np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])
 
 
-def bounce(rng: np.random.Generator, n: int) -> np.ndarray:
-    colors = both(distinct_colors(rng, n, 3))
+def _bounce_layout(rng, p):
+    colors = p["c"]
 
     def attempt(rng, rows):
         p = rows.size
@@ -130,8 +172,29 @@ def bounce(rng: np.random.Generator, n: int) -> np.ndarray:
         set_cells(fx, end, c[:, 1])
         return count > 3, x, fx
 
-    x, fx = resample_until(rng, 2 * n, attempt)
-    return assemble(x, fx)
+    x, fx = resample_until(rng, len(colors), attempt)
+    return {"x": x, "fx": fx}
+
+
+def _describe_bounce(p, la, lb):
+    c = p["c"]
+    return plain_rows({"obstacle": c[:, 0], "ball": c[:, 1], "trail": c[:, 2]})
+
+
+# every colour shows in B: only the control
+bounce = TaskRule(
+    "bounce",
+    colors_param(3),
+    _bounce_layout,
+    layout_grids,
+    _describe_bounce,
+    {
+        "obstacle": "colour of the obstacles",
+        "ball": "colour of the start and end cells (and of the first step in f(X))",
+        "trail": "colour of the first step in X and of the rest of the trail in f(X)",
+    },
+    {"example": EXAMPLE},
+)
 
 
 GENERATORS = {"trajectory": trajectory, "bounce": bounce}
