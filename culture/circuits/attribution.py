@@ -16,6 +16,7 @@ library function does this for arbitrary site tables.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,7 +59,10 @@ def activations_and_gradients(hooked, tokens: torch.Tensor, names, metric) -> tu
 
     fwd = [("hook_embed", start), ("hook_pos_embed", start)] + [(n, keep) for n in names]
     bwd = [(n, keep_grad) for n in names]
-    with frozen_parameters(hooked), hooked.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
+    with frozen_parameters(hooked), hooked.hooks(fwd_hooks=fwd, bwd_hooks=bwd), warnings.catch_warnings():
+        # torch notes that full backward hooks fire on module outputs when no input needs a gradient:
+        # the output gradient is exactly what we keep
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         logits = hooked(tokens, return_type="logits")
         metric(logits).sum().backward()
     missing = [n for n in names if n not in grads]

@@ -194,9 +194,8 @@ def edge_scores(hooked, pairs: QuizPairs, *, batch_size: int = DEFAULT_BATCH_SIZ
                 progress("edge scores", done, n_batches(pairs, batch_size))
     baseline = base.build()
     gap = baseline.mean_gap
-    if gap <= 0:
-        raise CircuitError(f"the clean run does not prefer the clean answer (mean gap {gap:.3g}): "
-                           "no circuit to find")
+    if gap == 0:
+        raise CircuitError("the clean and corrupted runs have the same mean logit difference: no circuit to find")
     scores = np.array([float(total[u, v]) for u, v in graph.edges]) / len(pairs) / gap
     return scores, baseline, graph
 
@@ -354,6 +353,9 @@ def discover_circuit(hooked, pairs: QuizPairs, *, threshold: float = 0.8, sizes=
     if random_circuits < 0:
         raise CircuitError(f"random circuits must be >= 0, got {random_circuits}")
     scores, baseline, graph = edge_scores(hooked, pairs, batch_size=batch_size, progress=progress)
+    if baseline.mean_gap <= 0:
+        raise CircuitError(f"the clean run does not prefer the clean answer over the corrupted one (mean logit "
+                           f"difference gap {baseline.mean_gap:.3g}): no circuit to find")
     n_edges = len(graph.edges)
     grid = size_grid(n_edges) if sizes is None else sorted({int(s) for s in sizes})
     if not grid or grid[0] < 0 or grid[-1] > n_edges:

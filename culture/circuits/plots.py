@@ -27,7 +27,7 @@ def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -91,7 +91,9 @@ def save_patch_png(report, path: str | os.PathLike, title: str | None = None, qu
     panels = _panels(report)
     t = report.table
     finite = np.concatenate([np.abs(v[np.isfinite(v)]) for _, v in panels] + [np.array([1.0])])
-    vmax = max(1.0, float(np.quantile(finite, 0.99)))
+    # one cell carries a small share of the effect: a cells table gets its own scale
+    top = float(np.quantile(finite[:-1], 0.99)) if len(finite) > 1 else 1.0
+    vmax = max(top, 1e-6) if t.what == "cells" else max(1.0, top)
     both = report.agreement()
     if t.what == "cells":
         rows = len(t.rows)
@@ -108,33 +110,41 @@ def save_patch_png(report, path: str | os.PathLike, title: str | None = None, qu
                     ax.set_title(name, fontsize=8)
                 if k == 0:
                     ax.set_ylabel(t.rows[r], fontsize=8)
-            if quiz is not None:
-                ax = fig.add_subplot(rows, ncols, r * ncols + ncols)
+            if quiz is not None and r == 0:
+                ax = fig.add_subplot(rows, ncols, ncols)
                 ax.imshow(_grid_image(quiz, t.block), interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
-                if r == 0:
-                    ax.set_title("block of clean pair 0", fontsize=8)
+                ax.set_title("block of clean pair 0", fontsize=8)
         fig.colorbar(im, ax=fig.axes, fraction=0.02, pad=0.02)
     else:
-        ncols = len(panels) + (1 if both else 0)
-        h = max(2.6, 0.32 * len(t.rows) + 1.4)
-        w = max(2.8, 0.7 * len(t.cols) + 1.6)
-        fig = _figure(w * ncols + (1.5 if both else 0), h)
-        for k, (name, values) in enumerate(panels):
-            ax = fig.add_subplot(1, ncols, k + 1)
-            _heat(ax, t.grid(values), t.rows, t.cols, name, vmax, fig=fig if k == len(panels) - 1 else None)
+        methods = list(report.methods)
+        per = 2 if report.control is not None else 1  # recovery, control
+        ncols = per + (1 if both else 0)
+        h = max(2.4, 0.3 * len(t.rows) + 1.3)
+        w = max(2.6, 0.62 * len(t.cols) + 1.4)
+        fig = _figure(w * per + (3.4 if both else 0) + 0.6, h * len(methods) + 0.9)
+        grid = fig.add_gridspec(len(methods), ncols, width_ratios=[w] * per + ([3.4] if both else []))
+        im = None
+        for r, m in enumerate(methods):
+            im = _heat(fig.add_subplot(grid[r, 0]), t.grid(report.recovery(m)), t.rows, t.cols,
+                       f"{m} patching: recovery", vmax)
+            if per == 2:
+                _heat(fig.add_subplot(grid[r, 1]), t.grid(report.control_effect(m)["value"]), t.rows, t.cols,
+                      f"{m}: control pairs (example)", vmax)
+        fig.colorbar(im, ax=fig.axes, fraction=0.03, pad=0.01)
         if both:
-            ax = fig.add_subplot(1, ncols, ncols)
+            ax = fig.add_subplot(grid[:, per])
             a, b = report.recovery("activation"), report.recovery("attribution")
             ax.scatter(a, b, s=12, color="#3b2db3")
             lim = [min(a.min(), b.min(), 0) - 0.05, max(a.max(), b.max(), 1) + 0.05]
             ax.plot(lim, lim, color="gray", linewidth=0.8, linestyle="--")
+            ax.set_aspect("equal")
             ax.set_xlabel("activation patching", fontsize=8)
             ax.set_ylabel("attribution patching", fontsize=8)
             r = both["pearson_r"]
-            ax.set_title(f"agreement: r = {r:.2f}" if r is not None else "agreement", fontsize=9)
-    fig.suptitle(_title(report, title), fontsize=9, y=1.02)
+            ax.set_title(f"attribution vs activation: r = {r:.2f}" if r is not None else "agreement", fontsize=9)
+    fig.suptitle(_title(report, title), fontsize=9)
     return _save(fig, path)
 
 
@@ -168,7 +178,7 @@ def save_logit_lens_png(report, path: str | os.PathLike, title: str | None = Non
         if k == 0:
             ax.legend(fontsize=7)
     fig.suptitle(title or "logit lens: decoding the residual stream with the unembedding (dashed: random-init model)",
-                 fontsize=9, y=1.02)
+                 fontsize=9)
     return _save(fig, path)
 
 
@@ -235,5 +245,5 @@ def save_circuit_png(circuit, path: str | os.PathLike, title: str | None = None)
     ax.set_ylabel("faithfulness (recovery of the logit difference)")
     ax.legend(fontsize=7)
     ax.set_title("faithfulness vs size", fontsize=9)
-    fig.suptitle(title or "", fontsize=9, y=1.0)
+    fig.suptitle(title or "", fontsize=9)
     return _save(fig, path)
