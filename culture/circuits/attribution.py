@@ -39,16 +39,20 @@ __all__ = ["attribution_patching", "activations_and_gradients"]
 METRIC_KEYS = ("ld", "margin")
 
 
-def activations_and_gradients(hooked, tokens: torch.Tensor, names, metric) -> tuple[
-        dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+def activations_and_gradients(hooked, tokens: torch.Tensor, names, metric, embed: torch.Tensor | None = None
+                              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     """One forward with grad and one backward of ``metric(logits).sum()``:
     ({hook: activation}, {hook: d metric / d activation}, logits). The
-    parameters are frozen meanwhile; gradients flow from the embeddings."""
+    parameters are frozen meanwhile; gradients flow from the embeddings.
+    ``embed``: replaces the token embeddings (``hook_embed``), e.g. an
+    interpolation between two runs' (integrated gradients)."""
     names = sorted(set(names))
     acts: dict[str, torch.Tensor] = {}
     grads: dict[str, torch.Tensor] = {}
 
     def start(act, hook):  # the leaf the backward starts from
+        if embed is not None and hook.name == "hook_embed":
+            act = embed.to(act)
         return act.detach().requires_grad_(True)
 
     def keep(act, hook):

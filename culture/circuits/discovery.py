@@ -8,13 +8,19 @@ inputs together, ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input``),
 every MLP (``hook_mlp_in``) and the ``readout`` (the residual after the last
 block). An edge u -> v exists when u is computed before v reads the stream.
 
-**Edge scores** (one forward on each side, one backward): the first-order
-estimate of what the logit difference loses when the edge carries the
-corrupted value instead of the clean one,
-``(out_u(clean) - out_u(corrupted)) . dLD/d in_v |clean``, summed over
-positions and averaged over pairs, divided by the mean gap LD_clean -
-LD_corrupted (so a score reads in recovery units). Edges are ranked by
-|score|.
+**Edge scores**: the first-order estimate of what the logit difference loses
+when the edge carries the corrupted value instead of the clean one,
+``(out_u(clean) - out_u(corrupted)) . dLD/d in_v``, summed over positions and
+averaged over pairs, divided by the mean gap LD_clean - LD_corrupted (so a
+score reads in recovery units). Edges are ranked by |score|. The gradient is
+taken at the clean run (EAP, Syed et al. 2023; ``ig_steps=0``: one forward on
+each side, one backward), or -- the default -- averaged over token embeddings
+interpolated between the corrupted and the clean run (EAP-IG, Hanna et al.
+2024, ``ig_steps`` backward passes): on the zoo, plain gradients miss most of
+the effect of the first layer, whose heads act through saturated attention
+(activation patching of head 0.0 recovers far more than its attribution
+estimate), and a circuit without the edges that carry the clean tokens in
+recovers nothing.
 
 **Faithfulness** of a circuit (a set of edges): the model runs on the clean
 quiz, and every edge *outside* the circuit is patched from the corrupted run:
@@ -152,9 +158,9 @@ def _outputs(hooked, tokens) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, _stack_outputs({n: cache[n] for n in names}, hooked.cfg.n_layers)
 
 
-def _input_grads(hooked, tokens, metric) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _input_grads(hooked, tokens, metric, embed=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits, node outputs, d metric / d node input (b, pos, downstream, d))
-    of one forward + backward with grad."""
+    of one forward + backward with grad (token embeddings replaced by ``embed``)."""
     from culture.circuits.attribution import activations_and_gradients
 
     n = hooked.cfg.n_layers
@@ -162,7 +168,7 @@ def _input_grads(hooked, tokens, metric) -> tuple[torch.Tensor, torch.Tensor, to
                                                           "hook_mlp_in")]
     ins.append(f"blocks.{n - 1}.hook_resid_post")
     outs = _output_hooks(n)
-    acts, grads, logits = activations_and_gradients(hooked, tokens, ins + outs, metric)
+    acts, grads, logits = activations_and_gradients(hooked, tokens, ins + outs, metric, embed=embed)
     parts = []
     for L in range(n):
         g = sum(grads[f"blocks.{L}.{k}"] for k in ("hook_q_input", "hook_k_input", "hook_v_input"))
@@ -171,24 +177,36 @@ def _input_grads(hooked, tokens, metric) -> tuple[torch.Tensor, torch.Tensor, to
     return logits, _stack_outputs(acts, n), torch.cat(parts, 2)
 
 
-def edge_scores(hooked, pairs: QuizPairs, *, batch_size: int = DEFAULT_BATCH_SIZE,
+def edge_scores(hooked, pairs: QuizPairs, *, ig_steps: int = 5, batch_size: int = DEFAULT_BATCH_SIZE,
                 progress: Progress | None = None) -> tuple[np.ndarray, Baseline, Graph]:
     """Edge attribution scores (E,) in recovery units (see the module
-    docstring), the unpatched runs' Baseline, and the Graph."""
+    docstring), the unpatched runs' Baseline, and the Graph. ``ig_steps``
+    0: the gradient at the clean run (EAP, Syed et al. 2023); m >= 1: its
+    mean over m token embeddings interpolated between the corrupted and the
+    clean ones, at the midpoints (k - 1/2) / m (EAP-IG, Hanna et al. 2024),
+    which follows the metric along the way instead of at one end."""
+    if not (isinstance(ig_steps, int) and ig_steps >= 0):
+        raise CircuitError(f"ig_steps must be an integer >= 0, got {ig_steps!r}")
     graph = Graph(hooked.cfg.n_layers, hooked.cfg.n_heads)
     hooked.eval()
     total = torch.zeros(len(graph.upstream), len(graph.downstream), dtype=torch.float64)
     base = BaselineBuilder()
     done = 0
+    alphas = [(k + 0.5) / ig_steps for k in range(ig_steps)] if ig_steps else [None]
     with split_hooks(hooked), frozen_parameters(hooked):
         for batch in pair_batches(hooked, pairs, "noise", batch_size):
             corr_logits, corr_out = _outputs(hooked, batch.corrupted_tokens)
-            clean_logits, clean_out, grad_in = _input_grads(hooked, batch.clean_tokens,
-                                                            lambda lg: batch.readouts(lg)["ld"])
+            clean_logits, clean_out = _outputs(hooked, batch.clean_tokens)
             base.add("clean", batch.readouts(clean_logits))
             base.add("corrupted", batch.readouts(corr_logits))
+            grad_in = None
+            for a in alphas:
+                embed = None if a is None else corr_out[:, :, 0] + a * (clean_out[:, :, 0] - corr_out[:, :, 0])
+                _, _, g = _input_grads(hooked, batch.clean_tokens, lambda lg: batch.readouts(lg)["ld"], embed)
+                grad_in = g if grad_in is None else grad_in + g
             with torch.no_grad():
-                total += torch.einsum("bpud,bpvd->uv", (clean_out - corr_out).double(), grad_in.double())
+                total += torch.einsum("bpud,bpvd->uv", (clean_out - corr_out).double(),
+                                      grad_in.double() / len(alphas))
             done += 1
             if progress is not None:
                 progress("edge scores", done, n_batches(pairs, batch_size))
@@ -342,7 +360,7 @@ def _faithfulness(ld: np.ndarray, baseline: Baseline) -> list[dict]:
 
 
 def discover_circuit(hooked, pairs: QuizPairs, *, threshold: float = 0.8, sizes=None, random_circuits: int = 3,
-                     random_sizes: int = 5, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+                     random_sizes: int = 5, ig_steps: int = 5, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
                      progress: Progress | None = None) -> CircuitReport:
     """Score the edges, evaluate the top-k circuits for ``sizes`` (default
     :func:`size_grid`), ``random_circuits`` random edge sets at ``random_sizes``
@@ -352,7 +370,8 @@ def discover_circuit(hooked, pairs: QuizPairs, *, threshold: float = 0.8, sizes=
         raise CircuitError(f"threshold must be in (0, 1], got {threshold}")
     if random_circuits < 0:
         raise CircuitError(f"random circuits must be >= 0, got {random_circuits}")
-    scores, baseline, graph = edge_scores(hooked, pairs, batch_size=batch_size, progress=progress)
+    scores, baseline, graph = edge_scores(hooked, pairs, ig_steps=ig_steps, batch_size=batch_size,
+                                          progress=progress)
     if baseline.mean_gap <= 0:
         raise CircuitError(f"the clean run does not prefer the clean answer over the corrupted one (mean logit "
                            f"difference gap {baseline.mean_gap:.3g}): no circuit to find")
@@ -394,8 +413,9 @@ def discover_circuit(hooked, pairs: QuizPairs, *, threshold: float = 0.8, sizes=
         chosen = hi
         curve.sort(key=lambda p: p["size"])
     settings = {"n_pairs": len(pairs), "task": pairs.task, "vary": pairs.vary, "threshold": threshold,
-                "random_circuits": random_circuits, "seed": seed,
+                "random_circuits": random_circuits, "seed": seed, "ig_steps": ig_steps,
                 "rest_of_model": "patched from the corrupted run (not mean-ablated)",
-                "edge_score": "(out_u(clean) - out_u(corrupted)) . dLD/d in_v at the clean run, mean over pairs, "
+                "edge_score": "(out_u(clean) - out_u(corrupted)) . dLD/d in_v (at the clean run, or its mean over "
+                              "ig_steps embeddings interpolated from the corrupted to the clean run), mean over pairs, "
                               "divided by the mean gap"}
     return CircuitReport(graph, scores, baseline, threshold, curve, random_curve, chosen, settings)

@@ -209,7 +209,7 @@ def logit_lens(hooked, test_set, *, baseline: bool = True, seed: int = 0, batch_
                             "logit lens (random-init model)")
         base = {g: rnd.summary(index[g]) for g in groups}
     n = hooked.cfg.n_layers
-    layer_labels = ["embed"] + [f"block {L}" for L in range(n)]
+    layer_labels = ["embed"] + [f"after block {L}" for L in range(n)]
     comps = component_names(n, hooked.cfg.n_heads)
     pred, tmask = ar_mask(seq), transform_mask(seq, paired=test_set.targets)
     copy = {}

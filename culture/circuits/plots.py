@@ -175,7 +175,7 @@ def save_logit_lens_png(report, path: str | os.PathLike, title: str | None = Non
         ax.set_xticklabels(layers, fontsize=7, rotation=30)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(name, fontsize=9)
-        if k == 0:
+        if k < 2:
             ax.legend(fontsize=7)
     fig.suptitle(title or "logit lens: decoding the residual stream with the unembedding (dashed: random-init model)",
                  fontsize=9)
@@ -189,7 +189,7 @@ def _node_xy(name: str, n_layers: int, n_heads: int) -> tuple[float, float]:
         return (n_heads - 1) / 2, 2.0 * n_layers + 1.0
     kind, rest = name.split(" ")
     if kind == "mlp":
-        return (n_heads - 1) / 2, 2.0 * int(rest) + 2.0
+        return n_heads - 0.2, 2.0 * int(rest) + 2.0
     layer, head = (int(v) for v in rest.split("."))
     return float(head), 2.0 * layer + 1.0
 
@@ -213,13 +213,13 @@ def save_circuit_png(circuit, path: str | os.PathLike, title: str | None = None)
                 color="black" if on else "#999999")
     for e in edges:
         (x0, y0), (x1, y1) = _node_xy(e["src"], n_layers, n_heads), _node_xy(e["dst"], n_layers, n_heads)
-        bend = 0.25 * (x1 - x0) if abs(y1 - y0) > 1.5 else 0
+        bend = (0.6 if x1 >= x0 else -0.6) if abs(y1 - y0) > 1.5 else 0.0
         xs = np.linspace(x0, x1, 20)
         ys = np.linspace(y0, y1, 20)
-        xs = xs + bend * np.sin(np.linspace(0, np.pi, 20)) * 0.3
+        xs = xs + bend * np.sin(np.linspace(0, np.pi, 20))
         ax.plot(xs, ys, color="#c0392b" if e["score"] > 0 else "#2e6da4", alpha=0.75,
                 linewidth=0.6 + 4.5 * abs(e["score"]) / top, zorder=2)
-    ax.set_xlim(-0.8, n_heads - 0.2)
+    ax.set_xlim(-0.8, n_heads + 0.4)
     ax.set_ylim(-0.8, 2 * n_layers + 1.8)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -231,7 +231,7 @@ def save_circuit_png(circuit, path: str | os.PathLike, title: str | None = None)
     v = [p["faithfulness"]["value"] for p in circuit.curve]
     lo = [p["faithfulness"]["ci95"][0] for p in circuit.curve]
     hi = [p["faithfulness"]["ci95"][1] for p in circuit.curve]
-    ax.plot(sizes, v, marker="o", color="#c0392b", label="top edges (attribution)")
+    ax.plot(sizes, v, marker="o", color="#c0392b", label="top edges by |score|")
     ax.fill_between(sizes, lo, hi, color="#c0392b", alpha=0.15)
     if circuit.random_curve:
         rs = [p["size"] for p in circuit.random_curve]

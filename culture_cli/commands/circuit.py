@@ -77,6 +77,9 @@ def circuit_command(
     ] = None,
     random_circuits: Annotated[int, typer.Option(
         "--random-circuits", help="Random edge sets per size for the baseline curve (0: none).")] = 2,
+    ig_steps: Annotated[int, typer.Option(
+        "--ig-steps", help="Edge scores: gradients averaged over this many interpolations from the corrupted to the "
+        "clean embeddings (EAP-IG); 0: the gradient at the clean run (EAP).")] = 5,
     top: Annotated[int, typer.Option("--top", help="Rows of the table of top edges.")] = 12,
     seed: SeedOption = 0,
     png: Annotated[Optional[Path], typer.Option(
@@ -98,6 +101,8 @@ def circuit_command(
         fail(f"--random-circuits must be >= 0, got {random_circuits}")
     if top < 1:
         fail(f"--top must be at least 1, got {top}")
+    if ig_steps < 0:
+        fail(f"--ig-steps must be >= 0, got {ig_steps}")
     size_list = None
     if sizes:
         from culture_cli.common import parse_ids
@@ -110,7 +115,8 @@ def circuit_command(
     src, hooked, pairs = load_model_and_pairs(model, source, task, vary, num_pairs, seed, device)
     with progress() as bar:
         report = discover_circuit(hooked, pairs, threshold=threshold, sizes=size_list,
-                                  random_circuits=random_circuits, seed=seed, batch_size=batch_size,
+                                  random_circuits=random_circuits, ig_steps=ig_steps, seed=seed,
+                                  batch_size=batch_size,
                                   progress=phase_progress(bar))
     report.settings.update({"model": model, "source": src.name})
     print_table(edge_table(report, top))
