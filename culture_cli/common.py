@@ -431,3 +431,16 @@ JsonOption = Annotated[OptionalOutputFile, typer.Option("--json", help="Write th
                                                        show_default=False)]
 QuizKindsOption = Annotated[str, typer.Option(
     "--quizzes", help="Which quizzes: world, culture (the source's test c-quizzes) or both (the reference mix).")]
+
+
+def phase_progress(bar: Progress):
+    """A ``(phase, done, total)`` callback for the library's progress hooks:
+    one bar per phase on ``bar`` (a :func:`progress` display)."""
+    ids: dict[str, int] = {}
+
+    def report(phase: str, done: int, total: int) -> None:
+        if phase not in ids:
+            ids[phase] = bar.add_task(phase, total=total)
+        bar.update(ids[phase], completed=done, total=total)
+
+    return report

@@ -1,0 +1,100 @@
+"""Plumbing shared by the patching methods: batches of pairs as
+TransformerLens tokens, the unpatched runs, and frozen parameters for the
+backward passes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from culture.circuits.metric import Baseline, CircuitError, QuizPairs, check_direction, readouts
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+DEFAULT_BATCH_SIZE = 50
+
+
+@dataclass
+class PairBatch:
+    """One batch of pairs on the model's device: quizzes and hooked tokens of
+    both sides, and which side a patch runs (``target``) or reads (``source``)."""
+
+    clean: torch.Tensor
+    corrupted: torch.Tensor
+    clean_tokens: torch.Tensor
+    corrupted_tokens: torch.Tensor
+    direction: str
+
+    @property
+    def target_tokens(self) -> torch.Tensor:
+        return self.corrupted_tokens if self.direction == "denoise" else self.clean_tokens
+
+    @property
+    def source_tokens(self) -> torch.Tensor:
+        return self.clean_tokens if self.direction == "denoise" else self.corrupted_tokens
+
+    def readouts(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        return readouts(logits, self.clean, self.corrupted)
+
+
+def check_batch_size(batch_size: int) -> int:
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise CircuitError(f"batch size must be a positive integer, got {batch_size!r}")
+    return batch_size
+
+
+def pair_batches(hooked, pairs: QuizPairs, direction: str, batch_size: int) -> Iterator[PairBatch]:
+    from culture.hooked import to_hooked_tokens
+
+    check_direction(direction)
+    check_batch_size(batch_size)
+    device = hooked.cfg.device
+    for lo in range(0, len(pairs), batch_size):
+        c = pairs.clean[lo:lo + batch_size].to(device)
+        r = pairs.corrupted[lo:lo + batch_size].to(device)
+        yield PairBatch(c, r, to_hooked_tokens(c).to(device), to_hooked_tokens(r).to(device), direction)
+
+
+def n_batches(pairs: QuizPairs, batch_size: int) -> int:
+    return -(-len(pairs) // batch_size)
+
+
+class BaselineBuilder:
+    """Collects the per-pair readouts of the unpatched clean and corrupted runs."""
+
+    def __init__(self):
+        self.parts: dict[str, list[np.ndarray]] = {}
+
+    def add(self, side: str, r: dict[str, torch.Tensor]) -> None:
+        for key, v in r.items():
+            self.parts.setdefault(f"{side}_{key}", []).append(v.detach().double().cpu().numpy()
+                                                              if key != "correct" else v.cpu().numpy())
+
+    def build(self) -> Baseline:
+        return Baseline(**{k: np.concatenate(v) for k, v in self.parts.items()})
+
+
+@contextmanager
+def frozen_parameters(hooked):
+    """Parameters stop requiring gradients (restored after): the backward
+    passes want gradients of activations only."""
+    flags = [(p, p.requires_grad) for p in hooked.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield hooked
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def run_cached(hooked, tokens: torch.Tensor, names) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(logits, {hook name: activation}) of one no-grad forward."""
+    names = sorted(set(names))
+    with torch.inference_mode():
+        logits, cache = hooked.run_with_cache(tokens, names_filter=lambda n: n in names, return_type="logits")
+    return logits, {n: cache[n] for n in names}

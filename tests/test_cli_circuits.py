@@ -1,0 +1,80 @@
+"""``culture-interp patch`` / ``circuit`` / ``logit-lens`` on the bundled zoo
+(offline), tiny sizes; bad input gives one error line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.cli import error_line, heavy_imports, run_cli
+
+
+def test_patch_cli_table_json_png(tmp_path, capsys):
+    out_json, out_png = tmp_path / "p.json", tmp_path / "p.png"
+    code, out, err = run_cli(capsys, "patch", "--model", 0, "--source", "bundled", "--task", "replace_color",
+                             "--vary", "dst", "--what", "heads", "--layers", 3, "--num-pairs", 3, "--control-pairs", 2,
+                             "--json", out_json, "--png", out_png, "--batch-size", 3)
+    assert code == 0, err
+    assert "Top sites" in out and "Pearson r" in out
+    report = json.loads(out_json.read_text())
+    assert report["settings"]["what"] == "heads" and report["settings"]["vary"] == "dst"
+    assert report["baseline"]["n_pairs"] == 3 and report["control_baseline"]["n_pairs"] == 2
+    sites = report["sites"]
+    assert [s["site"] for s in sites[:2]] == ["head 3.0", "head 3.1"]
+    assert {"recovery", "ci95", "control"} <= set(sites[0]["activation"]) and "accuracy" in sites[0]["activation"]
+    assert "recovery" in sites[0]["attribution"] and report["agreement"]["n_sites"] == len(sites)
+    assert out_png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "nope", "--vary", "task"], "nope"),
+    (["--task", "frame", "--vary", "dst"], "unknown factor 'dst' for task frame"),
+    (["--task", "frame", "--vary", "example"], "keeps f(B)"),
+    (["--task", "frame", "--vary", "color", "--what", "neurons"], "--what"),
+    (["--task", "frame", "--vary", "color", "--direction", "sideways"], "--direction"),
+    (["--task", "frame", "--vary", "color", "--method", "magic"], "--method"),
+    (["--task", "frame", "--vary", "color", "--num-pairs", 1], "--num-pairs"),
+    (["--task", "frame", "--vary", "color", "--block", "C"], "--block"),
+    (["--task", "frame", "--vary", "color", "--model", 99], "99"),
+])
+def test_patch_cli_errors(capsys, args, message):
+    argv = ["patch", "--source", "bundled"] + (["--model", 0] if "--model" not in args else []) + args
+    assert message in error_line(capsys, *argv)
+
+
+def test_circuit_cli(tmp_path, capsys):
+    out_json, out_png = tmp_path / "c.json", tmp_path / "c.png"
+    code, out, err = run_cli(capsys, "circuit", "--model", 0, "--source", "bundled", "--task", "frame",
+                             "--vary", "color", "--num-pairs", 2, "--sizes", 1, 3, "--random-circuits", 1,
+                             "--json", out_json, "--png", out_png, "--batch-size", 2, "--threshold", 0.99)
+    assert code == 0, err
+    assert "Faithfulness vs size" in out and "Top edges" in out
+    report = json.loads(out_json.read_text())
+    sizes = [p["size"] for p in report["curve"]]
+    assert sizes == sorted(sizes) and {1, 3} <= set(sizes)
+    assert report["settings"]["rest_of_model"].startswith("patched from the corrupted run")
+    assert len(report["edges"]) == report["n_edges"] and report["random_curve"]
+    assert report["reached"] == (report["chosen_size"] is not None)
+    assert out_png.stat().st_size > 1000
+    assert "--threshold" in error_line(capsys, "circuit", "--model", 0, "--source", "bundled", "--task", "frame",
+                                       "--vary", "color", "--threshold", 1.5)
+
+
+def test_logit_lens_cli(tmp_path, capsys):
+    out_json, out_png = tmp_path / "l.json", tmp_path / "l.png"
+    code, out, err = run_cli(capsys, "logit-lens", "--model", 0, "--source", "bundled", "--tasks", "detect",
+                             "-n", 6, "--no-baseline", "--json", out_json, "--png", out_png)
+    assert code == 0, err
+    assert "Logit lens" in out and "Direct logit" in out
+    report = json.loads(out_json.read_text())
+    assert report["groups"] == ["detect", "all"] and report["random_init_accuracy"] is None
+    assert report["layers"][0] == "embed" and len(report["accuracy"]["all"]) == len(report["layers"])
+    assert out_png.stat().st_size > 1000
+    assert "--num-samples" in error_line(capsys, "logit-lens", "--model", 0, "--source", "bundled", "-n", 0)
+
+
+def test_circuit_commands_help_imports_nothing_heavy():
+    heavy, out, err = heavy_imports([["patch", "--help"], ["circuit", "--help"], ["logit-lens", "--help"]],
+                                    ("transformer_lens", "sae_lens", "matplotlib"))
+    assert heavy == [], heavy
