@@ -21,7 +21,7 @@ app = typer.Typer(
 
 #: options that take several values after one flag: ``--models 0 1 2 3``
 MULTI_VALUE_OPTIONS = ("--models", "--tasks", "--task", "--layers", "--features", "--steer", "--index",
-                       "--train-structures")
+                       "--train-structures", "--controls")
 
 
 @app.callback()
