@@ -157,7 +157,8 @@ def _last_options(cfg: dict) -> str:
 
 #: options of ``culture-interp sae train`` rebuilt from a training summary's settings, in order
 _SAE_OPTIONS = (("steps", "--steps"), ("expansion_factor", "--expansion-factor"),
-                ("l1_coefficient", "--l1-coefficient"), ("lr", "--lr"), ("n_batches_for_norm_estimate", "--n-batches-for-norm-estimate"), ("seed", "--seed"))
+                ("l1_coefficient", "--l1-coefficient"), ("lr", "--lr"),
+                ("n_batches_for_norm_estimate", "--n-batches-for-norm-estimate"), ("seed", "--seed"))
 
 
 def sae_train_command(summary: dict, out: str) -> str:
