@@ -5,6 +5,11 @@ reference-format files (``gpt_{k:03d}.pth``), copies ``c_quizzes.pth`` when the
 culture phase produced any, evaluates the packed models with the reference
 protocol (culture.evaluation) and writes ``MODEL_CARD.md`` and ``zoo.json``:
 the exact command, seeds, tasks, sizes, accuracies and training time.
+
+``refresh_card(dest)`` evaluates the SAEs trained into ``dest/sae`` afterwards
+(``gpt-K/<hook>/``, ``gpt-K-seedS/<hook>/``) on held-out quizzes and adds
+their section (held-out variance explained, L0, dead features, the training
+commands) and the zoo's size to the card.
 """
 
 from __future__ import annotations
@@ -104,7 +109,7 @@ def _pack_into(dest: Path, run_dir: Path, config: dict, state: dict, ids: list[i
         "evaluation_world": {"num_samples": num_samples, "seed": seed, "results": world_results.to_dict()},
     }
     atomic_write_json(dest / "zoo.json", info)
-    atomic_write_text(dest / "MODEL_CARD.md", model_card(info))
+    atomic_write_text(dest / "MODEL_CARD.md", model_card({**info, "size": zoo_size(dest)}))
     return info
 
 
@@ -202,6 +207,114 @@ def _culture_lines(info: dict) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------- SAEs
+
+
+#: options of ``culture-interp sae train`` rebuilt from a training summary's settings, in order
+_SAE_OPTIONS = (("steps", "--steps"), ("expansion_factor", "--expansion-factor"),
+                ("l1_coefficient", "--l1-coefficient"), ("lr", "--lr"),
+                ("n_batches_for_norm_estimate", "--n-batches-for-norm-estimate"), ("seed", "--seed"))
+
+
+def sae_train_command(summary: dict, out: str) -> str:
+    """The ``culture-interp sae train`` line that made an SAE, from its
+    ``training_summary.json`` (model, hook and the settings the bundled SAEs set)."""
+    st = summary.get("settings") or {}
+    parts = ["culture-interp sae train", f"--model {summary.get('model_id', '?')}", "--source bundled",
+             f"--hook {summary.get('hook_name') or st.get('hook_name')}", f"--out {out}"]
+    parts += [f"{flag} {st[key]:g}" if isinstance(st.get(key), float) else f"{flag} {st[key]}"
+              for key, flag in _SAE_OPTIONS if st.get(key) is not None]
+    return " ".join(parts)
+
+
+def zoo_size(dest) -> tuple[int, int]:
+    """(bytes, files) of the zoo folder (models, c-quizzes, SAEs, metadata)."""
+    files = [p for p in Path(dest).rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def evaluate_bundled_saes(dest=ZOO_DIR, *, num_samples: int = 500, seed: int = 0, progress=None) -> list[dict]:
+    """Held-out figures of every SAE in ``dest/sae`` (``culture.sae.evaluate_sae``
+    on ``num_samples`` test quizzes of the zoo's tasks): one dict per SAE with
+    its folder, model, seed, the training summary and the evaluation."""
+    from culture.evaluation import make_test_set
+    from culture.hooked import load_hooked
+    from culture.sae import bundled_saes, evaluate_sae, load_sae
+    from culture.sae.common import BUNDLED_SAE_FOLDER
+
+    dest = Path(dest)
+    info = json.loads((dest / "zoo.json").read_text()) if (dest / "zoo.json").is_file() else {}
+    tasks = (info.get("run_config") or {}).get("tasks")
+    test_set = make_test_set(n=num_samples, tasks=tasks, seed=seed)
+    out = []
+    from culture.sources import LocalSource
+
+    src = LocalSource(dest)
+    for b in bundled_saes(dest / BUNDLED_SAE_FOLDER):
+        sae = load_sae(b.path)
+        hooked = load_hooked(b.model, src, sae=True)
+        res = evaluate_sae(hooked, sae, test_set, progress=progress).overall
+        summary_path = b.path / "training_summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        out.append({
+            "folder": f"{BUNDLED_SAE_FOLDER}/{b.path.relative_to(dest / BUNDLED_SAE_FOLDER).as_posix()}",
+            "model": b.model, "seed": b.seed if b.seed is not None else (summary.get("settings") or {}).get("seed"),
+            "extra_seed": b.seed is not None, "hook": sae.cfg.metadata.hook_name, "d_sae": int(sae.cfg.d_sae),
+            "training": {k: summary.get(k) for k in ("steps", "training_tokens", "explained_variance", "l0",
+                                                     "dead_features", "seconds")},
+            "command": sae_train_command(summary, f"culture/zoo/{BUNDLED_SAE_FOLDER}/"
+                                         f"{b.path.relative_to(dest / BUNDLED_SAE_FOLDER).as_posix()}")
+            if summary else None,
+            "heldout": {"num_samples": num_samples, "seed": seed,
+                        **{k: res.get(k) for k in ("explained_variance", "l0", "dead_features", "dense_features",
+                                                   "loss_recovered")}},
+        })
+    return out
+
+
+def _sae_lines(saes: list[dict], size: tuple[int, int] | None) -> list[str]:
+    lines = []
+    if saes:
+        n = saes[0]["heldout"]["num_samples"]
+        lines += ["## SAEs", "",
+                  "SAELens sparse autoencoders shipped with the zoo (`--sae bundled`; `load_sae(\"bundled\", "
+                  "\"gpt-K\")`), one per model, plus further seeds of a model (`gpt-K-seedS`: the ceiling of "
+                  f"feature universality). Held-out figures: `culture-interp sae eval` on {n} test quizzes "
+                  "(variance explained, mean features per position, features never firing, loss recovered).", "",
+                  "| folder | model | seed | hook | features | var. expl. | L0 | dead | loss recovered |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for e in saes:
+            h = e["heldout"]
+
+            def num(v, fmt):
+                return "-" if v is None else format(v, fmt)
+            dead = h.get("dead_features") or 0
+            lines.append(f"| `{e['folder']}` | {e['model']} | {e['seed']} | {e['hook']} | {e['d_sae']:,} | "
+                         f"{num(h.get('explained_variance'), '.3f')} | {num(h.get('l0'), '.1f')} | "
+                         f"{dead} ({100 * dead / max(e['d_sae'], 1):.1f}%) | {num(h.get('loss_recovered'), '.3f')} |")
+        lines += ["", "Trained with:", "", "```bash"]
+        lines += [e["command"] or f"# {e['folder']}: no training_summary.json" for e in saes]
+        lines += ["```", "", "Reproduce the figures: `culture-interp zoo card --update`.", ""]
+    if size is not None:
+        lines += [f"Zoo size: {size[0] / 2**20:.1f} MiB in {size[1]} files (models, SAEs, metadata).", ""]
+    return lines
+
+
+def refresh_card(dest=ZOO_DIR, *, num_samples: int = 500, seed: int = 0, progress=None) -> dict:
+    """Evaluate the zoo's SAEs held out, store the figures in ``zoo.json``
+    (key ``saes``) and rewrite ``MODEL_CARD.md`` (with its SAE section and the
+    zoo's size). Returns the updated info."""
+    dest = Path(dest)
+    if not (dest / "zoo.json").is_file():
+        raise CultureError(f"{dest} has no zoo.json (pack a training run first: culture-interp zoo pack)")
+    info = json.loads((dest / "zoo.json").read_text())
+    info["saes"] = evaluate_bundled_saes(dest, num_samples=num_samples, seed=seed, progress=progress)
+    atomic_write_json(dest / "zoo.json", info)
+    info["size"] = zoo_size(dest)
+    atomic_write_text(dest / "MODEL_CARD.md", model_card(info))
+    return info
+
+
 def model_card(info: dict) -> str:
     cfg = info["run_config"]
     arch = info["architecture"]
@@ -263,4 +376,5 @@ def model_card(info: dict) -> str:
             lines.append(f"| {k} | {c['greedy_accuracy']:.3f} | {c['expected_accuracy']:.3f} | "
                          f"{r['greedy_accuracy']:.3f} |")
     lines.append("")
+    lines += _sae_lines(info.get("saes") or [], info.get("size"))
     return "\n".join(lines)

@@ -12,6 +12,12 @@
 * ``report.json`` -- the numbers.
 
 Open ``index.html`` in any browser.
+
+:func:`write_family_page` writes the cross-model page of ``culture-interp
+universality compare --dashboard``: for each family of SAE features matched
+across the models, its member feature in every model side by side on the
+same quizzes (activations drawn on the grids), with their correlations and
+firing rates.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 
 from culture.quiz import COLOR_NAMES, COLOR_RGB
 
-__all__ = ["write_dashboard", "render_html"]
+__all__ = ["write_dashboard", "render_html", "write_family_page", "render_family_page"]
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;
@@ -41,6 +47,7 @@ section.feature{background:#fff;border:1px solid #ddd;border-radius:6px;padding:
 .eff{display:inline-block;margin:2px 8px 2px 0;font-size:12px;white-space:nowrap}
 .pos{color:#0a7a2a}.neg{color:#b0221b}
 img.quizzes{max-width:100%;border:1px solid #ccc;margin-top:6px}
+.members{display:flex;flex-wrap:wrap;gap:14px}.member{flex:1 1 300px}.member img{width:100%}
 .legend{font-size:12px;color:#555}
 code{background:#f0f0f0;padding:0 3px}
 a{color:#3b2db3}
@@ -204,3 +211,113 @@ def write_dashboard(out_dir: str | os.PathLike, report: dict, images: dict | Non
     atomic_write_text(out / "index.html", page)
     return out / "index.html"
 
+
+
+# ------------------------------------------------------- cross-model families
+
+
+def _family_section(k: int, fam: dict, images: dict[str, str], legend: str) -> str:
+    members = fam["members"]
+    corr = fam["corr"]
+    head = "".join(f"<th>{_e(m)}</th>" for m in members)
+    cells = "".join(f"<td>{members[m]}</td>" for m in members)
+    corr_cells = "".join(f"<td>{'anchor' if m not in corr else _num(corr[m])}</td>" for m in members)
+    rate_rows = []
+    cats = sorted({c for r in fam["member_rates"].values() for c in r})
+    for c in cats:
+        rate_rows.append(f'<tr><td class="l">{_e(c)}</td>'
+                         + "".join(f"<td>{_pct(fam['member_rates'].get(m, {}).get(c))}</td>" for m in members)
+                         + f"<td>{_pct(fam['rates'][c]['value'])} [{_pct(fam['rates'][c]['ci95'][0])}, "
+                           f"{_pct(fam['rates'][c]['ci95'][1])}]</td></tr>" if c in fam["rates"] else "")
+    parts = [f'<section class="feature" id="family-{k}"><h2>Family {k}</h2>',
+             f'<p class="sub">weakest correlation with the anchor {_num(fam["min_corr"])}; '
+             f'{"consistent" if fam["consistent"] else "not consistent"} across every pair of models</p>',
+             f'<table><tr><th class="l"></th>{head}</tr><tr><th class="l">feature</th>{cells}</tr>'
+             f'<tr><th class="l">corr with anchor</th>{corr_cells}</tr></table>',
+             f'<h3>Firing rate per category</h3><table><tr><th class="l">category</th>{head}<th>family mean '
+             f'[95%]</th></tr>{"".join(rate_rows)}</table>']
+    if images:
+        parts.append(f'<p class="legend">{_e(legend)}</p><div class="members">')
+        for m, b64 in images.items():
+            parts.append(f'<div class="member"><h3>SAE {_e(m)}: feature {members[m]}</h3>'
+                         f'<img class="quizzes" alt="family {k}, SAE {_e(m)}" src="data:image/png;base64,{b64}">'
+                         "</div>")
+        parts.append("</div>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render_family_page(report, images: dict[int, dict[str, str]], max_families: int) -> str:
+    """The cross-model feature page for a UniversalityReport with SAEs."""
+    sae = report.sae
+    fams = report.family_rows(max_families)
+    title = "SAE feature families across models"
+    body = [f"<h1>{_e(title)}</h1>",
+            f'<p class="sub">{len(sae.families)} families: features of SAE {_e(sae.labels[sae.anchor])} whose '
+            f"one-to-one partner (Hungarian matching of activation correlations) exceeds {sae.threshold:g} in "
+            f"the SAE of every other model; {sae.null_families} on shuffled quizzes (the floor); control "
+            f"{_e(sae.control)}; {report.settings.get('tokens', 0):,} tokens</p>"]
+    rows = report.sae_rows()
+    head = ('<tr><th class="l">pair</th><th class="l">kind</th><th>alive</th><th>1-to-1 share above</th>'
+            "<th>floor</th><th>median corr</th><th>floor</th><th>SVCCA</th><th>floor</th></tr>")
+    body.append("<h2>Pairs of SAEs</h2><table>" + head + "".join(
+        f'<tr><td class="l">{_e(r["pair"])}</td><td class="l">{_e(r["kind"])}</td><td>{_e(r["alive"])}</td>'
+        f'<td>{_pct(r["share_above"])}</td><td>{_pct(r["null_share_above"])}</td>'
+        f'<td>{_num(r["median_matched_corr"])}</td><td>{_num(r["null_median_matched_corr"])}</td>'
+        f'<td>{_num(r["svcca"])}</td><td>{_num(r["svcca_floor"])}</td></tr>' for r in rows) + "</table>")
+    if not fams:
+        body.append("<p>No family: no feature of the anchor SAE matches above the threshold in every model.</p>")
+    legend = ("The same quizzes in every column (where the anchor's feature fires most); dots: positions where "
+              "that model's feature fires at 5% of its maximum or more (size ~ activation), on the cell read "
+              "there; thick black box: the cell read at the maximum; magenta box: the cell predicted there.")
+    for fam in fams:
+        body.append(_family_section(fam["family"], fam, images.get(fam["family"], {}), legend))
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def family_images(report, max_families: int = 12, quizzes: int = 3, cell_px: int = 10) -> dict[int, dict[str, object]]:
+    """{family: {SAE label: PIL image}}: each member's activations on the
+    quizzes (of the report's examples) where the anchor's member fires most."""
+    from culture.sae.features import feature_examples_image
+
+    sae = report.sae
+    ex = sae.examples or {}
+    if not ex:
+        return {}
+    out = {}
+    for fam in report.family_rows(max_families):
+        k = fam["family"]
+        members = sae.families[k].members
+        anchor_acts = ex["acts"][(k, sae.anchor)]
+        top = anchor_acts.max(1).values.argsort(descending=True)[:quizzes]
+        top = top[anchor_acts[top].max(1).values > 0]
+        if not len(top):
+            continue
+        q = ex["quizzes"][top]
+        imgs = {}
+        for e, f in members.items():
+            acts = ex["acts"][(k, e)][top]
+            titles = [f"quiz {int(i)}" for i in top]
+            imgs[sae.labels[e]] = feature_examples_image(q, acts, titles, cell_px=cell_px)[0]
+        out[k] = imgs
+    return out
+
+
+def write_family_page(out_dir: str | os.PathLike, report, max_families: int = 12) -> Path:
+    """Write ``index.html`` (self-contained) and ``families.json`` into
+    ``out_dir`` for a :class:`~culture.universality.UniversalityReport` with
+    SAEs; returns the page's path."""
+    from culture.errors import CultureError
+    from culture.io import atomic_write_json, atomic_write_text
+
+    if report.sae is None:
+        raise CultureError("the report has no SAE comparison: nothing to show on the feature page")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = {k: {m: _png_b64(img) for m, img in per.items()} for k, per in family_images(report, max_families).items()}
+    atomic_write_json(out / "families.json", {"pairs": report.sae_rows(), "families": report.family_rows()})
+    page = render_family_page(report, images, max_families)
+    atomic_write_text(out / "index.html", page)
+    return out / "index.html"

@@ -41,6 +41,36 @@ def test_pack_zoo_writes_fp16_reference_checkpoints_and_card(tmp_path, capsys):
     tasks = set(result["models"][0]["by_task"])
     assert tasks <= {"frame", "replace_color"}
 
+    # SAEs trained into the zoo afterwards: the card gains their held-out figures and commands
+    _refresh_card_with_saes(dest)
+
+
+def _refresh_card_with_saes(dest):
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from culture.bundle import refresh_card, sae_train_command
+
+    assert "## SAEs" not in (dest / "MODEL_CARD.md").read_text() and "Zoo size" in (dest / "MODEL_CARD.md").read_text()
+    summary = {"hook_name": "blocks.1.hook_mlp_out",
+               "settings": {"steps": 2000, "expansion_factor": 16, "l1_coefficient": 2.5, "lr": 0.001,
+                            "n_batches_for_norm_estimate": 100, "seed": 43}}
+    for folder, model in (("gpt-1", 1), ("gpt-0-seed43", 0)):
+        out = dest / "sae" / folder / "blocks_1_mlp_out"
+        sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=64, metadata=SAEMetadata(hook_name="blocks.1.hook_mlp_out")))
+        sae.save_model(out)
+        (out / "training_summary.json").write_text(json.dumps({**summary, "model_id": model}))
+    info = refresh_card(dest, num_samples=4)
+    assert [e["folder"] for e in info["saes"]] == ["sae/gpt-1/blocks_1_mlp_out", "sae/gpt-0-seed43/blocks_1_mlp_out"]
+    assert all(0 <= e["heldout"]["dead_features"] <= 64 and e["heldout"]["l0"] >= 0 for e in info["saes"])
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "## SAEs" in card and "| `sae/gpt-0-seed43/blocks_1_mlp_out` | 0 | 43 |" in card and "MiB in" in card
+    assert ("culture-interp sae train --model 1 --source bundled --hook blocks.1.hook_mlp_out --out "
+            "culture/zoo/sae/gpt-1/blocks_1_mlp_out --steps 2000 --expansion-factor 16 --l1-coefficient 2.5 --lr "
+            "0.001 --n-batches-for-norm-estimate 100 --seed 43") in card
+    assert json.loads((dest / "zoo.json").read_text())["saes"][0]["model"] == 1
+    assert sae_train_command(summary, "OUT").endswith("--seed 43")
+
 
 def test_a_zoo_trained_in_two_stages_records_both(tmp_path):
     cfg = TrainConfig(nb_models=2, model="17K", tasks=("frame",), train_samples=20, test_samples=10,

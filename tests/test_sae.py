@@ -312,6 +312,40 @@ def test_bundled_sae_loads_from_the_zoo_sae_folder(trained, tmp_path, monkeypatc
     assert sae.cfg.metadata.hook_name == HOOK and sae.cfg.d_sae == 64
 
 
+def test_bundled_layout_one_sae_per_model_plus_a_second_seed(trained, tmp_path, monkeypatch, capsys):
+    """culture/zoo/sae/gpt-K/<hook>/ per model and gpt-K-seedS/<hook>/ for a
+    further seed: each found by load_sae("bundled", ...), by the CLI's
+    --sae bundled (the model's own), and loadable with SAE.load_from_disk."""
+    import culture.sources
+    from sae_lens import SAE
+
+    from culture.sae import SAEError, bundled_sae_folder, bundled_saes, load_sae
+
+    zoo = tmp_path / "zoo"
+    monkeypatch.setattr(culture.sources, "ZOO_DIR", zoo)
+    for folder in ("gpt-0", "gpt-1", "gpt-0-seed43"):
+        shutil.copytree(trained["sae"], zoo / "sae" / folder / "blocks_1_mlp_out")
+    found = bundled_saes()
+    assert [(b.model, b.seed, b.folder) for b in found] == [
+        (0, None, "gpt-0/blocks_1_mlp_out"), (1, None, "gpt-1/blocks_1_mlp_out"),
+        (0, 43, "gpt-0-seed43/blocks_1_mlp_out")]
+    for b in found:
+        assert load_sae("bundled", b.folder).cfg.d_sae == 64
+        assert SAE.load_from_disk(str(b.path)).cfg.metadata.hook_name == HOOK
+    assert load_sae("bundled", "gpt-1").culture_path.endswith("gpt-1/blocks_1_mlp_out")
+    assert bundled_sae_folder(0, extra=True) == "gpt-0-seed43/blocks_1_mlp_out"
+    with pytest.raises(SAEError, match="several SAEs"):
+        load_sae("bundled")
+    with pytest.raises(SAEError, match="no SAE of model 5"):
+        bundled_sae_folder(5)
+    # the CLI's --sae bundled picks the model's own SAE
+    source = make_local_source(tmp_path, shapes=SHAPE, n_models=2)
+    rc = exit_code(["sae", "eval", "--model", "1", "--source", str(source), "--sae", "bundled", "--num-samples", "4",
+                    "--json", str(tmp_path / "e.json")])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "e.json").read_text())["hook_name"] == HOOK
+
+
 def test_load_sae_errors(tmp_path, trained):
     from culture.sae import SAEError, load_sae
 

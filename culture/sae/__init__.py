@@ -28,7 +28,7 @@ from culture.sae.common import (
 )
 from culture.sae.evaluation import SAEEvalResults, evaluate_sae
 from culture.sae.features import FeatureReport, SteerSpec, feature_report, parse_steer, steer_accuracy
-from culture.sae.loading import check_sae_for_model, load_sae
+from culture.sae.loading import BundledSAE, bundled_sae_folder, bundled_saes, check_sae_for_model, load_sae
 from culture.sae.training import SAETrainResult, SAETrainSettings, generate_training_dataset, push_sae, train_sae
 
 __all__ = [
@@ -44,6 +44,9 @@ __all__ = [
     "push_sae",
     "load_sae",
     "check_sae_for_model",
+    "BundledSAE",
+    "bundled_saes",
+    "bundled_sae_folder",
     "SAEEvalResults",
     "evaluate_sae",
     "FeatureReport",

@@ -3,6 +3,11 @@
     >>> sae = load_sae("runs/sae-gpt0")                                   # a directory
     >>> sae = load_sae("tommyp111/culture-sae", "gpt-0/blocks_8_mlp_out")  # a hub repo
     >>> sae = load_sae("tommyp111/culture-sae/gpt-0/blocks_8_mlp_out")     # the same
+    >>> sae = load_sae("bundled", "gpt-1")                                # model 1's bundled SAE
+
+The bundled zoo's SAEs live in ``culture/zoo/sae/gpt-K/<hook>/`` (model K)
+and ``culture/zoo/sae/gpt-K-seedS/<hook>/`` (a further SAE of model K trained
+with seed S): :func:`bundled_saes` lists them.
 
 Hub repos go through :func:`culture.sources.resolve_source`, like the models:
 the files are fetched with huggingface_hub into its cache (offline: only what
@@ -13,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from culture.errors import first_sentence
@@ -166,6 +173,59 @@ def load_sae(path_or_repo: str | os.PathLike = DEFAULT_SAE_REPO, subfolder: str 
     sae.culture_path = str(folder)
     sae.culture_warnings = warnings_out
     return sae
+
+
+_BUNDLED_RE = re.compile(r"^gpt-(\d+)(?:-seed(\d+))?$")
+
+
+@dataclass(frozen=True)
+class BundledSAE:
+    """One SAE shipped in the bundled zoo: ``sae/gpt-K/<hook>/`` for model K,
+    ``sae/gpt-K-seedS/<hook>/`` for a further SAE of model K trained with seed S
+    (the ceiling of feature universality: two SAEs of the same model)."""
+
+    model: int
+    seed: int | None  # None: the model's main SAE
+    hook_folder: str  # e.g. blocks_2_mlp_out
+    path: Path
+
+    @property
+    def folder(self) -> str:
+        """The subfolder to give ``load_sae("bundled", folder)``."""
+        return self.path.parent.name + "/" + self.hook_folder
+
+
+def bundled_saes(root: Path | None = None) -> list[BundledSAE]:
+    """Every SAE of the bundled zoo (``culture/zoo/sae``), main SAEs first, by model."""
+    if root is None:
+        from culture.sources import ZOO_DIR
+
+        root = ZOO_DIR / BUNDLED_SAE_FOLDER
+    out = []
+    if not root.is_dir():
+        return out
+    for model_dir in root.iterdir():
+        m = _BUNDLED_RE.match(model_dir.name)
+        if not m or not model_dir.is_dir():
+            continue
+        for d in _sae_dirs_under(model_dir):
+            rel = d.relative_to(model_dir).as_posix()
+            out.append(BundledSAE(int(m.group(1)), None if m.group(2) is None else int(m.group(2)), rel, d))
+    out.sort(key=lambda b: (b.seed is not None, b.model, b.seed or 0, b.hook_folder))
+    return out
+
+
+def bundled_sae_folder(model: int, *, extra: bool = False, hook_folder: str | None = None) -> str:
+    """The bundled subfolder of model ``model``'s main SAE (``extra``: of its
+    further SAE, another seed), for ``load_sae("bundled", ...)``; one SAEError
+    line naming what the zoo has when there is none."""
+    found = [b for b in bundled_saes() if b.model == model and (b.seed is not None) == extra
+             and (hook_folder is None or b.hook_folder == hook_folder)]
+    if not found:
+        have = ", ".join(b.folder for b in bundled_saes()) or "none"
+        what = "second SAE (another seed)" if extra else "SAE"
+        raise SAEError(f"the bundled zoo ships no {what} of model {model} (bundled SAEs: {have})")
+    return found[0].folder
 
 
 def sae_hook_name(sae) -> str:

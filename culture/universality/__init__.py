@@ -4,19 +4,26 @@ SAE features learned by GPTs trained side by side?
 
     >>> from culture.sources import load_culture
     >>> from culture.universality import compare_models, plot_report
-    >>> report = compare_models(load_culture([0, 1, 2, 3], "bundled"), n_tokens=50_000)
-    >>> report.summary_rows()       # per layer: share universal vs random baseline...
+    >>> report = compare_models(load_culture([0, 1, 2, 3], "bundled"), n_tokens=40_000)
+    >>> report.summary_rows()       # per layer: excess over the rotation baseline, share universal [CI]...
     >>> report.to_dict()            # every number (JSON-ready)
     >>> plot_report(report, "figures/")
 
 Modules: :mod:`~culture.universality.stats` (streaming correlation, CKA,
-matching), :mod:`~culture.universality.runner` (tokens, models at
-TransformerLens hook names, baselines, SAEs), :mod:`~culture.universality.compare`
-(the one-pass comparison), :mod:`~culture.universality.report` (its result,
-tables and JSON), :mod:`~culture.universality.plots` (matplotlib figures).
+rotation, SVCCA, bootstrap helpers), :mod:`~culture.universality.controls`
+(confound controls, token categories), :mod:`~culture.universality.neurons`
+(Gurnee-faithful universal neurons), :mod:`~culture.universality.cka`
+(linear / debiased CKA, permutation test), :mod:`~culture.universality.features`
+(SAE features: matching, floor, ceiling, families),
+:mod:`~culture.universality.runner` (tokens, models at TransformerLens hook
+names, random-init models, SAEs), :mod:`~culture.universality.compare` (the
+two-pass comparison), :mod:`~culture.universality.report` (its result, tables
+and JSON), :mod:`~culture.universality.plots` (matplotlib figures).
 """
 
+from culture.universality.cka import CKAMoments
 from culture.universality.compare import (
+    DEFAULT_CONTROLS,
     EMBED_HOOK,
     NEURON_HOOK,
     RESID_HOOK,
@@ -24,8 +31,11 @@ from culture.universality.compare import (
     estimate_memory,
     resolve_layers,
 )
+from culture.universality.controls import CONTROLS, TokenLabels, check_controls
+from culture.universality.features import FeatureFamily, SAEEntry, SAEPair, find_families
+from culture.universality.neurons import BASELINES, NeuronAnalysis, NeuronMoments, QuizRoller
 from culture.universality.plots import plot_report
-from culture.universality.report import CKAResult, NeuronLayer, SAEComparison, SAEPair, UniversalityReport
+from culture.universality.report import CKAResult, NeuronLayer, SAEComparison, UniversalityReport
 from culture.universality.runner import (
     POSITIONS,
     ModelRunner,
@@ -44,14 +54,20 @@ from culture.universality.stats import (
     StreamingCKA,
     StreamingCorrelation,
     cka_from_comoments,
+    debiased_cka,
     hsic_linear,
     linear_cka,
     match_features,
     max_correlations,
+    random_orthogonal,
+    svcca,
 )
 
 __all__ = [
     "compare_models", "UniversalityReport", "NeuronLayer", "CKAResult", "SAEComparison", "SAEPair",
+    "DEFAULT_CONTROLS", "CONTROLS", "BASELINES", "TokenLabels", "check_controls", "FeatureFamily", "SAEEntry",
+    "find_families", "NeuronAnalysis", "NeuronMoments", "QuizRoller", "CKAMoments", "debiased_cka",
+    "random_orthogonal", "svcca",
     "UniversalityError", "StreamingCorrelation", "StreamingCKA", "GroupSums", "Centered", "linear_cka",
     "cka_from_comoments", "hsic_linear", "max_correlations", "match_features", "FeatureMatching", "plot_report",
     "load_saes", "load_sae", "sae_hook_name", "world_quiz_stream", "position_index", "ModelRunner",

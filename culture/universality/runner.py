@@ -58,12 +58,13 @@ def position_index(positions: str = "all") -> torch.Tensor:
 
 
 def world_quiz_stream(n_quizzes: int, tasks=None, seed: int = 0, noise: float = DEFAULT_NOISE,
-                      chunk: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                      chunk: int = 256, with_clean: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
     """World quizzes in chunks: each quiz in a structure drawn uniformly from the
     four deterministic ones, with prompt noise ``noise`` (structures 1 and 2), as
     in the reference's test protocol. Yields (quizzes (m, 404), task (m,) index
-    into :data:`culture.world.TASKS`). Same (n_quizzes, tasks, seed, noise,
-    chunk) -> same quizzes, whatever the forward batch size."""
+    into :data:`culture.world.TASKS`), with ``with_clean`` (quizzes, the same
+    before noise, task). Same (n_quizzes, tasks, seed, noise, chunk) -> same
+    quizzes, whatever the forward batch size."""
     from culture.quiz import add_prompt_noise, random_structures
     from culture.world import generate_quizzes_with_tasks
 
@@ -74,8 +75,8 @@ def world_quiz_stream(n_quizzes: int, tasks=None, seed: int = 0, noise: float = 
         m = min(chunk, n_quizzes - done)
         q, t = generate_quizzes_with_tasks(m, tasks, seed=rng)
         q, _ = random_structures(q, EVAL_STRUCTURES, generator=g)
-        q = add_prompt_noise(q, noise, STRUCTURES, generator=g)
-        yield q, t
+        noised = add_prompt_noise(q, noise, STRUCTURES, generator=g)
+        yield (noised, q, t) if with_clean else (noised, t)
         done += m
 
 

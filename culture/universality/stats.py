@@ -85,6 +85,29 @@ class GroupSums:
         self.counts += counts.to(self.counts)
         return self
 
+    def merged(self, other: "GroupSums") -> "GroupSums":
+        """The group sums of both token sets together."""
+        out = GroupSums(self.n_groups, dtype=self.dtype)
+        if self.sums is None or other.sums is None:
+            src = self if other.sums is None else other
+            out.sums = None if src.sums is None else src.sums.clone()
+            out.counts = None if src.counts is None else src.counts.clone()
+            return out
+        out.sums = self.sums + other.sums
+        out.counts = self.counts + other.counts
+        return out
+
+    def columns(self, start: int, stop: int) -> "GroupSums":
+        """The group sums of variables start..stop-1 (a view)."""
+        out = GroupSums(self.n_groups, dtype=self.dtype)
+        out.sums = self.sums[:, start:stop]
+        out.counts = self.counts
+        return out
+
+    def means(self) -> torch.Tensor:
+        """(G, a) per-group means (0 for an empty group)."""
+        return self.sums / self.counts.clamp(min=1)[:, None]
+
     @staticmethod
     def cat(parts: list["GroupSums"]) -> "GroupSums":
         """The group sums of the concatenated variables (same groups, same tokens)."""
@@ -105,10 +128,19 @@ class Centered:
     m2: torch.Tensor  # (a,) sum of squared deviations
 
     @staticmethod
-    def of(x, dtype: torch.dtype = torch.float64, device=None) -> "Centered":
+    def of(x, dtype: torch.dtype = torch.float64, device=None, compute_dtype: torch.dtype | None = None
+           ) -> "Centered":
+        """Centre x (tokens, a): mean and m2 in ``dtype``; with a lower
+        ``compute_dtype`` the centred values are kept in it (what the batch
+        products read), the mean and m2 still summed in ``dtype``."""
         x = _as_tensor(x)
         if x.dim() != 2:
             raise ValueError(f"expected a 2-D (tokens, features) batch, got {tuple(x.shape)}")
+        if compute_dtype is not None and compute_dtype != dtype and x.shape[0]:
+            xl = x.to(device=device or x.device, dtype=compute_dtype)
+            mean = xl.mean(0)
+            xc = xl - mean
+            return Centered(int(x.shape[0]), mean.to(dtype), xc, (xc * xc).sum(0).to(dtype))
         xd = x.to(device=device or x.device, dtype=dtype)
         mean = xd.mean(0) if xd.shape[0] else torch.zeros(xd.shape[1], dtype=dtype, device=xd.device)
         xc = xd - mean
@@ -117,6 +149,19 @@ class Centered:
     @property
     def shape(self):
         return self.centered.shape
+
+    def columns(self, start: int, stop: int) -> "Centered":
+        """The batch of variables start..stop-1 (already centred: a view)."""
+        return Centered(self.n, self.mean[start:stop], self.centered[:, start:stop], self.m2[start:stop])
+
+    def low(self, dtype: torch.dtype) -> torch.Tensor:
+        """The centred batch in ``dtype`` (cast once, shared by every pair)."""
+        if self.centered.dtype == dtype:
+            return self.centered
+        cache = self.__dict__.setdefault("_low", {})
+        if dtype not in cache:
+            cache[dtype] = self.centered.to(dtype)
+        return cache[dtype]
 
 
 class StreamingCorrelation:
@@ -185,7 +230,7 @@ class StreamingCorrelation:
         my, yc, m2y = cy.mean, cy.centered, cy.m2
         if self.comoment is None:
             self.comoment = torch.zeros(xc.shape[1], yc.shape[1], dtype=self.dtype, device=xc.device)
-            self._add_product(xc, yc)
+            self._add_product(xc, yc, cx, cy)
             self.mean_x, self.m2_x = mx.to(self.dtype), m2x.to(self.dtype)
             self.mean_y, self.m2_y = my.to(self.dtype), m2y.to(self.dtype)
             self.n = nb
@@ -195,7 +240,7 @@ class StreamingCorrelation:
         f = n * nb / total
         dx = mx - self.mean_x
         dy = dx if symmetric else my - self.mean_y
-        self._add_product(xc, yc)
+        self._add_product(xc, yc, cx, cy)
         self.comoment.addr_(dx, dy, alpha=f)
         self.m2_x = self.m2_x + m2x + dx * dx * f
         self.mean_x = self.mean_x + dx * (nb / total)
@@ -207,14 +252,80 @@ class StreamingCorrelation:
         self.n = total
         return self
 
-    def _add_product(self, xc: torch.Tensor, yc: torch.Tensor) -> None:
+    def _add_product(self, xc: torch.Tensor, yc: torch.Tensor, cx: "Centered", cy: "Centered") -> None:
         if self.compute_dtype == self.dtype == xc.dtype == yc.dtype:
             self.comoment.addmm_(xc.t(), yc)
         else:
             c = self.compute_dtype
-            xl = xc.to(c)
-            yl = xl if yc is xc else yc.to(c)
+            xl = cx.low(c)
+            yl = xl if cy is cx else cy.low(c)
             self.comoment.add_((xl.t() @ yl).to(self.dtype))
+
+    def update_sparse(self, x: torch.Tensor, y: torch.Tensor) -> "StreamingCorrelation":
+        """``update(x, y)`` for mostly-zero x, y (SAE feature activations): the
+        batch co-moment X^T Y - n mean_x mean_y^T with X^T Y a sparse product
+        (torch.sparse, ~density x the dense cost), then the same merge. Falls
+        back to :meth:`update` for dense batches or a float64 compute dtype."""
+        if self.compute_dtype == torch.float64 or x.shape[0] == 0:
+            return self.update(x, y)
+        density = float((x != 0).float().mean())
+        if density > 0.25:
+            return self.update(Centered.of(x, compute_dtype=self.compute_dtype),
+                               Centered.of(y, compute_dtype=self.compute_dtype))
+        c = self.compute_dtype
+        xl, yl = x.to(c), y.to(c)
+        nb = xl.shape[0]
+        mx, my = xl.mean(0), yl.mean(0)
+        prod = torch.sparse.mm(xl.t().to_sparse(), yl)
+        batch = (prod - nb * torch.outer(mx, my)).to(self.dtype)
+        m2x = ((xl - mx) ** 2).sum(0).to(self.dtype)
+        m2y = ((yl - my) ** 2).sum(0).to(self.dtype)
+        mx, my = mx.to(self.dtype), my.to(self.dtype)
+        if self.symmetric is None:
+            self.symmetric = False
+        if self.comoment is None:
+            self.comoment, self.mean_x, self.mean_y, self.m2_x, self.m2_y, self.n = batch, mx, my, m2x, m2y, nb
+            return self
+        n = self.n
+        total = n + nb
+        f = n * nb / total
+        dx, dy = mx - self.mean_x, my - self.mean_y
+        self.comoment += batch + f * torch.outer(dx, dy)
+        self.m2_x = self.m2_x + m2x + dx * dx * f
+        self.m2_y = self.m2_y + m2y + dy * dy * f
+        self.mean_x = self.mean_x + dx * (nb / total)
+        self.mean_y = self.mean_y + dy * (nb / total)
+        self.n = total
+        return self
+
+    def merged(self, other: "StreamingCorrelation") -> "StreamingCorrelation":
+        """A new accumulator holding the moments of both token sets (the pairwise
+        merge of Chan, Golub & LeVeque), e.g. two halves of the quizzes."""
+        if other.comoment is None:
+            return self._copy()
+        if self.comoment is None:
+            return other._copy()
+        out = self._copy()
+        n, nb = self.n, other.n
+        total = n + nb
+        f = n * nb / total
+        dx = other.mean_x - self.mean_x
+        dy = other.mean_y - self.mean_y
+        out.comoment = self.comoment + other.comoment + f * torch.outer(dx, dy)
+        out.m2_x = self.m2_x + other.m2_x + dx * dx * f
+        out.m2_y = self.m2_y + other.m2_y + dy * dy * f
+        out.mean_x = self.mean_x + dx * (nb / total)
+        out.mean_y = self.mean_y + dy * (nb / total)
+        out.n = total
+        return out
+
+    def _copy(self) -> "StreamingCorrelation":
+        out = StreamingCorrelation(dtype=self.dtype, compute_dtype=self.compute_dtype)
+        out.n, out.symmetric = self.n, self.symmetric
+        out.mean_x, out.mean_y, out.m2_x, out.m2_y = self.mean_x, self.mean_y, self.m2_x, self.m2_y
+        out.comoment = self.comoment
+        out.ref_m2_x, out.ref_m2_y = self.ref_m2_x, self.ref_m2_y
+        return out
 
     # ------------------------------------------------------------- results
 
@@ -264,13 +375,16 @@ class StreamingCorrelation:
         counts = gx.counts.to(self.comoment.device)
         if abs(float(counts.sum()) - self.n) > 0.5 or abs(float(gy.counts.sum()) - self.n) > 0.5:
             raise ValueError(f"group sums cover {float(counts.sum()):.0f} tokens, the accumulator {self.n}")
-        safe = counts.clamp(min=1)[:, None]
-        dx = torch.where(counts[:, None] > 0, gx.sums.to(self.comoment.device) / safe - self.mean_x, 0.0)
-        dy = torch.where(counts[:, None] > 0, gy.sums.to(self.comoment.device) / safe - self.mean_y, 0.0)
+        used = torch.nonzero(counts > 0).flatten()  # empty groups add nothing
+        counts = counts[used]
+        dx = gx.sums.to(self.comoment.device)[used] / counts[:, None] - self.mean_x
+        dy = gy.sums.to(self.comoment.device)[used] / counts[:, None] - self.mean_y
         out = StreamingCorrelation(dtype=self.dtype, compute_dtype=self.compute_dtype)
         out.n, out.symmetric = self.n, self.symmetric
         out.mean_x, out.mean_y = self.mean_x, self.mean_y
-        out.comoment = self.comoment - (dx * counts[:, None]).t() @ dy
+        c = self.compute_dtype  # the between-group product, in the compute dtype like the batch products
+        between = ((dx * counts[:, None]).to(c).t() @ dy.to(c)).to(self.dtype)
+        out.comoment = self.comoment - between
         out.m2_x = (self.m2_x - (counts[:, None] * dx * dx).sum(0)).clamp(min=0)
         out.m2_y = (self.m2_y - (counts[:, None] * dy * dy).sum(0)).clamp(min=0)
         out.ref_m2_x, out.ref_m2_y = self.m2_x, self.m2_y
@@ -424,6 +538,177 @@ def match_features(corr, alive_a=None, alive_b=None) -> FeatureMatching:
     return FeatureMatching(ai.astype(np.int64), bi.astype(np.int64), c[ai, bi])
 
 
+def random_orthogonal(d: int, generator: torch.Generator | None = None,
+                      dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A (d, d) random orthogonal matrix, uniform (Haar) over O(d): the Q of a
+    Gaussian matrix's QR decomposition with the signs of R's diagonal folded
+    in (Mezzadri, 2007). Gurnee et al.'s code row-normalises a Gaussian matrix
+    instead (their TODO: "consider making this actually orthogonal"); an exact
+    rotation keeps the covariance spectrum of the activations it rotates."""
+    g = torch.randn(d, d, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(g)
+    q = q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(d, dtype=torch.float64))
+    return q.to(dtype)
+
+
+def rotated_variances(c_yy: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """(b,) m2 of the rotated units y' = R y: diag(R C_yy R^T)."""
+    r = rotation.to(c_yy)
+    return ((r @ c_yy) * r).sum(1)
+
+
+def rotated_correlation(c_xy: torch.Tensor, m2_x: torch.Tensor, c_yy, rotation: torch.Tensor,
+                        dead_x: torch.Tensor | None = None, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Correlations of x with the rotated variables y' = R y (unit k of y' is
+    ``rotation[k] @ y``), from the moments of x and y alone:
+
+        C_xy' = C_xy R^T,   m2(y'_k) = (R C_yy R^T)_kk
+
+    c_xy (a, b) cross co-moment, m2_x (a,) and c_yy (b, b) co-moments (all
+    centred the same way, e.g. within groups) - or, for c_yy, the rotated
+    variances already computed (:func:`rotated_variances`). Returns (a, b)
+    float64, 0 for dead rows / rotated units without variance."""
+    c = compute_dtype or c_xy.dtype
+    cross = (c_xy.to(c) @ rotation.to(c).t()).to(c_xy.dtype)
+    m2_y = c_yy if c_yy.dim() == 1 else rotated_variances(c_yy, rotation)
+    alive_y = m2_y > 1e-300
+    sx = torch.where(m2_x > 0, m2_x, torch.ones_like(m2_x)).sqrt()
+    sy = torch.where(alive_y, m2_y, torch.ones_like(m2_y)).sqrt()
+    out = (cross / sx[:, None] / sy[None, :]).clamp_(-1.0, 1.0)
+    out[:, ~alive_y] = 0.0
+    out[m2_x <= 0] = 0.0
+    if dead_x is not None:
+        out[dead_x] = 0.0
+    return out
+
+
+# ------------------------------------------------------------- debiased CKA
+
+
+def _u_centre(gram: torch.Tensor) -> torch.Tensor:
+    """U-centring of a Gram matrix (Szekely & Rizzo 2014): zero diagonal, row
+    and column effects removed with the unbiased denominators."""
+    n = gram.shape[0]
+    g = gram.clone()
+    g.fill_diagonal_(0.0)
+    means = g.sum(0) / (n - 2)
+    means = means - means.sum() / (2 * (n - 1))
+    g = g - means[:, None] - means[None, :]
+    g.fill_diagonal_(0.0)
+    return g
+
+
+def debiased_cka(x, y) -> float:
+    """Debiased linear CKA of dense representations x (n, a), y (n, b), n >= 4:
+    the unbiased HSIC estimator of Song et al. (2012) in place of the biased
+    one, i.e. the inner product of U-centred Gram matrices (Kornblith et al.,
+    2019, appendix; Murphy et al., 2024). Unlike linear CKA it is ~0 for
+    independent representations whatever n / dimension. Computed from the
+    (n, n) Gram matrices: for checking :func:`debiased_cka_from_sums`."""
+    x = _as_tensor(x).double()
+    y = _as_tensor(y).double()
+    if x.shape[0] < 4 or x.shape[0] != y.shape[0]:
+        raise ValueError("debiased_cka needs the same n >= 4 rows in x and y")
+    kx, ky = _u_centre(x @ x.t()), _u_centre(y @ y.t())
+    hxy, hxx, hyy = float((kx * ky).sum()), float((kx * kx).sum()), float((ky * ky).sum())
+    denom = (hxx * hyy) ** 0.5
+    return hxy / denom if denom > 0 else 0.0
+
+
+def unbiased_hsic(n: float, xy_raw_sq: float, sum_ab: float, sx_sq: float, sy_sq: float, sum_a: float,
+                  sum_b: float, sx_xy_sy: float, sa_y_sy: float, sb_x_sx: float) -> float:
+    """Song et al.'s unbiased HSIC of linear kernels K = X X^T, L = Y Y^T from
+    streamable sums (a_t = ||x_t||^2, b_t = ||y_t||^2, s_x = sum_t x_t):
+
+    * tr(K~L~) = ||X^T Y||^2 - sum_t a_t b_t           (K~: K with a zero diagonal)
+    * 1^T K~ 1 = ||s_x||^2 - sum_t a_t
+    * 1^T K~ L~ 1 = s_x^T (X^T Y) s_y - s_y . sum_t a_t y_t - s_x . sum_t b_t x_t + sum_t a_t b_t
+
+    HSIC_u = [tr(K~L~) + 1^T K~ 1 1^T L~ 1 / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n (n-3)).
+    Arguments: n, ||X^T Y||_F^2, sum a b, ||s_x||^2, ||s_y||^2, sum a, sum b,
+    s_x^T X^T Y s_y, s_y . sum a y, s_x . sum b x."""
+    if n < 4:
+        return 0.0
+    trace = xy_raw_sq - sum_ab
+    kk = sx_sq - sum_a
+    ll = sy_sq - sum_b
+    kl = sx_xy_sy - sa_y_sy - sb_x_sx + sum_ab
+    return (trace + kk * ll / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl) / (n * (n - 3))
+
+
+# ------------------------------------------------------------------- SVCCA
+
+
+def svcca(a, b, keep: float = 0.99) -> float:
+    """SVCCA (Raghu et al., 2017) of paired rows a (k, d_a), b (k, d_b): centre
+    the columns, keep the top singular directions explaining ``keep`` of each
+    one's variance, then the mean canonical correlation of the two reduced
+    sets (singular values of Q_a^T Q_b, Q orthonormal bases). Lan et al. (2024)
+    apply it to the decoder rows of matched SAE features. 0 for fewer than 2 rows."""
+    x = np.asarray(_np(a), dtype=np.float64)
+    y = np.asarray(_np(b), dtype=np.float64)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"svcca needs paired rows, got {x.shape[0]} and {y.shape[0]}")
+    if x.shape[0] < 2:
+        return 0.0
+
+    def basis(m):
+        m = m - m.mean(0)
+        u, s, _ = np.linalg.svd(m, full_matrices=False)
+        energy = s * s
+        total = energy.sum()
+        if total <= 0:
+            return u[:, :0]
+        k = int(np.searchsorted(np.cumsum(energy) / total, keep - 1e-12) + 1)
+        return u[:, :min(k, len(s))]
+
+    qa, qb = basis(x), basis(y)
+    if qa.shape[1] == 0 or qb.shape[1] == 0:
+        return 0.0
+    rho = np.linalg.svd(qa.T @ qb, compute_uv=False)
+    return float(np.clip(rho, 0.0, 1.0).mean())
+
+
+# --------------------------------------------------------------- bootstrap
+
+
+def block_weights(n_blocks: int, n_resamples: int, seed: int = 0, blocks=None) -> np.ndarray:
+    """(n_resamples, n_blocks) bootstrap weights: each row the counts of a
+    resample with replacement of the blocks (of quizzes) in ``blocks``
+    (default all), as many as there are; the other blocks weigh 0."""
+    rng = np.random.default_rng(seed)
+    chosen = np.arange(n_blocks) if blocks is None else np.asarray(blocks, dtype=np.int64)
+    w = np.zeros((n_resamples, n_blocks))
+    if chosen.size == 0:
+        return w
+    draws = chosen[rng.integers(0, chosen.size, size=(n_resamples, chosen.size))]
+    np.add.at(w, (np.arange(n_resamples)[:, None], draws), 1.0)
+    return w
+
+
+def percentile_interval(samples, confidence: float = 0.95) -> tuple[float, float]:
+    """(low, high) percentile interval of bootstrap samples (NaN-free)."""
+    v = np.asarray(samples, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    a = (1 - confidence) / 2
+    lo, hi = np.quantile(v, [a, 1 - a])
+    return float(lo), float(hi)
+
+
+def corr_from_sums(n, sx, sy, sxx, syy, sxy):
+    """Pearson correlation from sums (numpy, broadcasting); 0 where a variance is 0."""
+    n = np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = sxy - sx * sy / n
+        vx = sxx - sx * sx / n
+        vy = syy - sy * sy / n
+        ok = (vx > 1e-12 * np.maximum(sxx, 1e-300)) & (vy > 1e-12 * np.maximum(syy, 1e-300))
+        r = np.where(ok, cov / np.sqrt(np.where(ok, vx * vy, 1.0)), 0.0)
+    return np.clip(r, -1.0, 1.0)
+
+
 def _np(x):
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
@@ -431,6 +716,9 @@ def _np(x):
 
 
 __all__ = [
+    "random_orthogonal", "rotated_correlation", "debiased_cka", "unbiased_hsic", "svcca", "block_weights",
+    "percentile_interval", "corr_from_sums",
     "StreamingCorrelation", "StreamingCKA", "GroupSums", "Centered", "WITHIN_DEAD_RELATIVE", "linear_cka",
-    "cka_from_comoments", "hsic_linear", "max_correlations", "match_features", "FeatureMatching", "DEAD_RELATIVE", "DEAD_ABSOLUTE",
+    "cka_from_comoments", "hsic_linear", "max_correlations", "match_features", "FeatureMatching", "DEAD_RELATIVE",
+    "DEAD_ABSOLUTE",
 ]

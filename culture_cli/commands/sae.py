@@ -43,8 +43,9 @@ HELP = "Sparse autoencoders (SAELens): train on a model's activations, evaluate,
 
 sae_app = command_group("sae", HELP)
 
-_SAE_HELP = ("The SAE: a directory (cfg.json + sae_weights.safetensors) or a hub repo "
-             "owner/name, optionally followed by /folder: tommyp111/culture-sae/gpt-0/blocks_8_mlp_out.")
+_SAE_HELP = ("The SAE: a directory (cfg.json + sae_weights.safetensors), a hub repo "
+             "owner/name, optionally followed by /folder: tommyp111/culture-sae/gpt-0/blocks_8_mlp_out, or "
+             "bundled (the zoo's SAE of --model).")
 # the options of `sae eval` and `sae features` that name the model and the SAE
 _ModelIdOption = Annotated[int, typer.Option("--model", help="Model id.")]
 _SaeOption = Annotated[str, typer.Option("--sae", help=_SAE_HELP)]
@@ -124,6 +125,10 @@ def _load_sae_for(spec: str, subfolder: str | None, hooked, device, model: int |
 
     if spec.strip().strip("/") == DEFAULT_SAE_REPO and subfolder is None and model is not None:
         subfolder = f"gpt-{model}/blocks_8_mlp_out"  # the earlier toolkit's layout
+    if spec.strip() == "bundled" and subfolder is None and model is not None:
+        from culture.sae import bundled_sae_folder
+
+        subfolder = bundled_sae_folder(model)  # the model's own SAE among the zoo's
     sae = load_sae(spec, subfolder, device=str(device))
     for w in getattr(sae, "culture_warnings", []):
         err_console.print(f"warning: {w}", highlight=False)

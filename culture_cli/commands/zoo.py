@@ -47,13 +47,28 @@ def pack(
     err_console.print(f"wrote {target}", highlight=False)
 
 
-@zoo_app.command("card", help="Print the bundled zoo's model card.")
-def card() -> None:
+@zoo_app.command("card", help="Print the bundled zoo's model card; --update first evaluates its SAEs held out "
+                  "and rewrites the card (SAE section, zoo size).")
+def card(
+    update: bool = typer.Option(False, "--update", help="Evaluate the zoo's SAEs (culture/zoo/sae/gpt-K*/) on "
+                                "held-out quizzes and rewrite MODEL_CARD.md and zoo.json."),
+    num_samples: int = typer.Option(500, "--num-samples", min=1, help="Held-out quizzes for the SAE figures."),
+    dest: Optional[Path] = typer.Option(None, "--dest", help="Zoo folder (default: the package's culture/zoo)."),
+) -> None:
     from rich.markdown import Markdown
 
     from culture.bundle import ZOO_DIR
 
-    path = ZOO_DIR / "MODEL_CARD.md"
+    folder = dest or ZOO_DIR
+    if update:
+        from culture.bundle import refresh_card
+
+        info = refresh_card(folder, num_samples=num_samples)
+        for e in info.get("saes", []):
+            h = e["heldout"]
+            err_console.print(f"{e['folder']}: var. expl. {h['explained_variance']:.3f}  L0 {h['l0']:.1f}  "
+                              f"dead {h['dead_features']}", highlight=False)
+    path = folder / "MODEL_CARD.md"
     if not path.is_file():
         fail("the bundled zoo has no model card (no models packed yet)")
     console.print(Markdown(path.read_text()))

@@ -1,0 +1,595 @@
+"""Universal neurons the way Gurnee et al. (2024) measure them, streamed.
+
+For two models i, j (their repo wesg52/universal-neurons:
+``correlations_fast.py``, ``analysis/correlations.py``, ``analysis/neuron_df.py``):
+
+* a neuron's **max-corr** with model j: its highest Pearson correlation with
+  any neuron of *any* layer of j (``blocks.L.mlp.hook_post``, same tokens);
+  where that partner lives (its layer) is kept;
+* its **baseline max-corr**: the same against a null version of j -
+  ``rotation`` (default; j's activations of each layer times a random
+  orthogonal matrix, which keeps their covariance but not their basis),
+  ``permutation`` (j's activations of another quiz at the same position:
+  :class:`QuizRoller`) or ``gaussian`` (independent
+  standard normal units);
+* **excess** = mean over j of max-corr - mean over j of baseline max-corr;
+  a neuron is **universal** when its excess exceeds the threshold (0.5).
+
+Everything is computed under each *control* (:mod:`~culture.universality.controls`)
+from one set of moments: float64 co-moments per model pair, accumulated
+separately on the quizzes of even and odd index (the two halves of the
+**held-out replication**: best partners found on the even half, their
+correlation measured on the odd half), per-group sums for every control, and
+per-layer self co-moments for the rotation baseline (which is then exact
+algebra on the moments, no second pass). Memory: pairs x (neurons of all
+layers)^2 x 2 halves, never the tokens.
+
+The **intervals** of the shares come from a second pass over the same
+quizzes (:class:`NeuronBlockSums`): per block of quizzes, the sums that give
+a neuron's correlation with its chosen partners, resampled over blocks
+(bootstrap over quizzes; tokens within a quiz are not independent). The
+partners stay those chosen on the data, so the in-sample interval is
+conditional on the matching; the held-out figures have no selection in them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from culture.universality.controls import n_groups
+from culture.universality.stats import (
+    Centered,
+    GroupSums,
+    StreamingCorrelation,
+    block_weights,
+    corr_from_sums,
+    percentile_interval,
+    random_orthogonal,
+    rotated_correlation,
+    rotated_variances,
+)
+
+BASELINES = ("rotation", "permutation", "gaussian")
+#: bootstrap replicates computed at once (memory: chunk x neurons x pairs)
+_CHUNK = 100
+
+
+class QuizRoller:
+    """The shuffled-quiz null: activations (n, P, W) of quiz k-1 put at quiz
+    k's slot (same positions, another quiz), across batches: the first quiz
+    of a batch gets the previous batch's last one (the very first batch is
+    rolled within itself). One roller per pass, fed the batches in order, so
+    both passes pair the same quizzes."""
+
+    def __init__(self):
+        self.last: dict = {}
+
+    def __call__(self, key, a: torch.Tensor) -> torch.Tensor:
+        prev = self.last.get(key)
+        out = torch.roll(a, 1, dims=0) if prev is None else torch.cat([prev, a[:-1]], 0)
+        self.last[key] = a[-1:].clone()
+        return out
+
+
+def null_units(kind: str, key, a: torch.Tensor, roller: QuizRoller, generator: torch.Generator):
+    """The null version of activations a (n, P, W) for a streamed baseline
+    (``permutation``: shuffled quizzes; ``gaussian``: independent standard
+    normals), None for ``rotation`` (exact from the moments)."""
+    if kind == "permutation":
+        return roller(key, a)
+    if kind == "gaussian":
+        return torch.randn(a.shape, generator=generator, dtype=torch.float32).to(a.device)
+    return None
+
+
+def rotations_for(layer_sizes: list[list[int]], seed: int) -> list[list[torch.Tensor]]:
+    """The random orthogonal matrices of the rotation baseline: per model, per
+    compared layer, (H, H) float64, from ``seed`` (what :class:`NeuronMoments` uses)."""
+    g = torch.Generator().manual_seed(int(seed) * 7 + 11)
+    return [[random_orthogonal(h, g) for h in sizes] for sizes in layer_sizes]
+
+
+# ----------------------------------------------------------------- pass 1
+
+
+class NeuronMoments:
+    """Pass 1 for one group of models: co-moments per pair and half, group
+    sums per control, self co-moments per layer (rotation) or null co-moments
+    (permutation / gaussian)."""
+
+    def __init__(self, layer_sizes: list[list[int]], controls, n_positions: int, baseline: str,
+                 compute_dtype: torch.dtype, seed: int, heldout: bool = True):
+        self.layer_sizes = layer_sizes  # per model: neurons of each chosen layer
+        self.widths = [int(sum(s)) for s in layer_sizes]
+        self.offsets = [np.concatenate([[0], np.cumsum(s)]).astype(int) for s in layer_sizes]
+        self.controls = list(controls)
+        self.n_positions = n_positions
+        self.baseline = baseline
+        self.compute_dtype = compute_dtype
+        m = len(layer_sizes)
+        self.m = m
+        self.pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
+        self.heldout = heldout
+        h = 2 if heldout else 1  # accumulators per pair: even / odd quizzes, or all
+
+        def acc():
+            return StreamingCorrelation(compute_dtype=compute_dtype)
+
+        self.cross = {p: [acc() for _ in range(h)] for p in self.pairs}
+        self.groups = {c: [[GroupSums(n_groups(c, n_positions)) for _ in range(h)] for _ in range(m)]
+                       for c in self.controls if c != "none"}
+        self.selfs = None
+        self.null = None
+        self.null_groups = None
+        if baseline == "rotation":
+            self.selfs = [[[acc() for _ in range(h)] for _ in sizes] for sizes in layer_sizes]
+            self.rotations = rotations_for(layer_sizes, seed)
+        else:
+            self.ordered = [(i, j) for i in range(m) for j in range(m) if i != j]
+            self.null = {p: [acc() for _ in range(h)] for p in self.ordered}
+            self.null_groups = {c: {p: [GroupSums(n_groups(c, n_positions)) for _ in range(h)]
+                                    for p in self.ordered} for c in self.controls if c != "none"}
+
+    def update(self, acts: list[torch.Tensor], labels, half: torch.Tensor, nulls: list[torch.Tensor] | None) -> None:
+        """acts: per model (n, P, W_i); half: (n,) 0/1; nulls: per model the null units (n, P, W_i)."""
+        if not self.heldout:
+            half = torch.zeros_like(half)
+        for h in ((0, 1) if self.heldout else (0,)):
+            rows = half == h
+            if not bool(rows.any()):
+                continue
+            sub = [a[rows] for a in acts]
+            flat = [s.reshape(-1, s.shape[-1]) for s in sub]
+            prepared = [Centered.of(f, compute_dtype=self.compute_dtype) for f in flat]
+            for (i, j) in self.pairs:
+                self.cross[(i, j)][h].update(prepared[i], prepared[j])
+            for c, per_model in self.groups.items():
+                g = labels.groups(c)[rows].reshape(-1)
+                for i in range(self.m):
+                    per_model[i][h].update(flat[i], g)
+            if self.selfs is not None:
+                for i in range(self.m):
+                    off = self.offsets[i]
+                    for k in range(len(self.layer_sizes[i])):
+                        self.selfs[i][k][h].update(prepared[i].columns(off[k], off[k + 1]))
+            else:
+                null_flat = [nl[rows].reshape(-1, nl.shape[-1]) for nl in nulls]
+                null_prep = [Centered.of(f, compute_dtype=self.compute_dtype) for f in null_flat]
+                for (i, j) in self.ordered:
+                    self.null[(i, j)][h].update(prepared[i], null_prep[j])
+                for c, per_pair in self.null_groups.items():
+                    g = labels.groups(c)[rows].reshape(-1)
+                    for (i, j) in self.ordered:
+                        per_pair[(i, j)][h].update(null_flat[j], g)
+            del prepared
+
+    # ------------------------------------------------------------ results
+
+    def _split(self, items, split):
+        """The accumulator (or group sums) of one split: 0, 1 or "full"."""
+        if split == "full":
+            return items[0].merged(items[1]) if len(items) == 2 else items[0]
+        return items[split]
+
+    def analyse(self, control: str, threshold: float) -> "NeuronAnalysis":
+        """Max-corr, baseline, excess and held-out figures under ``control``."""
+        m = self.m
+        self._self_cache = {}
+        out = NeuronAnalysis(control, threshold, self.layer_sizes, self.baseline)
+        splits = ("full", 0, 1) if self.heldout else ("full",)
+        gs = {}
+        for split in splits:
+            gs[split] = [None if control == "none" else self._split(self.groups[control][i], split) for i in range(m)]
+        corr = {}
+        dead = {}
+        for split in splits:
+            for (i, j) in self.pairs:
+                acc = self._split(self.cross[(i, j)], split)
+                if acc.comoment is None:
+                    continue
+                if control != "none":
+                    acc = acc.within_groups(gs[split][i], gs[split][j])
+                corr[(split, i, j)] = acc
+                dead.setdefault((split, i), acc.dead_x())
+                dead.setdefault((split, j), acc.dead_y())
+        for i in range(m):
+            out.dead[i] = dead[("full", i)].cpu().numpy()
+        base = {}
+        for split in splits:
+            for i in range(m):
+                for j in range(m):
+                    if i == j or (split, min(i, j), max(i, j)) not in corr:
+                        continue
+                    acc = corr[(split, min(i, j), max(i, j))]
+                    c = acc.corr() if i < j else acc.corr().t()
+                    corr[(split, "m", i, j)] = c
+                    base[(split, i, j)] = self._baseline(control, split, i, j, acc, gs, dead[(split, i)])
+        sizes = self.layer_sizes
+        for i in range(m):
+            for j in range(m):
+                if i == j:
+                    continue
+                c = corr[("full", "m", i, j)]
+                best = c.max(1)
+                out.pair_max[(i, j)] = best.values.cpu().numpy()
+                out.pair_arg[(i, j)] = best.indices.cpu().numpy()
+                same = np.zeros(self.widths[i])
+                for k in range(min(len(sizes[i]), len(sizes[j]))):
+                    oi, oj = self.offsets[i], self.offsets[j]
+                    same[oi[k]:oi[k + 1]] = c[oi[k]:oi[k + 1], oj[k]:oj[k + 1]].max(1).values.cpu().numpy()
+                out.same_layer_max[(i, j)] = same
+                b = base[("full", i, j)].max(1)
+                out.base_max[(i, j)] = b.values.cpu().numpy()
+                out.base_arg[(i, j)] = b.indices.cpu().numpy()
+                # held-out: chosen on the even quizzes, measured on the odd ones
+                if (0, "m", i, j) in corr and (1, "m", i, j) in corr:
+                    ca, cb = corr[(0, "m", i, j)], corr[(1, "m", i, j)]
+                    arg = ca.max(1).indices
+                    held = cb.gather(1, arg[:, None])[:, 0]
+                    ok = ~dead[(0, i)] & ~dead[(1, i)]
+                    out.held_arg[(i, j)] = arg.cpu().numpy()
+                    out.held_corr[(i, j)] = torch.where(ok, held, 0.0).cpu().numpy()
+                    ba, bb = base[(0, i, j)], base[(1, i, j)]
+                    barg = ba.max(1).indices
+                    out.held_base_arg[(i, j)] = barg.cpu().numpy()
+                    out.held_base[(i, j)] = torch.where(ok, bb.gather(1, barg[:, None])[:, 0], 0.0).cpu().numpy()
+                    out.held_alive[i] = ok.cpu().numpy()
+        return out
+
+    def _baseline(self, control, split, i, j, acc, gs, dead_i) -> torch.Tensor:
+        """(W_i, W_j') correlations of model i with the null version of model j."""
+        if self.baseline == "rotation":
+            parts = []
+            m2_x = acc.m2_x if i < j else acc.m2_y
+            oj = self.offsets[j]
+            full_c = acc.comoment if i < j else acc.comoment.t()
+            for k in range(len(self.layer_sizes[j])):
+                key = (control, split, j, k)
+                if key not in self._self_cache:
+                    s = self._split(self.selfs[j][k], split)
+                    if control != "none":
+                        s = s.within_groups(gs[split][j].columns(oj[k], oj[k + 1]))
+                    self._self_cache[key] = rotated_variances(s.comoment, self.rotations[j][k])
+                parts.append(rotated_correlation(full_c[:, oj[k]:oj[k + 1]], m2_x, self._self_cache[key],
+                                                 self.rotations[j][k], dead_i, self.compute_dtype))
+            return torch.cat(parts, 1)
+        nacc = self._split(self.null[(i, j)], split)
+        if control != "none":
+            gx = gs[split][i]
+            gy = self._split(self.null_groups[control][(i, j)], split)
+            nacc = nacc.within_groups(gx, gy)
+        out = nacc.corr()
+        out[dead_i] = 0.0
+        return out
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class NeuronAnalysis:
+    """One group of models (trained, or random-init) under one control: per
+    ordered model pair (i, j), arrays over model i's neurons of all chosen
+    layers, flattened (layer-major)."""
+
+    control: str
+    threshold: float
+    layer_sizes: list[list[int]]
+    baseline: str
+    dead: dict[int, np.ndarray] = field(default_factory=dict)
+    pair_max: dict = field(default_factory=dict)  # (i, j) -> (W_i,) max-corr over all layers of j
+    pair_arg: dict = field(default_factory=dict)  # (i, j) -> (W_i,) flat index of the partner in j
+    same_layer_max: dict = field(default_factory=dict)
+    base_max: dict = field(default_factory=dict)
+    base_arg: dict = field(default_factory=dict)
+    held_arg: dict = field(default_factory=dict)
+    held_corr: dict = field(default_factory=dict)
+    held_base_arg: dict = field(default_factory=dict)
+    held_base: dict = field(default_factory=dict)
+    held_alive: dict = field(default_factory=dict)
+    intervals: dict = field(default_factory=dict)  # filled by NeuronBlockSums.intervals
+
+    @property
+    def n_models(self) -> int:
+        return len(self.layer_sizes)
+
+    def offsets(self, i: int) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.layer_sizes[i])]).astype(int)
+
+    def others(self, i: int) -> list[int]:
+        return [j for j in range(self.n_models) if j != i]
+
+    def mean_over_others(self, table: dict, i: int) -> np.ndarray:
+        return np.mean([table[(i, j)] for j in self.others(i)], axis=0)
+
+    def excess(self, i: int) -> np.ndarray:
+        return np.where(self.dead[i], 0.0, self.mean_over_others(self.pair_max, i)
+                        - self.mean_over_others(self.base_max, i))
+
+    def universal(self, i: int) -> np.ndarray:
+        return ~self.dead[i] & (self.excess(i) > self.threshold)
+
+    def held_excess(self, i: int) -> np.ndarray | None:
+        if not self.held_corr:
+            return None
+        return np.where(self.held_alive[i], self.mean_over_others(self.held_corr, i)
+                        - self.mean_over_others(self.held_base, i), 0.0)
+
+    def held_universal(self, i: int) -> np.ndarray | None:
+        e = self.held_excess(i)
+        return None if e is None else (~self.dead[i] & self.held_alive[i] & (e > self.threshold))
+
+    def partner_layer(self, i: int, j: int) -> np.ndarray:
+        """(W_i,) the layer (index into the chosen layers) of each neuron's best partner in j."""
+        return np.searchsorted(self.offsets(j), self.pair_arg[(i, j)], side="right") - 1
+
+
+class NeuronBlockSums:
+    """Pass 2 for one group under one control: per block of quizzes, the sums
+    that give a neuron's correlation with each of its chosen partners
+    (in-sample partner and baseline partner, residualised with the group means
+    of all the quizzes; held-out partner and held-out baseline partner,
+    residualised with the means of the token's own half, as their point
+    estimates are), for the neurons whose excess (in-sample or held-out) lies
+    within ``margin`` of the threshold. The others keep their side of the
+    threshold in every resample: a bootstrap moves a correlation by a few
+    hundredths, far less than the margin (``intervals["max_excess_sd"]``: the
+    largest bootstrap standard deviation of a resampled neuron's excess)."""
+
+    SETS = ("pair", "base", "held", "held_base")
+    VIEWS = {"full": ("pair", "base"), "half": ("held", "held_base")}
+
+    def __init__(self, analysis: NeuronAnalysis, moments: NeuronMoments, n_blocks: int, margin: float = 0.15):
+        self.a = analysis
+        self.mom = moments
+        self.k = n_blocks
+        self.margin = float(margin)
+        m = analysis.n_models
+        self.ordered = [(i, j) for i in range(m) for j in range(m) if i != j]
+        self.sets = self.SETS if analysis.held_corr else self.SETS[:2]
+        self.views = [v for v, sets in self.VIEWS.items() if sets[0] in self.sets]
+        thr = analysis.threshold
+        self.candidates = []
+        for i in range(m):
+            near = np.abs(analysis.excess(i) - thr) <= margin
+            held = analysis.held_excess(i)
+            if held is not None:
+                near |= np.abs(held - thr) <= margin
+            self.candidates.append(np.nonzero(near & ~analysis.dead[i])[0])
+        self.cand_t = [torch.as_tensor(c, dtype=torch.long) for c in self.candidates]
+        self.n = np.zeros(n_blocks)
+        c = [len(x) for x in self.candidates]
+        z = lambda width: np.zeros((n_blocks, width))  # noqa: E731
+        self.x1 = {(v, i): z(c[i]) for v in self.views for i in range(m)}
+        self.x2 = {(v, i): z(c[i]) for v in self.views for i in range(m)}
+        self.y1 = {(p, s): z(c[p[0]]) for p in self.ordered for s in self.sets}
+        self.y2 = {(p, s): z(c[p[0]]) for p in self.ordered for s in self.sets}
+        self.xy = {(p, s): z(c[p[0]]) for p in self.ordered for s in self.sets}
+        arg = {"pair": analysis.pair_arg, "base": analysis.base_arg,
+               "held": analysis.held_arg or analysis.pair_arg, "held_base": analysis.held_base_arg or analysis.base_arg}
+        self.index = {(p, s): torch.as_tensor(arg[s][p][self.candidates[p[0]]], dtype=torch.long)
+                      for p in self.ordered for s in self.sets}
+        self.means = {v: [self._means(v, i) for i in range(m)] for v in self.views}
+        self._need = None
+        self._rot = None
+
+    @staticmethod
+    def _view_table(view: str, per_split) -> torch.Tensor:
+        """The means of a view: ``per_split("full")`` (G, W), or the two halves stacked (2, G, W)."""
+        return per_split("full") if view == "full" else torch.stack([per_split(0), per_split(1)])
+
+    def _means(self, view: str, i: int) -> torch.Tensor:
+        """Model i's means to remove: (G, W) per group ("full") or (2, G, W) per
+        half and group ("half"); G = 1 (the global mean) without a control."""
+        mom, control = self.mom, self.a.control
+
+        def per_split(split):
+            if control != "none":
+                return mom._split(mom.groups[control][i], split).means()
+            p = next(p for p in mom.pairs if i in p)
+            acc = mom._split(mom.cross[p], split)
+            return (acc.mean_x if p[0] == i else acc.mean_y)[None, :]
+        return self._view_table(view, per_split)
+
+    def _null_means(self, view: str, pair) -> torch.Tensor:
+        """The same for the null units of model pair[1] beside pair[0] (cached)."""
+        cache = self.__dict__.setdefault("_null_cache", {})
+        if (view, pair) not in cache:
+            mom, control = self.mom, self.a.control
+
+            def per_split(split):
+                if control != "none":
+                    return mom._split(mom.null_groups[control][pair], split).means()
+                return mom._split(mom.null[pair], split).mean_y[None, :]
+            cache[(view, pair)] = self._view_table(view, per_split)
+        return cache[(view, pair)]
+
+    @staticmethod
+    def _token_means(table: torch.Tensor, cols, groups, halves) -> torch.Tensor:
+        """(T, c): each token's means for columns ``cols`` from a (G, W) or (2, G, W) table."""
+        t = table.index_select(-1, cols)
+        if table.dim() == 2:
+            return t[groups]
+        return t[halves, groups]
+
+    def _needed(self) -> list[torch.Tensor]:
+        """Per model, the columns any resampled correlation reads (as x or as a partner)."""
+        if self._need is None:
+            cols = [set(c.tolist()) for c in self.candidates]
+            for (i, j) in self.ordered:
+                for s in ("pair", "held"):
+                    if s in self.sets:
+                        cols[j].update(self.index[((i, j), s)].tolist())
+            self._need = [torch.as_tensor(sorted(c), dtype=torch.long) for c in cols]
+            self._where = []
+            for i, c in enumerate(self._need):
+                lookup = torch.full((self.mom.widths[i],), -1, dtype=torch.long)
+                lookup[c] = torch.arange(len(c))
+                self._where.append(lookup)
+        return self._need
+
+    def _rotation_plan(self) -> None:
+        """Per model j, the rotated units the baseline partners read, by layer:
+        their rows of the rotation, and the rotated means of each view
+        (rotation is linear: R (x - m_g) = R x - R m_g)."""
+        mom = self.mom
+        self._rot = []
+        for j in range(self.a.n_models):
+            units = set()
+            for (i, jj) in self.ordered:
+                if jj == j and len(self.candidates[i]):
+                    for s in ("base", "held_base"):
+                        if s in self.sets:
+                            units.update(self.index[((i, j), s)].tolist())
+            units = np.array(sorted(units), dtype=np.int64)
+            off = mom.offsets[j]
+            layer_of = np.searchsorted(off, units, side="right") - 1
+            parts = []
+            for k in np.unique(layer_of):
+                sel = units[layer_of == k]
+                rows = mom.rotations[j][k][torch.as_tensor(sel - off[k])].double()  # (c, H)
+                block = torch.arange(off[k], off[k + 1])
+                means = {v: self.means[v][j].index_select(-1, block).double() @ rows.t() for v in self.views}
+                parts.append((block, rows, means))
+            lookup = torch.full((mom.widths[j],), -1, dtype=torch.long)
+            lookup[torch.as_tensor(units)] = torch.arange(len(units))
+            self._rot.append((parts, lookup))
+
+    def update(self, acts: list[torch.Tensor], labels, blocks: torch.Tensor, nulls, halves: torch.Tensor) -> None:
+        """acts: per model (n, P, W); blocks, halves: (n,) block and half (0/1) of each quiz."""
+        m = self.a.n_models
+        n, p = acts[0].shape[:2]
+        dev = acts[0].device
+        groups = (torch.zeros(n * p, dtype=torch.long, device=dev) if self.a.control == "none"
+                  else labels.groups(self.a.control).reshape(-1))
+        half_t = halves.to(dev).repeat_interleave(p)
+        blk = blocks.repeat_interleave(p).to(dev)
+        flat = [a.reshape(n * p, -1).double() for a in acts]
+
+        def block_sum(v):  # (T, c) -> (K, c)
+            out = torch.zeros(self.k, v.shape[1], dtype=torch.float64, device=v.device)
+            out.index_add_(0, blk, v)
+            return out.cpu().numpy()
+
+        self.n += np.bincount(blk.cpu().numpy(), minlength=self.k)
+        need = self._needed()
+        if self.mom.baseline == "rotation" and self._rot is None:
+            self._rotation_plan()
+        for view in self.views:
+            res = [flat[i].index_select(1, need[i]) - self._token_means(self.means[view][i], need[i], groups, half_t)
+                   for i in range(m)]
+
+            def cols_of(i, cols):
+                return res[i].index_select(1, self._where[i][cols])
+
+            xs = []
+            for i in range(m):
+                x = cols_of(i, self.cand_t[i])
+                self.x1[(view, i)] += block_sum(x)
+                self.x2[(view, i)] += block_sum(x * x)
+                xs.append(x)
+            rotated = {}
+            if self.mom.baseline == "rotation":
+                for j in range(m):
+                    cols = []
+                    for block, rows, means in self._rot[j][0]:
+                        mean = means[view]
+                        mean = mean[groups] if mean.dim() == 2 else mean[half_t, groups]
+                        cols.append(flat[j].index_select(1, block) @ rows.t() - mean)
+                    rotated[j] = torch.cat(cols, 1) if cols else torch.zeros(n * p, 0, dtype=torch.float64)
+            pair_set, base_set = self.VIEWS[view]
+            for (i, j) in self.ordered:
+                if not len(self.candidates[i]):
+                    continue
+                for s in (pair_set, base_set):
+                    cols = self.index[((i, j), s)]
+                    if s == pair_set:
+                        y = cols_of(j, cols)
+                    elif self.mom.baseline == "rotation":
+                        y = rotated[j].index_select(1, self._rot[j][1][cols])
+                    else:
+                        raw = nulls[j].reshape(n * p, -1).double().index_select(1, cols)
+                        y = raw - self._token_means(self._null_means(view, (i, j)), cols, groups, half_t)
+                    self.y1[((i, j), s)] += block_sum(y)
+                    self.y2[((i, j), s)] += block_sum(y * y)
+                    self.xy[((i, j), s)] += block_sum(xs[i] * y)
+
+    # ----------------------------------------------------------- intervals
+
+    def intervals(self, n_resamples: int, confidence: float, seed: int) -> None:
+        """Bootstrap (over blocks of quizzes) intervals per layer of the pooled
+        share universal, in-sample (all blocks) and held-out (odd-quiz blocks).
+        Stored in ``analysis.intervals``: {name: [per layer (low, high)]}."""
+        a = self.a
+        m = a.n_models
+        n_layers = min(len(s) for s in a.layer_sizes)
+        full_w = block_weights(self.k, n_resamples, seed, np.nonzero(self.n > 0)[0])
+        odd = [b for b in range(self.k) if b % 2 == 1 and self.n[b] > 0]
+        held_w = block_weights(self.k, n_resamples, seed + 1, odd)
+        thr = a.threshold
+        fixed, fixed_held, alive, alive_held, layer_of = [], [], [], [], []
+        for i in range(m):
+            off = a.offsets(i)
+            live = ~a.dead[i]
+            in_cand = np.zeros(len(live), bool)
+            in_cand[self.candidates[i]] = True
+            fixed.append(a.universal(i) & ~in_cand)
+            alive.append(live)
+            hu = a.held_universal(i)
+            fixed_held.append(None if hu is None else hu & ~in_cand)
+            alive_held.append(None if hu is None else live & a.held_alive[i])
+            layer_of.append(np.searchsorted(off, np.arange(len(live)), side="right") - 1)
+        shares = {"share": [[] for _ in range(n_layers)], "held_share": [[] for _ in range(n_layers)]}
+        sd = []
+        for start in range(0, n_resamples, _CHUNK):
+            for weights, name, s_pair, s_base in ((full_w[start:start + _CHUNK], "share", "pair", "base"),
+                                                  (held_w[start:start + _CHUNK], "held_share", "held", "held_base")):
+                if name == "held_share" and not a.held_corr:
+                    continue
+                n = (weights @ self.n)[:, None]
+                count = np.zeros((len(weights), n_layers))
+                denom = np.zeros(n_layers)
+                for i in range(m):
+                    base_fixed = fixed[i] if name == "share" else fixed_held[i]
+                    live = alive[i] if name == "share" else alive_held[i]
+                    for k in range(n_layers):
+                        sel = layer_of[i] == k
+                        count[:, k] += (base_fixed & sel).sum()
+                        denom[k] += (live & sel).sum()
+                    cand = self.candidates[i]
+                    if not len(cand):
+                        continue
+                    view = "full" if name == "share" else "half"
+                    x1, x2 = weights @ self.x1[(view, i)], weights @ self.x2[(view, i)]
+                    ex = 0.0
+                    for j in a.others(i):
+                        corr = {}
+                        for s in (s_pair, s_base):
+                            key = ((i, j), s)
+                            corr[s] = corr_from_sums(n, x1, weights @ self.y1[key], x2, weights @ self.y2[key],
+                                                     weights @ self.xy[key])
+                        ex = ex + (corr[s_pair] - corr[s_base]) / (m - 1)
+                    ok = live[cand]
+                    if name == "share" and start == 0 and ok.any():
+                        sd.append(float(ex[:, ok].std(0).max()))
+                    for k in range(n_layers):
+                        sel = (layer_of[i][cand] == k) & ok
+                        count[:, k] += ((ex > thr) & sel).sum(1)
+                shares[name] = [v + [count[:, k] / max(denom[k], 1)] for k, v in enumerate(shares[name])]
+        out = {name: [percentile_interval(np.concatenate(v), confidence) if v else None for v in per_layer]
+               for name, per_layer in shares.items()}
+        out["n_resamples"] = n_resamples
+        out["confidence"] = confidence
+        out["blocks"] = int((self.n > 0).sum())
+        out["held_blocks"] = len(odd)
+        out["margin"] = self.margin
+        out["resampled_neurons"] = int(sum(len(c) for c in self.candidates))
+        out["max_excess_sd"] = max(sd) if sd else None
+        a.intervals = out
+
+
+__all__ = ["BASELINES", "rotations_for", "NeuronMoments", "NeuronAnalysis", "NeuronBlockSums", "QuizRoller",
+           "null_units"]
