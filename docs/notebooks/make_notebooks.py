@@ -158,7 +158,7 @@ torch.manual_seed(0)
 hooked = load_hooked(0, source="bundled", sae=True)
 sae = load_sae("bundled", "gpt-0/blocks_2_mlp_out")
 print(sae.cfg.d_in, "->", sae.cfg.d_sae, "features at", sae.cfg.metadata.hook_name)
-test_set = source_test_set("bundled", 120, seed=0, quizzes="world")
+test_set = source_test_set("bundled", 120, tasks=["replace_color", "frame", "detect"], seed=0, quizzes="world")
 """),
         md("""
 ## How much of the model does the SAE keep?
@@ -188,17 +188,17 @@ the same ratio for the median feature.
         code("""
 rep = feature_report(hooked, sae, test_set, top=40, n_examples=4)
 def concentration(f, task="frame"):
-    freq = f["token_frequency"]
-    others = [v for k, v in freq.items() if k not in (task, "all")]
+    freq = {k: v["token_frequency"] or 0.0 for k, v in f["by_task"].items()}
+    others = [v for k, v in freq.items() if k != task]
     return freq[task] / max(sum(others) / len(others), 1e-6)
 ranked = sorted(rep.features, key=concentration, reverse=True)
 best = ranked[0]
 median = ranked[len(ranked) // 2]
-print(f"feature {best['feature']}: frame concentration {concentration(best):.2f} "
-      f"(median feature {median['feature']}: {concentration(median):.2f})")
-print("token frequency per task:", {k: round(v, 4) for k, v in best["token_frequency"].items()})
+print(f"feature {best['id']}: frame concentration {concentration(best):.2f} "
+      f"(median feature {median['id']}: {concentration(median):.2f})")
+print("token frequency per task:", {k: round(v["token_frequency"], 4) for k, v in best["by_task"].items()})
 print("promotes:", best.get("promotes"), " suppresses:", best.get("suppresses"))
-display(rep.image(best["feature"]))
+display(rep.image(best["id"]))
 """),
         md("""
 ## Steering: ablate the feature
@@ -207,7 +207,7 @@ The SAE is spliced in with its error term, so without an edit the model is uncha
 feature is scaled by 0. Greedy accuracy per task, clean vs ablated, with 95% Wilson intervals.
 """),
         code("""
-steer = steer_accuracy(hooked, sae, test_set, parse_steer([f"{best['feature']}=0"], sae.cfg.d_sae))
+steer = steer_accuracy(hooked, sae, test_set, parse_steer([f"{best['id']}=0"], sae.cfg.d_sae))
 for group, g in steer["by_group"].items():
     n = g["n"]
     for what in ("accuracy_clean", "accuracy_steered"):
