@@ -453,8 +453,8 @@ def load_tensors(path: str | os.PathLike, error: type[Exception] = CultureError,
             raise error(f"{path}: refused, the file holds code or objects beyond tensors "
                         "(loaded with weights_only=True)") from None
         if head != b"PK\x03\x04":
-            raise error(f"{path}: not a {what} written by torch.save (a plain pickle or another format; "
-                        "refused: only torch.save files of tensors are read)") from None
+            raise error(f"{path}: not a readable {what}: not written by torch.save (a plain pickle or another "
+                        "format; only torch.save files of tensors are read)") from None
         detail = text.split("WeightsUnpickler error:")[-1]
         raise error(f"{path}: not a readable {what} ({first_sentence(detail)})") from None
 

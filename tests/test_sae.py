@@ -243,6 +243,14 @@ def test_top_features_and_logit_effect(trained):
     expected = (sae.W_dec[fid] @ hooked.W_U).detach()
     got = torch.tensor(list(rep.features[0]["logit_effect"].values()))
     assert torch.allclose(got, expected, atol=1e-5)
+    for f in rep.features:  # never a colour on the wrong side of zero; strongest first
+        promoted, suppressed = [v for _, v in f["promotes"]], [v for _, v in f["suppresses"]]
+        assert all(v > 0 for v in promoted) and all(v < 0 for v in suppressed)
+        assert promoted == sorted(promoted, reverse=True) and suppressed == sorted(suppressed)
+        colours = [v for k, v in f["logit_effect"].items() if k in {c for c, _ in f["promotes"] + f["suppresses"]}]
+        assert len(colours) == len(promoted) + len(suppressed)
+        if promoted:
+            assert promoted[0] == max(v for k, v in list(f["logit_effect"].items())[:11])
     img = rep.image(fid)
     if rep.features[0]["examples"]:
         assert img is not None and img.size[0] > 100

@@ -169,6 +169,7 @@ class SAETrainSettings:
         need(0.0 <= self.activations_mixing_fraction <= 1.0, "activations mixing fraction must be in [0, 1]")
         need(self.n_batches_for_norm_estimate >= 1, "n_batches_for_norm_estimate must be >= 1")
         need(self.dtype in ("float32", "float64", "float16", "bfloat16"), f"unsupported dtype {self.dtype!r}")
+        need(self.n_checkpoints >= 0, f"n_checkpoints must be >= 0, got {self.n_checkpoints}")
 
 
 @dataclass
@@ -289,6 +290,8 @@ def _sae_config(settings: SAETrainSettings, d_in: int):
     names = {f.name for f in fields(cfg_cls)}
     kwargs = {k: v for k, v in wanted.items() if k in names}
     kwargs.update({k: v for k, v in settings.extra.items() if k in names})
+    if not (isinstance(kwargs.get("d_sae"), int) and kwargs["d_sae"] >= 1):
+        raise SAEError(f"d_sae must be an integer >= 1, got {kwargs.get('d_sae')!r}")
     try:
         return cfg_cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -660,7 +663,10 @@ def train_sae(
         # SAELens 6 does not seed its runs (SAE init, buffer shuffles): seed here, without touching the caller's RNG
         with _quiet_sae_lens(), _keep_signal_handlers(), torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(settings.seed)
-            runner = LanguageModelSAETrainingRunner(cfg, override_dataset=ds, override_model=hooked)
+            try:
+                runner = LanguageModelSAETrainingRunner(cfg, override_dataset=ds, override_model=hooked)
+            except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # settings SAELens cannot build
+                raise SAEError(f"SAELens cannot build this SAE: {first_sentence(exc)}") from None
             _checkpoint_on_interrupt(runner)
             runner.sae.training_forward_pass = stats.wrap(runner.sae.training_forward_pass)
             runner.activations_store = _CountingProvider(runner.activations_store, on_batch)

@@ -71,6 +71,8 @@ def run_convert(models: list[int] | None, source: str, out: Path, device: str = 
     ids = list(models) if models else src.model_ids()
     for k in ids:  # fail early, before any conversion, on an unknown id
         src.check_model_id(k)
+    for k in ids:  # ... and on a broken checkpoint (each one read once here, then one at a time below)
+        src.load_model(k)
     check_output(out, "merge", what="--out")
     quizzes, check = check_quizzes(n_quizzes, seed)
     rows = []
@@ -143,7 +145,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", help="Device for the conversion check (cpu, cuda...)."),
         n_quizzes: int = typer.Option(16, "--n-quizzes", help="Quizzes used to check the logits."),
         seed: int = typer.Option(0, "--seed", help="Seed of the check quizzes."),
-        tolerance: float = typer.Option(1e-3, "--tolerance",
+        tolerance: float = typer.Option(1e-3, "--tolerance", min=0.0,
                                         help="Largest accepted |logit difference| vs MyGPT."),
     ) -> None:
         rows, check = run_convert(models, source, out, device=device, n_quizzes=n_quizzes, seed=seed,

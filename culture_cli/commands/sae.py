@@ -213,8 +213,8 @@ def train(
         show_default=False)] = None,
     lr_end: Annotated[Optional[float], typer.Option("--lr-end", help="End lr of cosine schedules (lr/10).",
                                                     show_default=False)] = None,
-    adam_beta1: Annotated[float, typer.Option("--adam-beta1")] = 0.9,
-    adam_beta2: Annotated[float, typer.Option("--adam-beta2")] = 0.999,
+    adam_beta1: Annotated[float, typer.Option("--adam-beta1", help="Adam beta1.")] = 0.9,
+    adam_beta2: Annotated[float, typer.Option("--adam-beta2", help="Adam beta2.")] = 0.999,
     context_size: Annotated[int, typer.Option("--context-size", help="Tokens per row read (405 = BOS + quiz).")
                             ] = 405,
     normalize_activations: Annotated[str, typer.Option(
@@ -229,10 +229,12 @@ def train(
     store_batch_size: Annotated[int, typer.Option("--store-batch-size", help="Quizzes per model forward.")] = 16,
     mixing_fraction: Annotated[float, typer.Option(
         "--activations-mixing-fraction", help="Share of the buffer kept for mixing.")] = 0.5,
-    feature_sampling_window: Annotated[int, typer.Option("--feature-sampling-window")] = 1000,
+    feature_sampling_window: Annotated[int, typer.Option(
+        "--feature-sampling-window", help="Steps per window of the feature-sparsity statistics.")] = 1000,
     dead_feature_window: Annotated[int, typer.Option(
         "--dead-feature-window", help="Steps without firing that make a feature dead.")] = 1000,
-    dead_feature_threshold: Annotated[float, typer.Option("--dead-feature-threshold")] = 1e-4,
+    dead_feature_threshold: Annotated[float, typer.Option(
+        "--dead-feature-threshold", help="Firing rate below which a feature counts as dead.")] = 1e-4,
     norm_batches: Annotated[int, typer.Option(
         "--n-batches-for-norm-estimate", help="Batches read to estimate the activation norm.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed (SAELens and the generated quizzes).")] = 42,
@@ -241,12 +243,14 @@ def train(
     autocast: Annotated[bool, typer.Option("--autocast", help="bfloat16 autocast of the SAE.")] = False,
     compile_sae: Annotated[bool, typer.Option("--compile-sae", help="torch.compile the SAE.")] = False,
     n_checkpoints: Annotated[int, typer.Option(
-        "--n-checkpoints", min=0, help="Checkpoints during training, in OUT.checkpoints/ beside OUT (kept after "
+        "--n-checkpoints", help="Checkpoints during training, in OUT.checkpoints/ beside OUT (kept after "
         "the run; --resume continues from the latest).")] = 0,
     wandb: Annotated[bool, typer.Option("--wandb", help="Log to Weights & Biases (off by default).")] = False,
-    wandb_project: Annotated[str, typer.Option("--wandb-project")] = "culture_sae",
-    wandb_log_frequency: Annotated[int, typer.Option("--wandb-log-frequency")] = 30,
-    eval_every_n_wandb_logs: Annotated[int, typer.Option("--eval-every-n-wandb-logs")] = 20,
+    wandb_project: Annotated[str, typer.Option("--wandb-project", help="With --wandb: the project.")] = "culture_sae",
+    wandb_log_frequency: Annotated[int, typer.Option(
+        "--wandb-log-frequency", help="With --wandb: log every this many steps.")] = 30,
+    eval_every_n_wandb_logs: Annotated[int, typer.Option(
+        "--eval-every-n-wandb-logs", help="With --wandb: run SAELens's evals every this many logs.")] = 20,
     option: Annotated[Optional[list[str]], typer.Option(
         "--option", help="Any other LanguageModelSAERunnerConfig / SAE config field: KEY=VALUE (JSON value); "
         "repeatable.", show_default=False)] = None,
