@@ -591,17 +591,22 @@ class AttentionStatistics:
 
 
 def describe_offset(d: int) -> str:
-    """What the key at look-back offset ``d`` reads, for a query predicting
-    quiz token t: token t-(d+1), e.g. 100 -> the same cell of the previous grid."""
+    """Which cell the key at look-back offset ``d`` reads, relative to the
+    cell the query predicts (quiz token t; the key reads token t-(d+1)):
+    e.g. 9 -> "same grid, 1 row up" (the cell above), 100 -> "1 grid back, 1
+    column right". The nearest reading: a fixed offset reaches the previous
+    grid from a grid's top rows and the same grid below them."""
     back = d + 1
-    if back % BLOCK_LEN == 0:
-        k = back // BLOCK_LEN
-        return f"same cell, {k} grid{'s' if k > 1 else ''} back"
     if back == 1:
-        return "the token just read"
-    if back == 10:
-        return "the cell above (same grid)"
-    return f"{back} tokens back"
+        return "the token just read (1 column left)"
+    grids = round(back / BLOCK_LEN)
+    delta = BLOCK_LEN * grids - back  # > 0: a later cell of that grid than the predicted one
+    rows = round(delta / 10)
+    cols = delta - 10 * rows
+    where = "same grid" if grids == 0 else f"{grids} grid{'s' if grids > 1 else ''} back"
+    parts = [f"{abs(rows)} row{'s' if abs(rows) > 1 else ''} {'down' if rows > 0 else 'up'}"] if rows else []
+    parts += [f"{abs(cols)} column{'s' if abs(cols) > 1 else ''} {'right' if cols > 0 else 'left'}"] if cols else []
+    return f"{where}, {', '.join(parts)}" if parts else f"{where}, same cell"
 
 
 def attention_statistics(hooked, test_set, layer: int, head: int, *, batch_size: int = 25, device=None,

@@ -24,6 +24,14 @@ Protocol (REFERENCE.md section 5, from the reference ``quiz_machine.py``):
   ``evaluate(..., generate=True)`` also samples (temperature 1, KV cache) for
   the reference's own, noisy, number.
 
+* Two metric families (:func:`cell_scores`, :func:`cell_metrics`): every
+  loss and accuracy on all predicted cells and on the *transform cells*, the
+  predicted cells that differ from the paired grid of the clean quiz
+  (:func:`culture.quiz.transform_mask`) -- about a tenth of an answer, the
+  rest being copies that dilute every average. Each with a 95% interval
+  (:mod:`culture.intervals`); :func:`cell_metrics` with a baseline gives
+  paired changes, :func:`loss_recovered` the loss recovered with its floor.
+
 Models: :class:`culture.mygpt.MyGPT`, TransformerLens ``HookedTransformer``
 (from ``culture.hooked``), or any callable quizzes -> logits in the reference
 convention (see :func:`culture.generation.logits_fn`).

@@ -89,13 +89,14 @@ def test_head_ablation_and_mean_ablation(source):
 def test_ablate_cli_table_heatmap_json(source, tmp_path, capsys):
     png, out = tmp_path / "abl.png", tmp_path / "abl.json"
     rc = exit_code(["ablate", "--model", "0", "--source", str(source), "-n", "6", "--heads", "--mean",
-                    "--png", str(png), "--json", str(out), "--batch-size", "3"])
+                    "--png", str(png), "--json", str(out), "--batch-size", "3", "--quizzes", "world"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "attn 0" in printed and "head 1.1" in printed and "clean" in printed
     d = json.loads(out.read_text())
     assert len(d["ablations"]) == (4 + 4) * 2
     assert d["groups"][-1] == "all" and d["clean"]["all"]["n"] == 6
+    assert d["settings"]["quizzes"] == "world" and d["settings"]["num_c_quizzes"] == 0
     # both metric families, with intervals, and the paired change against clean
     for entry in (d["clean"]["all"], d["ablations"][0]["metrics"]["frame"] if "frame" in d["groups"]
                   else d["ablations"][0]["metrics"]["all"]):
@@ -171,6 +172,10 @@ def test_dominant_offset():
     for q in range(n):
         pat[q, max(0, q - 101)] = 1.0
     assert dominant_offset(pat) == (101, 1.0)
+    from culture.ablation import describe_offset
+
+    assert describe_offset(100) == "1 grid back, same cell" and describe_offset(9) == "same grid, 1 row up"
+    assert describe_offset(201) == "2 grids back, same cell" and describe_offset(99) == "1 grid back, 1 column right"
 
 
 def test_ablate_cli_errors(source, tmp_path, capsys):

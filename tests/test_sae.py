@@ -174,12 +174,13 @@ def test_identity_sae_explains_everything(tmp_path):
 def test_eval_cli_json(trained, capsys):
     out = trained["root"] / "eval.json"
     rc = exit_code(["sae", "eval", "--model", "0", "--source", str(trained["source"]), "--sae", str(trained["sae"]),
-                    "-n", "8", "--json", str(out)])
+                    "-n", "8", "--json", str(out), "--quizzes", "world"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "loss recovered" in printed and "all" in printed
     d = json.loads(out.read_text())
     assert d["hook_name"] == HOOK and d["d_sae"] == 64
+    assert d["settings"]["num_c_quizzes"] == 0 and "culture" not in d["groups"]
     overall = d["by_group"]["all"]
     assert overall["n"] == 8
     for key in ("explained_variance", "l0", "dead_features", "dense_features", "loss_clean", "loss_sae",
