@@ -141,7 +141,7 @@ def yield_command(
     temperature_hot: Annotated[float, typer.Option("--temperature-hot", min=0.0,
                                                    help="Temperature of the first generated block (reference 1.5).")] = 1.5,
     max_fail: Annotated[int, typer.Option("--max-fail", min=1, help="At most this many models may fail a kept quiz.")] = 2,
-    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the candidates, world quizzes and noise draws.")] = 0,
     json_path: JsonOption = None,
 ) -> None:
     from rich.table import Table
