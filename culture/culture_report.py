@@ -26,7 +26,6 @@ titled with its phase, the model that made it and the models that fail it.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -93,8 +92,7 @@ def read_info(source, nb_train: int, nb_test: int) -> dict[str, list[dict]]:
     solve probabilities when kept), trimmed/padded to the quizzes present."""
     from culture.training import read_c_quiz_info
 
-    path = source.file(INFO_FILE) if source.has_file(INFO_FILE) else Path(os.devnull + "-missing")
-    return read_c_quiz_info(path, nb_train, nb_test)
+    return read_c_quiz_info(source.file(INFO_FILE) if source.has_file(INFO_FILE) else None, nb_train, nb_test)
 
 
 # ------------------------------------------------------------------ the report
@@ -212,8 +210,7 @@ def culture_report(source="bundled", *, models=None, tasks=None, num_world: int 
 
 def _classification_by_phase(matches, phases, splits) -> list[dict]:
     rows = []
-    keys = sorted({(p, s) for p, s in zip(phases, splits)}, key=lambda x: (x[0] is None, x[0] or 0, x[1]))
-    for phase in sorted({p for p, _ in keys}, key=lambda p: (p is None, p or 0)):
+    for phase in sorted(set(phases), key=lambda p: (p is None, p or 0)):
         for split in ("train", "test", "all"):
             idx = [i for i, (p, s) in enumerate(zip(phases, splits)) if p == phase and (split == "all" or s == split)]
             if not idx or (split == "all" and len({splits[i] for i in idx}) < 2):

@@ -796,13 +796,12 @@ def culture_phase(models, *, nb_train: int, nb_test: int, config: TrainConfig, s
     return train, test, report, {"train": records[:nb_train], "test": records[nb_train:]}
 
 
-def read_c_quiz_info(path: str | os.PathLike, nb_train: int, nb_test: int) -> dict[str, list[dict]]:
+def read_c_quiz_info(path: str | os.PathLike | None, nb_train: int, nb_test: int) -> dict[str, list[dict]]:
     """The per-quiz records of a c_quizzes sidecar (see C_QUIZZES_INFO_FILE),
-    trimmed to the quizzes the c_quizzes file holds; records missing from an
-    older run are filled with ``{"phase": None}``."""
-    path = Path(path)
+    trimmed to the quizzes the c_quizzes file holds; records missing (no
+    sidecar: ``path`` None or absent, or an older run) are ``{"phase": None}``."""
     try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
+        data = json.loads(Path(path).read_text()) if path is not None and Path(path).is_file() else {}
     except (OSError, ValueError):
         data = {}
     out = {}

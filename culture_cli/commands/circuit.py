@@ -18,6 +18,7 @@ from culture_cli.common import (
     console,
     err_console,
     fail,
+    pct_ci,
     phase_progress,
     print_table,
     progress,
@@ -34,10 +35,6 @@ from culture_cli.pair_options import (
 )
 
 
-def _f(x: dict) -> str:
-    return f"{100 * x['value']:.1f}% [{100 * x['ci95'][0]:.1f}, {100 * x['ci95'][1]:.1f}]"
-
-
 def curve_table(report):
     from rich.table import Table
 
@@ -49,7 +46,7 @@ def curve_table(report):
     for p in report.curve:
         size = p["size"]
         mark = " *" if size == report.chosen_size else ""
-        t.add_row(f"{size}{mark}", _f(p["faithfulness"]), _f(randoms[size]) if size in randoms else "")
+        t.add_row(f"{size}{mark}", pct_ci(p["faithfulness"]), pct_ci(randoms[size]) if size in randoms else "")
     return t
 
 
@@ -124,11 +121,11 @@ def circuit_command(
     n_edges = len(report.edges)
     if report.chosen_size is not None:
         console.print(f"smallest circuit reaching {100 * threshold:.0f}%: {report.chosen_size} of {n_edges} edges, "
-                      f"faithfulness {_f(report.chosen_faithfulness())}", highlight=False)
+                      f"faithfulness {pct_ci(report.chosen_faithfulness())}", highlight=False)
     else:
         console.print(f"no evaluated size reaches {100 * threshold:.0f}% faithfulness (largest: "
                       f"{max(p['size'] for p in report.curve)} of {n_edges} edges, "
-                      f"{_f(report.chosen_faithfulness())}); see the curve", highlight=False)
+                      f"{pct_ci(report.chosen_faithfulness())}); see the curve", highlight=False)
     if png is not None:
         save_circuit_png(report, png, title=f"model {model} ({src.name}), task {task}, vary {vary}, "
                                             f"{len(pairs)} pairs; rest of the model patched from the corrupted run")

@@ -13,27 +13,24 @@ from culture_cli.common import (
     TasksOption,
     command_group,
     console,
-    err_console,
+    outputs,
     parse_ids,
-    pct,
+    pct_ci,
+    phase_progress,
     print_table,
     progress,
     write_json,
     write_json_or_fail,
 )
 
+ModelIdsOption = Annotated[Optional[list[str]], typer.Option("--models", help="Model ids (default: all).",
+                                                            show_default=False)]
+
 culture_app = command_group("culture", "The culture quizzes of a source: what they invent, who fails them.")
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(culture_app, name="culture")
-
-
-def _ci(entry) -> str:
-    if entry is None or entry["value"] is None:
-        return "-"
-    lo, hi = entry["ci95"]
-    return f"{pct(entry['value'])} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def _mean(entry) -> str:
@@ -54,10 +51,10 @@ def _tables(report: dict) -> list:
     for row in cls["by_phase"]:
         rules = ", ".join(f"{k} {v}" for k, v in row["by_rule"].items())
         t1.add_row(str(row["phase"] if row["phase"] is not None else "?"), row["split"], str(row["n"]),
-                   _ci(row["no_rule"]), rules)
+                   pct_ci(row["no_rule"]), rules)
     ctl = cls["control_world"]
     t1.caption = (f"control: {ctl['matches_own_task']['n']} world quizzes of {', '.join(ctl['tasks'])} match their own "
-                  f"task {_ci(ctl['matches_own_task'])}, no rule {_ci(ctl['matches_no_rule'])}")
+                  f"task {pct_ci(ctl['matches_own_task'])}, no rule {pct_ci(ctl['matches_no_rule'])}")
 
     t2 = Table(title="c-quizzes beside world quizzes (mean [95% bootstrap interval])", title_justify="left")
     for col in ("statistic", "c-quizzes", "world quizzes"):
@@ -70,8 +67,8 @@ def _tables(report: dict) -> list:
     for col in ("model", "made", "greedy on c-quizzes", "greedy on world", "fails now", "failed when kept"):
         t3.add_column(col, justify="right")
     for m in report["models"]:
-        t3.add_row(str(m["model"]), str(m["generated"]), _ci(m["greedy_on_culture"]), _ci(m["greedy_on_world"]),
-                   _ci(m["fails_now"]), _ci(m["failed_when_kept"]))
+        t3.add_row(str(m["model"]), str(m["generated"]), pct_ci(m["greedy_on_culture"]), pct_ci(m["greedy_on_world"]),
+                   pct_ci(m["fails_now"]), pct_ci(m["failed_when_kept"]))
 
     t4 = Table(title="Models failing each c-quiz", title_justify="left")
     t4.add_column("models failing", justify="right")
@@ -79,7 +76,7 @@ def _tables(report: dict) -> list:
     t4.add_column("when kept", justify="right")
     now, kept = report["failing_models_per_quiz"]["now"], report["failing_models_per_quiz"]["when_kept"]
     for c in now:
-        t4.add_row(c, _ci(now[c]), _ci(kept[c]) if kept else "-")
+        t4.add_row(c, pct_ci(now[c]), pct_ci(kept[c]) if kept else "-")
     return [t1, t2, t3, t4]
 
 
@@ -87,8 +84,7 @@ def _tables(report: dict) -> list:
                                     "statistics beside world quizzes, who fails which, a gallery.")
 def report_command(
     source: ModelsSourceOption = None,
-    models: Annotated[Optional[list[str]], typer.Option("--models", help="Model ids (default: all).",
-                                                        show_default=False)] = None,
+    models: ModelIdsOption = None,
     tasks: TasksOption = None,
     num_world: Annotated[int, typer.Option("--num-world", min=1,
                                            help="World quizzes of the control and the comparison.")] = 500,
@@ -100,41 +96,29 @@ def report_command(
     json_path: JsonOption = None,
 ) -> None:
     from culture.culture_report import culture_report, save_gallery
-    from culture.io import OutputSet
     from culture.sources import DEFAULT_SOURCE
 
     ids = parse_ids(models)
     src = source or DEFAULT_SOURCE
     with progress() as bar:
-        tasks_bar = {}
-
-        def tick(what, done, total):
-            if what not in tasks_bar:
-                tasks_bar[what] = bar.add_task(what, total=total)
-            bar.update(tasks_bar[what], completed=done)
-
-        report = culture_report(src, models=ids, tasks=tasks, num_world=num_world, seed=seed, progress=tick)
+        report = culture_report(src, models=ids, tasks=tasks, num_world=num_world, seed=seed,
+                                progress=phase_progress(bar))
     for table in _tables(report):
         print_table(table)
     n = report["c_quizzes"]
     console.print(f"{n['train']} train + {n['test']} test c-quizzes of {report['source']}")
-    with OutputSet() as outputs:  # gallery and JSON land together or not at all
+    with outputs() as staged:  # gallery and JSON land together or not at all
         if png is not None:
-            written = save_gallery(report, src, outputs.dir(png), per_group=per_group)
+            save_gallery(report, src, staged.dir(png), per_group=per_group)
         if json_path is not None:
-            write_json(outputs.file(json_path), report, announce=False)
-    if png is not None:
-        err_console.print(f"wrote {len(written)} gallery picture(s) in {png}")
-    if json_path is not None:
-        err_console.print(f"wrote {json_path}")
+            write_json(staged.file(json_path), report, announce=False)
 
 
 @culture_app.command("yield", help="Can these models make a culture? The keep rule's verdicts on candidates they "
                                    "generate and, as the control, on world quizzes.")
 def yield_command(
     source: ModelsSourceOption = None,
-    models: Annotated[Optional[list[str]], typer.Option("--models", help="Model ids (default: all).",
-                                                        show_default=False)] = None,
+    models: ModelIdsOption = None,
     tasks: TasksOption = None,
     candidates: Annotated[int, typer.Option("--candidates", min=1, help="Candidates to generate (models in turn).")] = 100,
     num_world: Annotated[int, typer.Option("--num-world", min=1, help="World quizzes of the control.")] = 100,
@@ -150,16 +134,9 @@ def yield_command(
     from culture.sources import DEFAULT_SOURCE
 
     with progress() as bar:
-        bars = {}
-
-        def tick(what, done, total):
-            if what not in bars:
-                bars[what] = bar.add_task(what, total=total)
-            bar.update(bars[what], completed=done)
-
         res = culture_yield(source or DEFAULT_SOURCE, models=parse_ids(models), candidates=candidates,
                             num_world=num_world, tasks=tasks, seed=seed, temperature_hot=temperature_hot,
-                            max_fail=max_fail, progress=tick)
+                            max_fail=max_fail, progress=phase_progress(bar))
     st = res["settings"]
     table = Table(title=f"The keep rule on {st['candidates']} generated candidates and {st['num_world']} world quizzes "
                         f"(solve both ways >= {st['understands']} or <= {st['not_understands']}, "
@@ -168,10 +145,10 @@ def yield_command(
     table.add_column("candidates", justify="right")
     table.add_column("world quizzes (control)", justify="right")
     for key in res["candidates"]["verdicts"]:
-        table.add_row(key.replace("_", " "), _ci(res["candidates"]["verdicts"][key]), _ci(res["world"]["verdicts"][key]))
+        table.add_row(key.replace("_", " "), pct_ci(res["candidates"]["verdicts"][key]), pct_ci(res["world"]["verdicts"][key]))
     for k in res["candidates"]["solves"]:
-        table.add_row(f"model {k} solves (>= {st['understands']})", _ci(res["candidates"]["solves"][k]),
-                      _ci(res["world"]["solves"][k]))
+        table.add_row(f"model {k} solves (>= {st['understands']})", pct_ci(res["candidates"]["solves"][k]),
+                      pct_ci(res["world"]["solves"][k]))
     for k, qs in res["candidates"]["solve_probability_quantiles"].items():
         w = res["world"]["solve_probability_quantiles"][k]
         table.add_row(f"model {k} solve probability p10 / median / p90",
