@@ -45,6 +45,7 @@ import torch
 
 from culture.errors import CultureError
 from culture.evaluation import group_metrics, source_test_set  # noqa: F401 - re-exported (ablation API)
+from culture.figures import new_figure, save_png
 from culture.quiz import (
     BLOCK_LEN,
     MARKER_LABELS,
@@ -419,24 +420,6 @@ def run_ablations(
 # ------------------------------------------------------------------ pictures
 
 
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save_figure(fig, path) -> Path:
-    from culture.io import atomic_path
-
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    return path
-
-
 def save_ablation_heatmap(results: AblationResults, path: str | os.PathLike) -> Path:
     """A PNG heatmap, components x tasks: for each mode, the greedy accuracy
     with the component ablated, and log10(loss ablated / loss clean); the
@@ -474,7 +457,7 @@ def save_ablation_heatmap(results: AblationResults, path: str | os.PathLike) -> 
         top = max(top, 0.1)
         panels.append((f"log10 loss ratio ({mode}-ablated / clean)", lr, "RdBu_r", -top, top))
     cell_h = 0.28 if len(rows) <= 60 else 0.18
-    fig = _figure(max(4.0, 0.55 * len(groups) + 1.8) * len(panels), max(3.0, cell_h * len(rows) + 1.8))
+    fig = new_figure(max(4.0, 0.55 * len(groups) + 1.8) * len(panels), max(3.0, cell_h * len(rows) + 1.8))
     annotate = len(rows) * len(groups) <= 600
     for k, (title, m, cmap, vmin, vmax) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
@@ -497,7 +480,7 @@ def save_ablation_heatmap(results: AblationResults, path: str | os.PathLike) -> 
                         ax.text(j, i, txt, ha="center", va="center", fontsize=6, color=colour)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     fig.suptitle("Ablations per task (accuracy in %, loss on predicted cells)", fontsize=10, y=1.02)
-    return _save_figure(fig, path)
+    return save_png(fig, path)
 
 
 def attention_pattern(hooked, quiz: torch.Tensor, layer: int, head: int) -> torch.Tensor:
@@ -553,14 +536,14 @@ def save_attention_png(pattern: torch.Tensor, quiz: torch.Tensor, path: str | os
 
     q = torch.as_tensor(quiz).reshape(1, -1)
     markers = block_markers(q)[0].tolist() if q.shape[1] == QUIZ_LEN else [11, 12, 13, 14]
-    fig = _figure(7.5, 7.0)
+    fig = new_figure(7.5, 7.0)
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(np.asarray(pattern), cmap="viridis", norm=PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0),
                    interpolation="nearest")
     _block_axes(ax, markers)
     ax.set_title(title or "attention pattern", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    return _save_figure(fig, path)
+    return save_png(fig, path)
 
 
 # ------------------------------------------------------------------ attention over many quizzes
@@ -721,7 +704,7 @@ def save_mean_attention_png(stats: AttentionStatistics, path: str | os.PathLike,
     panels = list(stats.mean_patterns.items())
     cols = min(2, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig = _figure(6.0 * cols, 5.6 * rows)
+    fig = new_figure(6.0 * cols, 5.6 * rows)
     for i, (k, pattern) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
         im = ax.imshow(np.asarray(pattern), cmap="viridis", norm=PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0),
@@ -732,4 +715,4 @@ def save_mean_attention_png(stats: AttentionStatistics, path: str | os.PathLike,
     fig.subplots_adjust(wspace=0.35, hspace=0.3)
     fig.suptitle(title or f"head {stats.layer}.{stats.head}: attention averaged over {stats.n} quizzes",
                  fontsize=10)
-    return _save_figure(fig, path)
+    return save_png(fig, path)

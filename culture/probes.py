@@ -488,17 +488,11 @@ def _most_selective(rows: list[dict]) -> str:
 def save_probe_png(results: ProbeResults, path):
     """Held-out accuracy per hook: the probe, the control task, the random
     model, with 95% intervals, and the majority-class rate; returns the Path."""
-    from pathlib import Path
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from culture.io import atomic_path
+    from culture.figures import new_figure, save_png
 
     rows = results.rows
     xs = list(range(len(rows)))
-    fig = Figure(figsize=(max(5.0, 0.9 * len(rows) + 2.5), 4.0), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(max(5.0, 0.9 * len(rows) + 2.5), 4.0)
     ax = fig.add_subplot(1, 1, 1)
     series = [("probe (trained model)", "accuracy", "tab:blue"),
               ("control task (shuffled labels)", "control_accuracy", "tab:gray"),
@@ -519,10 +513,7 @@ def save_probe_png(results: ProbeResults, path):
     ax.set_ylabel("held-out accuracy")
     ax.set_title(f"{results.target} at {results.settings.get('positions')} (95% intervals)", fontsize=10)
     ax.legend(fontsize=7, loc="best")
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    return path
+    return save_png(fig, path)
 
 
 def _causal_check(model, data: ProbeSet, mask: torch.Tensor, probe: LinearProbe, hook: str, norm: float,

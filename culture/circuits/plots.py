@@ -18,28 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from culture.figures import new_figure, save_png
 from culture.quiz import BLOCK_LEN, COLOR_RGB, GRID
 
 __all__ = ["save_patch_png", "save_logit_lens_png", "save_circuit_png"]
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path) -> Path:
-    from culture.io import atomic_path
-
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    return path
-
 
 def _heat(ax, m, rows, cols, title, vmax, annotate=True, fig=None):
     im = ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
@@ -98,7 +80,7 @@ def save_patch_png(report, path: str | os.PathLike, title: str | None = None, qu
     if t.what == "cells":
         rows = len(t.rows)
         ncols = len(panels) + (1 if quiz is not None else 0)
-        fig = _figure(2.6 * ncols + 0.8, 2.5 * rows + 1.0)
+        fig = new_figure(2.6 * ncols + 0.8, 2.5 * rows + 1.0, constrained=True)
         for r in range(rows):
             for k, (name, values) in enumerate(panels):
                 ax = fig.add_subplot(rows, ncols, r * ncols + k + 1)
@@ -123,7 +105,7 @@ def save_patch_png(report, path: str | os.PathLike, title: str | None = None, qu
         ncols = per + (1 if both else 0)
         h = max(2.4, 0.3 * len(t.rows) + 1.3)
         w = max(2.6, 0.62 * len(t.cols) + 1.4)
-        fig = _figure(w * per + (3.4 if both else 0) + 0.6, h * len(methods) + 0.9)
+        fig = new_figure(w * per + (3.4 if both else 0) + 0.6, h * len(methods) + 0.9, constrained=True)
         grid = fig.add_gridspec(len(methods), ncols, width_ratios=[w] * per + ([3.4] if both else []))
         im = None
         for r, m in enumerate(methods):
@@ -145,13 +127,13 @@ def save_patch_png(report, path: str | os.PathLike, title: str | None = None, qu
             r = both["pearson_r"]
             ax.set_title(f"attribution vs activation: r = {r:.2f}" if r is not None else "agreement", fontsize=9)
     fig.suptitle(_title(report, title), fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def save_logit_lens_png(report, path: str | os.PathLike, title: str | None = None) -> Path:
     """Whole-grid and transform-cell accuracy of the logit lens, layer by
     layer, one line per task, dashed: the random-init model."""
-    fig = _figure(10, 3.6)
+    fig = new_figure(10, 3.6, constrained=True)
     layers = report.layer_labels
     x = np.arange(len(layers))
     for k, (key, name) in enumerate((("grid_accuracy", "whole-grid accuracy"),
@@ -179,7 +161,7 @@ def save_logit_lens_png(report, path: str | os.PathLike, title: str | None = Non
             ax.legend(fontsize=7)
     fig.suptitle(title or "logit lens: decoding the residual stream with the unembedding (dashed: random-init model)",
                  fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _node_xy(name: str, n_layers: int, n_heads: int) -> tuple[float, float]:
@@ -198,7 +180,7 @@ def save_circuit_png(circuit, path: str | os.PathLike, title: str | None = None)
     """Draw a :class:`~culture.circuits.discovery.CircuitReport`: the chosen
     circuit's graph (edge width = |score|, red positive, blue negative) and
     the faithfulness-vs-size curve with random circuits of the same sizes."""
-    fig = _figure(12, 6.0)
+    fig = new_figure(12, 6.0, constrained=True)
     ax = fig.add_subplot(1, 2, 1)
     n_layers, n_heads = circuit.n_layers, circuit.n_heads
     edges = circuit.chosen_edges()
@@ -246,4 +228,4 @@ def save_circuit_png(circuit, path: str | os.PathLike, title: str | None = None)
     ax.legend(fontsize=7)
     ax.set_title("faithfulness vs size", fontsize=9)
     fig.suptitle(title or "", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)

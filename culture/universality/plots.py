@@ -22,11 +22,9 @@ def _safe(name: str) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    from culture.io import atomic_path
+    from culture.figures import save_png
 
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    return path
+    return save_png(fig, path, dpi=110)
 
 
 def _heatmap(ax, mat: np.ndarray, xlabels, ylabels, title: str, annotate: bool = True, vmin=0.0, vmax=1.0):
