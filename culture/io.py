@@ -67,8 +67,9 @@ def _own_tag() -> str:
 
 
 def temp_name(name: str) -> str:
-    """A fresh temporary name for an output called ``name``."""
-    return f"{TMP_PREFIX}{_own_tag()}.{secrets.token_hex(4)}.{name}"
+    """A fresh temporary name for an output called ``name`` (its first 100
+    characters: the temporary name must fit where the real one fits)."""
+    return f"{TMP_PREFIX}{_own_tag()}.{secrets.token_hex(4)}.{name[:100]}"
 
 
 def _owner_alive(entry: str) -> bool:
@@ -188,6 +189,8 @@ def check_output(path: str | os.PathLike, kind: str = FILE, *, overwrite: bool |
     if not str(text).strip():
         raise OutputError(f"{what or 'output path'}: empty path")
     p = Path(text).expanduser()
+    if len(p.name.encode()) > 255:
+        raise OutputError(f"{label}: file name longer than 255 bytes")
     if p.exists() or p.is_symlink():
         if kind == FILE:
             if p.is_dir():
@@ -199,6 +202,11 @@ def check_output(path: str | os.PathLike, kind: str = FILE, *, overwrite: bool |
                 raise OutputError(f"{label} exists and is not a directory")
             if kind == DIR and overwrite is False and any(p.iterdir()):
                 raise OutputError(f"{label} exists and is not empty (use --overwrite to replace it)")
+            if kind == DIR and overwrite is True and any(p.iterdir()):
+                real = p.resolve()
+                if real == Path(real.anchor) or real == Path.home().resolve() or Path.cwd().resolve().is_relative_to(real):
+                    raise OutputError(f"{label} would be replaced whole, and it holds the current directory, the "
+                                      "home directory or the whole file system: give a folder of its own")
     parent = p.parent
     while not parent.exists():
         if parent.is_symlink():
@@ -437,6 +445,8 @@ def load_tensors(path: str | os.PathLike, error: type[Exception] = CultureError,
     path = Path(path)
     if path.is_dir():
         raise error(f"{path} is a directory, not a {what}")
+    if path.exists() and not path.is_file():
+        raise error(f"{path} is not a regular file, not a {what}")
     if not path.is_file():
         raise error(f"{what} not found: {path}")
     if path.stat().st_size == 0:

@@ -409,6 +409,9 @@ def test_fused_attention_matches_transformer_lens_own(tmp_path):
         z = {}
         fused.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", lambda t, hook: z.setdefault("z", t))])
         assert z["z"].shape == (3, 404, TINY_4M_LIKE[3], fused.cfg.d_head)
+        fused.set_use_attn_result(True)  # switched on later: TransformerLens's path, hook_result fires
+        _, cache = fused.run_with_cache(tokens, names_filter=["blocks.0.attn.hook_result"])
+        assert cache["blocks.0.attn.hook_result"].shape == (3, 404, TINY_4M_LIKE[3], TINY_4M_LIKE[0])
 
 
 # ------------------------------------------------------------------ SAE training resumes
