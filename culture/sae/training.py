@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from culture.errors import first_sentence
-from culture.io import OutputSet, atomic_write_json, check_out_dir
+from culture.io import OutputSet, atomic_write_json, check_out_dir, json_safe
 from culture.sae.common import DEFAULT_HOOK, SAEError, activation_size, hook_dirname
 
 #: prompt-noise probability of the published run (evaluation and datasets use it too)
@@ -719,9 +719,10 @@ def train_sae(
                     f"{settings.dead_feature_window} steps)",
             **(extra_summary or {}),
         }
-        (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        text = json.dumps(json_safe(summary), indent=2, default=str) + "\n"  # strict JSON: NaN as null
+        (tmp / "training_summary.json").write_text(text)
         if summary_json is not None:
-            staged.file(summary_json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            staged.file(summary_json).write_text(text)
         staged.commit()
     except BaseException:
         staged.rollback()
