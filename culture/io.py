@@ -15,11 +15,12 @@ convention for temporary files.
   that fails half-way leaves none of them (nor the parent folders it made).
 
 Temporary files and folders: every one is named
-``.culture-tmp.<pid>.<start>.<random>.<name>`` and lives in the folder of the
-output it becomes (a rename is atomic only within one file system). A run
-killed with SIGKILL (or a power cut) cannot remove its own; any later run that
-writes into the same folder removes those whose process is gone
-(:func:`clean_stale`: the pid is not running, or runs a newer process).
+``.culture-tmp.<host>.<pid>.<start>.<random>.<name>`` and lives in the folder
+of the output it becomes (a rename is atomic only within one file system). A
+run killed with SIGKILL (or a power cut) cannot remove its own; any later run
+on the same machine that writes into the same folder removes those whose
+process is gone (:func:`clean_stale`: the pid is not running, or runs a newer
+process).
 """
 
 from __future__ import annotations
@@ -59,11 +60,20 @@ def _process_start(pid: int) -> str:
 _SELF_START: dict[int, str] = {}
 
 
+def host_tag() -> str:
+    """8 hex digits naming this machine (container): a folder shared between
+    machines only has its own machine's leftovers removed."""
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def _own_tag() -> str:
     pid = os.getpid()
     if pid not in _SELF_START:  # after a fork the pid changes
         _SELF_START[pid] = _process_start(pid)
-    return f"{pid}.{_SELF_START[pid]}"
+    return f"{host_tag()}.{pid}.{_SELF_START[pid]}"
 
 
 def temp_name(name: str) -> str:
@@ -74,13 +84,15 @@ def temp_name(name: str) -> str:
 
 def _owner_alive(entry: str) -> bool:
     """Whether the process that made temporary entry ``entry`` still runs."""
-    parts = entry[len(TMP_PREFIX):].split(".", 3)
+    parts = entry[len(TMP_PREFIX):].split(".", 4)
     try:
-        pid, start = int(parts[0]), parts[1]
+        host, pid, start = parts[0], int(parts[1]), parts[2]
     except (IndexError, ValueError):
         return True  # not ours after all: leave it
+    if host != host_tag():
+        return True  # another machine's: its runs cannot be seen from here
     if pid == os.getpid():
-        return start == _own_tag().split(".")[1]
+        return start == _own_tag().split(".")[2]
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
