@@ -28,12 +28,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _best(fn, repeats: int) -> float:
-    best = float("inf")
+def _best(fns: dict, repeats: int) -> dict:
+    """Best time of each function over ``repeats`` rounds, the functions
+    interleaved in each round (so a change in machine load hits all alike)."""
+    best = {k: float("inf") for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
     return best
 
 
@@ -75,14 +78,16 @@ def main() -> None:
         ts = make_test_set(n=n, seed=0)
         hooked = mygpt_to_hooked(model)
         plain = mygpt_to_hooked(model, fused=False)
-        score_quizzes(hooked, ts, batch_size=bs, device=dev)  # warm-up
-        t_my = _best(lambda: score_quizzes(model, ts, batch_size=bs, device=dev), args.repeats) / n
-        t_tl = _best(lambda: score_quizzes(hooked, ts, batch_size=bs, device=dev), args.repeats) / n
-        t_plain = _best(lambda: score_quizzes(plain, ts, batch_size=bs, device=dev), args.repeats) / n
         comps = list_components(hooked.cfg.n_layers, hooked.cfg.n_heads)
-        forwards = 1 + len(comps)
-        t_ab = _best(lambda: run_ablations(hooked, ts, components=comps, batch_size=bs, device=dev),
-                     max(1, args.repeats - 1)) / (n * forwards)
+        forwards = 1 + len(comps)  # the clean run, then one per component
+        score_quizzes(hooked, ts, batch_size=bs, device=dev)  # warm-up
+        t = _best({
+            "mygpt": lambda: score_quizzes(model, ts, batch_size=bs, device=dev),
+            "tl": lambda: score_quizzes(hooked, ts, batch_size=bs, device=dev),
+            "plain": lambda: score_quizzes(plain, ts, batch_size=bs, device=dev),
+            "ablate": lambda: run_ablations(hooked, ts, components=comps, batch_size=bs, device=dev),
+        }, args.repeats)
+        t_my, t_tl, t_plain, t_ab = t["mygpt"] / n, t["tl"] / n, t["plain"] / n, t["ablate"] / (n * forwards)
         print(f"{shape:>6} {n:>4} {t_my:>10.4f} {t_tl:>10.4f} {t_tl / t_my:>6.2f} {t_plain:>11.4f} "
               f"{t_plain / t_my:>6.2f} {t_ab:>10.4f} {t_ab / t_my:>6.2f}")
 

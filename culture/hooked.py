@@ -164,7 +164,8 @@ def _fused_attention_forward(attn):
 
     def forward(query_input, key_input, value_input, past_kv_cache_entry=None, additive_attention_mask=None,
                 attention_mask=None, position_bias=None):
-        if (_hooked(attn.hook_attn_scores) or _hooked(attn.hook_pattern) or additive_attention_mask is not None
+        if (not _plain_config(cfg) or _hooked(attn.hook_attn_scores) or _hooked(attn.hook_pattern)
+                or additive_attention_mask is not None
                 or position_bias is not None or query_input.dim() != 3
                 or (attention_mask is not None and not bool(attention_mask.all()))):
             return original(query_input, key_input, value_input, past_kv_cache_entry=past_kv_cache_entry,
@@ -204,15 +205,19 @@ def _layer_norm_forward(ln):
     return forward
 
 
+def _plain_config(cfg) -> bool:
+    """The configuration the fused path computes exactly (read at each call:
+    ``set_use_attn_result(True)`` and the like switch it off)."""
+    return not (cfg.use_attn_result or cfg.use_split_qkv_input or cfg.use_attn_in
+                or cfg.positional_embedding_type != "standard" or getattr(cfg, "use_attention_sinks", False)
+                or getattr(cfg, "load_in_4bit", False) or getattr(cfg, "use_qk_norm", False)
+                or getattr(cfg, "clip_qkv", None) is not None or getattr(cfg, "use_logn_attn", False)
+                or cfg.original_architecture is not None)
+
+
 def _speed_up(model) -> None:
     """Fused attention and LayerNorm in every block of a culture HookedTransformer
     (see :func:`_fused_attention_forward`)."""
-    cfg = model.cfg
-    if (cfg.use_attn_result or cfg.use_split_qkv_input or cfg.use_attn_in or cfg.positional_embedding_type != "standard"
-            or getattr(cfg, "use_attention_sinks", False) or getattr(cfg, "load_in_4bit", False)
-            or getattr(cfg, "use_qk_norm", False) or getattr(cfg, "clip_qkv", None) is not None
-            or getattr(cfg, "use_logn_attn", False) or cfg.original_architecture is not None):
-        return
     for block in model.blocks:
         block.attn.forward = _fused_attention_forward(block.attn)
         for ln in (block.ln1, block.ln2):

@@ -15,11 +15,12 @@ convention for temporary files.
   that fails half-way leaves none of them (nor the parent folders it made).
 
 Temporary files and folders: every one is named
-``.culture-tmp.<pid>.<start>.<random>.<name>`` and lives in the folder of the
-output it becomes (a rename is atomic only within one file system). A run
-killed with SIGKILL (or a power cut) cannot remove its own; any later run that
-writes into the same folder removes those whose process is gone
-(:func:`clean_stale`: the pid is not running, or runs a newer process).
+``.culture-tmp.<host>.<pid>.<start>.<random>.<name>`` and lives in the folder
+of the output it becomes (a rename is atomic only within one file system). A
+run killed with SIGKILL (or a power cut) cannot remove its own; any later run
+on the same machine that writes into the same folder removes those whose
+process is gone (:func:`clean_stale`: the pid is not running, or runs a newer
+process).
 """
 
 from __future__ import annotations
@@ -59,27 +60,39 @@ def _process_start(pid: int) -> str:
 _SELF_START: dict[int, str] = {}
 
 
+def host_tag() -> str:
+    """8 hex digits naming this machine (container): a folder shared between
+    machines only has its own machine's leftovers removed."""
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def _own_tag() -> str:
     pid = os.getpid()
     if pid not in _SELF_START:  # after a fork the pid changes
         _SELF_START[pid] = _process_start(pid)
-    return f"{pid}.{_SELF_START[pid]}"
+    return f"{host_tag()}.{pid}.{_SELF_START[pid]}"
 
 
 def temp_name(name: str) -> str:
-    """A fresh temporary name for an output called ``name``."""
-    return f"{TMP_PREFIX}{_own_tag()}.{secrets.token_hex(4)}.{name}"
+    """A fresh temporary name for an output called ``name`` (its first 100
+    characters: the temporary name must fit where the real one fits)."""
+    return f"{TMP_PREFIX}{_own_tag()}.{secrets.token_hex(4)}.{name[:100]}"
 
 
 def _owner_alive(entry: str) -> bool:
     """Whether the process that made temporary entry ``entry`` still runs."""
-    parts = entry[len(TMP_PREFIX):].split(".", 3)
+    parts = entry[len(TMP_PREFIX):].split(".", 4)
     try:
-        pid, start = int(parts[0]), parts[1]
+        host, pid, start = parts[0], int(parts[1]), parts[2]
     except (IndexError, ValueError):
         return True  # not ours after all: leave it
+    if host != host_tag():
+        return True  # another machine's: its runs cannot be seen from here
     if pid == os.getpid():
-        return start == _own_tag().split(".")[1]
+        return start == _own_tag().split(".")[2]
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -188,6 +201,8 @@ def check_output(path: str | os.PathLike, kind: str = FILE, *, overwrite: bool |
     if not str(text).strip():
         raise OutputError(f"{what or 'output path'}: empty path")
     p = Path(text).expanduser()
+    if len(p.name.encode()) > 255:
+        raise OutputError(f"{label}: file name longer than 255 bytes")
     if p.exists() or p.is_symlink():
         if kind == FILE:
             if p.is_dir():
@@ -199,6 +214,11 @@ def check_output(path: str | os.PathLike, kind: str = FILE, *, overwrite: bool |
                 raise OutputError(f"{label} exists and is not a directory")
             if kind == DIR and overwrite is False and any(p.iterdir()):
                 raise OutputError(f"{label} exists and is not empty (use --overwrite to replace it)")
+            if kind == DIR and overwrite is True and any(p.iterdir()):
+                real = p.resolve()
+                if real == Path(real.anchor) or real == Path.home().resolve() or Path.cwd().resolve().is_relative_to(real):
+                    raise OutputError(f"{label} would be replaced whole, and it holds the current directory, the "
+                                      "home directory or the whole file system: give a folder of its own")
     parent = p.parent
     while not parent.exists():
         if parent.is_symlink():
@@ -437,6 +457,8 @@ def load_tensors(path: str | os.PathLike, error: type[Exception] = CultureError,
     path = Path(path)
     if path.is_dir():
         raise error(f"{path} is a directory, not a {what}")
+    if path.exists() and not path.is_file():
+        raise error(f"{path} is not a regular file, not a {what}")
     if not path.is_file():
         raise error(f"{what} not found: {path}")
     if path.stat().st_size == 0:

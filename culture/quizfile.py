@@ -25,14 +25,11 @@ class QuizFileError(CultureError):
 
 
 def _torch_load(path: Path):
-    if not path.is_file():
+    from culture.io import load_tensors
+
+    if not path.exists():
         raise QuizFileError(f"file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds
-        if "Unsupported global" in str(exc):
-            raise QuizFileError(f"{path}: refused, the file holds code or objects beyond tensors") from None
-        raise QuizFileError(f"{path}: not a readable tensor file") from None
+    return load_tensors(path, QuizFileError, "tensor file")
 
 
 def _cat(parts, path: Path, what: str) -> torch.Tensor:

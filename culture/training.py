@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from culture import quiz as Q
 from culture.errors import CultureError
-from culture.io import atomic_torch_save, atomic_write_json, make_parents, remove_empty
+from culture.io import atomic_torch_save, atomic_write_json, load_tensors, make_parents, remove_empty
 from culture.mygpt import PRESETS, GPTConfig, MyGPT, read_checkpoint, save_checkpoint
 from culture.quizfile import load_c_quizzes, save_c_quizzes
 
@@ -225,7 +225,7 @@ def training_record(source) -> tuple[list[dict], list[int] | None]:
     if source.has_file(CONFIG_FILE) and source.has_file(STATE_FILE):
         try:
             config = json.loads(source.file(CONFIG_FILE).read_text())
-            state = torch.load(source.file(STATE_FILE), map_location="cpu", weights_only=True)
+            state = load_tensors(source.file(STATE_FILE), TrainingError, "training state")
         except Exception:  # noqa: BLE001 -- an unreadable record is no record
             return [], None
         return run_stages(config, state), [int(e) for e in state["epochs"]]
@@ -363,10 +363,7 @@ class CultureRun:
             config.device = device
         config.structures()
         run = cls(out, config, hooks)
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001
-            raise TrainingError(f"{state_path}: unreadable training state") from None
+        state = load_tensors(state_path, TrainingError, "training state")
         for k in range(config.nb_models):
             weights, accuracy = read_checkpoint(out / f"gpt_{k:03d}.pth")
             model = MyGPT(config.gpt_config())

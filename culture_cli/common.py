@@ -360,6 +360,25 @@ def _installed_package_dir() -> Path | None:
     return package if package.name in ("site-packages", "dist-packages") else None
 
 
+#: the largest integer an option may take (torch and numpy take 64-bit integers)
+MAX_INT = 2**63 - 1
+
+
+def check_numbers(command, values: dict) -> None:
+    """Refuse, for every command alike, numbers no option can mean: a float
+    option that is NaN or infinite, an integer beyond 64 bits."""
+    flags = {p.name: max(p.opts, key=len) for p in command.params if getattr(p, "opts", None)}
+    for name, value in values.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for v in items:
+            if isinstance(v, bool):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                fail(f"{flags.get(name, name)} must be a finite number, got {v}")
+            if isinstance(v, int) and abs(v) > MAX_INT:
+                fail(f"{flags.get(name, name)}: {v} is too large (at most {MAX_INT:,})")
+
+
 def check_outputs(command, values: dict) -> None:
     """Check the output options (:func:`output_options`) of a click command
     against the values it is called with: one error line (exit 2) for the

@@ -4,7 +4,9 @@ Every command module registers itself (``register(app)``); :func:`cli_command`
 builds the click command tree once and prepares every command alike:
 
 * its output options are checked before its body runs
-  (:func:`culture_cli.common.check_outputs`; see ``culture_cli.common``);
+  (:func:`culture_cli.common.check_outputs`; see ``culture_cli.common``), and
+  numbers no option can mean (NaN, infinity, integers beyond 64 bits) are
+  refused (:func:`culture_cli.common.check_numbers`);
 * help shows no ``<bool>`` after flags and ``<int> ...`` after options that
   take several values.
 
@@ -77,11 +79,12 @@ class _Terminated(BaseException):
 def _guarded(command):
     """The command's callback behind the output check. The body is looked up
     as ``command.culture_body`` at call time (tests replace it)."""
-    from culture_cli.common import check_outputs
+    from culture_cli.common import check_numbers, check_outputs
 
     command.culture_body = command.callback
 
     def callback(**values):
+        check_numbers(command, values)
         check_outputs(command, values)
         try:
             return command.culture_body(**values)

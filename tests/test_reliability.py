@@ -272,22 +272,24 @@ def test_sigterm_stops_a_command_cleanly(tmp_path, monkeypatch, capsys):
 
 
 def test_stale_temporary_files_of_dead_runs_are_removed(tmp_path):
-    from culture.io import clean_stale, temp_name
+    from culture.io import TMP_PREFIX, clean_stale, host_tag, temp_name
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale_dir = tmp_path / f".culture-tmp.{dead.pid}.123.abcd.data"
+    stale_dir = tmp_path / f"{TMP_PREFIX}{host_tag()}.{dead.pid}.123.abcd.data"
     stale_dir.mkdir()
     (stale_dir / "x").write_text("x")
-    stale_file = tmp_path / f".culture-tmp.{dead.pid}.123.abcd.r.json"
+    stale_file = tmp_path / f"{TMP_PREFIX}{host_tag()}.{dead.pid}.123.abcd.r.json"
     stale_file.write_text("x")
+    elsewhere = tmp_path / f"{TMP_PREFIX}0badc0de.{dead.pid}.123.abcd.r.json"  # another machine's
+    elsewhere.write_text("x")
     mine = tmp_path / temp_name("live.json")
     mine.write_text("x")
     other = tmp_path / ".not-ours.tmp"
     other.write_text("x")
     removed = clean_stale(tmp_path)
     assert sorted(removed) == sorted([stale_dir, stale_file])
-    assert mine.exists() and other.exists()
+    assert mine.exists() and other.exists() and elsewhere.exists()
 
 
 def test_a_killed_dataset_build_is_cleaned_by_the_next_one(tmp_path, capsys):
@@ -409,6 +411,9 @@ def test_fused_attention_matches_transformer_lens_own(tmp_path):
         z = {}
         fused.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", lambda t, hook: z.setdefault("z", t))])
         assert z["z"].shape == (3, 404, TINY_4M_LIKE[3], fused.cfg.d_head)
+        fused.set_use_attn_result(True)  # switched on later: TransformerLens's path, hook_result fires
+        _, cache = fused.run_with_cache(tokens, names_filter=["blocks.0.attn.hook_result"])
+        assert cache["blocks.0.attn.hook_result"].shape == (3, 404, TINY_4M_LIKE[3], TINY_4M_LIKE[0])
 
 
 # ------------------------------------------------------------------ SAE training resumes

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from culture.errors import first_sentence
-from culture.io import OutputSet, atomic_write_json, check_out_dir
+from culture.io import OutputSet, atomic_write_json, check_out_dir, json_safe
 from culture.sae.common import DEFAULT_HOOK, SAEError, activation_size, hook_dirname
 
 #: prompt-noise probability of the published run (evaluation and datasets use it too)
@@ -170,6 +170,18 @@ class SAETrainSettings:
         need(self.n_batches_for_norm_estimate >= 1, "n_batches_for_norm_estimate must be >= 1")
         need(self.dtype in ("float32", "float64", "float16", "bfloat16"), f"unsupported dtype {self.dtype!r}")
         need(self.n_checkpoints >= 0, f"n_checkpoints must be >= 0, got {self.n_checkpoints}")
+        for name in ("lr_warm_up_steps", "lr_decay_steps", "l1_warm_up_steps"):
+            value = getattr(self, name)
+            need(value is None or value >= 0, f"{name} must be >= 0, got {value}")
+        for name in ("feature_sampling_window", "dead_feature_window", "wandb_log_frequency", "eval_every_n_wandb_logs"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.dead_feature_threshold >= 0, f"dead_feature_threshold must be >= 0, got {self.dead_feature_threshold}")
+        need(self.lp_norm > 0, f"lp_norm must be > 0, got {self.lp_norm}")
+        need(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1,
+             f"Adam betas must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}")
+        need(self.lr_end is None or self.lr_end >= 0, f"lr_end must be >= 0, got {self.lr_end}")
+        need(self.decoder_init_norm is None or self.decoder_init_norm >= 0,
+             f"decoder_init_norm must be >= 0, got {self.decoder_init_norm}")
 
 
 @dataclass
@@ -707,9 +719,10 @@ def train_sae(
                     f"{settings.dead_feature_window} steps)",
             **(extra_summary or {}),
         }
-        (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        text = json.dumps(json_safe(summary), indent=2, default=str) + "\n"  # strict JSON: NaN as null
+        (tmp / "training_summary.json").write_text(text)
         if summary_json is not None:
-            staged.file(summary_json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            staged.file(summary_json).write_text(text)
         staged.commit()
     except BaseException:
         staged.rollback()

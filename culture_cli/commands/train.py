@@ -48,9 +48,8 @@ def train(
     train_samples: int = typer.Option(40_000, "--train-samples", min=1, help="Quizzes per epoch."),
     test_samples: int = typer.Option(2_000, "--test-samples", min=1, help="Test-set size."),
     batch_size: int = typer.Option(25, "--batch-size", min=1, help="Quizzes per training step."),
-    lr: Optional[float] = typer.Option(
-        None, "--lr", min=0.0, show_default="5e-4",
-        help="Adam learning rate; with --resume, a new one (Adam's moments are kept)."),
+    lr: float = typer.Option(
+        5e-4, "--lr", min=0.0, help="Adam learning rate; with --resume, a new one (Adam's moments are kept)."),
     prompt_noise: float = typer.Option(0.05, "--prompt-noise", min=0.0, max=1.0,
                                        help="Prompt noise of the noised structures (1 and 2)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the models, quizzes and culture phases."),
@@ -91,7 +90,7 @@ def train(
         if fixed:
             fail(f"--resume continues the run with its own settings: {', '.join(option_flag(n) for n in fixed)} "
                  f"cannot change on resume (it may change {', '.join(option_flag(n) for n in RESUMABLE)})")
-    if lr is not None and lr <= 0:
+    if not lr > 0:
         fail(f"--lr must be > 0, got {lr}")
     _check_device(device, torch)
     hooks = RichTrainingHooks()
@@ -110,7 +109,7 @@ def train(
             nb_heads=nb_heads, nb_blocks=nb_blocks, dropout=dropout,
             attention_dropout=attention_dropout, tasks=tuple(tasks) if tasks else None,
             train_samples=train_samples, test_samples=test_samples, batch_size=batch_size,
-            lr=TrainConfig.lr if lr is None else lr,
+            lr=lr,
             prompt_noise=prompt_noise, seed=seed, threshold=threshold, max_rounds=max_rounds,
             target_accuracy=target_accuracy, target_greedy_accuracy=target_greedy_accuracy,
             culture=not no_culture, max_fail=max_fail,
