@@ -467,7 +467,7 @@ class NeuronBlockSums:
                   else labels.groups(self.a.control).reshape(-1))
         half_t = halves.to(dev).repeat_interleave(p)
         blk = blocks.repeat_interleave(p).to(dev)
-        flat = [a.reshape(n * p, -1).double() for a in acts]
+        flat = [a.reshape(n * p, -1) for a in acts]  # columns are picked before any float64 copy
 
         def block_sum(v):  # (T, c) -> (K, c)
             out = torch.zeros(self.k, v.shape[1], dtype=torch.float64, device=v.device)
@@ -478,9 +478,14 @@ class NeuronBlockSums:
         need = self._needed()
         if self.mom.baseline == "rotation" and self._rot is None:
             self._rotation_plan()
+        picked = [flat[i].index_select(1, need[i].to(dev)).double() for i in range(m)]
+        raw_rot = {}
+        if self.mom.baseline == "rotation":  # the rotated units this batch needs, before removing means
+            for j in range(m):
+                raw_rot[j] = [(flat[j][:, int(block[0]):int(block[-1]) + 1] @ rows.t().to(flat[j].dtype)).double()
+                              for block, rows, _ in self._rot[j][0]]
         for view in self.views:
-            res = [flat[i].index_select(1, need[i]) - self._token_means(self.means[view][i], need[i], groups, half_t)
-                   for i in range(m)]
+            res = [picked[i] - self._token_means(self.means[view][i], need[i], groups, half_t) for i in range(m)]
 
             def cols_of(i, cols):
                 return res[i].index_select(1, self._where[i][cols])
@@ -495,10 +500,10 @@ class NeuronBlockSums:
             if self.mom.baseline == "rotation":
                 for j in range(m):
                     cols = []
-                    for block, rows, means in self._rot[j][0]:
+                    for (_, _, means), units in zip(self._rot[j][0], raw_rot[j]):
                         mean = means[view]
                         mean = mean[groups] if mean.dim() == 2 else mean[half_t, groups]
-                        cols.append(flat[j].index_select(1, block) @ rows.t() - mean)
+                        cols.append(units - mean)
                     rotated[j] = torch.cat(cols, 1) if cols else torch.zeros(n * p, 0, dtype=torch.float64)
             pair_set, base_set = self.VIEWS[view]
             for (i, j) in self.ordered:
@@ -511,7 +516,7 @@ class NeuronBlockSums:
                     elif self.mom.baseline == "rotation":
                         y = rotated[j].index_select(1, self._rot[j][1][cols])
                     else:
-                        raw = nulls[j].reshape(n * p, -1).double().index_select(1, cols)
+                        raw = nulls[j].reshape(n * p, -1).index_select(1, cols).double()
                         y = raw - self._token_means(self._null_means(view, (i, j)), cols, groups, half_t)
                     self.y1[((i, j), s)] += block_sum(y)
                     self.y2[((i, j), s)] += block_sum(y * y)
