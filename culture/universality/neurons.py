@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from culture.universality.controls import n_groups
+from culture.universality.controls import add_to_groups, n_groups
 from culture.universality.stats import (
     Centered,
     GroupSums,
@@ -147,9 +147,8 @@ class NeuronMoments:
             for (i, j) in self.pairs:
                 self.cross[(i, j)][h].update(prepared[i], prepared[j])
             for c, per_model in self.groups.items():
-                g = labels.groups(c)[rows].reshape(-1)
                 for i in range(self.m):
-                    per_model[i][h].update(flat[i], g)
+                    add_to_groups(per_model[i][h], acts[i], labels, c, rows)
             if self.selfs is not None:
                 for i in range(self.m):
                     off = self.offsets[i]
@@ -161,9 +160,8 @@ class NeuronMoments:
                 for (i, j) in self.ordered:
                     self.null[(i, j)][h].update(prepared[i], null_prep[j])
                 for c, per_pair in self.null_groups.items():
-                    g = labels.groups(c)[rows].reshape(-1)
                     for (i, j) in self.ordered:
-                        per_pair[(i, j)][h].update(null_flat[j], g)
+                        add_to_groups(per_pair[(i, j)][h], nulls[j], labels, c, rows)
             del prepared
 
     # ------------------------------------------------------------ results
