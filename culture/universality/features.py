@@ -268,7 +268,8 @@ class FeatureBlockSums:
         self.sums = {key: np.zeros((5, k, len(c[1]))) for key, c in self.cols.items()}
 
     def _residual(self, f, e, cols, groups):
-        x = f.index_select(1, torch.as_tensor(cols, dtype=torch.long)).double()
+        cols = torch.as_tensor(cols, dtype=torch.long, device=f.device)
+        x = f.index_select(1, cols).double()
         if groups is None:
             return x - self.global_means[e].to(x)[cols]
         return x - self.means[e].to(x)[:, cols][groups]

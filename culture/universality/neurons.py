@@ -408,7 +408,7 @@ class NeuronBlockSums:
     @staticmethod
     def _token_means(table: torch.Tensor, cols, groups, halves) -> torch.Tensor:
         """(T, c): each token's means for columns ``cols`` from a (G, W) or (2, G, W) table."""
-        t = table.index_select(-1, cols)
+        t = table.index_select(-1, cols.to(table.device))
         if table.dim() == 2:
             return t[groups]
         return t[halves, groups]
@@ -450,7 +450,10 @@ class NeuronBlockSums:
                 sel = units[layer_of == k]
                 rows = mom.rotations[j][k][torch.as_tensor(sel - off[k])].double()  # (c, H)
                 block = torch.arange(off[k], off[k + 1])
-                means = {v: self.means[v][j].index_select(-1, block).double() @ rows.t() for v in self.views}
+                means = {}
+                for v in self.views:
+                    table = self.means[v][j]
+                    means[v] = table.index_select(-1, block.to(table.device)).double() @ rows.t().to(table.device)
                 parts.append((block, rows, means))
             lookup = torch.full((mom.widths[j],), -1, dtype=torch.long)
             lookup[torch.as_tensor(units)] = torch.arange(len(units))
@@ -480,13 +483,13 @@ class NeuronBlockSums:
         raw_rot = {}
         if self.mom.baseline == "rotation":  # the rotated units this batch needs, before removing means
             for j in range(m):
-                raw_rot[j] = [(flat[j][:, int(block[0]):int(block[-1]) + 1] @ rows.t().to(flat[j].dtype)).double()
+                raw_rot[j] = [(flat[j][:, int(block[0]):int(block[-1]) + 1] @ rows.t().to(flat[j])).double()
                               for block, rows, _ in self._rot[j][0]]
         for view in self.views:
             res = [picked[i] - self._token_means(self.means[view][i], need[i], groups, half_t) for i in range(m)]
 
             def cols_of(i, cols):
-                return res[i].index_select(1, self._where[i][cols])
+                return res[i].index_select(1, self._where[i][cols].to(dev))
 
             xs = []
             for i in range(m):
@@ -512,9 +515,9 @@ class NeuronBlockSums:
                     if s == pair_set:
                         y = cols_of(j, cols)
                     elif self.mom.baseline == "rotation":
-                        y = rotated[j].index_select(1, self._rot[j][1][cols])
+                        y = rotated[j].index_select(1, self._rot[j][1][cols].to(dev))
                     else:
-                        raw = nulls[j].reshape(n * p, -1).index_select(1, cols).double()
+                        raw = nulls[j].reshape(n * p, -1).index_select(1, cols.to(dev)).double()
                         y = raw - self._token_means(self._null_means(view, (i, j)), cols, groups, half_t)
                     self.y1[((i, j), s)] += block_sum(y)
                     self.y2[((i, j), s)] += block_sum(y * y)

@@ -532,7 +532,7 @@ def rotated_correlation(c_xy: torch.Tensor, m2_x: torch.Tensor, c_yy, rotation: 
     variances already computed (:func:`rotated_variances`). Returns (a, b)
     float64, 0 for dead rows / rotated units without variance."""
     c = compute_dtype or c_xy.dtype
-    cross = (c_xy.to(c) @ rotation.to(c).t()).to(c_xy.dtype)
+    cross = (c_xy.to(c) @ rotation.to(device=c_xy.device, dtype=c).t()).to(c_xy.dtype)
     m2_y = c_yy if c_yy.dim() == 1 else rotated_variances(c_yy, rotation)
     alive_y = m2_y > 1e-300
     sx = torch.where(m2_x > 0, m2_x, torch.ones_like(m2_x)).sqrt()
