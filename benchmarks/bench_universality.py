@@ -4,12 +4,12 @@ Each measurement runs :func:`culture.universality.compare_models` in a fresh
 subprocess (random MyGPT models of a small shape, world quizzes) and reports
 
 * RSS after setup (imports, models) and the process's peak RSS
-  (``ru_maxrss``): their difference is what the streaming pass adds, and it
-  must stay flat as the token count grows (activations of one batch +
+  (``ru_maxrss``): their difference is what the two streaming passes add, and
+  it must stay flat as the token count grows (activations of one batch +
   float64 accumulators, which depend on the widths, not on the tokens);
 * the accumulators' size (:func:`culture.universality.estimate_memory`);
 * seconds per model pair per million tokens: wall time of the comparison /
-  model pairs streamed (trained pairs + baseline pairs) / millions of tokens.
+  model pairs streamed (trained pairs + random-init pairs) / millions of tokens.
   This includes quiz generation and the forward passes, i.e. what a user waits.
 
     python benchmarks/bench_universality.py                      # 20k, 80k, 320k tokens
@@ -59,12 +59,13 @@ def child(args) -> None:
         torch.manual_seed(1000 + k)
         models.append(MyGPT(cfg).eval())
     # warm up (first forward allocates; first TransformerLens model builds lazily)
-    compare_models(models, n_tokens=404, baseline=args.baseline, cka=args.cka, batch_size=args.batch_size,
-                   compute_dtype=getattr(torch, args.precision))
+    compare_models(models, n_tokens=808, random_init=args.baseline, cka=args.cka, batch_size=args.batch_size,
+                   compute_dtype=getattr(torch, args.precision), cka_permutations=args.permutations)
     setup_rss = _rss_mib()
     t0 = time.perf_counter()
-    report = compare_models(models, n_tokens=args.n_tokens, baseline=args.baseline, cka=args.cka,
-                            batch_size=args.batch_size, compute_dtype=getattr(torch, args.precision), seed=1)
+    report = compare_models(models, n_tokens=args.n_tokens, random_init=args.baseline, cka=args.cka,
+                            batch_size=args.batch_size, compute_dtype=getattr(torch, args.precision), seed=1,
+                            cka_permutations=args.permutations)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     pairs = args.models * (args.models - 1) // 2 * (2 if args.baseline else 1)
@@ -72,6 +73,7 @@ def child(args) -> None:
     print(json.dumps({
         "tokens": tokens, "seconds": seconds, "setup_rss_mib": setup_rss, "peak_rss_mib": peak,
         "accumulator_mib": estimate_memory(models, None, args.cka, None, args.baseline) / 2**20,
+        "pass_seconds": report.settings["seconds"],
         "s_per_pair_per_mtok": seconds / pairs / (tokens / 1e6), "batch_size": report.settings["batch_size"],
     }))
 
@@ -85,7 +87,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16, help="quizzes per forward pass")
     p.add_argument("--precision", choices=("float64", "float32"), default="float64")
-    p.add_argument("--no-baseline", dest="baseline", action="store_false")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false", help="no random-init models")
+    p.add_argument("--permutations", type=int, default=19, help="CKA permutation test size")
     p.add_argument("--no-cka", dest="cka", action="store_false")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n-tokens", type=int, help=argparse.SUPPRESS)
@@ -102,7 +105,7 @@ def main() -> None:
     for n in args.tokens:
         cmd = [sys.executable, __file__, "--child", "--n-tokens", str(n), "--shape", *map(str, args.shape),
                "--models", str(args.models), "--threads", str(args.threads), "--batch-size", str(args.batch_size),
-               "--precision", args.precision]
+               "--precision", args.precision, "--permutations", str(args.permutations)]
         if not args.baseline:
             cmd.append("--no-baseline")
         if not args.cka:

@@ -290,6 +290,8 @@ def family_images(report, max_families: int = 12, quizzes: int = 3, cell_px: int
     for fam in report.family_rows(max_families):
         k = fam["family"]
         members = sae.families[k].members
+        if (k, sae.anchor) not in ex["acts"]:
+            continue
         anchor_acts = ex["acts"][(k, sae.anchor)]
         top = anchor_acts.max(1).values.argsort(descending=True)[:quizzes]
         top = top[anchor_acts[top].max(1).values > 0]

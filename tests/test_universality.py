@@ -12,6 +12,7 @@ import torch
 
 from culture.errors import CultureError
 from culture.mygpt import GPTConfig, MyGPT
+from culture.world import generate_quizzes
 from culture.universality import (
     GroupSums,
     ModelRunner,
@@ -43,16 +44,11 @@ def _model(seed: int, cfg: GPTConfig = CFG) -> MyGPT:
 
 def _permuted_mlp_copy(model: MyGPT, seed: int = 1) -> tuple[MyGPT, list[torch.Tensor]]:
     """A copy computing the same function with the MLP neurons of every layer permuted."""
-    out = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    perms = []
-    with torch.no_grad():
-        for blk in out.mlp_blocks:
-            p = torch.randperm(blk.up.weight.shape[0], generator=g)
-            blk.up.weight.copy_(blk.up.weight[p])
-            blk.up.bias.copy_(blk.up.bias[p])
-            blk.down.weight.copy_(blk.down.weight[:, p])
-            perms.append(p)
+    from culture.universality import permuted_mlp_copy
+
+    out, perms = permuted_mlp_copy(model, seed)
+    q = generate_quizzes(2, seed=0)
+    torch.testing.assert_close(out(q), model(q), atol=1e-5, rtol=0)  # the same function
     return out, perms
 
 
@@ -624,6 +620,13 @@ def test_cli_compare_end_to_end(tmp_path, capsys):
     assert d["cka"] is None and d["settings"]["layers"] == [1] and d["settings"]["controls"] == ["position"]
     assert d["summary"][0]["random_share_universal"] is None
     assert d["settings"]["quiz_kinds"] == "culture" and d["tasks"] == {"culture": 2 * 399}
+    # the ceiling of the neuron measure: a model against its permuted copy
+    code, out, err = run_cli(capsys, "universality", "compare", "--models", "1", "--self-copy", "--source", str(root),
+                             "--tokens", "404", "--controls", "none", "--no-random-init", "--no-cka", "--json",
+                             str(out_json), "--resamples", "20")
+    assert code == 0, err
+    d = json.loads(out_json.read_text())
+    assert d["models"] == ["1", "1-copy"] and d["neurons"]["none"][0]["mean_max_corr"] == pytest.approx(1.0)
 
 
 def test_cli_errors(tmp_path, capsys):
@@ -642,6 +645,7 @@ def test_cli_errors(tmp_path, capsys):
     assert "SAE directory not found" in error_line(capsys, "universality", "compare", *src, "--sae",
                                                    str(tmp_path / "no"), "--sae", str(tmp_path / "no2"))
     assert "--dashboard" in error_line(capsys, "universality", "compare", *src, "--dashboard", str(tmp_path / "d"))
+    assert "one model id" in error_line(capsys, "universality", "compare", *src, "--self-copy")
     assert "c-quizzes" in error_line(capsys, "universality", "compare", *src, "--quizzes", "culture",
                                      "--tokens", "404")
     solo = make_local_source(tmp_path, SHAPE, n_models=1, name="solo")

@@ -39,7 +39,13 @@ import torch
 
 from culture.errors import CultureError
 from culture.universality.cka import CKAMoments
-from culture.universality.controls import CONTROL_DESCRIPTIONS, TokenLabels, check_controls, n_groups
+from culture.universality.controls import (
+    CONTROL_DESCRIPTIONS,
+    TokenLabels,
+    add_to_groups,
+    check_controls,
+    n_groups,
+)
 from culture.universality.features import (
     FeatureBlockSums,
     FeatureMoments,
@@ -72,8 +78,9 @@ DEFAULT_CONTROLS = ("none", "position", "position_structure", "token")
 NO_TASK = "all"
 #: activations of one forward batch (all models of a group) are kept under this many floats
 BATCH_FLOATS = 32 * 2**20
-#: quizzes drawn for the family pictures of the dashboard
+#: quizzes drawn for the family pictures of the dashboard, and families drawn
 EXAMPLE_QUIZZES = 64
+EXAMPLE_FAMILIES = 12
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -299,12 +306,11 @@ class _Group:
                                              self.n_tasks)
         if self.cka_sums is not None:
             stacked = []
+            n, p = tokens.shape[0], pos.shape[0]
             for i in range(len(self.runners)):
                 rows = self._rows(acts, i)
                 for c, sums in self.cka_sums.items():
-                    g = labels.groups(c)
-                    g = torch.zeros(rows.shape[0], dtype=torch.long, device=rows.device) if g is None else g.reshape(-1)
-                    sums[i].update(rows, g)
+                    add_to_groups(sums[i], rows.reshape(n, p, -1), labels, c)
                 off = np.concatenate([[0], np.cumsum(self.cka_widths[i])])
                 prepared = Centered.of(rows, compute_dtype=self.compute_dtype)
                 for r, acc in enumerate(self.cka_self[i]):
@@ -651,7 +657,7 @@ def compare_models(
     if entries:
         sae_result = _sae_comparison(trained, entries, threshold, controls[0], task_names)
         if sae_result.families:
-            example_store = _ExampleStore(sae_result, EXAMPLE_QUIZZES, pos)
+            example_store = _ExampleStore(sae_result, EXAMPLE_QUIZZES, pos, EXAMPLE_FAMILIES)
 
     # ------------------------------------------------------------- pass 2
     for g in groups:
@@ -797,9 +803,11 @@ def _sae_comparison(group: _Group, entries, threshold, control, task_names) -> S
 class _ExampleStore:
     """Family members' activations on the first quizzes of pass 2 (dashboard)."""
 
-    def __init__(self, sae: SAEComparison, n: int, pos: torch.Tensor):
+    def __init__(self, sae: SAEComparison, n: int, pos: torch.Tensor, families: int = 12):
         self.sae = sae
         self.n = n
+        # the strongest families (those the page shows)
+        self.shown = sorted(range(len(sae.families)), key=lambda k: -sae.families[k].min_corr)[:families]
         self.pos = pos.cpu()
         self.quizzes: list[torch.Tensor] = []
         self.acts: dict[tuple[int, int], list[torch.Tensor]] = {}
@@ -812,7 +820,8 @@ class _ExampleStore:
         def collect(feats):
             take = min(self.n - self.have, quizzes.shape[0])
             self.quizzes.append(quizzes[:take].cpu())
-            for k, fam in enumerate(self.sae.families):
+            for k in self.shown:
+                fam = self.sae.families[k]
                 for e, f in fam.members.items():
                     full = torch.zeros(take, 404)
                     full[:, self.pos] = feats[e][:take, :, f].cpu().float()

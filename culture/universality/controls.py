@@ -107,4 +107,20 @@ class TokenLabels:
         raise UniversalityError(f"unknown control {control!r}")
 
 
-__all__ = ["CONTROLS", "CONTROL_DESCRIPTIONS", "ROLES", "CELL_CLASSES", "TokenLabels", "check_controls", "n_groups"]
+def add_to_groups(sums, acts: torch.Tensor, labels: "TokenLabels", control: str, rows=None) -> None:
+    """Add activations (n, P, W) of a batch (its quizzes ``rows`` only, when
+    given) to the :class:`~culture.universality.stats.GroupSums` of
+    ``control`` ("none": one group). Per position the sum over quizzes is a
+    plain reduction (no scatter)."""
+    a = acts if rows is None else acts[rows]
+    n, p = a.shape[:2]
+    if control == "position":
+        sums.add(a.sum(0, dtype=torch.float64), torch.full((p,), float(n), dtype=torch.float64, device=a.device))
+        return
+    g = labels.groups(control)
+    g = torch.zeros(n * p, dtype=torch.long, device=a.device) if g is None else (g if rows is None else g[rows])
+    sums.update(a.reshape(n * p, -1), g.reshape(-1))
+
+
+__all__ = ["add_to_groups", "CONTROLS", "CONTROL_DESCRIPTIONS", "ROLES", "CELL_CLASSES", "TokenLabels", "check_controls",
+           "n_groups"]

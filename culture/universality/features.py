@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from culture.universality.controls import CELL_CLASSES, ROLES, n_groups
+from culture.universality.controls import CELL_CLASSES, ROLES, add_to_groups, n_groups
 from culture.universality.stats import (
+    Centered,
     FeatureMatching,
     GroupSums,
     StreamingCorrelation,
@@ -107,16 +108,19 @@ class FeatureMoments:
         n, p = feats[0].shape[:2]
         flat = [f.reshape(n * p, -1) for f in feats]
         rolled = [r.reshape(n * p, -1) for r in nulls]
-        for (a, b) in self.pairs:  # features are mostly zero: sparse products
-            self.cross[(a, b)].update_sparse(flat[a], flat[b])
-            self.null[(a, b)].update_sparse(flat[a], rolled[b])
+        prepared = [Centered.of(f, compute_dtype=self.compute_dtype) for f in flat]
+        null_prepared = {}
+        for (a, b) in self.pairs:
+            if b not in null_prepared:
+                null_prepared[b] = Centered.of(rolled[b], compute_dtype=self.compute_dtype)
+            self.cross[(a, b)].update(prepared[a], prepared[b])
+            self.null[(a, b)].update(prepared[a], null_prepared[b])
         if self.groups is not None:
-            g = labels.groups(self.control).reshape(-1)
-            for e, f in enumerate(flat):
-                self.groups[e].update(f, g)
+            for e, f in enumerate(feats):
+                add_to_groups(self.groups[e], f, labels, self.control)
             for (a, b) in self.pairs:
-                self.null_groups[(a, b)][0].update(flat[a], g)
-                self.null_groups[(a, b)][1].update(rolled[b], g)
+                add_to_groups(self.null_groups[(a, b)][0], feats[a], labels, self.control)
+                add_to_groups(self.null_groups[(a, b)][1], nulls[b], labels, self.control)
         # firing counts per (block, category)
         blk = blocks.to(feats[0].device).repeat_interleave(p)
         cats = [quiz_tasks.to(blk.device).repeat_interleave(p),
@@ -264,7 +268,8 @@ class FeatureBlockSums:
         self.sums = {key: np.zeros((5, k, len(c[1]))) for key, c in self.cols.items()}
 
     def _residual(self, f, e, cols, groups):
-        x = f.index_select(1, torch.as_tensor(cols, dtype=torch.long)).double()
+        cols = torch.as_tensor(cols, dtype=torch.long, device=f.device)
+        x = f.index_select(1, cols).double()
         if groups is None:
             return x - self.global_means[e].to(x)[cols]
         return x - self.means[e].to(x)[:, cols][groups]
@@ -396,11 +401,12 @@ def family_rates(families: list[FeatureFamily], counts: list[np.ndarray], tokens
         return
     w = block_weights(tokens.shape[0], n_resamples, seed, np.nonzero(tokens.sum(1) > 0)[0])
     tok_w = w @ tokens  # (B, C)
+    a = (1 - confidence) / 2
     for fam in families:
         fires = sum(counts[e][:, :, f] for e, f in fam.members.items()) / len(fam.members)  # (K, C)
         point = fires.sum(0) / np.maximum(tokens.sum(0), 1)
-        boot = (w @ fires) / np.maximum(tok_w, 1)
-        fam.rates = {name: (float(point[c]), percentile_interval(boot[:, c], confidence))
+        lo, hi = np.quantile((w @ fires) / np.maximum(tok_w, 1), [a, 1 - a], axis=0)  # every category at once
+        fam.rates = {name: (float(point[c]), (float(lo[c]), float(hi[c])))
                      for c, name in enumerate(names) if tokens[:, c].sum() > 0}
         fam.member_rates = {e: {name: float(counts[e][:, c, f].sum() / max(tokens[:, c].sum(), 1))
                                 for c, name in enumerate(names) if tokens[:, c].sum() > 0}

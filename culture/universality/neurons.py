@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from culture.universality.controls import n_groups
+from culture.universality.controls import add_to_groups, n_groups
 from culture.universality.stats import (
     Centered,
     GroupSums,
@@ -147,9 +147,8 @@ class NeuronMoments:
             for (i, j) in self.pairs:
                 self.cross[(i, j)][h].update(prepared[i], prepared[j])
             for c, per_model in self.groups.items():
-                g = labels.groups(c)[rows].reshape(-1)
                 for i in range(self.m):
-                    per_model[i][h].update(flat[i], g)
+                    add_to_groups(per_model[i][h], acts[i], labels, c, rows)
             if self.selfs is not None:
                 for i in range(self.m):
                     off = self.offsets[i]
@@ -161,9 +160,8 @@ class NeuronMoments:
                 for (i, j) in self.ordered:
                     self.null[(i, j)][h].update(prepared[i], null_prep[j])
                 for c, per_pair in self.null_groups.items():
-                    g = labels.groups(c)[rows].reshape(-1)
                     for (i, j) in self.ordered:
-                        per_pair[(i, j)][h].update(null_flat[j], g)
+                        add_to_groups(per_pair[(i, j)][h], nulls[j], labels, c, rows)
             del prepared
 
     # ------------------------------------------------------------ results
@@ -410,7 +408,7 @@ class NeuronBlockSums:
     @staticmethod
     def _token_means(table: torch.Tensor, cols, groups, halves) -> torch.Tensor:
         """(T, c): each token's means for columns ``cols`` from a (G, W) or (2, G, W) table."""
-        t = table.index_select(-1, cols)
+        t = table.index_select(-1, cols.to(table.device))
         if table.dim() == 2:
             return t[groups]
         return t[halves, groups]
@@ -452,7 +450,10 @@ class NeuronBlockSums:
                 sel = units[layer_of == k]
                 rows = mom.rotations[j][k][torch.as_tensor(sel - off[k])].double()  # (c, H)
                 block = torch.arange(off[k], off[k + 1])
-                means = {v: self.means[v][j].index_select(-1, block).double() @ rows.t() for v in self.views}
+                means = {}
+                for v in self.views:
+                    table = self.means[v][j]
+                    means[v] = table.index_select(-1, block.to(table.device)).double() @ rows.t().to(table.device)
                 parts.append((block, rows, means))
             lookup = torch.full((mom.widths[j],), -1, dtype=torch.long)
             lookup[torch.as_tensor(units)] = torch.arange(len(units))
@@ -467,7 +468,7 @@ class NeuronBlockSums:
                   else labels.groups(self.a.control).reshape(-1))
         half_t = halves.to(dev).repeat_interleave(p)
         blk = blocks.repeat_interleave(p).to(dev)
-        flat = [a.reshape(n * p, -1).double() for a in acts]
+        flat = [a.reshape(n * p, -1) for a in acts]  # columns are picked before any float64 copy
 
         def block_sum(v):  # (T, c) -> (K, c)
             out = torch.zeros(self.k, v.shape[1], dtype=torch.float64, device=v.device)
@@ -478,12 +479,17 @@ class NeuronBlockSums:
         need = self._needed()
         if self.mom.baseline == "rotation" and self._rot is None:
             self._rotation_plan()
+        picked = [flat[i].index_select(1, need[i].to(dev)).double() for i in range(m)]
+        raw_rot = {}
+        if self.mom.baseline == "rotation":  # the rotated units this batch needs, before removing means
+            for j in range(m):
+                raw_rot[j] = [(flat[j][:, int(block[0]):int(block[-1]) + 1] @ rows.t().to(flat[j])).double()
+                              for block, rows, _ in self._rot[j][0]]
         for view in self.views:
-            res = [flat[i].index_select(1, need[i]) - self._token_means(self.means[view][i], need[i], groups, half_t)
-                   for i in range(m)]
+            res = [picked[i] - self._token_means(self.means[view][i], need[i], groups, half_t) for i in range(m)]
 
             def cols_of(i, cols):
-                return res[i].index_select(1, self._where[i][cols])
+                return res[i].index_select(1, self._where[i][cols].to(dev))
 
             xs = []
             for i in range(m):
@@ -495,10 +501,10 @@ class NeuronBlockSums:
             if self.mom.baseline == "rotation":
                 for j in range(m):
                     cols = []
-                    for block, rows, means in self._rot[j][0]:
+                    for (_, _, means), units in zip(self._rot[j][0], raw_rot[j]):
                         mean = means[view]
                         mean = mean[groups] if mean.dim() == 2 else mean[half_t, groups]
-                        cols.append(flat[j].index_select(1, block) @ rows.t() - mean)
+                        cols.append(units - mean)
                     rotated[j] = torch.cat(cols, 1) if cols else torch.zeros(n * p, 0, dtype=torch.float64)
             pair_set, base_set = self.VIEWS[view]
             for (i, j) in self.ordered:
@@ -509,9 +515,9 @@ class NeuronBlockSums:
                     if s == pair_set:
                         y = cols_of(j, cols)
                     elif self.mom.baseline == "rotation":
-                        y = rotated[j].index_select(1, self._rot[j][1][cols])
+                        y = rotated[j].index_select(1, self._rot[j][1][cols].to(dev))
                     else:
-                        raw = nulls[j].reshape(n * p, -1).double().index_select(1, cols)
+                        raw = nulls[j].reshape(n * p, -1).index_select(1, cols.to(dev)).double()
                         y = raw - self._token_means(self._null_means(view, (i, j)), cols, groups, half_t)
                     self.y1[((i, j), s)] += block_sum(y)
                     self.y2[((i, j), s)] += block_sum(y * y)

@@ -282,6 +282,30 @@ class ModelRunner:
             return ModelRunner(HookedTransformer(tl_cfg), self.device)
 
 
+def permuted_mlp_copy(model, seed: int = 1):
+    """A copy of a MyGPT computing exactly the same function with the MLP
+    neurons of every layer permuted (rows of ``up``, columns of ``down``):
+    universality's ceiling, the same model in another basis. Returns
+    (copy, per-layer permutations: neuron n of the copy is neuron perm[n])."""
+    import copy
+
+    from culture.mygpt import MyGPT
+
+    if not isinstance(model, MyGPT):
+        raise UniversalityError(f"a permuted copy needs a MyGPT, got {type(model).__name__}")
+    out = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(int(seed))
+    perms = []
+    with torch.no_grad():
+        for blk in out.mlp_blocks:
+            p = torch.randperm(blk.up.weight.shape[0], generator=g)
+            blk.up.weight.copy_(blk.up.weight[p])
+            blk.up.bias.copy_(blk.up.bias[p])
+            blk.down.weight.copy_(blk.down.weight[:, p])
+            perms.append(p)
+    return out, perms
+
+
 def baseline_seed(seed: int, k: int) -> int:
     """Seed of the random model that stands beside model number k."""
     return (int(seed) + 1) * 7919 + int(k)
@@ -348,6 +372,7 @@ def sae_hook_name(sae) -> str | None:
 
 
 __all__ = [
-    "UniversalityError", "ModelRunner", "position_index", "world_quiz_stream", "baseline_seed", "load_saes",
+    "UniversalityError", "ModelRunner", "position_index", "world_quiz_stream", "baseline_seed", "permuted_mlp_copy",
+    "load_saes",
     "load_sae", "sae_hook_name", "sae_input", "POSITIONS", "DEFAULT_NOISE",
 ]

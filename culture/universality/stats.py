@@ -261,43 +261,6 @@ class StreamingCorrelation:
             yl = xl if cy is cx else cy.low(c)
             self.comoment.add_((xl.t() @ yl).to(self.dtype))
 
-    def update_sparse(self, x: torch.Tensor, y: torch.Tensor) -> "StreamingCorrelation":
-        """``update(x, y)`` for mostly-zero x, y (SAE feature activations): the
-        batch co-moment X^T Y - n mean_x mean_y^T with X^T Y a sparse product
-        (torch.sparse, ~density x the dense cost), then the same merge. Falls
-        back to :meth:`update` for dense batches or a float64 compute dtype."""
-        if self.compute_dtype == torch.float64 or x.shape[0] == 0:
-            return self.update(x, y)
-        density = float((x != 0).float().mean())
-        if density > 0.25:
-            return self.update(Centered.of(x, compute_dtype=self.compute_dtype),
-                               Centered.of(y, compute_dtype=self.compute_dtype))
-        c = self.compute_dtype
-        xl, yl = x.to(c), y.to(c)
-        nb = xl.shape[0]
-        mx, my = xl.mean(0), yl.mean(0)
-        prod = torch.sparse.mm(xl.t().to_sparse(), yl)
-        batch = (prod - nb * torch.outer(mx, my)).to(self.dtype)
-        m2x = ((xl - mx) ** 2).sum(0).to(self.dtype)
-        m2y = ((yl - my) ** 2).sum(0).to(self.dtype)
-        mx, my = mx.to(self.dtype), my.to(self.dtype)
-        if self.symmetric is None:
-            self.symmetric = False
-        if self.comoment is None:
-            self.comoment, self.mean_x, self.mean_y, self.m2_x, self.m2_y, self.n = batch, mx, my, m2x, m2y, nb
-            return self
-        n = self.n
-        total = n + nb
-        f = n * nb / total
-        dx, dy = mx - self.mean_x, my - self.mean_y
-        self.comoment += batch + f * torch.outer(dx, dy)
-        self.m2_x = self.m2_x + m2x + dx * dx * f
-        self.m2_y = self.m2_y + m2y + dy * dy * f
-        self.mean_x = self.mean_x + dx * (nb / total)
-        self.mean_y = self.mean_y + dy * (nb / total)
-        self.n = total
-        return self
-
     def merged(self, other: "StreamingCorrelation") -> "StreamingCorrelation":
         """A new accumulator holding the moments of both token sets (the pairwise
         merge of Chan, Golub & LeVeque), e.g. two halves of the quizzes."""
@@ -569,7 +532,7 @@ def rotated_correlation(c_xy: torch.Tensor, m2_x: torch.Tensor, c_yy, rotation: 
     variances already computed (:func:`rotated_variances`). Returns (a, b)
     float64, 0 for dead rows / rotated units without variance."""
     c = compute_dtype or c_xy.dtype
-    cross = (c_xy.to(c) @ rotation.to(c).t()).to(c_xy.dtype)
+    cross = (c_xy.to(c) @ rotation.to(device=c_xy.device, dtype=c).t()).to(c_xy.dtype)
     m2_y = c_yy if c_yy.dim() == 1 else rotated_variances(c_yy, rotation)
     alive_y = m2_y > 1e-300
     sx = torch.where(m2_x > 0, m2_x, torch.ones_like(m2_x)).sqrt()

@@ -200,6 +200,9 @@ def compare_command(
     ceiling_sae: Annotated[Optional[str], typer.Option(
         "--ceiling-sae", help="A second SAE of the first model (another seed): the ceiling of feature matching. "
         "bundled: the zoo's (gpt-K-seedS).", show_default=False)] = None,
+    self_copy: Annotated[bool, typer.Option(
+        "--self-copy", help="Compare the one model of --models with a copy of itself whose MLP neurons are "
+        "permuted (the same function): the ceiling of the neuron measure.")] = False,
     random_init: Annotated[bool, typer.Option(
         "--random-init/--no-random-init", help="Also run random-init models of the same shapes (a second null).")
     ] = True,
@@ -265,7 +268,12 @@ def compare_command(
         fail(f"--quizzes must be world, culture or both, got {quizzes!r}")
     ids = parse_ids(models, "--models")
     layer_ids = parse_ids(layers, "--layers")
-    if ids is not None and len(ids) < 2:
+    if self_copy:
+        if ids is None or len(ids) != 1:
+            fail("--self-copy compares one model with its permuted copy: give one model id (--models 0)")
+        if sae:
+            fail("--self-copy is for neurons and CKA: drop --sae")
+    elif ids is not None and len(ids) < 2:
         fail(f"--models: give at least 2 models to compare, got {len(ids)}")
     bundled_sae = bool(sae) and len(sae) == 1 and sae[0] == "bundled"
     if sae and not bundled_sae and ids is not None and len(sae) != len(ids):
@@ -318,8 +326,14 @@ def compare_command(
 
     chosen_controls = ("position",) if within_position else (tuple(ctl) or CONTROL_CHOICES)
     loaded = sources.load_culture(ids, src, device=dev)
+    names = [str(k) for k in ids]
+    if self_copy:
+        from culture.universality import permuted_mlp_copy
+
+        loaded.append(permuted_mlp_copy(loaded[0], seed)[0])
+        names.append(f"{ids[0]}-copy")
     mem = estimate_memory(loaded, layer_ids, cka, saes, random_init, chosen_controls)
-    err_console.print(f"models {', '.join(map(str, ids))} from {src.name}; {n_quizzes * 404:,} tokens "
+    err_console.print(f"models {', '.join(names)} from {src.name}; {n_quizzes * 404:,} tokens "
                       f"({positions} positions), accumulators ~{mem / 2**20:,.0f} MiB float64", highlight=False)
 
     with progress() as bar:
@@ -334,10 +348,10 @@ def compare_command(
             loaded, n_tokens=tokens, tasks=task_names, layers=layer_ids, threshold=threshold, positions=positions,
             controls=chosen_controls, baseline=baseline,
             random_init=random_init, noise=noise, cka=cka, cka_permutations=cka_permutations, saes=saes,
-            ceiling_sae=ceiling, names=[str(k) for k in ids], batch_size=batch_size, n_resamples=resamples,
+            ceiling_sae=ceiling, names=names, batch_size=batch_size, n_resamples=resamples,
             seed=seed, device=dev, compute_dtype=torch.float64 if precision == "float64" else torch.float32,
             progress=report_progress, **given)
-    report.settings.update({"source": src.name, "models": ids, "quiz_kinds": quizzes,
+    report.settings.update({"source": src.name, "models": ids, "quiz_kinds": quizzes, "self_copy": self_copy,
                             "sae_dirs": [getattr(s, "culture_path", None) for s in saes] if saes else None,
                             "ceiling_sae_dir": getattr(ceiling, "culture_path", None) if ceiling is not None else None})
 
