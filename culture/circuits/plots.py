@@ -57,7 +57,7 @@ def _title(report, extra: str | None) -> str:
     b, s = report.baseline, report.settings
     head = " ".join(x for x in (extra, f"task {s.get('task')}" if s.get("task") else None,
                                 f"vary {s.get('vary')}" if s.get("vary") else None) if x)
-    acc = f"clean run right on {100 * b.clean_correct.mean():.0f}% of pairs"
+    acc = f"clean run gives the clean answer on {100 * b.clean_correct.mean():.1f}% of pairs"
     return (f"{head}\n{report.direction}, {s.get('n_pairs')} pairs ({acc}); recovery 0 = corrupted run, "
             f"1 = clean run; control: margin change / real gap").strip()
 
