@@ -282,7 +282,7 @@ def _sequences(quizzes, targets) -> torch.Tensor:
     return torch.where(ar_mask(q), t, q)
 
 
-def _deterministic(seq: torch.Tensor) -> torch.Tensor:
+def deterministic_mask(seq: torch.Tensor) -> torch.Tensor:
     """(n,) bool: the quiz's structure predicts one block (counts for accuracy;
     the reference leaves structure 5 out)."""
     idx = structure_index(seq)
@@ -359,7 +359,7 @@ def score_quizzes(
     scores = {k: torch.cat(v) for k, v in out.items()}
     if not out:
         scores = {k: torch.empty(0) for k in _SCORE_KEYS}
-    scores["deterministic"] = _deterministic(seq)
+    scores["deterministic"] = deterministic_mask(seq)
     return scores
 
 

@@ -114,6 +114,32 @@ def test_full_residual_patch_is_exact_and_nothing_is_zero(model, pairs, directio
     np.testing.assert_allclose(rec[n + 1:], none, atol=1e-5)
 
 
+def test_patch_report_has_both_cell_families(model, pairs):
+    """Every site of a patch report carries the patched run's accuracy and
+    loss against the clean answer on all predicted cells and on the transform
+    cells: patching the full residual stream scores as the clean run,
+    patching no position as the corrupted run (change 0)."""
+    from culture.circuits.activation import activation_patching
+    from culture.circuits.patching import MethodResult, PatchReport
+    from culture.circuits.sites import Site, SiteTable
+    from culture.evaluation import cell_metrics
+
+    sites = [Site("resid", 0), Site("resid", model.cfg.n_layers, positions=())]
+    out, baseline = activation_patching(model, pairs, sites, batch_size=4)
+    report = PatchReport(SiteTable("resid", sites, ["resid"], ["full", "none"], [[0, 1]]), "denoise", baseline,
+                         {"activation": MethodResult(out["ld"], out["correct"], cells=out["cells"])})
+    full, none = report.cell_families()
+    base = report.to_dict()["baseline"]
+    for family in ("all_cells", "transform_cells"):
+        clean, corrupted = (cell_metrics(report.baseline.cells(s))[family] for s in ("clean", "corrupted"))
+        assert base["clean_run"][family]["cells"] == clean["cells"] > 0
+        for key in ("ce", "cell_accuracy", "grid_accuracy"):
+            assert full[family][key]["value"] == pytest.approx(clean[key]["value"], abs=1e-5)
+            assert none[family][key]["value"] == pytest.approx(corrupted[key]["value"], abs=1e-5)
+            assert none[family]["change"][key]["value"] == pytest.approx(0.0, abs=1e-5)
+    assert full["transform_cells"]["cells"] < full["all_cells"]["cells"]
+
+
 def test_head_patching_equals_a_hand_written_hook_loop(model, pairs):
     from culture.circuits.activation import activation_patching
     from culture.circuits.sites import site_table

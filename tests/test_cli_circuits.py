@@ -24,6 +24,10 @@ def test_patch_cli_table_json_png(tmp_path, capsys):
     assert [s["site"] for s in sites[:2]] == ["head 3.0", "head 3.1"]
     assert {"recovery", "ci95", "control"} <= set(sites[0]["activation"]) and "accuracy" in sites[0]["activation"]
     assert "recovery" in sites[0]["attribution"] and report["agreement"]["n_sites"] == len(sites)
+    for family in ("all_cells", "transform_cells"):  # both metric families, patched runs and baselines
+        assert {"ce", "cell_accuracy", "grid_accuracy", "change"} <= set(sites[0]["activation"][family])
+        assert {"ce", "cell_accuracy"} <= set(report["baseline"]["corrupted_run"][family])
+    assert "transform cells right" in out
     assert out_png.stat().st_size > 1000
 
 

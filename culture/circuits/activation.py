@@ -29,6 +29,7 @@ from culture.circuits.runs import (
     DEFAULT_BATCH_SIZE,
     BaselineBuilder,
     Progress,
+    ScoreParts,
     n_batches,
     pair_batches,
     run_cached,
@@ -65,8 +66,9 @@ def baseline_runs(hooked, pairs: QuizPairs, batch_size: int = DEFAULT_BATCH_SIZE
     out = BaselineBuilder()
     for batch in pair_batches(hooked, pairs, "denoise", batch_size):
         with torch.inference_mode():
-            out.add("clean", batch.readouts(hooked(batch.clean_tokens, return_type="logits")))
-            out.add("corrupted", batch.readouts(hooked(batch.corrupted_tokens, return_type="logits")))
+            for side, tokens in (("clean", batch.clean_tokens), ("corrupted", batch.corrupted_tokens)):
+                logits = hooked(tokens, return_type="logits")
+                out.add(side, batch.readouts(logits), batch, logits)
     return out.build()
 
 
@@ -74,8 +76,10 @@ def activation_patching(hooked, pairs: QuizPairs, sites: Sequence[Site], directi
                         batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None
                         ) -> tuple[dict[str, np.ndarray], Baseline]:
     """Patch each site in turn. Returns ({"ld", "margin": (C, n) float64,
-    "correct": (C, n) bool} of the patched runs, the unpatched runs'
-    :class:`~culture.circuits.metric.Baseline`)."""
+    "correct": (C, n) bool, "cells": C dicts of per-pair
+    :func:`~culture.circuits.metric.answer_scores`} of the patched runs, the
+    unpatched runs' :class:`~culture.circuits.metric.Baseline`, with their
+    cell scores)."""
     check_direction(direction)
     n = hooked.cfg.n_layers
     hooked.eval()
@@ -84,17 +88,20 @@ def activation_patching(hooked, pairs: QuizPairs, sites: Sequence[Site], directi
     source_names = {s.hook_name(n) for s in sites}
     base = BaselineBuilder()
     parts: dict[str, list[list[np.ndarray]]] = {k: [[] for _ in sites] for k in ("ld", "margin", "correct")}
+    cells = [ScoreParts() for _ in sites]
     total, done = n_batches(pairs, batch_size) * max(len(sites), 1), 0
     for batch in pair_batches(hooked, pairs, direction, batch_size):
         src_logits, src = run_cached(hooked, batch.source_tokens, source_names)
         tgt_logits, tgt = run_cached(hooked, batch.target_tokens, resid_names)
         sides = ("clean", "corrupted") if direction == "denoise" else ("corrupted", "clean")
-        base.add(sides[0], batch.readouts(src_logits))
-        base.add(sides[1], batch.readouts(tgt_logits))
+        base.add(sides[0], batch.readouts(src_logits), batch, src_logits)
+        base.add(sides[1], batch.readouts(tgt_logits), batch, tgt_logits)
         target_resid = {L: tgt[resid_names[L]] for L in range(n + 1)}
         with torch.inference_mode():
             for k, site in enumerate(sites):
-                r = batch.readouts(patched_logits(hooked, site, target_resid, src))
+                logits = patched_logits(hooked, site, target_resid, src)
+                r = batch.readouts(logits)
+                cells[k].add(batch.answer_scores(logits))
                 for key in parts:
                     parts[key][k].append(r[key].cpu().numpy() if key == "correct" else r[key].double().cpu().numpy())
                 done += 1
@@ -102,4 +109,5 @@ def activation_patching(hooked, pairs: QuizPairs, sites: Sequence[Site], directi
                     progress("activation patching", done, total)
     out = {key: (np.stack([np.concatenate(p) for p in v]) if sites else np.zeros((0, len(pairs))))
            for key, v in parts.items()}
+    out["cells"] = [c.build() for c in cells]
     return out, base.build()

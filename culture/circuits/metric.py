@@ -43,6 +43,7 @@ __all__ = [
     "QuizPairs",
     "Baseline",
     "readouts",
+    "answer_scores",
     "recovery",
     "recovery_interval",
     "control_effect",
@@ -105,6 +106,20 @@ class QuizPairs:
         return QuizPairs(self.clean[index], self.corrupted[index], self.task, self.vary)
 
 
+def answer_scores(logits: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-pair cell scores of one run against the *clean* answer, on all
+    predicted cells and on the clean side's transform cells
+    (:func:`culture.evaluation.cell_scores` plus ``deterministic``; turned
+    into accuracies and losses with intervals by
+    :func:`culture.evaluation.cell_metrics`). Detached, on the CPU."""
+    from culture.evaluation import cell_scores, deterministic_mask
+
+    with torch.no_grad():
+        s = cell_scores(logits.detach(), clean, ar_mask(clean), transform_mask(clean))
+        s["deterministic"] = deterministic_mask(clean)
+    return {k: v.cpu() for k, v in s.items()}
+
+
 def readouts(logits: torch.Tensor, clean: torch.Tensor, corrupted: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-pair numbers of one run: ``logits`` (b, 404, vocab) in hooked
     positions (position t predicts quiz token t), on pairs ``clean`` /
@@ -142,6 +157,9 @@ class Baseline:
     corrupted_margin: np.ndarray
     clean_correct: np.ndarray
     corrupted_correct: np.ndarray
+    #: :func:`answer_scores` of each run ((n,) tensors), when collected
+    clean_cells: dict | None = None
+    corrupted_cells: dict | None = None
 
     @property
     def gap(self) -> np.ndarray:
@@ -157,17 +175,28 @@ class Baseline:
         side = "corrupted" if check_direction(direction) == "denoise" else "clean"
         return getattr(self, f"{side}_{key}")
 
+    def cells(self, side: str) -> dict | None:
+        """:func:`answer_scores` of the ``side`` ("clean" / "corrupted") run, or None."""
+        return getattr(self, f"{side}_cells")
+
     def to_dict(self) -> dict:
+        from culture.evaluation import cell_metrics
         from culture.intervals import mean_with_interval, share
 
         n = len(self.clean_ld)
-        return {
+        out = {
             "n_pairs": n,
             "clean_logit_diff": mean_with_interval(self.clean_ld),
             "corrupted_logit_diff": mean_with_interval(self.corrupted_ld),
             "clean_accuracy": share(self.clean_correct.sum(), n),
             "corrupted_gives_clean_answer": share(self.corrupted_correct.sum(), n),
         }
+        # both metric families of each run, scored against the clean answer
+        for side in ("clean", "corrupted"):
+            if self.cells(side) is not None:
+                m = cell_metrics(self.cells(side))
+                out[f"{side}_run"] = {"all_cells": m["all_cells"], "transform_cells": m["transform_cells"]}
+        return out
 
 
 def recovery(patched_ld, baseline: Baseline) -> np.ndarray:

@@ -38,11 +38,13 @@ class MethodResult:
     """Per-site, per-pair values of one method: ``ld`` (C, n) patched logit
     difference (estimated for attribution), ``correct`` (C, n) greedy answer =
     clean answer (activation only), ``control_margin`` (C, m) on the control
-    pairs."""
+    pairs, ``cells``: per site, the patched run's per-pair
+    :func:`~culture.circuits.metric.answer_scores` (activation only)."""
 
     ld: np.ndarray
     correct: np.ndarray | None = None
     control_margin: np.ndarray | None = None
+    cells: list[dict] | None = None
 
 
 def agreement(a, b, k: int = TOP_K) -> dict:
@@ -76,6 +78,7 @@ class PatchReport:
     methods: dict[str, MethodResult]
     control: Baseline | None = None
     settings: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def recovery(self, method: str) -> np.ndarray:
         return recovery(self.methods[method].ld, self.baseline)
@@ -100,6 +103,30 @@ class PatchReport:
             return None
         return control_effect(m, self.control, self.direction, self.baseline.mean_gap)
 
+    def cell_families(self, method: str = "activation") -> list[dict] | None:
+        """Per site: the patched run's accuracy and loss against the clean
+        answer on all predicted cells and on the transform cells
+        (:func:`culture.evaluation.cell_metrics`), each with its change from
+        the unpatched target run (paired intervals over the same pairs)."""
+        from culture.evaluation import cell_metrics
+        from culture.intervals import Resampler
+
+        key = ("cell_families", method)
+        if key in self._cache:
+            return self._cache[key]
+        cells = self.methods[method].cells
+        side = "corrupted" if self.direction == "denoise" else "clean"
+        target = self.baseline.cells(side)
+        if cells is None or target is None:
+            return None
+        R = Resampler(len(self.baseline.clean_ld))
+        out = []
+        for scores in cells:
+            m = cell_metrics(scores, baseline=target, resampler=R)
+            out.append({"all_cells": m["all_cells"], "transform_cells": m["transform_cells"]})
+        self._cache[key] = out
+        return out
+
     def agreement(self) -> dict | None:
         if not {"activation", "attribution"} <= set(self.methods):
             return None
@@ -116,6 +143,7 @@ class PatchReport:
         rec = {m: (self.recovery(m), self.recovery_ci(m)) for m in self.methods}
         acc = self.accuracy() if "activation" in self.methods else None
         ctrl = {m: self.control_effect(m) for m in self.methods}
+        families = self.cell_families() if "activation" in self.methods else None
         for i, s in enumerate(self.table.sites):
             row = {"site": s.label, "component": s.component(), "kind": s.kind, "layer": s.layer, "head": s.head,
                    "positions": "all" if s.positions is None else len(s.positions)}
@@ -128,6 +156,8 @@ class PatchReport:
                 row["activation"]["accuracy"] = {"value": float(acc["value"][i]), "k": int(acc["k"][i]),
                                                  "n": int(acc["n"]),
                                                  "ci95": [float(acc["low"][i]), float(acc["high"][i])]}
+            if families is not None:
+                row["activation"].update(families[i])
             rows.append(row)
         return rows
 
@@ -177,7 +207,7 @@ def run_patching(hooked, pairs: QuizPairs, *, what: str = "heads", method: str =
         if m == "activation":
             out, baseline = activation_patching(hooked, pairs, table.sites, direction, batch_size=batch_size,
                                                 progress=progress)
-            res = MethodResult(out["ld"], out["correct"])
+            res = MethodResult(out["ld"], out["correct"], cells=out["cells"])
             if control is not None:
                 c_out, control_base = activation_patching(hooked, control, table.sites, direction,
                                                           batch_size=batch_size, progress=control_progress)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from culture.circuits.metric import Baseline, CircuitError, QuizPairs, check_direction, readouts
+from culture.circuits.metric import Baseline, CircuitError, QuizPairs, answer_scores, check_direction, readouts
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -40,6 +40,9 @@ class PairBatch:
     def readouts(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         return readouts(logits, self.clean, self.corrupted)
 
+    def answer_scores(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        return answer_scores(logits, self.clean)
+
 
 def check_batch_size(batch_size: int) -> int:
     if not (isinstance(batch_size, int) and batch_size >= 1):
@@ -64,18 +67,38 @@ def n_batches(pairs: QuizPairs, batch_size: int) -> int:
 
 
 class BaselineBuilder:
-    """Collects the per-pair readouts of the unpatched clean and corrupted runs."""
+    """Collects the per-pair readouts of the unpatched clean and corrupted
+    runs, and their cell scores against the clean answer (``logits`` given)."""
 
     def __init__(self):
         self.parts: dict[str, list[np.ndarray]] = {}
+        self.cells: dict[str, ScoreParts] = {}
 
-    def add(self, side: str, r: dict[str, torch.Tensor]) -> None:
+    def add(self, side: str, r: dict[str, torch.Tensor], batch: PairBatch | None = None,
+            logits: torch.Tensor | None = None) -> None:
         for key, v in r.items():
             self.parts.setdefault(f"{side}_{key}", []).append(v.detach().double().cpu().numpy()
                                                               if key != "correct" else v.cpu().numpy())
+        if batch is not None and logits is not None:
+            self.cells.setdefault(side, ScoreParts()).add(batch.answer_scores(logits))
 
     def build(self) -> Baseline:
-        return Baseline(**{k: np.concatenate(v) for k, v in self.parts.items()})
+        cells = {f"{side}_cells": parts.build() for side, parts in self.cells.items()}
+        return Baseline(**{k: np.concatenate(v) for k, v in self.parts.items()}, **cells)
+
+
+class ScoreParts:
+    """Per-batch :func:`~culture.circuits.metric.answer_scores`, concatenated over pairs."""
+
+    def __init__(self):
+        self.parts: dict[str, list[torch.Tensor]] = {}
+
+    def add(self, scores: dict[str, torch.Tensor]) -> None:
+        for key, v in scores.items():
+            self.parts.setdefault(key, []).append(v)
+
+    def build(self) -> dict[str, torch.Tensor]:
+        return {key: torch.cat(v) for key, v in self.parts.items()}
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from culture_cli.common import (
     BatchSizeOption,
     DeviceOption,
     JsonOption,
+    pct_ci,
     ModelSourceOption,
     console,
     err_console,
@@ -55,10 +56,14 @@ def baseline_table(report):
     b = report.baseline
     t = Table(title="Unpatched runs (per pair: logit difference clean vs corrupted answer over the differing cells)",
               title_justify="left")
-    for col in ("pairs", "LD clean run", "LD corrupted run", "clean run gives clean answer",
-                "corrupted run gives clean answer"):
-        t.add_column(col, justify="right")
     d = b.to_dict()
+    families = "clean_run" in d and "corrupted_run" in d
+    cols = ["pairs", "LD clean run", "LD corrupted run", "clean run gives clean answer",
+            "corrupted run gives clean answer"]
+    if families:
+        cols += ["transform cells right: clean run", "corrupted run"]
+    for col in cols:
+        t.add_column(col, justify="right")
 
     def mean(x):
         return _ci(x["value"], *x["ci95"])
@@ -66,8 +71,11 @@ def baseline_table(report):
     def share(x):
         return f"{100 * x['value']:.1f}% [{100 * x['ci95'][0]:.1f}, {100 * x['ci95'][1]:.1f}]"
 
-    t.add_row(str(d["n_pairs"]), mean(d["clean_logit_diff"]), mean(d["corrupted_logit_diff"]),
-              share(d["clean_accuracy"]), share(d["corrupted_gives_clean_answer"]))
+    row = [str(d["n_pairs"]), mean(d["clean_logit_diff"]), mean(d["corrupted_logit_diff"]),
+           share(d["clean_accuracy"]), share(d["corrupted_gives_clean_answer"])]
+    if families:
+        row += [pct_ci(d[f"{side}_run"]["transform_cells"]["cell_accuracy"]) for side in ("clean", "corrupted")]
+    t.add_row(*row)
     return t
 
 
@@ -83,6 +91,7 @@ def top_table(report, top: int):
         t.add_column(f"{m} recovery", justify="right")
         if m == "activation":
             t.add_column("clean answer", justify="right")
+            t.add_column("transform cells right", justify="right")
         if report.control is not None:
             t.add_column(f"control ({m})", justify="right")
     for i in report.ranking()[:top]:
@@ -93,6 +102,8 @@ def top_table(report, top: int):
             if m == "activation":
                 a = r[m]["accuracy"]
                 cells.append(f"{100 * a['value']:.0f}% [{100 * a['ci95'][0]:.0f}, {100 * a['ci95'][1]:.0f}]")
+                tc = r[m].get("transform_cells")
+                cells.append("-" if tc is None else pct_ci(tc["cell_accuracy"], 0))
             if report.control is not None:
                 c = r[m]["control"]
                 cells.append(_ci(c["value"], *c["ci95"]))
