@@ -133,6 +133,215 @@ if len(wrong):
     ]
 
 
+@notebook("02_circuits")
+def circuits():
+    return [
+        md("""
+# 02 — Circuits: ablations, attention, patching, logit lens, circuit discovery
+
+Which components of a zoo model carry each task's rule? Model 0 of the **bundled zoo**
+(`source="bundled"`), its three tasks, every method beside its baseline: the clean model for ablations,
+control pairs for patching, a random-init model for the logit lens, random circuits for circuit discovery.
+
+Sizes are **small for speed** (a few dozen quizzes and pairs, one task for circuit discovery), so the
+intervals are wide; the `culture-interp ablate`, `patch`, `logit-lens` and `circuit` commands (README,
+section *Circuits*) give the full-size figures. Every number is printed by a cell.
+"""),
+        code("""
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from IPython.display import Image, display
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm, imported by TransformerLens
+
+from culture.ablation import attention_statistics, run_ablations, source_test_set
+from culture.hooked import load_hooked
+from culture.intervals import format_interval
+
+def ci(x, percent=True, digits=1):
+    \"\"\"A {"value", "ci95"} dict of the library as "value [low, high]".\"\"\"
+    return format_interval(x["value"], *x["ci95"], percent=percent, digits=digits)
+
+torch.manual_seed(0)
+TASKS = {"replace_color": "dst", "frame": "color", "detect": "marker"}  # task -> the factor its pairs vary
+hooked = load_hooked(0, source="bundled")
+test_set = source_test_set("bundled", 36, list(TASKS), seed=0, quizzes="world")
+print(f"model 0: {hooked.cfg.n_layers} layers x {hooked.cfg.n_heads} heads; {len(test_set)} test quizzes")
+pictures = Path(tempfile.mkdtemp())
+"""),
+        md("""
+## Ablations
+
+Each attention and MLP layer's output *resampled*: replaced by its activation on another test quiz of the
+same structure and task (a realistic value without this quiz's information; `culture-interp ablate
+--resample --mean` adds zero and mean ablation). The baseline is the clean model on the same quizzes;
+the change is a paired interval. We read whole-grid accuracy on the *transform cells* (the cells the rule
+changes — copying the paired grid gets them all wrong), per task.
+"""),
+        code("""
+abl = run_ablations(hooked, test_set, modes=("resample",), seed=0)
+def points(x):
+    return f"{100 * x['value']:+.0f} [{100 * x['ci95'][0]:+.0f}, {100 * x['ci95'][1]:+.0f}]"
+print("component  " + "  ".join(f"{t:>26s}" for t in TASKS) + "   (transform-cell grid accuracy; change in points)")
+print("clean      " + "  ".join(f"{ci(abl.clean[t]['transform_cells']['grid_accuracy'], digits=0):>26s}" for t in TASKS))
+for r in abl.rows:
+    cells = [r["metrics"][t]["transform_cells"] for t in TASKS]
+    print(f"{r['component']:10s} " + "  ".join(
+        f"{ci(c['grid_accuracy'], digits=0) + ' ' + points(c['change']['grid_accuracy']):>26s}" for c in cells))
+worst = min(abl.rows, key=lambda r: r["metrics"]["all"]["transform_cells"]["change"]["grid_accuracy"]["value"])
+least = max(abl.rows, key=lambda r: r["metrics"]["all"]["transform_cells"]["change"]["grid_accuracy"]["value"])
+for what, r in (("largest", worst), ("smallest", least)):
+    print(f"{what} drop over all quizzes: {r['component']}, "
+          f"{points(r['metrics']['all']['transform_cells']['change']['grid_accuracy'])} points")
+"""),
+        md("""
+## Attention of one head: 0.0
+
+Where does head 0.0 look? Its attention mass from the queries that predict the answer cells, by key grid
+relative to the query's grid (mean over the test quizzes, 95% interval), beside the same head of a
+randomly initialised model of the same shape (in brackets); then the look-back offsets with the most mass.
+`culture-interp ablate --model 0 --attention 0.0 --png head.png` draws the mean pattern per structure.
+"""),
+        code("""
+from culture.circuits.logit_lens import random_model_like
+
+stats = attention_statistics(hooked, test_set, 0, 0)
+random_stats = attention_statistics(random_model_like(hooked, seed=0), test_set, 0, 0)
+for group in ("answer: transform cells", "answer: copy cells"):
+    print(f"queries of the {group}:")
+    for key, v in stats.by_block[group].items():
+        print(f"   {key:24s} {ci(v):22s} (random-init {100 * random_stats.by_block[group][key]['value']:.1f}%)")
+for o in stats.offsets[:3]:
+    print(f"offset {o['offset']:3d} ({o['reads']}): mean weight {ci(o['mass'])}, "
+          f"the maximum for {ci(o['argmax_share'], digits=0)} of the answer queries")
+"""),
+        md("""
+## Counterfactual pairs
+
+A pair is a clean and a corrupted quiz sharing B, whose example pair (A, f(A)) differs in one factor of
+the task (`pair_factors`), so f(B) differs. Control pairs (factor `example`) draw a new example with the
+same parameters: their answers coincide, so anything a patch does on them is not about the factor.
+"""),
+        code("""
+from culture.circuits import control_pairs, make_pairs, pair_factors, run_patching
+from culture.quiz import ar_mask
+from culture.render import save_quizzes_png
+
+pairs = {t: make_pairs(12, t, vary, seed=0) for t, vary in TASKS.items()}
+controls = {t: control_pairs(6, t, seed=0) for t in TASKS}
+for t, vary in TASKS.items():
+    p, c = pairs[t], controls[t]
+    differ = ((p.clean != p.corrupted) & ar_mask(p.clean)).sum(1).float()
+    same = bool(((c.clean == c.corrupted) | ~ar_mask(c.clean)).all())
+    print(f"{t}: factors {pair_factors(t)}; varying {vary!r}: the answers differ in {differ.mean():.1f} cells "
+          f"on average; control answers identical: {same}")
+p, c = pairs["replace_color"], controls["replace_color"]
+save_quizzes_png(torch.stack([p.clean[0], p.corrupted[0], c.clean[0], c.corrupted[0]]), pictures / "pair.png",
+                 labels=["clean", "corrupted (dst varied)", "control: clean", "control: new example"])
+display(Image(pictures / "pair.png"))
+"""),
+        md("""
+## Activation and attribution patching of heads
+
+Denoising: run the corrupted quiz and restore one head's clean output. *Recovery* of the logit
+difference (clean vs corrupted answer over the cells where they differ): 0 = corrupted run, 1 = clean
+run, bootstrap interval over pairs. Beside it the same patch between control pairs (margin change in
+units of the real gap; near 0 means the head moves the answer only when the factor changes), and
+attribution patching (one backward pass, a first-order estimate) with its agreement to activation
+patching.
+"""),
+        code("""
+from culture.circuits.plots import save_patch_png
+
+def rec(method):
+    return format_interval(method["recovery"], *method["ci95"], percent=False, digits=2)
+
+reports = {}
+for t in TASKS:
+    rep = reports[t] = run_patching(hooked, pairs[t], what="heads", method="both", control=controls[t])
+    b = rep.baseline.to_dict()
+    print(f"{t}: clean run gives the clean answer on {ci(b['clean_accuracy'], digits=0)} of the pairs, "
+          f"the corrupted run on {ci(b['corrupted_gives_clean_answer'], digits=0)}")
+    rows = rep.site_rows()
+    for i in rep.ranking()[:3]:
+        act, att = rows[i]["activation"], rows[i]["attribution"]
+        print(f"   {rows[i]['site']:8s} activation {rec(act):20s} control {ci(act['control'], False, 2):24s} "
+              f"attribution {rec(att)}")
+    a = rep.agreement()
+    print(f"   attribution vs activation over {a['n_sites']} heads: Pearson r {a['pearson_r']:.2f}, "
+          f"Spearman rho {a['spearman_rho']:.2f}, same top head: {a['same_top_site']}")
+save_patch_png(reports["replace_color"], pictures / "patch.png", title="model 0, replace_color (dst)")
+display(Image(pictures / "patch.png"))
+"""),
+        md("""
+## Logit lens
+
+The residual stream before each block (and after the last) decoded with the unembedding — exact at the
+last layer, since these GPTs have no final LayerNorm. Accuracy on the transform cells per task, the
+random-init model of the same shape in brackets; then the components with the largest direct effect
+on the correct colour's logit (direct logit attribution, transform cells).
+"""),
+        code("""
+from culture.circuits.logit_lens import logit_lens
+from culture.circuits.plots import save_logit_lens_png
+
+lens = logit_lens(hooked, test_set, baseline=True, seed=0)
+for L, name in enumerate(lens.layer_labels):
+    cells = [f"{g} {ci(lens.accuracy[g][L]['transform_accuracy'], digits=0)} "
+             f"({100 * lens.baseline[g][L]['transform_accuracy']['value']:.0f}%)" for g in TASKS]
+    print(f"{name:14s}", " | ".join(cells))
+print("copy the paired grid: all predicted cells "
+      f"{100 * lens.copy_baseline['all']['cell_accuracy']:.1f}%, transform cells 0%")
+print("direct logit attribution (transform cells):",
+      ", ".join(f"{c} {lens.dla['all'][c]['transform']:+.2f}" for c in lens.dla_ranking()[:4]))
+save_logit_lens_png(lens, pictures / "lens.png", title="logit lens, model 0 (dashed: random-init model)")
+display(Image(pictures / "lens.png", width=800))
+"""),
+        md("""
+## Circuit discovery (replace_color)
+
+Edge attribution patching with integrated gradients (one interpolation step here, for speed) ranks the
+edges between nodes (embed, heads, MLPs, readout); a circuit of the top k edges is run with every other
+edge patched from the corrupted run. Faithfulness = recovery of the logit difference (full graph 1,
+empty 0), beside random circuits at the sizes of the grid; a bisection between the grid's sizes finds the
+smallest size reaching 80%.
+The other tasks: `culture-interp circuit --task frame --vary color` and `--task detect --vary marker`.
+"""),
+        code("""
+from culture.circuits.discovery import discover_circuit
+from culture.circuits.plots import save_circuit_png
+
+circ = discover_circuit(hooked, pairs["replace_color"], threshold=0.8, sizes=[10, 30, 90], random_circuits=1,
+                        random_sizes=3, ig_steps=1, seed=0)
+n_edges = len(circ.edges)
+size = circ.chosen_size or max(p["size"] for p in circ.curve)
+print(("smallest circuit reaching 80%" if circ.chosen_size else "no evaluated size reaches 80%; largest") +
+      f": {size} of {n_edges} edges, faithfulness {ci(circ.chosen_faithfulness())}")
+randoms = {p["size"]: p["faithfulness"] for p in circ.random_curve}
+for p in circ.curve:
+    beside = f"   random edges: {ci(randoms[p['size']])}" if p["size"] in randoms else ""
+    print(f"   {p['size']:3d} top edges: {ci(p['faithfulness']):22s}{beside}")
+print("top edges:", ", ".join(f"{e['src']} -> {e['dst']}" for e in circ.edge_rows(4)))
+save_circuit_png(circ, pictures / "circuit.png", title=f"model 0, replace_color (dst), {len(pairs['replace_color'])} pairs")
+display(Image(pictures / "circuit.png", width=900))
+"""),
+        md("""
+## Reading these results
+
+A component matters for the rule when patching it recovers much of the logit difference **and** its
+control effect is near zero; a large control effect means it carries the example grids themselves rather
+than the factor. Attribution patching is a cheap first-order estimate: compare it with activation
+patching head by head before trusting it, especially in the first layer. The logit lens shows at which
+layer the answer becomes readable; the circuit is only as good as its faithfulness against random
+circuits. None of this shows *how* a head computes the rule, only where its effect goes; at these sizes
+the intervals, not the point values, say what holds.
+"""),
+    ]
+
+
 @notebook("03_sae_features")
 def sae_features():
     return [
