@@ -334,7 +334,7 @@ display(Image(pictures / "circuit.png", width=900))
 A component matters for the rule when patching it recovers much of the logit difference **and** its
 control effect is near zero; a large control effect means it carries the example grids themselves rather
 than the factor. Attribution patching is a cheap first-order estimate: compare it with activation
-patching head by head before trusting it, especially in the first layer. The logit lens shows at which
+patching head by head before trusting it (the rows above show where the two part). The logit lens shows at which
 layer the answer becomes readable; the circuit is only as good as its faithfulness against random
 circuits. None of this shows *how* a head computes the rule, only where its effect goes; at these sizes
 the intervals, not the point values, say what holds.
@@ -423,6 +423,166 @@ for group, g in steer["by_group"].items():
         lo, hi = wilson_interval(round(g[what] * n), n)
         print(f"{group:14s} {what:17s} {g[what]:.3f} [{lo:.3f}, {hi:.3f}]")
     print(f"{group:14s} quizzes whose greedy correctness changed: {g['changed']} of {n}")
+"""),
+    ]
+
+
+@notebook("04_universality")
+def universality():
+    return [
+        md("""
+# 04 — Universality: neurons, CKA and SAE features across the zoo's models
+
+The bundled zoo's models 0–3 were trained side by side on the same tasks. Do they learn the same units?
+`compare_models` streams the same quizzes through every model and measures, each beside its baselines:
+MLP neurons (Gurnee et al. 2024: a neuron's best correlation with another model, minus the same against a
+randomly rotated copy of that model), residual-stream CKA (permutation test, random-init models), and SAE
+features (matched between models, between a shuffled-quiz floor and a ceiling: model 0's second SAE,
+trained with another seed).
+
+The token budget is **small for speed** (a few thousand tokens, one confound control besides the raw
+activations, few bootstrap resamples), so read the intervals; the full figures come from
+`culture-interp universality compare --models 0 1 2 3 --source bundled --tokens 40000 --sae bundled
+--ceiling-sae bundled` (README, section `culture-interp universality compare`). Every number is printed by
+a cell.
+"""),
+        code("""
+import warnings
+warnings.filterwarnings("ignore", message="IProgress not found")
+import torch
+from IPython.display import display
+
+import culture
+from culture.sae import bundled_sae_folder, load_sae
+from culture.universality import compare_models
+
+def pct(x, ci=None):
+    \"\"\"A share, with its 95% interval when there is one: "12.3% [10.1, 14.0]".\"\"\"
+    if x is None:
+        return "-"
+    return f"{100 * x:.1f}%" + ("" if ci is None else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]")
+
+ids = [0, 1, 2, 3]
+models = culture.load_culture(ids, source="bundled")
+saes = [load_sae("bundled", bundled_sae_folder(k)) for k in ids]
+ceiling = load_sae("bundled", bundled_sae_folder(0, extra=True))   # model 0, another seed
+print("SAEs:", [s.culture_path.split("/sae/")[-1] for s in saes], "ceiling:", ceiling.culture_path.split("/sae/")[-1])
+report = compare_models(models, n_tokens=6060, tasks=["replace_color", "frame", "detect"],
+                        controls=("none", "position"), cka_permutations=19, n_resamples=200,
+                        saes=saes, ceiling_sae=ceiling, names=[str(k) for k in ids], seed=0,
+                        compute_dtype=torch.float32)
+print(f"{report.settings['tokens']:,} tokens ({report.settings['quizzes']} quizzes), models {report.names}, "
+      f"threshold {report.threshold:g}")
+"""),
+        md("""
+## Neurons
+
+Per MLP layer: the mean *max-corr* (a neuron's best Pearson correlation with any neuron of another
+model), the same against the rotation baseline, their difference (*excess*), and the share of neurons
+whose excess passes the threshold — *universal* — with its interval; then the same share when partners
+are chosen on one half of the quizzes and measured on the other (*held-out*), and among random-init models
+of the same shapes (the null). Raw activations first (Gurnee's protocol), then with each unit's mean per
+position removed (what the position alone gives every model).
+"""),
+        code("""
+for control in report.controls:
+    print(f"control {control}:")
+    print("layer  max-corr  rotation  excess   universal            held-out             random-init models")
+    rows = report.summary_rows(control)
+    for r in rows:
+        print(f"{r['layer']:5}  {r['mean_max_corr']:8.3f}  {r['mean_baseline']:8.3f}  {r['mean_excess']:6.3f}   "
+              f"{pct(r['share_universal'], r['share_universal_ci']):20s} "
+              f"{pct(r['held_share_universal'], r['held_share_universal_ci']):20s} "
+              f"{pct(r['random_share_universal'], r['random_share_universal_ci'])}")
+    above = sum(r["share_universal_ci"][0] > r["random_share_universal_ci"][1] for r in rows)
+    print(f"   layers where trained models have more universal neurons than random-init ones (intervals apart): "
+          f"{above} of {len(rows)}")
+top = report.universal_neurons("none")[:3]
+for e in top:
+    print(f"model {e['model']} neuron {e['layer']}.{e['neuron']}: excess {e['excess']:.2f}, matches "
+          + ", ".join(f"{m}:{v['layer']}.{v['neuron']} (r {v['corr']:.2f})" for m, v in e["matches"].items()))
+"""),
+        md("""
+## Residual-stream CKA
+
+Linear and debiased CKA between the models' residual streams at the same depth (mean over the model
+pairs), beside random-init models, under each control; under the first, debiased CKA too, and *p*, the
+largest over pairs of a permutation test (one model's tokens shuffled; with 19 shuffles it cannot go
+below 1/20).
+"""),
+        code("""
+for control in report.controls:
+    print(f"control {control}:")
+    rows = report.cka_diagonal_rows(control)
+    for r in rows:
+        line = f"   {r['layer']:6s} linear {r['mean']:.3f} (random-init {r['baseline_mean']:.3f})"
+        if r.get("debiased_mean") is not None:  # debiased CKA and the test: under the first control
+            line += (f"   debiased {r['debiased_mean']:.3f} (random-init {r['baseline_debiased_mean']:.3f})"
+                     f"   p {r['max_p_linear']:.2f}")
+        print(line)
+    more = [r["layer"] for r in rows if r["mean"] > r["baseline_mean"]]
+    print(f"   layers where trained models are more alike than random-init ones: {more or 'none'}")
+"""),
+        md("""
+## SAE features
+
+Each model's SAE on `blocks.2.hook_mlp_out`. Features matched one to one (Hungarian assignment on
+activation correlations) and many to one (each feature's best partner); the share above the threshold
+beside its **floor** (the other SAE's features taken on other quizzes at the same positions) and, for the
+pair of model 0's two SAEs, the **ceiling** (the same model, another seed). SVCCA of the matched decoder
+directions beside random pairings.
+"""),
+        code("""
+rows = report.sae_rows()
+print(f"{'pair':16s} {'kind':34s} {'1-to-1 > thr':22s} {'floor':7s} {'many-to-1 > thr':22s} {'floor':7s} SVCCA / floor")
+for r in rows:
+    print(f"{r['pair']:16s} {r['kind']:34s} {pct(r['share_above'], r['share_above_ci']):22s} "
+          f"{pct(r['null_share_above']):7s} {pct(r['share_max_above_a'], r['share_max_above_a_ci']):22s} "
+          f"{pct(r['null_share_max_above_a']):7s} {r['svcca']:.3f} / {r['svcca_floor']:.3f}")
+across = [r["share_above"] for r in rows if r["kind"] == "across models"]
+ceil = [r["share_above"] for r in rows if r["kind"] != "across models"]
+floor = [r["null_share_above"] for r in rows if r["kind"] == "across models"]
+print(f"one to one above the threshold: across models {pct(min(across))}-{pct(max(across))}, "
+      f"floor at most {pct(max(floor))}, ceiling (model 0, two seeds) {pct(ceil[0]) if ceil else '-'}")
+"""),
+        md("""
+## A feature family on the grids, in every model
+
+A *family*: a feature of model 0's SAE whose one-to-one partner passes the threshold in every other
+model's SAE. The count is beside the same count on shuffled quizzes (the floor). The strongest family's
+member in each model, on the same quizzes (where model 0's member fires most): dots mark where each
+model's feature fires, on the cell read there.
+"""),
+        code("""
+import io
+from IPython.display import Image
+from culture.dashboard import family_images
+
+sae = report.sae
+print(f"{len(sae.families)} families (floor: {sae.null_families} on shuffled quizzes); "
+      f"{sum(f.consistent for f in sae.families)} consistent in every pair of models")
+fams = report.family_rows(1)
+if fams:
+    fam = fams[0]
+    print("strongest family:", ", ".join(f"model {m}: feature {v}" for m, v in fam["members"].items()),
+          f"- weakest correlation with model 0's member {fam['min_corr']:.2f}")
+    rates = sorted(fam["rates"].items(), key=lambda kv: -kv[1]["value"])[:4]
+    print("fires most on:", ", ".join(f"{k} {pct(v['value'], v['ci95'])}" for k, v in rates))
+    for model, img in family_images(report, max_families=1, quizzes=2).get(fam["family"], {}).items():
+        print(f"model {model}, feature {fam['members'][model]}:")
+        png = io.BytesIO()
+        img.save(png, format="PNG")
+        display(Image(png.getvalue()))
+"""),
+        md("""
+## Reading these results
+
+A unit is shared only as far as it beats its null: neurons against the rotation baseline and random-init
+models, CKA against random-init models (a shared positional code makes even untrained models alike, which
+the position control removes), SAE matches between the shuffled-quiz floor and the second-seed ceiling —
+a cross-model match rate near the ceiling means the models share features about as much as one model's
+two SAEs do. A family drawn on the grids shows where its members fire, not what they compute. With this
+small budget the intervals are wide; `--dashboard DIR` on the full command writes every family's page.
 """),
     ]
 
