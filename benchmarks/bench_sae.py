@@ -49,7 +49,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    from culture.hooked import mygpt_to_hooked, to_hooked_tokens
+    from culture.hooked import mygpt_to_hooked
     from culture.sae import SAETrainSettings, train_sae
     from culture.sae.common import hook_activations
     from culture.world import generate_quizzes

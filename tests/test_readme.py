@@ -149,12 +149,28 @@ def test_readme_parsing_keeps_what_matters():
     assert all(reason.strip() for _, _, reason in blocks if reason is not None)
 
 
+#: the package's own zoo: no README command run by the test may change it
+ZOO_FILES = Path(__file__).resolve().parents[1] / "culture" / "zoo"
+
+
+def _digest(folder: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
 @pytest.mark.readme
 def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
     from tests.cli import exit_code
 
     monkeypatch.chdir(tmp_path)
     _c_quizzes(tmp_path / "c_quizzes.pth")
+    package_zoo = _digest(ZOO_FILES)
     ran = []
     for line, commands, skip in readme_blocks(README.read_text()):
         if skip is not None:
@@ -166,4 +182,5 @@ def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
             assert code == 0, f"README line {line}: culture-interp {shlex.join(argv)}\n{err[-1500:]}"
             assert "Traceback" not in err
             ran.append(argv)
+            assert _digest(ZOO_FILES) == package_zoo, f"README line {line} changed the package's zoo: {argv}"
     assert len(ran) >= 20, ran

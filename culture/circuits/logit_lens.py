@@ -139,7 +139,7 @@ def _lens_pass(hooked, seq: torch.Tensor, targets: torch.Tensor, batch_size: int
 
     _check_no_final_ln(hooked)
     cfg = hooked.cfg
-    n, H = cfg.n_layers, cfg.n_heads
+    n = cfg.n_layers
     names = [f"blocks.{L}.hook_resid_pre" for L in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
     extra = ["hook_embed", "hook_pos_embed"] + [f"blocks.{L}.{k}" for L in range(n)
                                                   for k in ("attn.hook_z", "hook_mlp_out")]
