@@ -467,7 +467,7 @@ models = culture.load_culture(ids, source="bundled")
 saes = [load_sae("bundled", bundled_sae_folder(k)) for k in ids]
 ceiling = load_sae("bundled", bundled_sae_folder(0, extra=True))   # model 0, another seed
 print("SAEs:", [s.culture_path.split("/sae/")[-1] for s in saes], "ceiling:", ceiling.culture_path.split("/sae/")[-1])
-report = compare_models(models, n_tokens=6060, tasks=["replace_color", "frame", "detect"],
+report = compare_models(models, n_tokens=32 * 404, tasks=["replace_color", "frame", "detect"],
                         controls=("none", "position"), cka_permutations=19, n_resamples=200,
                         saes=saes, ceiling_sae=ceiling, names=[str(k) for k in ids], seed=0,
                         compute_dtype=torch.float32)
@@ -549,9 +549,10 @@ print(f"one to one above the threshold: across models {pct(min(across))}-{pct(ma
 ## A feature family on the grids, in every model
 
 A *family*: a feature of model 0's SAE whose one-to-one partner passes the threshold in every other
-model's SAE. The count is beside the same count on shuffled quizzes (the floor). The strongest family's
-member in each model, on the same quizzes (where model 0's member fires most): dots mark where each
-model's feature fires, on the cell read there.
+model's SAE; *consistent* when every pair of its members also match each other. The count is beside the
+same count on shuffled quizzes (the floor). The strongest family can be a feature that fires on very few
+tokens, so we draw the strongest consistent one: its member in each model, on the same quizzes (where
+model 0's member fires most); dots mark where each model's feature fires, on the cell read there.
 """),
         code("""
 import io
@@ -561,14 +562,19 @@ from culture.dashboard import family_images
 sae = report.sae
 print(f"{len(sae.families)} families (floor: {sae.null_families} on shuffled quizzes); "
       f"{sum(f.consistent for f in sae.families)} consistent in every pair of models")
-fams = report.family_rows(1)
+fams = report.family_rows(12)                       # strongest first (weakest correlation with the anchor)
+def describe(fam):
+    rates = sorted(fam["rates"].items(), key=lambda kv: -kv[1]["value"])[:3]
+    return (", ".join(f"model {m}: feature {v}" for m, v in fam["members"].items())
+            + f"; weakest correlation {fam['min_corr']:.2f}; fires most on "
+            + ", ".join(f"{k} {pct(v['value'], v['ci95'])}" for k, v in rates))
 if fams:
-    fam = fams[0]
-    print("strongest family:", ", ".join(f"model {m}: feature {v}" for m, v in fam["members"].items()),
-          f"- weakest correlation with model 0's member {fam['min_corr']:.2f}")
-    rates = sorted(fam["rates"].items(), key=lambda kv: -kv[1]["value"])[:4]
-    print("fires most on:", ", ".join(f"{k} {pct(v['value'], v['ci95'])}" for k, v in rates))
-    for model, img in family_images(report, max_families=1, quizzes=2).get(fam["family"], {}).items():
+    print("strongest family:", describe(fams[0]))
+    fam = next((f for f in fams if f["consistent"]), fams[0])
+    print("drawn below, the strongest consistent in every pair:" if fam["consistent"] else "drawn below:",
+          describe(fam))
+    images = family_images(report, max_families=fams.index(fam) + 1, quizzes=2).get(fam["family"], {})
+    for model, img in images.items():
         print(f"model {model}, feature {fam['members'][model]}:")
         png = io.BytesIO()
         img.save(png, format="PNG")
