@@ -355,6 +355,26 @@ def test_bundled_layout_one_sae_per_model_plus_a_second_seed(trained, tmp_path, 
     assert json.loads((tmp_path / "e.json").read_text())["hook_name"] == HOOK
 
 
+def test_the_package_zoo_ships_an_sae_per_model_and_a_ceiling_seed():
+    """The real bundled zoo: one SAE per model at blocks.2.hook_mlp_out plus a
+    second seed of model 0, each loading with SAE.load_from_disk and
+    load_sae("bundled", ...), and their held-out figures in the model card."""
+    from sae_lens import SAE
+
+    from culture.bundle import ZOO_DIR
+    from culture.sae import bundled_saes, load_sae
+
+    found = {(b.model, b.seed): b for b in bundled_saes()}
+    assert {(0, None), (1, None), (2, None), (3, None), (0, 43)} <= set(found)
+    card = (ZOO_DIR / "MODEL_CARD.md").read_text()
+    for b in found.values():
+        sae = SAE.load_from_disk(str(b.path))
+        assert sae.cfg.metadata.hook_name == "blocks.2.hook_mlp_out" and sae.cfg.d_sae == 1024
+        assert load_sae("bundled", b.folder).cfg.d_sae == 1024
+        assert f"`sae/{b.folder}`" in card
+    assert "Zoo size:" in card
+
+
 def test_load_sae_errors(tmp_path, trained):
     from culture.sae import SAEError, load_sae
 
