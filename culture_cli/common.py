@@ -198,6 +198,14 @@ def print_table(table) -> None:
 # ------------------------------------------------------------------ option checks
 
 
+def check_min(option: str, value, minimum: int) -> None:
+    """A lower bound of an integer option (None: not given, nothing to check):
+    ``--top must be at least 1, got 0``, or ``... must be >= 0`` for a bound of 0."""
+    if value is not None and value < minimum:
+        bound = ">= 0" if minimum == 0 else f"at least {minimum}"
+        fail(f"{option} must be {bound}, got {value}")
+
+
 def check_noise(noise: float) -> None:
     """--noise must be a probability."""
     if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
@@ -206,12 +214,9 @@ def check_noise(noise: float) -> None:
 
 def check_test_set_options(num_samples: int, batch_size: int, seed: int, noise: float) -> None:
     """--num-samples, --batch-size, --seed and --noise of the commands that build a test set."""
-    if num_samples < 1:
-        fail(f"--num-samples must be at least 1, got {num_samples}")
-    if batch_size < 1:
-        fail(f"--batch-size must be at least 1, got {batch_size}")
-    if seed < 0:
-        fail(f"--seed must be >= 0, got {seed}")
+    check_min("--num-samples", num_samples, 1)
+    check_min("--batch-size", batch_size, 1)
+    check_min("--seed", seed, 0)
     check_noise(noise)
 
 

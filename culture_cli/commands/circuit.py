@@ -15,6 +15,7 @@ from culture_cli.common import (
     DeviceOption,
     JsonOption,
     ModelSourceOption,
+    check_min,
     console,
     err_console,
     fail,
@@ -94,12 +95,9 @@ def circuit_command(
     check_pair_options(num_pairs, batch_size, seed)
     if not 0 < threshold <= 1:
         fail(f"--threshold must be in (0, 1], got {threshold}")
-    if random_circuits < 0:
-        fail(f"--random-circuits must be >= 0, got {random_circuits}")
-    if top < 1:
-        fail(f"--top must be at least 1, got {top}")
-    if ig_steps < 0:
-        fail(f"--ig-steps must be >= 0, got {ig_steps}")
+    check_min("--random-circuits", random_circuits, 0)
+    check_min("--top", top, 1)
+    check_min("--ig-steps", ig_steps, 0)
     size_list = None
     if sizes:
         from culture_cli.common import parse_ids

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from culture_cli.common import DeviceOption, ModelSourceOption, check_noise, console, err_console, fail, plain_output
+from culture_cli.common import DeviceOption, ModelSourceOption, check_min, check_noise, console, err_console, fail, plain_output
 
 
 def generate_command(
@@ -42,10 +42,8 @@ def generate_command(
     block (green frame when right, red with the wrong cells marked otherwise),
     and whether the quiz is solved.
     """
-    if n < 1:
-        fail(f"--n must be at least 1, got {n}")
-    if seed < 0:
-        fail(f"--seed must be >= 0, got {seed}")
+    check_min("--n", n, 1)
+    check_min("--seed", seed, 0)
     if not (math.isfinite(temperature) and temperature >= 0):
         fail(f"--temperature must be >= 0, got {temperature}")
     check_noise(noise)

@@ -18,17 +18,15 @@ from culture_cli.common import (
     ModelSourceOption,
     NoiseOption,
     TasksOption,
+    check_min,
     check_test_set_options,
     err_console,
+    pct,
     phase_progress,
     print_table,
     progress,
     write_json_or_fail,
 )
-
-
-def _pct(x: dict) -> str:
-    return "-" if x["value"] is None else f"{100 * x['value']:.1f}%"
 
 
 def lens_table(report, key: str, title: str):
@@ -41,9 +39,9 @@ def lens_table(report, key: str, title: str):
     for L, name in enumerate(report.layer_labels):
         cells = []
         for g in report.groups:
-            text = _pct(report.accuracy[g][L][key])
+            text = pct(report.accuracy[g][L][key]["value"])
             if report.baseline is not None:
-                text += f" ({_pct(report.baseline[g][L][key])})"
+                text += f" ({pct(report.baseline[g][L][key]['value'])})"
             cells.append(text)
         t.add_row(name, *cells)
     if key == "cell_accuracy":
@@ -90,10 +88,7 @@ def logit_lens_command(
     is exact at the last layer. In brackets: the random-init model.
     """
     check_test_set_options(num_samples, batch_size, seed, noise)
-    if top < 1:
-        from culture_cli.common import fail
-
-        fail(f"--top must be at least 1, got {top}")
+    check_min("--top", top, 1)
     from culture import sources
     from culture.circuits.logit_lens import logit_lens
     from culture.circuits.plots import save_logit_lens_png

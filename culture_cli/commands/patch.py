@@ -14,11 +14,12 @@ from culture_cli.common import (
     BatchSizeOption,
     DeviceOption,
     JsonOption,
-    pct_ci,
     ModelSourceOption,
+    check_min,
     console,
     err_console,
     fail,
+    pct_ci,
     phase_progress,
     print_table,
     progress,
@@ -156,8 +157,7 @@ def patch_command(
         fail(f"--direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
     if control < 0 or control == 1:
         fail(f"--control-pairs must be 0 or at least 2, got {control}")
-    if top < 1:
-        fail(f"--top must be at least 1, got {top}")
+    check_min("--top", top, 1)
     block_index = _block(block)
     layer_ids = None
     if layers:

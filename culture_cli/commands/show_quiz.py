@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from culture_cli.common import check_noise, console, err_console, fail, plain_output
+from culture_cli.common import check_min, check_noise, console, err_console, fail, plain_output
 
 
 def _parse_indices(values: list[str]) -> list[int]:
@@ -103,10 +103,8 @@ def show_quiz(
     from culture.quiz import add_prompt_noise, parse_structure, reconfigure, structure_index, STRUCTURES
     from culture.render import render_quizzes, save_quizzes_png, structure_name
 
-    if n < 1:
-        fail(f"--n must be at least 1, got {n}")
-    if seed < 0:
-        fail(f"--seed must be >= 0, got {seed}")
+    check_min("--n", n, 1)
+    check_min("--seed", seed, 0)
     check_noise(noise)
     target = None
     if structure is not None:

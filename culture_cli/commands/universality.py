@@ -23,6 +23,7 @@ from culture_cli.common import (
     OptionalOutputFile,
     OptionalOutputFolder,
     QuizKindsOption,
+    check_min,
     check_noise,
     command_group,
     err_console,
@@ -237,8 +238,7 @@ def compare_command(
     the quizzes, measured on the other half), random-init models as a second
     null, and bootstrap intervals over quizzes.
     """
-    if tokens < 1:
-        fail(f"--tokens must be at least 1, got {tokens}")
+    check_min("--tokens", tokens, 1)
     if not (math.isfinite(threshold) and -1.0 <= threshold <= 2.0):
         fail(f"--threshold must be in [-1, 2], got {threshold}")
     check_noise(noise)
@@ -254,16 +254,11 @@ def compare_command(
         fail("--within-position is --controls position: give one of them")
     if precision not in ("float64", "float32"):
         fail(f"--precision must be float64 or float32, got {precision!r}")
-    if seed < 0:
-        fail(f"--seed must be >= 0, got {seed}")
-    if batch_size is not None and batch_size < 1:
-        fail(f"--batch-size must be at least 1, got {batch_size}")
-    if top < 0:
-        fail(f"--top must be >= 0, got {top}")
-    if cka_permutations < 0:
-        fail(f"--cka-permutations must be >= 0, got {cka_permutations}")
-    if resamples < 1:
-        fail(f"--resamples must be at least 1, got {resamples}")
+    check_min("--seed", seed, 0)
+    check_min("--batch-size", batch_size, 1)
+    check_min("--top", top, 0)
+    check_min("--cka-permutations", cka_permutations, 0)
+    check_min("--resamples", resamples, 1)
     if quizzes not in ("world", "culture", "both"):
         fail(f"--quizzes must be world, culture or both, got {quizzes!r}")
     ids = parse_ids(models, "--models")
