@@ -68,7 +68,7 @@ def baseline_runs(hooked, pairs: QuizPairs, batch_size: int = DEFAULT_BATCH_SIZE
         with torch.inference_mode():
             for side, tokens in (("clean", batch.clean_tokens), ("corrupted", batch.corrupted_tokens)):
                 logits = hooked(tokens, return_type="logits")
-                out.add(side, batch.readouts(logits), batch, logits)
+                out.add(side, batch, logits)
     return out.build()
 
 
@@ -94,8 +94,8 @@ def activation_patching(hooked, pairs: QuizPairs, sites: Sequence[Site], directi
         src_logits, src = run_cached(hooked, batch.source_tokens, source_names)
         tgt_logits, tgt = run_cached(hooked, batch.target_tokens, resid_names)
         sides = ("clean", "corrupted") if direction == "denoise" else ("corrupted", "clean")
-        base.add(sides[0], batch.readouts(src_logits), batch, src_logits)
-        base.add(sides[1], batch.readouts(tgt_logits), batch, tgt_logits)
+        base.add(sides[0], batch, src_logits)
+        base.add(sides[1], batch, tgt_logits)
         target_resid = {L: tgt[resid_names[L]] for L in range(n + 1)}
         with torch.inference_mode():
             for k, site in enumerate(sites):

@@ -96,9 +96,9 @@ def attribution_patching(hooked, pairs: QuizPairs, sites: Sequence[Site], direct
         acts, grads, tgt_logits = activations_and_gradients(
             hooked, batch.target_tokens, names, lambda logits: batch.readouts(logits)[key])
         sides = ("clean", "corrupted") if direction == "denoise" else ("corrupted", "clean")
-        base.add(sides[0], batch.readouts(src_logits), batch, src_logits)
+        base.add(sides[0], batch, src_logits)
         r_tgt = batch.readouts(tgt_logits)
-        base.add(sides[1], r_tgt, batch, tgt_logits)
+        base.add(sides[1], batch, tgt_logits, r_tgt)
         with torch.no_grad():
             for k, site in enumerate(sites):
                 name = site.hook_name(n)

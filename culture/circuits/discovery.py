@@ -197,8 +197,8 @@ def edge_scores(hooked, pairs: QuizPairs, *, ig_steps: int = 5, batch_size: int 
         for batch in pair_batches(hooked, pairs, "noise", batch_size):
             corr_logits, corr_out = _outputs(hooked, batch.corrupted_tokens)
             clean_logits, clean_out = _outputs(hooked, batch.clean_tokens)
-            base.add("clean", batch.readouts(clean_logits), batch, clean_logits)
-            base.add("corrupted", batch.readouts(corr_logits), batch, corr_logits)
+            base.add("clean", batch, clean_logits)
+            base.add("corrupted", batch, corr_logits)
             grad_in = None
             for a in alphas:
                 embed = None if a is None else corr_out[:, :, 0] + a * (clean_out[:, :, 0] - corr_out[:, :, 0])

@@ -68,19 +68,20 @@ def n_batches(pairs: QuizPairs, batch_size: int) -> int:
 
 class BaselineBuilder:
     """Collects the per-pair readouts of the unpatched clean and corrupted
-    runs, and their cell scores against the clean answer (``logits`` given)."""
+    runs, and their cell scores against the clean answer."""
 
     def __init__(self):
         self.parts: dict[str, list[np.ndarray]] = {}
         self.cells: dict[str, ScoreParts] = {}
 
-    def add(self, side: str, r: dict[str, torch.Tensor], batch: PairBatch | None = None,
-            logits: torch.Tensor | None = None) -> None:
+    def add(self, side: str, batch: PairBatch, logits: torch.Tensor,
+            r: dict[str, torch.Tensor] | None = None) -> None:
+        """One batch of the ``side`` run; ``r``: its readouts when the caller has them already."""
+        r = batch.readouts(logits) if r is None else r
         for key, v in r.items():
             self.parts.setdefault(f"{side}_{key}", []).append(v.detach().double().cpu().numpy()
                                                               if key != "correct" else v.cpu().numpy())
-        if batch is not None and logits is not None:
-            self.cells.setdefault(side, ScoreParts()).add(batch.answer_scores(logits))
+        self.cells.setdefault(side, ScoreParts()).add(batch.answer_scores(logits))
 
     def build(self) -> Baseline:
         cells = {f"{side}_cells": parts.build() for side, parts in self.cells.items()}
