@@ -6,7 +6,7 @@ task, plus (when given) every *test* c-quiz of a source, as a
 
 * ``input_ids``: ``Sequence(int32, length=405)`` — BOS 0, then the 404-token
   quiz. Each quiz is reconfigured to a structure drawn uniformly from the four
-  deterministic ones and gets prompt noise (0.05) on its structure's noised
+  deterministic ones and gets prompt noise (:data:`culture.defaults.PROMPT_NOISE`) on its structure's noised
   block, exactly as in evaluation (:func:`culture.quiz.random_structures`,
   :func:`culture.quiz.add_prompt_noise`).
 * ``label``: ``ClassLabel`` over the sorted label names — the task name, or
@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from culture.defaults import PROMPT_NOISE
 from culture.errors import CultureError
 from culture.io import OutputSet, check_out_dir, existing_ancestor
 from culture.quiz import (
@@ -77,8 +78,6 @@ from culture.quiz import (
 SHARD_SIZE = 4096
 #: seed of the final shuffle (the earlier toolkit's)
 SHUFFLE_SEED = 42
-#: prompt-noise probability of the published run
-PROMPT_NOISE = 0.05
 #: label of the c-quizzes
 CULTURE_LABEL = "culture"
 #: stream id of the c-quizzes (world tasks use their index in culture.world.TASKS)

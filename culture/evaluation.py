@@ -6,7 +6,7 @@ Protocol (REFERENCE.md section 5, from the reference ``quiz_machine.py``):
 * :func:`make_test_set` -- n world quizzes of the eight tasks, mixed with test
   c-quizzes when given (at most n//2 of them; the world quizzes make up the
   rest), shuffled; each quiz reconfigured to a structure drawn uniformly from
-  the four deterministic ones, then prompt noise (0.05) on the noised block of
+  the four deterministic ones, then prompt noise (:data:`culture.defaults.PROMPT_NOISE`) on the noised block of
   structures 1 and 2.
 * Perplexity: exp(mean token cross-entropy over all 404 positions of every
   quiz, teacher-forced), the target being the (noised) test quiz itself.
@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
+from culture.defaults import PROMPT_NOISE, TEST_SAMPLES
 from culture.errors import CultureError
 from culture.generation import DEFAULT_BATCH_SIZE, generate_blocks, logits_fn, model_device
 from culture.quiz import (
@@ -183,11 +184,11 @@ def _structure_list(structures) -> list[Structure]:
 
 
 def make_test_set(
-    n: int = 2000,
+    n: int = TEST_SAMPLES,
     tasks=None,
     c_quizzes=None,
     seed: int = 0,
-    noise: float = 0.05,
+    noise: float = PROMPT_NOISE,
     structures: Sequence = EVAL_STRUCTURES,
     c_quizzes_only: bool = False,
 ) -> TestSet:
@@ -246,7 +247,7 @@ QUIZ_KINDS = ("world", "culture", "both")
 
 
 def source_test_set(source, n: int, tasks=None, *, c_quizzes: bool = True, seed: int = 0,
-                    noise: float = 0.05, quizzes: str = "both") -> TestSet:
+                    noise: float = PROMPT_NOISE, quizzes: str = "both") -> TestSet:
     """:func:`make_test_set` with the test c-quizzes of a model source (a
     :class:`culture.sources.ModelSource` or anything ``resolve_source`` takes)
     mixed in, at most half, when ``c_quizzes`` and the source has some.

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
+from culture.defaults import CANONICAL_STRUCTURE, PROMPT_NOISE
 from culture.errors import CultureError
 from culture.quiz import (
     BLOCK_LEN,
@@ -177,7 +178,7 @@ def _hashable(v):
     return tuple(_hashable(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
-def probe_set(task: str, param: str, n: int, *, seed: int = 0, structure=1, noise: float = 0.05) -> ProbeSet:
+def probe_set(task: str, param: str, n: int, *, seed: int = 0, structure=CANONICAL_STRUCTURE, noise: float = PROMPT_NOISE) -> ProbeSet:
     """``n`` quizzes of ``task`` labelled by their parameter ``param``, in
     ``structure`` (1..4 or markers), prompt noise on its noised block."""
     from culture.world import generate_quizzes_with_params
@@ -384,8 +385,8 @@ def run_probes(
     n: int = 1000,
     seed: int = 0,
     test_fraction: float = 0.25,
-    structure=1,
-    noise: float = 0.05,
+    structure=CANONICAL_STRUCTURE,
+    noise: float = PROMPT_NOISE,
     l2: float = 1e-3,
     random_baseline: bool = True,
     causal: bool = False,

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from culture import quiz as Q
+from culture.defaults import PROMPT_NOISE, TEST_SAMPLES
 from culture.errors import CultureError
 from culture.io import atomic_torch_save, atomic_write_json, load_tensors, make_parents, remove_empty
 from culture.mygpt import PRESETS, GPTConfig, MyGPT, read_checkpoint, save_checkpoint
@@ -80,10 +81,10 @@ class TrainConfig:
     attention_dropout: float | None = None  # None: same as dropout (reference)
     tasks: tuple[str, ...] | None = None
     train_samples: int = 40_000
-    test_samples: int = 2_000
+    test_samples: int = TEST_SAMPLES
     batch_size: int = 25
     lr: float = 5e-4
-    prompt_noise: float = 0.05
+    prompt_noise: float = PROMPT_NOISE
     seed: int = 0
     threshold: float = 0.95
     max_rounds: int | None = None

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from culture.defaults import PROMPT_NOISE
 from culture_cli.common import (
     BatchSizeOption,
     CQuizzesOption,
@@ -136,7 +137,7 @@ def ablate_command(
     tasks: TasksOption = None,
     quizzes: QuizKindsOption = "both",
     c_quizzes: CQuizzesOption = True,
-    noise: NoiseOption = 0.05,
+    noise: NoiseOption = PROMPT_NOISE,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test set.")] = 0,
     attention: Annotated[Optional[str], typer.Option(
         "--attention", help="LAYER.HEAD: this head's attention averaged over the test quizzes (by grid, by "

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from culture.defaults import PROMPT_NOISE, TEST_SAMPLES
 from culture_cli.common import (
     BatchSizeOption,
     DeviceOption,
@@ -91,7 +92,7 @@ def eval_command(
         "default: every model of the source.", show_default=False)] = None,
     source: ModelsSourceOption = None,
     num_samples: Annotated[int, typer.Option(
-        "--num-samples", "-n", help="Test quizzes (the reference uses 2000; fewer = noisier).")] = 2000,
+        "--num-samples", "-n", help="Test quizzes (the reference uses 2000; fewer = noisier).")] = TEST_SAMPLES,
     tasks: Annotated[Optional[list[str]], typer.Option(
         "--tasks", "--task", help="World tasks of the test set (default: the source's training tasks when it records them, "
         "else the 8 of the published models).",
@@ -103,7 +104,7 @@ def eval_command(
         "--c-quizzes/--no-c-quizzes", help="Mix in the source's test c-quizzes (at most half the test set).")
     ] = True,
     noise: Annotated[float, typer.Option("--noise", help="Prompt noise probability (structures 1 and 2).")
-                     ] = 0.05,
+                     ] = PROMPT_NOISE,
     device: DeviceOption = "cpu",
     batch_size: BatchSizeOption = 100,
     json_path: Annotated[Optional[Path], typer.Option(

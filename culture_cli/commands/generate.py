@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from culture.defaults import CANONICAL_STRUCTURE, PROMPT_NOISE
 from culture_cli.common import DeviceOption, ModelSourceOption, check_min, check_noise, console, err_console, fail, plain_output
 
 
@@ -23,13 +24,13 @@ def generate_command(
     n: Annotated[int, typer.Option("--n", help="How many quizzes.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the quizzes, the noise and the sampling.")] = 0,
     structure: Annotated[str, typer.Option(
-        "--structure", help="Structure 1..4 (1 = A, f(A), B -> f(B)); or markers like \"f_A,A,f_B,B\".")] = "1",
+        "--structure", help="Structure 1..4 (1 = A, f(A), B -> f(B)); or markers like \"f_A,A,f_B,B\".")] = str(CANONICAL_STRUCTURE),
     greedy: Annotated[bool, typer.Option("--greedy", help="Take the most likely token (overrides --temperature).")
                       ] = False,
     temperature: Annotated[float, typer.Option(
         "--temperature", help="Sampling temperature (1 = the reference's accuracy test; 0 = greedy).")] = 1.0,
     noise: Annotated[float, typer.Option(
-        "--noise", help="Prompt noise on the structure's noised block (the test protocol uses 0.05).")] = 0.0,
+        "--noise", help=f"Prompt noise on the structure's noised block (the test protocol uses {PROMPT_NOISE:g}).")] = 0.0,
     device: DeviceOption = "cpu",
     png: Annotated[Optional[Path], typer.Option(
         "--png", help="Also draw the solutions to this PNG file.", show_default=False)] = None,

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from culture.defaults import PROMPT_NOISE
 from culture_cli.common import (
     BatchSizeOption,
     CQuizzesOption,
@@ -71,7 +72,7 @@ def logit_lens_command(
     tasks: TasksOption = None,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Test quizzes.")] = 300,
     c_quizzes: CQuizzesOption = False,
-    noise: NoiseOption = 0.05,
+    noise: NoiseOption = PROMPT_NOISE,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test set and of the random-init model.")] = 0,
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline",
                                            help="Also decode a randomly initialised model of the same shape.")] = True,

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from culture.defaults import CANONICAL_STRUCTURE, PROMPT_NOISE
 from culture_cli.common import (
     BatchSizeOption,
     DeviceOption,
@@ -69,8 +70,8 @@ def probe_command(
         "cells), answer, or a grid A, f_A, B, f_B (the positions predicting its cells).")] = "transform-cells",
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Quizzes of the task.")] = 1000,
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Held-out share.")] = 0.25,
-    structure: Annotated[str, typer.Option("--structure", help="Structure of the quizzes: 1..4 or markers.")] = "1",
-    noise: NoiseOption = 0.05,
+    structure: Annotated[str, typer.Option("--structure", help="Structure of the quizzes: 1..4 or markers.")] = str(CANONICAL_STRUCTURE),
+    noise: NoiseOption = PROMPT_NOISE,
     seed: Annotated[int, typer.Option("--seed", help="Seed of quizzes, split, control labels, random model.")] = 0,
     random_baseline: Annotated[bool, typer.Option(
         "--random-baseline/--no-random-baseline", help="Also probe a randomly initialised model of the same shape."

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from culture.defaults import PROMPT_NOISE, TEST_SAMPLES
 from culture_cli.common import OutputDir, console, err_console, fail, given_options, invocation, option_flag
 
 
@@ -46,11 +47,11 @@ def train(
              "(about 2-3x faster training steps on CPU)."),
     tasks: Optional[list[str]] = typer.Option(None, "--tasks", help="World tasks (default: the eight)."),
     train_samples: int = typer.Option(40_000, "--train-samples", min=1, help="Quizzes per epoch."),
-    test_samples: int = typer.Option(2_000, "--test-samples", min=1, help="Test-set size."),
+    test_samples: int = typer.Option(TEST_SAMPLES, "--test-samples", min=1, help="Test-set size."),
     batch_size: int = typer.Option(25, "--batch-size", min=1, help="Quizzes per training step."),
     lr: float = typer.Option(
         5e-4, "--lr", min=0.0, help="Adam learning rate; with --resume, a new one (Adam's moments are kept)."),
-    prompt_noise: float = typer.Option(0.05, "--prompt-noise", min=0.0, max=1.0,
+    prompt_noise: float = typer.Option(PROMPT_NOISE, "--prompt-noise", min=0.0, max=1.0,
                                        help="Prompt noise of the noised structures (1 and 2)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the models, quizzes and culture phases."),
     threshold: float = typer.Option(0.95, "--threshold", min=0.0, max=1.0,
