@@ -269,9 +269,12 @@ def source_test_set(source, n: int, tasks=None, *, c_quizzes: bool = True, seed:
                          c_quizzes_only=quizzes == "culture")
 
 
-def _sequences(quizzes, targets) -> torch.Tensor:
+def teacher_forced(quizzes, targets=None) -> torch.Tensor:
     """The teacher-forced sequences: ``quizzes`` with their predicted cells
-    taken from ``targets``."""
+    taken from ``targets`` (what :func:`score_quizzes` scores). ``quizzes``
+    may be a :class:`TestSet` (its quizzes and targets)."""
+    if isinstance(quizzes, TestSet):
+        quizzes, targets = quizzes.quizzes, quizzes.targets
     q = validate_quizzes(quizzes)
     if targets is None:
         return q
@@ -327,7 +330,7 @@ def score_quizzes(
     """
     if isinstance(quizzes, TestSet):
         quizzes, targets = quizzes.quizzes, quizzes.targets
-    seq = _sequences(quizzes, targets)
+    seq = teacher_forced(quizzes, targets)
     if batch_size < 1:
         raise EvaluationError(f"batch size must be >= 1, got {batch_size}")
     device = model_device(model) if device is None else torch.device(device)
@@ -418,8 +421,7 @@ def generated_correct(model, quizzes, targets=None, *, temperature: float = 1.0,
     """The reference's accuracy test: the predicted block(s) generated (sampling
     at ``temperature``, KV cache) and compared with the target at every cell.
     Returns (correct (n,) bool, generated quizzes (n, 404))."""
-    seq = _sequences(quizzes.quizzes if isinstance(quizzes, TestSet) else quizzes,
-                     quizzes.targets if isinstance(quizzes, TestSet) else targets)
+    seq = teacher_forced(quizzes, targets)
     gen = generate_blocks(model, seq, ar_mask(seq), temperature, use_cache=use_cache, generator=generator,
                           batch_size=batch_size, progress=progress)
     return (gen == seq).all(1), gen
