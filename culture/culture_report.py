@@ -322,9 +322,3 @@ def culture_yield(source="bundled", *, models=None, candidates: int = 100, num_w
         }
         tick(f"scoring {name}", 1, 1)
     return out
-
-
-def write_report_json(report: dict, path) -> None:
-    from culture.io import atomic_write_text
-
-    atomic_write_text(path, json.dumps(report, indent=2) + "\n")

@@ -643,16 +643,6 @@ def build_dataset(
 # ------------------------------------------------------------------ loading / pushing
 
 
-def partition_dataset(dataset):
-    """A ``DatasetDict`` keyed by label name from a dataset with a ``label``
-    ClassLabel column (rows keep their order)."""
-    from datasets import DatasetDict
-
-    names = dataset.features["label"].names
-    labels = np.asarray(dataset.with_format("numpy")["label"])
-    return DatasetDict({name: dataset.select(np.flatnonzero(labels == i)) for i, name in enumerate(names)})
-
-
 def push_dataset(
     path: str | os.PathLike,
     repo_id: str,
