@@ -187,15 +187,10 @@ def ablate_command(
         save_mean_attention_png,
         source_test_set,
     )
-    from culture.evaluation import check_device
-    from culture.hooked import load_hooked
-    from culture.world import resolve_tasks
 
-    dev = check_device(device)
-    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
-    names = resolve_tasks(list(tasks) if tasks else src.default_tasks())
-    src.check_model_id(model)
-    hooked = load_hooked(model, src, device=str(dev))
+    run = sources.open_source(source, model, device=device, tasks=tasks)
+    src, dev, names = run.source, run.device, run.tasks
+    hooked = run.hooked(model)
     ts = source_test_set(src, num_samples, names, c_quizzes=c_quizzes, seed=seed, noise=noise, quizzes=quizzes)
     err_console.print(f"test set: {len(ts)} quizzes ({len(ts) - ts.n_c_quizzes} world, {ts.n_c_quizzes} "
                       f"c-quizzes), seed {seed}, noise {noise:g}", highlight=False)

@@ -124,27 +124,17 @@ def eval_command(
     check_test_set_options(num_samples, batch_size, seed, noise)
     ids = parse_ids(models, "--models")
 
-    from culture import sources
-    from culture.evaluation import check_device, evaluate, source_test_set
-    from culture.world import resolve_tasks
+    from culture.evaluation import evaluate, source_test_set
+    from culture.sources import open_source
 
-    dev = check_device(device)
-    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
-    # default: the tasks the source's models were trained on (bundled zoo,
+    # tasks default: those the source's models were trained on (bundled zoo,
     # training runs), else the eight of the published models
-    task_names = resolve_tasks(list(tasks) if tasks else src.default_tasks())
-    if ids is None:
-        ids = src.model_ids()
-    for k in ids:
-        src.check_model_id(k)
-    loaded, accuracies = [], []  # load (and so check) every model before printing anything
-    for k in ids:
-        model, acc = sources.load_model(k, src, device=dev)
-        model.model_id = k
-        loaded.append(model)
-        accuracies.append(acc)
+    run = open_source(source, ids, device=device, tasks=tasks)
+    src, dev, ids = run.source, run.device, run.ids
+    loaded = run.load_all()  # load (and so check) every model before printing anything
+    accuracies = [m.accuracy for m in loaded]
 
-    test_set = source_test_set(src, num_samples, task_names, c_quizzes=c_quizzes, seed=seed, noise=noise)
+    test_set = source_test_set(src, num_samples, run.tasks, c_quizzes=c_quizzes, seed=seed, noise=noise)
     err_console.print(
         f"test set: {len(test_set)} quizzes ({len(test_set) - test_set.n_c_quizzes} world, "
         f"{test_set.n_c_quizzes} c-quizzes), seed {seed}, noise {noise:g}", highlight=False)

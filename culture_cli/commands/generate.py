@@ -52,13 +52,12 @@ def generate_command(
     import torch
 
     from culture import sources
-    from culture.evaluation import check_device
     from culture.generation import generate
     from culture.quiz import (
         EVAL_STRUCTURES, N_COLORS, add_prompt_noise, ar_mask, parse_structure, reconfigure,
     )
     from culture.render import render_solutions, save_solutions_png, structure_name
-    from culture.world import TASKS, generate_quizzes_with_tasks, resolve_tasks
+    from culture.world import TASKS, generate_quizzes_with_tasks
 
     try:
         target_structure = parse_structure(structure)
@@ -66,10 +65,9 @@ def generate_command(
         fail(f"--structure: {exc}")
     if target_structure not in EVAL_STRUCTURES:
         fail(f"--structure must be one of the four with a single answer block (1..4), got {structure}")
-    dev = check_device(device)
-    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
-    task_names = resolve_tasks(list(task) if task else src.default_tasks())
-    gpt, stored = sources.load_model(model, src, device=dev)
+    run = sources.open_source(source, model, device=device, tasks=task)
+    src, dev, task_names = run.source, run.device, run.tasks
+    gpt, stored = run.load(model)
 
     quizzes, task_index = generate_quizzes_with_tasks(n, task_names, seed=seed)
     labels = [TASKS[int(i)] for i in task_index]

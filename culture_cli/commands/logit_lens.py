@@ -93,15 +93,11 @@ def logit_lens_command(
     from culture import sources
     from culture.circuits.logit_lens import logit_lens
     from culture.circuits.plots import save_logit_lens_png
-    from culture.evaluation import check_device, source_test_set
-    from culture.hooked import load_hooked
-    from culture.world import resolve_tasks
+    from culture.evaluation import source_test_set
 
-    dev = check_device(device)
-    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
-    names = resolve_tasks(list(tasks) if tasks else src.default_tasks())
-    src.check_model_id(model)
-    hooked = load_hooked(model, src, device=str(dev))
+    run = sources.open_source(source, model, device=device, tasks=tasks)
+    src, names = run.source, run.tasks
+    hooked = run.hooked(model)
     ts = source_test_set(src, num_samples, names, c_quizzes=c_quizzes, seed=seed, noise=noise)
     err_console.print(f"test set: {len(ts)} quizzes ({ts.n_c_quizzes} c-quizzes), seed {seed}, noise {noise:g}",
                       highlight=False)

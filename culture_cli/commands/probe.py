@@ -107,13 +107,11 @@ def probe_command(
 
     parse_target(target)  # before loading anything
     from culture import sources
-    from culture.evaluation import check_device
     from culture.probes import run_probes, save_probe_png
 
-    dev = check_device(device)
-    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
-    src.check_model_id(model)
-    gpt, _ = sources.load_model(model, src, device=dev)
+    run = sources.open_source(source, model, device=device, with_tasks=False)
+    src, dev = run.source, run.device
+    gpt, _ = run.load(model)
     with progress() as bar:
         ids: dict[str, int] = {}
         names = {"activations": "activations (model)", "random model": "activations (random model)",

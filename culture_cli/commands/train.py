@@ -81,8 +81,7 @@ def train(
              "as the reference), e.g. 1 2 for a stage on the noised structures. May change with --resume."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps."),
 ) -> None:
-    import torch
-
+    from culture.evaluation import check_device
     from culture.training import CultureRun, TrainConfig
 
     given = given_options()
@@ -93,7 +92,7 @@ def train(
                  f"cannot change on resume (it may change {', '.join(option_flag(n) for n in RESUMABLE)})")
     if not lr > 0:
         fail(f"--lr must be > 0, got {lr}")
-    _check_device(device, torch)
+    check_device(device)
     hooks = RichTrainingHooks()
     command = invocation()
     structures = tuple(train_structures) if train_structures else None
@@ -121,17 +120,6 @@ def train(
     with hooks.progress:
         reason = run.train()
     _summary(run, reason)
-
-
-def _check_device(device: str, torch) -> None:
-    if device == "cpu":
-        return
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        fail("--device cuda: no CUDA device is available here")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        fail("--device mps: MPS is not available here")
-    if not (device.startswith("cuda") or device == "mps"):
-        fail(f"unknown device {device!r} (cpu, cuda, mps)")
 
 
 class RichTrainingHooks:
