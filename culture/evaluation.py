@@ -48,6 +48,7 @@ from torch.nn import functional as F
 
 from culture.defaults import PROMPT_NOISE, TEST_SAMPLES
 from culture.errors import CultureError
+from culture.settings import QUIZ_KINDS
 from culture.generation import DEFAULT_BATCH_SIZE, generate_blocks, logits_fn, model_device
 from culture.quiz import (
     BLOCK_LEN,
@@ -242,8 +243,6 @@ def make_test_set(
 # -------------------------------------------------------------------- scores
 
 
-#: what ``--quizzes`` selects: world quizzes, culture quizzes, or the reference mix of both
-QUIZ_KINDS = ("world", "culture", "both")
 
 
 def source_test_set(source, n: int, tasks=None, *, c_quizzes: bool = True, seed: int = 0,

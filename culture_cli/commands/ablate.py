@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from culture.defaults import PROMPT_NOISE
+from culture.settings import TestSetSettings
 from culture_cli.common import (
     BatchSizeOption,
     CQuizzesOption,
@@ -31,6 +31,10 @@ from culture_cli.common import (
     progress,
     write_outputs,
 )
+
+
+#: the test set this command draws by default (its options default to these fields)
+TEST_SET = TestSetSettings(num_samples=400)
 
 
 def _loss(x) -> str:
@@ -133,12 +137,12 @@ def ablate_command(
     pooled_mean: Annotated[bool, typer.Option(
         "--pooled-mean", help="Also mean-ablate with the mean over all quizzes (structures pooled; for "
         "comparison).")] = False,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Test quizzes.")] = 400,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Test quizzes.")] = TEST_SET.num_samples,
     tasks: TasksOption = None,
-    quizzes: QuizKindsOption = "both",
-    c_quizzes: CQuizzesOption = True,
-    noise: NoiseOption = PROMPT_NOISE,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the test set.")] = 0,
+    quizzes: QuizKindsOption = TEST_SET.quizzes,
+    c_quizzes: CQuizzesOption = TEST_SET.c_quizzes,
+    noise: NoiseOption = TEST_SET.noise,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the test set.")] = TEST_SET.seed,
     attention: Annotated[Optional[str], typer.Option(
         "--attention", help="LAYER.HEAD: this head's attention averaged over the test quizzes (by grid, by "
         "look-back offset; --png: the mean pattern per structure) instead of ablating.", show_default=False)] = None,
@@ -185,13 +189,12 @@ def ablate_command(
         save_ablation_heatmap,
         save_attention_png,
         save_mean_attention_png,
-        source_test_set,
     )
 
     run = sources.open_source(source, model, device=device, tasks=tasks)
     src, dev, names = run.source, run.device, run.tasks
     hooked = run.hooked(model)
-    ts = source_test_set(src, num_samples, names, c_quizzes=c_quizzes, seed=seed, noise=noise, quizzes=quizzes)
+    ts = TestSetSettings(num_samples, names, c_quizzes, quizzes, seed, noise).build(src)
     err_console.print(f"test set: {len(ts)} quizzes ({len(ts) - ts.n_c_quizzes} world, {ts.n_c_quizzes} "
                       f"c-quizzes), seed {seed}, noise {noise:g}", highlight=False)
 

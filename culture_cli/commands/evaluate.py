@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from culture.defaults import PROMPT_NOISE, TEST_SAMPLES
+from culture.settings import TestSetSettings
 from culture_cli.common import (
     BatchSizeOption,
     DeviceOption,
@@ -92,7 +92,7 @@ def eval_command(
         "default: every model of the source.", show_default=False)] = None,
     source: ModelsSourceOption = None,
     num_samples: Annotated[int, typer.Option(
-        "--num-samples", "-n", help="Test quizzes (the reference uses 2000; fewer = noisier).")] = TEST_SAMPLES,
+        "--num-samples", "-n", help="Test quizzes (the reference uses 2000; fewer = noisier).")] = TestSetSettings.num_samples,
     tasks: Annotated[Optional[list[str]], typer.Option(
         "--tasks", "--task", help="World tasks of the test set (default: the source's training tasks when it records them, "
         "else the 8 of the published models).",
@@ -102,14 +102,14 @@ def eval_command(
     ] = False,
     c_quizzes: Annotated[bool, typer.Option(
         "--c-quizzes/--no-c-quizzes", help="Mix in the source's test c-quizzes (at most half the test set).")
-    ] = True,
+    ] = TestSetSettings.c_quizzes,
     noise: Annotated[float, typer.Option("--noise", help="Prompt noise probability (structures 1 and 2).")
-                     ] = PROMPT_NOISE,
+                     ] = TestSetSettings.noise,
     device: DeviceOption = "cpu",
     batch_size: BatchSizeOption = 100,
     json_path: Annotated[Optional[Path], typer.Option(
         "--json", help="Write the numbers and settings to this JSON file.", show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the test set and of the sampling.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the test set and of the sampling.")] = TestSetSettings.seed,
 ) -> None:
     """Evaluate models on the reference test protocol: perplexity, greedy and expected sampled accuracy.
 
@@ -124,7 +124,7 @@ def eval_command(
     check_test_set_options(num_samples, batch_size, seed, noise)
     ids = parse_ids(models, "--models")
 
-    from culture.evaluation import evaluate, source_test_set
+    from culture.evaluation import evaluate
     from culture.sources import open_source
 
     # tasks default: those the source's models were trained on (bundled zoo,
@@ -134,7 +134,7 @@ def eval_command(
     loaded = run.load_all()  # load (and so check) every model before printing anything
     accuracies = [m.accuracy for m in loaded]
 
-    test_set = source_test_set(src, num_samples, run.tasks, c_quizzes=c_quizzes, seed=seed, noise=noise)
+    test_set = TestSetSettings(num_samples, run.tasks, c_quizzes, seed=seed, noise=noise).build(src)
     err_console.print(
         f"test set: {len(test_set)} quizzes ({len(test_set) - test_set.n_c_quizzes} world, "
         f"{test_set.n_c_quizzes} c-quizzes), seed {seed}, noise {noise:g}", highlight=False)
