@@ -48,7 +48,6 @@ from torch.nn import functional as F
 
 from culture.defaults import PROMPT_NOISE, TEST_SAMPLES
 from culture.errors import CultureError
-from culture.settings import QUIZ_KINDS
 from culture.generation import DEFAULT_BATCH_SIZE, generate_blocks, logits_fn, model_device
 from culture.quiz import (
     BLOCK_LEN,
@@ -64,6 +63,7 @@ from culture.quiz import (
     transform_mask,
     validate_quizzes,
 )
+from culture.settings import QUIZ_KINDS
 
 __all__ = [
     "source_test_set",
