@@ -44,8 +44,9 @@ from pathlib import Path
 import torch
 
 from culture.errors import CultureError
-from culture.evaluation import group_metrics, source_test_set  # noqa: F401 - re-exported (ablation API)
+from culture.evaluation import group_metrics, source_test_set, teacher_forced  # noqa: F401 - source_test_set re-exported (ablation API)
 from culture.figures import new_figure, save_png
+from culture.hooks import act_name
 from culture.quiz import (
     BLOCK_LEN,
     MARKER_LABELS,
@@ -63,9 +64,7 @@ __all__ = [
     "AblationResults",
     "list_components",
     "parse_head",
-    "test_sequences",
     "source_test_set",
-    "task_metrics",
     "component_hook",
     "position_means",
     "structure_position_means",
@@ -116,11 +115,7 @@ class Component:
 
     @property
     def hook_name(self) -> str:
-        if self.kind == "attn":
-            return f"blocks.{self.layer}.hook_attn_out"
-        if self.kind == "mlp":
-            return f"blocks.{self.layer}.hook_mlp_out"
-        return f"blocks.{self.layer}.attn.hook_z"
+        return act_name({"attn": "attn_out", "mlp": "mlp_out"}.get(self.kind, "z"), self.layer)
 
 
 def list_components(n_layers: int, n_heads: int, heads: bool = False) -> list[Component]:
@@ -148,22 +143,6 @@ def parse_head(spec: str, n_layers: int | None = None, n_heads: int | None = Non
 
 
 # ------------------------------------------------------------------ scoring
-
-
-def test_sequences(test_set) -> torch.Tensor:
-    """The teacher-forced sequences of a TestSet: its quizzes with the
-    predicted cells taken from the targets (what score_quizzes scores)."""
-    q, t = test_set.quizzes, test_set.targets
-    return torch.where(ar_mask(q), t, q)
-
-
-def task_metrics(scores: dict, labels: Sequence[str], names: Sequence[str], n_predicted: torch.Tensor | None = None,
-                 *, baseline: dict | None = None, resamplers: dict | None = None) -> dict:
-    """{group: metrics} for each label in ``names`` and ``"all"``, from the
-    per-quiz scores of score_quizzes: :func:`culture.evaluation.cell_metrics`
-    (both cell families with intervals; with ``baseline`` the paired change
-    against it). ``n_predicted`` is no longer needed (kept for callers)."""
-    return group_metrics(scores, labels, names, baseline=baseline, resamplers=resamplers, all_label=ALL)
 
 
 def _score(hooked, test_set, batch_size: int, device, fwd_hooks=(), batch_hooks=None) -> dict:
@@ -213,7 +192,7 @@ def _accumulate(hooked, test_set, hook_names: Sequence[str], batch_size: int, de
     from culture.hooked import to_hooked_tokens
 
     device = torch.device(device) if device is not None else torch.device(hooked.cfg.device)
-    seq = test_sequences(test_set)
+    seq = teacher_forced(test_set)
     # no need to run the blocks after the last hook's
     last = max(int(name.split(".")[1]) if name.startswith("blocks.") else hooked.cfg.n_layers - 1
                for name in hook_names)
@@ -372,7 +351,7 @@ def run_ablations(
 
     resamplers: dict = {}
     clean_scores = _score(hooked, test_set, batch_size, device)
-    clean = task_metrics(clean_scores, test_set.labels, names, resamplers=resamplers)
+    clean = group_metrics(clean_scores, test_set.labels, names, resamplers=resamplers)
     tick()
     tables: dict[str, dict] = {}
     if "mean" in modes:
@@ -400,7 +379,7 @@ def run_ablations(
                 acts = _component_slice(comp, resampled[1])
                 scores = _score(hooked, test_set, batch_size, device,
                                 batch_hooks=_batch_ablation(comp, mode, acts, donors))
-            metrics = task_metrics(scores, test_set.labels, names, baseline=clean_scores, resamplers=resamplers)
+            metrics = group_metrics(scores, test_set.labels, names, baseline=clean_scores, resamplers=resamplers)
             rows.append({"component": comp.name, "kind": comp.kind, "layer": comp.layer, "head": comp.head,
                          "hook": comp.hook_name, "mode": mode, "metrics": metrics})
             tick()
@@ -490,7 +469,7 @@ def attention_pattern(hooked, quiz: torch.Tensor, layer: int, head: int) -> torc
 
     parse_head(f"{layer}.{head}", hooked.cfg.n_layers, hooked.cfg.n_heads)
     tokens = to_hooked_tokens(torch.as_tensor(quiz).reshape(1, -1)).to(hooked.cfg.device)
-    name = f"blocks.{layer}.attn.hook_pattern"
+    name = act_name("pattern", layer)
     with torch.inference_mode():
         _, cache = hooked.run_with_cache(tokens, names_filter=[name], stop_at_layer=layer + 1,
                                          attention_mask=torch.ones_like(tokens))
@@ -615,7 +594,7 @@ def attention_statistics(hooked, test_set, layer: int, head: int, *, batch_size:
 
     parse_head(f"{layer}.{head}", hooked.cfg.n_layers, hooked.cfg.n_heads)
     dev = torch.device(device) if device is not None else torch.device(hooked.cfg.device)
-    seq = test_sequences(test_set)
+    seq = teacher_forced(test_set)
     n, T = seq.shape
     markers = block_markers(test_set.targets)  # (n, 4)
     role_of_marker = {m: i for i, m in enumerate(sorted(MARKER_LABELS))}  # A, f_A, B, f_B -> 0..3
@@ -632,7 +611,7 @@ def attention_statistics(hooked, test_set, layer: int, head: int, *, batch_size:
     groups = {MARKER_LABELS[m]: (query_role == role_of_marker[m]) & cell for m in sorted(MARKER_LABELS)}
     groups = {"answer": answer, "answer: transform cells": change, "answer: copy cells": answer & ~change, **groups}
 
-    name = f"blocks.{layer}.attn.hook_pattern"
+    name = act_name("pattern", layer)
     offs = torch.arange(T)
     look = (offs.unsqueeze(1) - offs.unsqueeze(0))  # (query, offset) -> key index p - d
     valid = look >= 0

@@ -6,7 +6,7 @@ task, plus (when given) every *test* c-quiz of a source, as a
 
 * ``input_ids``: ``Sequence(int32, length=405)`` — BOS 0, then the 404-token
   quiz. Each quiz is reconfigured to a structure drawn uniformly from the four
-  deterministic ones and gets prompt noise (0.05) on its structure's noised
+  deterministic ones and gets prompt noise (:data:`culture.defaults.PROMPT_NOISE`) on its structure's noised
   block, exactly as in evaluation (:func:`culture.quiz.random_structures`,
   :func:`culture.quiz.add_prompt_noise`).
 * ``label``: ``ClassLabel`` over the sorted label names — the task name, or
@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from culture.defaults import PROMPT_NOISE
 from culture.errors import CultureError
 from culture.io import OutputSet, check_out_dir, existing_ancestor
 from culture.quiz import (
@@ -77,8 +78,6 @@ from culture.quiz import (
 SHARD_SIZE = 4096
 #: seed of the final shuffle (the earlier toolkit's)
 SHUFFLE_SEED = 42
-#: prompt-noise probability of the published run
-PROMPT_NOISE = 0.05
 #: label of the c-quizzes
 CULTURE_LABEL = "culture"
 #: stream id of the c-quizzes (world tasks use their index in culture.world.TASKS)
@@ -442,6 +441,166 @@ def check_build_args(
     return names
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a build writes: rows per label (tasks as given, then culture), the
+    c-quizzes (uint8, or None), and the labels' ids (sorted names)."""
+
+    names: tuple[str, ...]
+    per_task: int
+    counts: dict
+    culture: np.ndarray | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def labels_sorted(self) -> list[str]:
+        return sorted(self.counts)
+
+    @property
+    def label_id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.labels_sorted)}
+
+    @property
+    def order(self) -> list[str]:
+        """Labels in the unshuffled order of the staging file."""
+        return list(self.names) + ([CULTURE_LABEL] if CULTURE_LABEL in self.counts else [])
+
+
+def _plan(names, n: int, c_quizzes) -> _Plan:
+    per_task = n // len(names)
+    counts = {t: per_task for t in names}
+    culture = None
+    if c_quizzes is not None:
+        from culture.quiz import validate_quizzes
+
+        culture = validate_quizzes(c_quizzes, what="c-quizzes").to(torch.uint8).numpy()
+        if len(culture):
+            counts[CULTURE_LABEL] = len(culture)
+    return _Plan(tuple(names), per_task, counts, culture)
+
+
+def _check_disk_space(out: Path, total: int, partitioned: bool) -> None:
+    need = total * (SEQ_LEN * 4 * (2 if partitioned else 1) + SEQ_LEN) * 1.1
+    free = shutil.disk_usage(existing_ancestor(out.parent)).free
+    if need > free:
+        raise DatasetBuildError(f"not enough disk space in {out.parent}: about {need / 1e9:.1f} GB needed, "
+                                f"{free / 1e9:.1f} GB free")
+
+
+def _jobs(plan: _Plan, seed: int, noise: float, staging: Path) -> tuple[list[_Job], np.ndarray, np.ndarray]:
+    """(one job per shard, label id per staging row, seed index per staging row)."""
+    total, label_id = plan.total, plan.label_id
+    jobs: list[_Job] = []
+    labels = np.empty(total, np.int64)
+    seed_index = np.empty(total, np.int64)
+    offset = 0
+    for label in plan.order:
+        count = plan.counts[label]
+        labels[offset:offset + count] = label_id[label]
+        seed_index[offset:offset + count] = np.arange(count)
+        for shard in range(math.ceil(count / SHARD_SIZE)):
+            keep = min(SHARD_SIZE, count - shard * SHARD_SIZE)
+            qz = plan.culture[shard * SHARD_SIZE:shard * SHARD_SIZE + keep] if label == CULTURE_LABEL else None
+            jobs.append(_Job(label, shard, keep, offset + shard * SHARD_SIZE, seed, float(noise),
+                             str(staging), total, qz))
+        offset += count
+    return jobs, labels, seed_index
+
+
+def _generate(jobs: list[_Job], total: int, num_proc: int, progress: ProgressFn | None) -> tuple[np.ndarray, int]:
+    """Run the jobs (in-process, or a pool of ``num_proc``); returns (structure
+    per staging row, the workers' peak RSS in KiB)."""
+    structure = np.empty(total, np.int8)
+    done = worker_rss = 0
+    if progress:
+        progress("generate", 0, total)
+    threads = torch.get_num_threads()
+    if num_proc == 1:
+        torch.set_num_threads(1)  # small tensors: one thread is faster (and fair to the writer)
+        results: Iterable = map(_run_job, jobs)
+        pool = None
+    else:
+        import multiprocessing
+
+        pool = _pool_context(multiprocessing).Pool(num_proc, initializer=_worker_init)
+        results = pool.imap_unordered(_run_job, jobs, chunksize=1)
+    try:
+        for first, struct, rss in results:
+            worker_rss = max(worker_rss, rss)
+            structure[first:first + len(struct)] = struct
+            done += len(struct)
+            if progress:
+                progress("generate", done, total)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()  # interrupted or failed: do not wait for the other shards
+        raise
+    finally:
+        torch.set_num_threads(threads)
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return structure, worker_rss
+
+
+def _write_shuffled(tmp: Path, staging: Path, plan: _Plan, schema, labels, structure, seed_index, *,
+                    partitioned: bool, parquet: bool, progress: ProgressFn | None):
+    """Write the staging rows in the shuffled order (:data:`SHUFFLE_SEED`), and
+    per label when ``partitioned``; returns (main writer, {label: writer})."""
+    total, label_id = plan.total, plan.label_id
+    perm = np.random.default_rng(SHUFFLE_SEED).permutation(total)
+    labels_sh, structure_sh, seed_index_sh = labels[perm], structure[perm], seed_index[perm]
+    main = _ShardedWriter(tmp, tmp / "parquet" if parquet else None, "train", total, schema)
+    parts: dict[str, _ShardedWriter] = {}
+    if partitioned:
+        for name in plan.labels_sorted:
+            parts[name] = _ShardedWriter(tmp / "partitioned" / name,
+                                         tmp / "partitioned" / "parquet" / name if parquet else None,
+                                         name, plan.counts[name], schema)
+    stage = np.memmap(staging, dtype=np.uint8, mode="r", shape=(total, SEQ_LEN))
+    if progress:
+        progress("write", 0, total)
+    try:
+        for c0 in range(0, total, WRITE_CHUNK):
+            c1 = min(total, c0 + WRITE_CHUNK)
+            idx = perm[c0:c1]
+            order = np.argsort(idx, kind="stable")          # read the staging file in order
+            tokens = np.empty((c1 - c0, SEQ_LEN), np.uint8)
+            tokens[order] = stage[idx[order]]
+            lab, st, si = labels_sh[c0:c1], structure_sh[c0:c1], seed_index_sh[c0:c1]
+            main.write(_record_batch(schema, tokens, lab, st, si))
+            for name, writer in parts.items():
+                sel = np.flatnonzero(lab == label_id[name])
+                if sel.size:
+                    writer.write(_record_batch(schema, tokens[sel], lab[sel], st[sel], si[sel]))
+            if progress:
+                progress("write", c1, total)
+    finally:
+        main.close()
+        for writer in parts.values():
+            writer.close()
+        del stage
+    return main, parts
+
+
+def _verify(tmp: Path, plan: _Plan, features, partitioned: bool) -> None:
+    """Check what a reader sees: the row count and features, the partitions adding up."""
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(tmp))
+    if len(ds) != plan.total or ds.features != features:
+        raise DatasetBuildError(f"internal error: the written dataset has {len(ds)} rows, expected {plan.total}")
+    if partitioned:
+        dd = load_from_disk(str(tmp / "partitioned"))
+        if sorted(dd) != plan.labels_sorted or sum(len(d) for d in dd.values()) != plan.total:
+            raise DatasetBuildError("internal error: the partitioned dataset does not add up")
+        del dd
+    del ds
+
+
 def build_dataset(
     out: str | os.PathLike,
     n: int,
@@ -467,29 +626,18 @@ def build_dataset(
     do not change the result. ``progress(phase, done, total)`` is called as
     work advances (phases ``"generate"`` and ``"write"``). The folder appears
     atomically: everything is written next to it and renamed at the end.
+
+    Steps: plan the rows (:func:`_plan`), check the disk space, generate
+    every shard into a staging file (:func:`_jobs`, :func:`_generate`), write
+    it shuffled (:func:`_write_shuffled`) with the ``datasets`` metadata,
+    check what a reader sees (:func:`_verify`), write ``build.json``, publish.
     """
     t_start = time.perf_counter()
     names = check_build_args(out, n, tasks, seed=seed, noise=noise, num_proc=num_proc, overwrite=overwrite)
     n, seed, out = int(n), int(seed), Path(out).expanduser()
-
-    per_task = n // len(names)
-    counts = {t: per_task for t in names}
-    culture = None
-    if c_quizzes is not None:
-        from culture.quiz import validate_quizzes
-
-        culture = validate_quizzes(c_quizzes, what="c-quizzes").to(torch.uint8).numpy()
-        if len(culture):
-            counts[CULTURE_LABEL] = len(culture)
-    total = sum(counts.values())
-    labels_sorted = sorted(counts)
-    label_id = {name: i for i, name in enumerate(labels_sorted)}
-
-    need = total * (SEQ_LEN * 4 * (2 if partitioned else 1) + SEQ_LEN) * 1.1
-    free = shutil.disk_usage(existing_ancestor(out.parent)).free
-    if need > free:
-        raise DatasetBuildError(f"not enough disk space in {out.parent}: about {need / 1e9:.1f} GB needed, "
-                                f"{free / 1e9:.1f} GB free")
+    plan = _plan(names, n, c_quizzes)
+    total, counts, labels_sorted = plan.total, plan.counts, plan.labels_sorted
+    _check_disk_space(out, total, partitioned)
 
     # staging folder next to out (culture.io's temporary names: a killed build's is removed by the next one)
     staged = OutputSet()
@@ -498,108 +646,27 @@ def build_dataset(
         staging = tmp / ".staging.u8"
         with open(staging, "wb") as f:
             f.truncate(total * SEQ_LEN)
-
-        # --- plan: jobs in the unshuffled order (tasks as given, then culture)
-        jobs: list[_Job] = []
-        labels = np.empty(total, np.int64)
-        seed_index = np.empty(total, np.int64)
-        offset = 0
-        for label in list(names) + ([CULTURE_LABEL] if CULTURE_LABEL in counts else []):
-            count = counts[label]
-            labels[offset:offset + count] = label_id[label]
-            seed_index[offset:offset + count] = np.arange(count)
-            for shard in range(math.ceil(count / SHARD_SIZE)):
-                keep = min(SHARD_SIZE, count - shard * SHARD_SIZE)
-                qz = culture[shard * SHARD_SIZE:shard * SHARD_SIZE + keep] if label == CULTURE_LABEL else None
-                jobs.append(_Job(label, shard, keep, offset + shard * SHARD_SIZE, seed, float(noise),
-                                 str(staging), total, qz))
-            offset += count
-
+        jobs, labels, seed_index = _jobs(plan, seed, noise, staging)
         if num_proc is None:
             num_proc = 1 if total < _POOL_MIN_ROWS else min(os.cpu_count() or 1, 8)
         num_proc = max(1, min(int(num_proc), len(jobs)))
-
-        # --- generate
-        structure = np.empty(total, np.int8)
-        done = worker_rss = 0
-        if progress:
-            progress("generate", 0, total)
-        threads = torch.get_num_threads()
-        if num_proc == 1:
-            torch.set_num_threads(1)  # small tensors: one thread is faster (and fair to the writer)
-            results: Iterable = map(_run_job, jobs)
-            pool = None
-        else:
-            import multiprocessing
-
-            pool = _pool_context(multiprocessing).Pool(num_proc, initializer=_worker_init)
-            results = pool.imap_unordered(_run_job, jobs, chunksize=1)
-        try:
-            for first, struct, rss in results:
-                worker_rss = max(worker_rss, rss)
-                structure[first:first + len(struct)] = struct
-                done += len(struct)
-                if progress:
-                    progress("generate", done, total)
-        except BaseException:
-            if pool is not None:
-                pool.terminate()  # interrupted or failed: do not wait for the other shards
-            raise
-        finally:
-            torch.set_num_threads(threads)
-            if pool is not None:
-                pool.close()
-                pool.join()
+        structure, worker_rss = _generate(jobs, total, num_proc, progress)
         t_generated = time.perf_counter()
 
-        # --- write, shuffled
         features = _features(labels_sorted)
-        schema = features.arrow_schema
-        description = (f"culture quizzes: {per_task} per task for {', '.join(names)}"
+        description = (f"culture quizzes: {plan.per_task} per task for {', '.join(names)}"
                        + (f", plus {counts[CULTURE_LABEL]} test c-quizzes" if CULTURE_LABEL in counts else "")
                        + f"; seed {seed}, prompt noise {noise}; built by culture-interp")
         state, info = _metadata_templates(tmp / ".template", features, description)
-        params = {"n": n, "tasks": list(names), "per_task": per_task, "counts": counts, "seed": seed,
+        params = {"n": n, "tasks": list(names), "per_task": plan.per_task, "counts": counts, "seed": seed,
                   "noise": float(noise), "shard_size": SHARD_SIZE, "shuffle_seed": SHUFFLE_SEED,
                   "source": None if source is None else str(source)}
-        if culture is not None:
-            params["c_quizzes_sha256"] = hashlib.sha256(culture.tobytes()).hexdigest()
+        if plan.culture is not None:
+            params["c_quizzes_sha256"] = hashlib.sha256(plan.culture.tobytes()).hexdigest()
         fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-
-        perm = np.random.default_rng(SHUFFLE_SEED).permutation(total)
-        labels_sh, structure_sh, seed_index_sh = labels[perm], structure[perm], seed_index[perm]
-        main = _ShardedWriter(tmp, tmp / "parquet" if parquet else None, "train", total, schema)
-        parts: dict[str, _ShardedWriter] = {}
-        if partitioned:
-            for name in labels_sorted:
-                parts[name] = _ShardedWriter(tmp / "partitioned" / name,
-                                             tmp / "partitioned" / "parquet" / name if parquet else None,
-                                             name, counts[name], schema)
-        stage = np.memmap(staging, dtype=np.uint8, mode="r", shape=(total, SEQ_LEN))
-        if progress:
-            progress("write", 0, total)
-        try:
-            for c0 in range(0, total, WRITE_CHUNK):
-                c1 = min(total, c0 + WRITE_CHUNK)
-                idx = perm[c0:c1]
-                order = np.argsort(idx, kind="stable")          # read the staging file in order
-                tokens = np.empty((c1 - c0, SEQ_LEN), np.uint8)
-                tokens[order] = stage[idx[order]]
-                lab, st, si = labels_sh[c0:c1], structure_sh[c0:c1], seed_index_sh[c0:c1]
-                main.write(_record_batch(schema, tokens, lab, st, si))
-                for name, writer in parts.items():
-                    sel = np.flatnonzero(lab == label_id[name])
-                    if sel.size:
-                        writer.write(_record_batch(schema, tokens[sel], lab[sel], st[sel], si[sel]))
-                if progress:
-                    progress("write", c1, total)
-        finally:
-            main.close()
-            for writer in parts.values():
-                writer.close()
-            del stage
+        main, parts = _write_shuffled(tmp, staging, plan, features.arrow_schema, labels, structure, seed_index,
+                                      partitioned=partitioned, parquet=parquet, progress=progress)
         os.unlink(staging)
-
         _write_dataset_metadata(tmp, main.files, state, info, fingerprint)
         if partitioned:
             for name, writer in parts.items():
@@ -608,18 +675,7 @@ def build_dataset(
             (tmp / "partitioned" / "dataset_dict.json").write_text(json.dumps({"splits": labels_sorted}))
         t_written = time.perf_counter()
 
-        # --- check what a reader sees, then publish
-        from datasets import load_from_disk
-
-        ds = load_from_disk(str(tmp))
-        if len(ds) != total or ds.features != features:
-            raise DatasetBuildError(f"internal error: the written dataset has {len(ds)} rows, expected {total}")
-        if partitioned:
-            dd = load_from_disk(str(tmp / "partitioned"))
-            if sorted(dd) != labels_sorted or sum(len(d) for d in dd.values()) != total:
-                raise DatasetBuildError("internal error: the partitioned dataset does not add up")
-            del dd
-        del ds
+        _verify(tmp, plan, features, partitioned)
         seconds = time.perf_counter() - t_start
         report = BuildReport(out=out, rows=total, counts=counts, labels=labels_sorted, seed=seed,
                              num_proc=num_proc, partitioned=partitioned,
@@ -642,16 +698,6 @@ def build_dataset(
 
 
 # ------------------------------------------------------------------ loading / pushing
-
-
-def partition_dataset(dataset):
-    """A ``DatasetDict`` keyed by label name from a dataset with a ``label``
-    ClassLabel column (rows keep their order)."""
-    from datasets import DatasetDict
-
-    names = dataset.features["label"].names
-    labels = np.asarray(dataset.with_format("numpy")["label"])
-    return DatasetDict({name: dataset.select(np.flatnonzero(labels == i)) for i, name in enumerate(names)})
 
 
 def push_dataset(

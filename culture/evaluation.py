@@ -6,7 +6,7 @@ Protocol (REFERENCE.md section 5, from the reference ``quiz_machine.py``):
 * :func:`make_test_set` -- n world quizzes of the eight tasks, mixed with test
   c-quizzes when given (at most n//2 of them; the world quizzes make up the
   rest), shuffled; each quiz reconfigured to a structure drawn uniformly from
-  the four deterministic ones, then prompt noise (0.05) on the noised block of
+  the four deterministic ones, then prompt noise (:data:`culture.defaults.PROMPT_NOISE`) on the noised block of
   structures 1 and 2.
 * Perplexity: exp(mean token cross-entropy over all 404 positions of every
   quiz, teacher-forced), the target being the (noised) test quiz itself.
@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
+from culture.defaults import PROMPT_NOISE, TEST_SAMPLES
 from culture.errors import CultureError
 from culture.generation import DEFAULT_BATCH_SIZE, generate_blocks, logits_fn, model_device
 from culture.quiz import (
@@ -62,6 +63,7 @@ from culture.quiz import (
     transform_mask,
     validate_quizzes,
 )
+from culture.settings import QUIZ_KINDS
 
 __all__ = [
     "source_test_set",
@@ -183,11 +185,11 @@ def _structure_list(structures) -> list[Structure]:
 
 
 def make_test_set(
-    n: int = 2000,
+    n: int = TEST_SAMPLES,
     tasks=None,
     c_quizzes=None,
     seed: int = 0,
-    noise: float = 0.05,
+    noise: float = PROMPT_NOISE,
     structures: Sequence = EVAL_STRUCTURES,
     c_quizzes_only: bool = False,
 ) -> TestSet:
@@ -241,12 +243,10 @@ def make_test_set(
 # -------------------------------------------------------------------- scores
 
 
-#: what ``--quizzes`` selects: world quizzes, culture quizzes, or the reference mix of both
-QUIZ_KINDS = ("world", "culture", "both")
 
 
 def source_test_set(source, n: int, tasks=None, *, c_quizzes: bool = True, seed: int = 0,
-                    noise: float = 0.05, quizzes: str = "both") -> TestSet:
+                    noise: float = PROMPT_NOISE, quizzes: str = "both") -> TestSet:
     """:func:`make_test_set` with the test c-quizzes of a model source (a
     :class:`culture.sources.ModelSource` or anything ``resolve_source`` takes)
     mixed in, at most half, when ``c_quizzes`` and the source has some.
@@ -268,9 +268,12 @@ def source_test_set(source, n: int, tasks=None, *, c_quizzes: bool = True, seed:
                          c_quizzes_only=quizzes == "culture")
 
 
-def _sequences(quizzes, targets) -> torch.Tensor:
+def teacher_forced(quizzes, targets=None) -> torch.Tensor:
     """The teacher-forced sequences: ``quizzes`` with their predicted cells
-    taken from ``targets``."""
+    taken from ``targets`` (what :func:`score_quizzes` scores). ``quizzes``
+    may be a :class:`TestSet` (its quizzes and targets)."""
+    if isinstance(quizzes, TestSet):
+        quizzes, targets = quizzes.quizzes, quizzes.targets
     q = validate_quizzes(quizzes)
     if targets is None:
         return q
@@ -326,7 +329,7 @@ def score_quizzes(
     """
     if isinstance(quizzes, TestSet):
         quizzes, targets = quizzes.quizzes, quizzes.targets
-    seq = _sequences(quizzes, targets)
+    seq = teacher_forced(quizzes, targets)
     if batch_size < 1:
         raise EvaluationError(f"batch size must be >= 1, got {batch_size}")
     device = model_device(model) if device is None else torch.device(device)
@@ -417,8 +420,7 @@ def generated_correct(model, quizzes, targets=None, *, temperature: float = 1.0,
     """The reference's accuracy test: the predicted block(s) generated (sampling
     at ``temperature``, KV cache) and compared with the target at every cell.
     Returns (correct (n,) bool, generated quizzes (n, 404))."""
-    seq = _sequences(quizzes.quizzes if isinstance(quizzes, TestSet) else quizzes,
-                     quizzes.targets if isinstance(quizzes, TestSet) else targets)
+    seq = teacher_forced(quizzes, targets)
     gen = generate_blocks(model, seq, ar_mask(seq), temperature, use_cache=use_cache, generator=generator,
                           batch_size=batch_size, progress=progress)
     return (gen == seq).all(1), gen

@@ -250,6 +250,24 @@ def _pad_last(t: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(t, (0, size - t.shape[-1])) if t.shape[-1] < size else t
 
 
+def _block_tensors(attn_block, mlp_block) -> dict[str, tuple[torch.Tensor, bool]]:
+    """The one map between the two namings of a block's LayerNorms and MLP:
+    TransformerLens parameter (after ``blocks.L.``) -> (MyGPT tensor, stored
+    transposed). The attention weights need reshaping and padding: see
+    :func:`hooked_state_dict` and :func:`hooked_to_mygpt`."""
+    a, m = attn_block, mlp_block
+    return {"ln1.w": (a.ln.weight, False), "ln1.b": (a.ln.bias, False),
+            "ln2.w": (m.ln.weight, False), "ln2.b": (m.ln.bias, False),
+            "mlp.W_in": (m.up.weight, True), "mlp.b_in": (m.up.bias, False),
+            "mlp.W_out": (m.down.weight, True), "mlp.b_out": (m.down.bias, False)}
+
+
+def _blocks(model: MyGPT):
+    """(layer, "blocks.L." prefix, attention block, MLP block) of each block of ``model``."""
+    for layer, (a, m) in enumerate(zip(model.attention_blocks, model.mlp_blocks)):
+        yield layer, f"blocks.{layer}.", a, m
+
+
 def hooked_state_dict(model: MyGPT) -> dict[str, torch.Tensor]:
     """TransformerLens parameters (no buffers) of a MyGPT, REFERENCE section 4."""
     cfg = model.config
@@ -260,14 +278,10 @@ def hooked_state_dict(model: MyGPT) -> dict[str, torch.Tensor]:
         "embed.W_E": ref.detach().clone(),
         "pos_embed.W_pos": sinusoidal_positions(N_CTX, D, cfg.len_max).to(ref),
     }
-    for layer in range(cfg.nb_blocks):
-        a, m = model.trunk[2 * layer], model.trunk[2 * layer + 1]
-        p = f"blocks.{layer}."
+    for _layer, p, a, m in _blocks(model):
+        for name, (t, transposed) in _block_tensors(a, m).items():
+            sd[p + name] = t.detach().t().contiguous() if transposed else t.detach().clone()
         att = a.attn
-        sd[p + "ln1.w"] = a.ln.weight.detach().clone()
-        sd[p + "ln1.b"] = a.ln.bias.detach().clone()
-        sd[p + "ln2.w"] = m.ln.weight.detach().clone()
-        sd[p + "ln2.b"] = m.ln.bias.detach().clone()
         # (heads, d, D) -> (heads, D, d), zero-padded to d_head
         sd[p + "attn.W_Q"] = _pad_last(att.w_q.detach().transpose(1, 2), d_head).contiguous()
         sd[p + "attn.W_K"] = _pad_last(att.w_k.detach().transpose(1, 2), d_head).contiguous()
@@ -277,10 +291,6 @@ def hooked_state_dict(model: MyGPT) -> dict[str, torch.Tensor]:
         for b in ("b_Q", "b_K", "b_V"):
             sd[p + "attn." + b] = torch.zeros(h, d_head).to(ref)
         sd[p + "attn.b_O"] = torch.zeros(D).to(ref)
-        sd[p + "mlp.W_in"] = m.up.weight.detach().t().contiguous()
-        sd[p + "mlp.b_in"] = m.up.bias.detach().clone()
-        sd[p + "mlp.W_out"] = m.down.weight.detach().t().contiguous()
-        sd[p + "mlp.b_out"] = m.down.bias.detach().clone()
     sd["unembed.W_U"] = model.unembed.weight.detach().t().contiguous()
     sd["unembed.b_U"] = model.unembed.bias.detach().clone()
     return sd
@@ -334,32 +344,32 @@ def hooked_to_mygpt(hooked: HookedTransformer, atol: float = 1e-6) -> MyGPT:
     table = sinusoidal_positions(W_pos.shape[0], D, cfg.len_max).to(W_pos)
     if (W_pos - table).abs().max().item() > 1e-4:
         raise HookedConversionError("cannot convert back to MyGPT: W_pos is not the sinusoidal table")
-    state: dict[str, torch.Tensor] = {"embedding.0.f.0.weight": sd["embed.W_E"]}
-    for layer in range(cfg.nb_blocks):
-        p, a, m = f"blocks.{layer}.", f"trunk.{2 * layer}.", f"trunk.{2 * layer + 1}."
-        for b in ("b_Q", "b_K", "b_V", "b_O"):
-            must_be_zero(sd[p + "attn." + b], f"{p}attn.{b}")
-        W_Q, W_K, W_V, W_O = (sd[p + "attn." + n] for n in ("W_Q", "W_K", "W_V", "W_O"))
-        must_be_zero(W_Q[..., dk:], f"{p}attn.W_Q padding")
-        must_be_zero(W_K[..., dk:], f"{p}attn.W_K padding")
-        must_be_zero(W_V[..., dv:], f"{p}attn.W_V padding")
-        must_be_zero(W_O[:, dv:], f"{p}attn.W_O padding")
-        state[a + "f.0.f.0.weight"] = sd[p + "ln1.w"]
-        state[a + "f.0.f.0.bias"] = sd[p + "ln1.b"]
-        state[a + "f.1.w_q"] = W_Q[..., :dk].transpose(1, 2)
-        state[a + "f.1.w_k"] = W_K[..., :dk].transpose(1, 2)
-        state[a + "f.1.w_v"] = W_V[..., :dv].transpose(1, 2)
-        state[a + "f.1.w_o"] = W_O[:, :dv].reshape(h * dv, D)
-        state[m + "f.f.0.weight"] = sd[p + "ln2.w"]
-        state[m + "f.f.0.bias"] = sd[p + "ln2.b"]
-        state[m + "f.f.2.weight"] = sd[p + "mlp.W_in"].t()
-        state[m + "f.f.2.bias"] = sd[p + "mlp.b_in"]
-        state[m + "f.f.4.weight"] = sd[p + "mlp.W_out"].t()
-        state[m + "f.f.4.bias"] = sd[p + "mlp.b_out"]
-    state["readout.f.weight"] = sd["unembed.W_U"].t()
-    state["readout.f.bias"] = sd["unembed.b_U"]
     model = MyGPT(cfg)
-    model.load_state_dict({k: v.contiguous().clone() for k, v in state.items()})
+    written: list[torch.Tensor] = []
+
+    def put(t: torch.Tensor, value: torch.Tensor) -> None:
+        t.copy_(value)
+        written.append(t)
+
+    with torch.no_grad():
+        put(model.token_embedding.weight, sd["embed.W_E"])
+        for _layer, p, a, m in _blocks(model):
+            for b in ("b_Q", "b_K", "b_V", "b_O"):
+                must_be_zero(sd[p + "attn." + b], f"{p}attn.{b}")
+            W_Q, W_K, W_V, W_O = (sd[p + "attn." + n] for n in ("W_Q", "W_K", "W_V", "W_O"))
+            must_be_zero(W_Q[..., dk:], f"{p}attn.W_Q padding")
+            must_be_zero(W_K[..., dk:], f"{p}attn.W_K padding")
+            must_be_zero(W_V[..., dv:], f"{p}attn.W_V padding")
+            must_be_zero(W_O[:, dv:], f"{p}attn.W_O padding")
+            for name, (t, transposed) in _block_tensors(a, m).items():
+                put(t, sd[p + name].t() if transposed else sd[p + name])
+            put(a.attn.w_q, W_Q[..., :dk].transpose(1, 2))
+            put(a.attn.w_k, W_K[..., :dk].transpose(1, 2))
+            put(a.attn.w_v, W_V[..., :dv].transpose(1, 2))
+            put(a.attn.w_o, W_O[:, :dv].reshape(h * dv, D))
+        put(model.unembed.weight, sd["unembed.W_U"].t())
+        put(model.unembed.bias, sd["unembed.b_U"])
+    assert {id(t) for t in written} == {id(t) for t in model.parameters()}, "a MyGPT parameter was not converted"
     return model.to(device=W_pos.device, dtype=W_pos.dtype).eval()
 
 

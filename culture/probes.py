@@ -39,14 +39,15 @@ the same activations.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
 
+from culture.defaults import CANONICAL_STRUCTURE, PROMPT_NOISE
 from culture.errors import CultureError
+from culture.hooks import HookNameError, act_name, add_hook, parse_act_name
 from culture.quiz import (
     BLOCK_LEN,
     MARKER_NAMES,
@@ -83,7 +84,6 @@ HOOK_FAMILIES = ("resid_post", "resid_pre", "resid_mid")
 #: --positions choices besides a grid role
 POSITION_CHOICES = ("transform-cells", "answer")
 MAX_CLASSES = 64
-_HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post)$")
 
 
 class ProbeError(CultureError, ValueError):
@@ -118,14 +118,17 @@ def resolve_hooks(hooks: str | Sequence[str], n_layers: int) -> list[str]:
     for item in items:
         for h in str(item).replace(",", " ").split():
             if h in HOOK_FAMILIES:
-                out += (["blocks.0.hook_resid_pre"] if h == "resid_post" else []) + [
-                    f"blocks.{layer}.hook_{h}" for layer in range(n_layers)]
+                out += ([act_name("resid_pre", 0)] if h == "resid_post" else []) + [
+                    act_name(h, layer) for layer in range(n_layers)]
                 continue
-            m = _HOOK_RE.match(h)
-            if not m:
+            try:
+                kind, layer = parse_act_name(h)
+            except HookNameError:
+                kind, layer = None, None
+            if kind not in HOOK_FAMILIES or layer is None:
                 raise ProbeError(f"unknown hook {h!r}: give {', '.join(HOOK_FAMILIES)} or names such as "
-                                 "blocks.0.hook_resid_post")
-            if int(m.group(1)) >= n_layers:
+                                 f"{act_name('resid_post', 0)}")
+            if layer >= n_layers:
                 raise ProbeError(f"hook {h}: the model has {n_layers} blocks (0..{n_layers - 1})")
             out.append(h)
     if not out:
@@ -133,16 +136,8 @@ def resolve_hooks(hooks: str | Sequence[str], n_layers: int) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _hook_site(name: str) -> tuple[int, str]:
-    """(trunk module index, "input" | "output") of a residual hook in MyGPT."""
-    layer, kind = _HOOK_RE.match(name).groups()
-    layer = int(layer)
-    return {"resid_pre": (2 * layer, "input"), "resid_mid": (2 * layer, "output"),
-            "resid_post": (2 * layer + 1, "output")}[kind]
-
-
 def _hook_label(name: str) -> str:
-    return "embed" if name == "blocks.0.hook_resid_pre" else name
+    return "embed" if name == act_name("resid_pre", 0) else name
 
 
 # ------------------------------------------------------------------ data
@@ -177,7 +172,7 @@ def _hashable(v):
     return tuple(_hashable(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
-def probe_set(task: str, param: str, n: int, *, seed: int = 0, structure=1, noise: float = 0.05) -> ProbeSet:
+def probe_set(task: str, param: str, n: int, *, seed: int = 0, structure=CANONICAL_STRUCTURE, noise: float = PROMPT_NOISE) -> ProbeSet:
     """``n`` quizzes of ``task`` labelled by their parameter ``param``, in
     ``structure`` (1..4 or markers), prompt noise on its noised block."""
     from culture.world import generate_quizzes_with_params
@@ -242,7 +237,6 @@ def residual_activations(model, sequences: torch.Tensor, mask: torch.Tensor, hoo
     the activation at those positions (a float); the argmax token at every
     position ((n, 404)). ``edit(hook, rows, act) -> act`` may change an
     activation on the way (the causal check)."""
-    sites = {h: _hook_site(h) for h in hooks}
     feats: dict[str, list] = {h: [] for h in hooks}
     norm_sum = {h: 0.0 for h in hooks}
     count = max(int(mask.sum()), 1)
@@ -260,14 +254,7 @@ def residual_activations(model, sequences: torch.Tensor, mask: torch.Tensor, hoo
             return act
         return keep
 
-    handles = []
-    for h, (index, where) in sites.items():
-        module = model.trunk[index]
-        fn = reader(h)
-        if where == "input":
-            handles.append(module.register_forward_pre_hook(lambda mod, args, fn=fn: (fn(args[0]), *args[1:])))
-        else:
-            handles.append(module.register_forward_hook(lambda mod, args, out, fn=fn: fn(out)))
+    handles = [add_hook(model, h, reader(h)) for h in hooks]
     was_training = model.training
     model.eval()
     try:
@@ -384,8 +371,8 @@ def run_probes(
     n: int = 1000,
     seed: int = 0,
     test_fraction: float = 0.25,
-    structure=1,
-    noise: float = 0.05,
+    structure=CANONICAL_STRUCTURE,
+    noise: float = PROMPT_NOISE,
     l2: float = 1e-3,
     random_baseline: bool = True,
     causal: bool = False,

@@ -12,6 +12,7 @@ batch may mix structures.
 
 from __future__ import annotations
 
+from culture.defaults import EVAL_STRUCTURE_NUMBERS
 from culture.errors import CultureError
 
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ STRUCTURES: tuple[Structure, ...] = (
     Structure((TOKEN_FB, TOKEN_FA, TOKEN_A, TOKEN_B), (1, 2, 3), ()),
 )
 #: The four structures used for accuracy (one predicted block each).
-EVAL_STRUCTURES: tuple[Structure, ...] = STRUCTURES[:4]
+EVAL_STRUCTURES: tuple[Structure, ...] = tuple(STRUCTURES[k - 1] for k in EVAL_STRUCTURE_NUMBERS)
 
 
 def parse_structure(spec: str | int | Structure) -> Structure:

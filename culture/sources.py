@@ -27,6 +27,7 @@ import operator
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -502,3 +503,53 @@ def load_culture(models: int | Sequence[int] | None = None,
         model.model_id = k
         out.append(model)
     return out
+
+
+# ----------------------------------------------------------------- one analysis's start
+
+
+@dataclass
+class OpenSource:
+    """The start every analysis shares, done once: ``device`` checked, the
+    ``source`` resolved, the world ``tasks`` (given, else the ones the source's
+    models were trained on, else the eight of the published models), and the
+    model ``ids`` checked (every model of the source when none is given).
+    Load with :meth:`load` (MyGPT) or :meth:`hooked` (TransformerLens)."""
+
+    source: ModelSource
+    device: "torch.device"
+    tasks: tuple[str, ...]
+    ids: list[int]
+
+    def load(self, k: int) -> tuple[MyGPT, float | None]:
+        """(MyGPT in eval mode on the device, its checkpoint accuracy)."""
+        return self.source.load_model(k, device=self.device)
+
+    def load_all(self) -> list[MyGPT]:
+        """Every model of ``ids`` (:func:`load_culture`: ``.accuracy``, ``.model_id`` set)."""
+        return load_culture(self.ids, self.source, device=self.device)
+
+    def hooked(self, k: int, sae: bool = False):
+        """Model ``k`` as a HookedTransformer (HookedSAETransformer with ``sae``) on the device."""
+        from culture.hooked import load_hooked
+
+        return load_hooked(k, self.source, sae=sae, device=str(self.device))
+
+
+def open_source(source: str | os.PathLike | ModelSource | None = None, models=None, *, device="cpu",
+                tasks=None, with_tasks: bool = True) -> OpenSource:
+    """:class:`OpenSource` for ``source`` (None: :data:`DEFAULT_SOURCE`) and
+    ``models`` (an id, ids, or None for all). Raises a one-line CultureError
+    for a bad device, source, id or task before anything is loaded.
+    ``with_tasks=False``: no world tasks are resolved (``tasks`` is empty), for
+    analyses that choose their quizzes otherwise."""
+    from culture.evaluation import check_device
+    from culture.world import resolve_tasks
+
+    dev = check_device(device)
+    src = resolve_source(source)
+    task_names = resolve_tasks(list(tasks) if tasks else src.default_tasks()) if with_tasks else ()
+    ids = src.model_ids() if models is None else as_model_ids(models)
+    for k in ids:  # every id checked before any loading
+        src.check_model_id(k)
+    return OpenSource(src, dev, tuple(task_names), ids)

@@ -41,17 +41,17 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from culture import quiz as Q
-from culture.errors import CultureError
 from culture.io import atomic_torch_save, atomic_write_json, load_tensors, make_parents, remove_empty
-from culture.mygpt import PRESETS, GPTConfig, MyGPT, read_checkpoint, save_checkpoint
+from culture.mygpt import MyGPT, read_checkpoint, save_checkpoint
 from culture.quizfile import load_c_quizzes, save_c_quizzes
+from culture.train_config import TrainConfig, TrainingError, TrainingSettingsError  # noqa: F401 - part of this API
 
 STATE_FILE = "train_state.pth"
 CONFIG_FILE = "train_config.json"
@@ -59,102 +59,6 @@ LOG_FILE = "train.log"
 CULTURE_LOG_FILE = "culture_log.jsonl"
 #: sidecar of c_quizzes.pth: for each kept quiz, its phase, generating model and solve probabilities
 C_QUIZZES_INFO_FILE = "c_quizzes_info.json"
-
-
-class TrainingError(CultureError):
-    """A training run cannot start or resume as asked."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a culture run (saved as train_config.json)."""
-
-    nb_models: int = 5
-    model: str = "37M"
-    dim_model: int | None = None
-    dim_keys: int | None = None
-    dim_hidden: int | None = None
-    nb_heads: int | None = None
-    nb_blocks: int | None = None
-    dropout: float = 0.1
-    attention_dropout: float | None = None  # None: same as dropout (reference)
-    tasks: tuple[str, ...] | None = None
-    train_samples: int = 40_000
-    test_samples: int = 2_000
-    batch_size: int = 25
-    lr: float = 5e-4
-    prompt_noise: float = 0.05
-    seed: int = 0
-    threshold: float = 0.95
-    max_rounds: int | None = None
-    target_accuracy: float | None = None
-    target_greedy_accuracy: float | None = None
-    culture: bool = True
-    max_fail: int = 2
-    proba_understands: float = 0.95
-    proba_not_understands: float = 0.5
-    temperature_hot: float = 1.5
-    temperature_cold: float = 1.0
-    averaging_rounds: int = 3
-    c_quizzes_train: int | None = None
-    c_quizzes_test: int | None = None
-    culture_max_batches: int = 20
-    culture_batch: int = 500
-    eval_batch_size: int = 100
-    fresh_optimizer: bool = False
-    ema_decay: float | None = None  # None or 0: no weight averaging (reference)
-    train_structures: tuple[int, ...] | None = None  # None: all five (reference)
-    device: str = "cpu"
-
-    def gpt_config(self) -> GPTConfig:
-        if self.model not in PRESETS:
-            raise TrainingError(f"unknown model size {self.model!r} (presets: {', '.join(PRESETS)})")
-        base = PRESETS[self.model].to_dict()
-        for key in ("dim_model", "dim_keys", "dim_hidden", "nb_heads", "nb_blocks"):
-            value = getattr(self, key)
-            if value is not None:
-                base[key] = value
-        base["dropout"] = self.dropout
-        base["attention_dropout"] = self.attention_dropout
-        cfg = GPTConfig(**base)
-        if cfg.dim_model % cfg.nb_heads:
-            raise TrainingError(f"dim_model {cfg.dim_model} is not a multiple of nb_heads {cfg.nb_heads}")
-        return cfg
-
-    @property
-    def nb_c_quizzes_train(self) -> int:
-        return self.c_quizzes_train if self.c_quizzes_train is not None else self.train_samples // 100
-
-    @property
-    def nb_c_quizzes_test(self) -> int:
-        return self.c_quizzes_test if self.c_quizzes_test is not None else self.test_samples // 100
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["tasks"] = list(self.tasks) if self.tasks is not None else None
-        d["train_structures"] = list(self.train_structures) if self.train_structures is not None else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        for key in ("tasks", "train_structures"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        return cls(**d)
-
-    def structures(self) -> tuple[Q.Structure, ...]:
-        """The structures training quizzes are drawn from."""
-        if not self.train_structures:
-            return Q.STRUCTURES
-        chosen = []
-        for i in dict.fromkeys(self.train_structures):
-            try:
-                chosen.append(Q.parse_structure(int(i)))
-            except ValueError:
-                raise TrainingError(f"unknown structure {i} (structures: 1..{len(Q.STRUCTURES)})") from None
-        return tuple(chosen)
 
 
 @dataclass
@@ -294,9 +198,7 @@ class CultureRun:
         if out.exists() and any(out.iterdir()):
             raise TrainingError(f"{out} is not empty: use --resume to continue it, or another --out")
         # every setting checked before anything is written
-        _check_tasks(config.tasks)
-        config.structures()  # fails early on an unknown structure
-        config.gpt_config()  # unknown preset, heads that do not divide the width
+        config.check()  # bounds, tasks, structures, preset, heads that divide the width
         if init_from is not None:
             from culture.sources import resolve_source
 
@@ -360,7 +262,7 @@ class CultureRun:
                 setattr(config, key, value)
         if device is not None:
             config.device = device
-        config.structures()
+        config.check()
         run = cls(out, config, hooks)
         state = load_tensors(state_path, TrainingError, "training state")
         for k in range(config.nb_models):
@@ -805,16 +707,6 @@ def read_c_quiz_info(path: str | os.PathLike | None, nb_train: int, nb_test: int
         records = [r for r in data.get(split, []) if isinstance(r, dict)][:n]
         out[split] = records + [{"phase": None}] * (n - len(records))
     return out
-
-
-def _check_tasks(tasks) -> None:
-    if tasks is None:
-        return
-    from culture.world import TASKS
-
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise TrainingError(f"unknown task {unknown[0]!r} (tasks: {', '.join(TASKS)})")
 
 
 def _fmt(values) -> str:

@@ -75,12 +75,12 @@ def test_head_ablation_and_mean_ablation(source):
     # zero-ablating every head of layer 1 = zero-ablating attention layer 1 (b_O is 0 in these models)
     both = run_ablations(hooked, ts, components=[Component("head", 1, 0), Component("head", 1, 1)],
                          batch_size=3)
-    from culture.ablation import _score, component_hook, task_metrics
-    from culture.quiz import ar_mask
+    from culture.ablation import _score, component_hook
+    from culture.evaluation import group_metrics
 
     hooks = [component_hook(Component("head", 1, h)) for h in range(2)]
     scores = _score(hooked, ts, 3, None, hooks)
-    all_heads = task_metrics(scores, ts.labels, ts.label_names, ar_mask(ts.targets).sum(1))["all"]
+    all_heads = group_metrics(scores, ts.labels, ts.label_names)["all"]
     attn1 = res.rows[2]["metrics"]["all"]
     assert all_heads["loss"] == pytest.approx(attn1["loss"], rel=1e-5)
     assert both.rows[0]["metrics"]["all"]["loss"] != pytest.approx(attn1["loss"], rel=1e-6)

@@ -133,3 +133,25 @@ def test_generate_sampling_is_seeded(capsys, source):
 ])
 def test_generate_bad_inputs(capsys, source, args):
     error_line(capsys, "generate", "--source", source, *args)
+
+
+def test_test_set_options_default_to_the_settings_dataclass():
+    import inspect
+
+    from culture.settings import TestSetSettings
+    from culture_cli.commands import ablate, evaluate, logit_lens
+
+    def option_defaults(fn):
+        return {n: p.default for n, p in inspect.signature(fn).parameters.items()}
+
+    cases = [(evaluate.eval_command, TestSetSettings()), (ablate.ablate_command, ablate.TEST_SET),
+             (logit_lens.logit_lens_command, logit_lens.TEST_SET)]
+    for fn, settings in cases:
+        defaults = option_defaults(fn)
+        for name in ("num_samples", "c_quizzes", "quizzes", "seed", "noise"):
+            if name in defaults:
+                assert defaults[name] == getattr(settings, name), (fn.__name__, name)
+    # the commands differ from the protocol only in size (and logit-lens in leaving the c-quizzes out)
+    base = TestSetSettings()
+    assert (ablate.TEST_SET.noise, ablate.TEST_SET.seed, ablate.TEST_SET.quizzes) == (base.noise, base.seed, "both")
+    assert base.num_samples == 2000 and base.noise == 0.05

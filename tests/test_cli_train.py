@@ -54,3 +54,34 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     assert "unknown" in error_line(capsys, "train", "--out", str(tmp_path / "t"), *TINY, "--tasks", "nope")
     line = error_line(capsys, "train", "--out", str(tmp_path / "s"), *TINY, "--train-structures", "1", "7")
     assert "--train-structures" in line and "5" in line
+
+
+def test_train_options_are_the_train_config_fields_with_their_defaults():
+    import inspect
+    from dataclasses import fields
+
+    import pytest
+
+    from culture.settings import default_of
+    from culture.train_config import TrainConfig, TrainingSettingsError
+    from culture_cli.commands.train import train
+
+    params = inspect.signature(train).parameters
+    names = [f.name for f in fields(TrainConfig)]
+    assert set(params) - set(names) == {"out", "resume", "init_from"}
+    for name in names:
+        assert params[name].default.default == default_of(TrainConfig, name), name
+    # the bounds live in the dataclass: the library checks them ...
+    with pytest.raises(TrainingSettingsError, match="lr: must be > 0"):
+        TrainConfig(lr=0.0).check()
+    with pytest.raises(TrainingSettingsError, match="dropout"):
+        TrainConfig(dropout=1.5).check()
+    TrainConfig().check()
+
+
+def test_train_option_bounds_are_one_line_errors(tmp_path, capsys):
+    # ... and the CLI reports them under the option's name
+    assert "--lr: must be > 0" in error_line(capsys, "train", "--out", str(tmp_path / "a"), *TINY, "--lr", "0")
+    line = error_line(capsys, "train", "--out", str(tmp_path / "b"), *TINY, "--prompt-noise", "2")
+    assert "--prompt-noise" in line and "[0, 1]" in line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -193,7 +193,7 @@ def logit_lens(hooked, test_set, *, baseline: bool = True, seed: int = 0, batch_
     """Logit lens accuracy by layer and task, and direct logit attribution, on
     a :class:`culture.evaluation.TestSet` (see the module docstring);
     ``baseline``: also the random-init model (seeded by ``seed``)."""
-    from culture.ablation import test_sequences
+    from culture.evaluation import teacher_forced as test_sequences
     from culture.intervals import mean_with_interval
 
     check_batch_size(batch_size)

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from culture.ablation import ALL, task_metrics, test_sequences
+from culture.ablation import ALL
+from culture.evaluation import group_metrics as task_metrics, teacher_forced as test_sequences  # TODO(lead): use the names
 from culture.evaluation import CELL_FAMILIES, loss_recovered
 from culture.sae.common import SAEError, ensure_sae_model, hook_activations
 

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from culture.ablation import ALL, task_metrics, test_sequences
+from culture.ablation import ALL
+from culture.evaluation import group_metrics as task_metrics, teacher_forced as test_sequences  # TODO(lead): use the names
 from culture.evaluation import CELL_FAMILIES
 from culture.quiz import BLOCK_LEN, COLOR_NAMES, GRID, MARKER_LABELS, MARKER_NAMES, N_COLORS
 from culture.sae.common import SAEError, ensure_sae_model, hook_activations, output_directions

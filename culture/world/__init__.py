@@ -59,6 +59,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from culture import defaults as _defaults
 from culture.errors import CultureError
 from culture.quiz import BLOCK_LEN, CANONICAL, N_BLOCKS, N_CELLS, QUIZ_LEN
 from culture.world import flood, geometry, motion, rectangles
@@ -83,17 +84,8 @@ TASKS: tuple[str, ...] = (
     "bounce",
 )
 
-#: The eight tasks the published models learned.
-DEFAULT_TASKS: tuple[str, ...] = (
-    "replace_color",
-    "translate",
-    "grow",
-    "half_fill",
-    "frame",
-    "detect",
-    "corners",
-    "contact",
-)
+#: The eight tasks the published models learned (one source: :mod:`culture.defaults`).
+DEFAULT_TASKS: tuple[str, ...] = _defaults.DEFAULT_TASKS
 
 #: name -> batch generator ``(rng: numpy Generator, n) -> uint8 (n, 4, 100)``,
 #: each a :class:`~culture.world._common.TaskRule` (parameters, layout, render)

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from culture.settings import TestSetSettings
 from culture_cli.common import (
     BatchSizeOption,
     CQuizzesOption,
@@ -30,6 +31,10 @@ from culture_cli.common import (
     progress,
     write_outputs,
 )
+
+
+#: the test set this command draws by default (its options default to these fields)
+TEST_SET = TestSetSettings(num_samples=400)
 
 
 def _loss(x) -> str:
@@ -132,12 +137,12 @@ def ablate_command(
     pooled_mean: Annotated[bool, typer.Option(
         "--pooled-mean", help="Also mean-ablate with the mean over all quizzes (structures pooled; for "
         "comparison).")] = False,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Test quizzes.")] = 400,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Test quizzes.")] = TEST_SET.num_samples,
     tasks: TasksOption = None,
-    quizzes: QuizKindsOption = "both",
-    c_quizzes: CQuizzesOption = True,
-    noise: NoiseOption = 0.05,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the test set.")] = 0,
+    quizzes: QuizKindsOption = TEST_SET.quizzes,
+    c_quizzes: CQuizzesOption = TEST_SET.c_quizzes,
+    noise: NoiseOption = TEST_SET.noise,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the test set.")] = TEST_SET.seed,
     attention: Annotated[Optional[str], typer.Option(
         "--attention", help="LAYER.HEAD: this head's attention averaged over the test quizzes (by grid, by "
         "look-back offset; --png: the mean pattern per structure) instead of ablating.", show_default=False)] = None,
@@ -184,18 +189,12 @@ def ablate_command(
         save_ablation_heatmap,
         save_attention_png,
         save_mean_attention_png,
-        source_test_set,
     )
-    from culture.evaluation import check_device
-    from culture.hooked import load_hooked
-    from culture.world import resolve_tasks
 
-    dev = check_device(device)
-    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
-    names = resolve_tasks(list(tasks) if tasks else src.default_tasks())
-    src.check_model_id(model)
-    hooked = load_hooked(model, src, device=str(dev))
-    ts = source_test_set(src, num_samples, names, c_quizzes=c_quizzes, seed=seed, noise=noise, quizzes=quizzes)
+    run = sources.open_source(source, model, device=device, tasks=tasks)
+    src, dev, names = run.source, run.device, run.tasks
+    hooked = run.hooked(model)
+    ts = TestSetSettings(num_samples, names, c_quizzes, quizzes, seed, noise).build(src)
     err_console.print(f"test set: {len(ts)} quizzes ({len(ts) - ts.n_c_quizzes} world, {ts.n_c_quizzes} "
                       f"c-quizzes), seed {seed}, noise {noise:g}", highlight=False)
 

@@ -38,22 +38,6 @@ def check_quizzes(n: int, seed: int):
     return quizzes, f"{n} {kind} quizzes, random structures, seed {seed}"
 
 
-def _device(name: str):
-    import torch
-
-    from culture.errors import CultureError
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise CultureError(f"unknown device {name!r} (cpu, cuda, cuda:1, mps...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CultureError(f"device {name} requested but CUDA is not available (use --device cpu)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CultureError(f"device {name} requested but MPS is not available (use --device cpu)")
-    return device
-
-
 def run_convert(models: list[int] | None, source: str, out: Path, device: str = "cpu",
                 n_quizzes: int = 16, seed: int = 0, tolerance: float = 1e-3) -> tuple[list[dict], str]:
     """Convert and save; returns (one row per model, description of the check quizzes)."""
@@ -61,16 +45,13 @@ def run_convert(models: list[int] | None, source: str, out: Path, device: str = 
 
     from culture.hooked import HookedConversionError, max_logit_diff, mygpt_to_hooked, save_converted
     from culture.io import check_output
-    from culture.sources import resolve_source
+    from culture.sources import open_source
     from culture_cli.common import err_console, outputs
 
     if n_quizzes < 1:
         raise HookedConversionError("--n-quizzes must be at least 1")
-    dev = _device(device)
-    src = resolve_source(source)
-    ids = list(models) if models else src.model_ids()
-    for k in ids:  # fail early, before any conversion, on an unknown id
-        src.check_model_id(k)
+    run = open_source(source, list(models) if models else None, device=device, with_tasks=False)
+    src, dev, ids = run.source, run.device, run.ids  # ids checked: fail early, before any conversion
     for k in ids:  # ... and on a broken checkpoint (each one read once here, then one at a time below)
         src.load_model(k)
     check_output(out, "merge", what="--out")

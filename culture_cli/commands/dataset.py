@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from culture.defaults import PROMPT_NOISE
 from culture_cli.common import command_group, console, err_console, fail, progress
 
 dataset_app = command_group(
@@ -26,7 +27,7 @@ def build(
         "--source", help="Add all test c-quizzes (label \"culture\") of this model source "
         "(bundled, a directory, a hub repo id) or c_quizzes.pth file.", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the quiz streams (structures and noise included).")] = 0,
-    noise: Annotated[float, typer.Option("--noise", help="Prompt-noise probability, as in evaluation.")] = 0.05,
+    noise: Annotated[float, typer.Option("--noise", help="Prompt-noise probability, as in evaluation.")] = PROMPT_NOISE,
     num_proc: Annotated[Optional[int], typer.Option(
         "--num-proc", help="Generation processes (the result does not depend on it); default: one per core "
         "for 50,000 quizzes or more.", show_default=False)] = None,

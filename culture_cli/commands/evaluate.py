@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from culture.settings import TestSetSettings
 from culture_cli.common import (
     BatchSizeOption,
     DeviceOption,
@@ -91,7 +92,7 @@ def eval_command(
         "default: every model of the source.", show_default=False)] = None,
     source: ModelsSourceOption = None,
     num_samples: Annotated[int, typer.Option(
-        "--num-samples", "-n", help="Test quizzes (the reference uses 2000; fewer = noisier).")] = 2000,
+        "--num-samples", "-n", help="Test quizzes (the reference uses 2000; fewer = noisier).")] = TestSetSettings.num_samples,
     tasks: Annotated[Optional[list[str]], typer.Option(
         "--tasks", "--task", help="World tasks of the test set (default: the source's training tasks when it records them, "
         "else the 8 of the published models).",
@@ -101,14 +102,14 @@ def eval_command(
     ] = False,
     c_quizzes: Annotated[bool, typer.Option(
         "--c-quizzes/--no-c-quizzes", help="Mix in the source's test c-quizzes (at most half the test set).")
-    ] = True,
+    ] = TestSetSettings.c_quizzes,
     noise: Annotated[float, typer.Option("--noise", help="Prompt noise probability (structures 1 and 2).")
-                     ] = 0.05,
+                     ] = TestSetSettings.noise,
     device: DeviceOption = "cpu",
     batch_size: BatchSizeOption = 100,
     json_path: Annotated[Optional[Path], typer.Option(
         "--json", help="Write the numbers and settings to this JSON file.", show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the test set and of the sampling.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the test set and of the sampling.")] = TestSetSettings.seed,
 ) -> None:
     """Evaluate models on the reference test protocol: perplexity, greedy and expected sampled accuracy.
 
@@ -123,27 +124,17 @@ def eval_command(
     check_test_set_options(num_samples, batch_size, seed, noise)
     ids = parse_ids(models, "--models")
 
-    from culture import sources
-    from culture.evaluation import check_device, evaluate, source_test_set
-    from culture.world import resolve_tasks
+    from culture.evaluation import evaluate
+    from culture.sources import open_source
 
-    dev = check_device(device)
-    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
-    # default: the tasks the source's models were trained on (bundled zoo,
+    # tasks default: those the source's models were trained on (bundled zoo,
     # training runs), else the eight of the published models
-    task_names = resolve_tasks(list(tasks) if tasks else src.default_tasks())
-    if ids is None:
-        ids = src.model_ids()
-    for k in ids:
-        src.check_model_id(k)
-    loaded, accuracies = [], []  # load (and so check) every model before printing anything
-    for k in ids:
-        model, acc = sources.load_model(k, src, device=dev)
-        model.model_id = k
-        loaded.append(model)
-        accuracies.append(acc)
+    run = open_source(source, ids, device=device, tasks=tasks)
+    src, dev, ids = run.source, run.device, run.ids
+    loaded = run.load_all()  # load (and so check) every model before printing anything
+    accuracies = [m.accuracy for m in loaded]
 
-    test_set = source_test_set(src, num_samples, task_names, c_quizzes=c_quizzes, seed=seed, noise=noise)
+    test_set = TestSetSettings(num_samples, run.tasks, c_quizzes, seed=seed, noise=noise).build(src)
     err_console.print(
         f"test set: {len(test_set)} quizzes ({len(test_set) - test_set.n_c_quizzes} world, "
         f"{test_set.n_c_quizzes} c-quizzes), seed {seed}, noise {noise:g}", highlight=False)

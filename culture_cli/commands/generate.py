@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from culture.defaults import CANONICAL_STRUCTURE, PROMPT_NOISE
 from culture_cli.common import DeviceOption, ModelSourceOption, check_min, check_noise, console, err_console, fail, plain_output
 
 
@@ -23,13 +24,13 @@ def generate_command(
     n: Annotated[int, typer.Option("--n", help="How many quizzes.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the quizzes, the noise and the sampling.")] = 0,
     structure: Annotated[str, typer.Option(
-        "--structure", help="Structure 1..4 (1 = A, f(A), B -> f(B)); or markers like \"f_A,A,f_B,B\".")] = "1",
+        "--structure", help="Structure 1..4 (1 = A, f(A), B -> f(B)); or markers like \"f_A,A,f_B,B\".")] = str(CANONICAL_STRUCTURE),
     greedy: Annotated[bool, typer.Option("--greedy", help="Take the most likely token (overrides --temperature).")
                       ] = False,
     temperature: Annotated[float, typer.Option(
         "--temperature", help="Sampling temperature (1 = the reference's accuracy test; 0 = greedy).")] = 1.0,
     noise: Annotated[float, typer.Option(
-        "--noise", help="Prompt noise on the structure's noised block (the test protocol uses 0.05).")] = 0.0,
+        "--noise", help=f"Prompt noise on the structure's noised block (the test protocol uses {PROMPT_NOISE:g}).")] = 0.0,
     device: DeviceOption = "cpu",
     png: Annotated[Optional[Path], typer.Option(
         "--png", help="Also draw the solutions to this PNG file.", show_default=False)] = None,
@@ -51,13 +52,12 @@ def generate_command(
     import torch
 
     from culture import sources
-    from culture.evaluation import check_device
     from culture.generation import generate
     from culture.quiz import (
         EVAL_STRUCTURES, N_COLORS, add_prompt_noise, ar_mask, parse_structure, reconfigure,
     )
     from culture.render import render_solutions, save_solutions_png, structure_name
-    from culture.world import TASKS, generate_quizzes_with_tasks, resolve_tasks
+    from culture.world import TASKS, generate_quizzes_with_tasks
 
     try:
         target_structure = parse_structure(structure)
@@ -65,10 +65,9 @@ def generate_command(
         fail(f"--structure: {exc}")
     if target_structure not in EVAL_STRUCTURES:
         fail(f"--structure must be one of the four with a single answer block (1..4), got {structure}")
-    dev = check_device(device)
-    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
-    task_names = resolve_tasks(list(task) if task else src.default_tasks())
-    gpt, stored = sources.load_model(model, src, device=dev)
+    run = sources.open_source(source, model, device=device, tasks=task)
+    src, dev, task_names = run.source, run.device, run.tasks
+    gpt, stored = run.load(model)
 
     quizzes, task_index = generate_quizzes_with_tasks(n, task_names, seed=seed)
     labels = [TASKS[int(i)] for i in task_index]

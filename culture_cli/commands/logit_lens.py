@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from culture.settings import TestSetSettings
 from culture_cli.common import (
     BatchSizeOption,
     CQuizzesOption,
@@ -27,6 +28,10 @@ from culture_cli.common import (
     progress,
     write_json_or_fail,
 )
+
+
+#: the test set this command draws by default (its options default to these fields)
+TEST_SET = TestSetSettings(num_samples=300, c_quizzes=False)
 
 
 def lens_table(report, key: str, title: str):
@@ -69,10 +74,10 @@ def logit_lens_command(
     model: Annotated[int, typer.Option("--model", help="Model id (gpt_{K:03d}.pth of the source).")],
     source: ModelSourceOption = None,
     tasks: TasksOption = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Test quizzes.")] = 300,
-    c_quizzes: CQuizzesOption = False,
-    noise: NoiseOption = 0.05,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the test set and of the random-init model.")] = 0,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Test quizzes.")] = TEST_SET.num_samples,
+    c_quizzes: CQuizzesOption = TEST_SET.c_quizzes,
+    noise: NoiseOption = TEST_SET.noise,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the test set and of the random-init model.")] = TEST_SET.seed,
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline",
                                            help="Also decode a randomly initialised model of the same shape.")] = True,
     top: Annotated[int, typer.Option("--top", help="Rows of the direct logit attribution table.")] = 12,
@@ -92,16 +97,10 @@ def logit_lens_command(
     from culture import sources
     from culture.circuits.logit_lens import logit_lens
     from culture.circuits.plots import save_logit_lens_png
-    from culture.evaluation import check_device, source_test_set
-    from culture.hooked import load_hooked
-    from culture.world import resolve_tasks
-
-    dev = check_device(device)
-    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
-    names = resolve_tasks(list(tasks) if tasks else src.default_tasks())
-    src.check_model_id(model)
-    hooked = load_hooked(model, src, device=str(dev))
-    ts = source_test_set(src, num_samples, names, c_quizzes=c_quizzes, seed=seed, noise=noise)
+    run = sources.open_source(source, model, device=device, tasks=tasks)
+    src, names = run.source, run.tasks
+    hooked = run.hooked(model)
+    ts = TestSetSettings(num_samples, names, c_quizzes, seed=seed, noise=noise).build(src)
     err_console.print(f"test set: {len(ts)} quizzes ({ts.n_c_quizzes} c-quizzes), seed {seed}, noise {noise:g}",
                       highlight=False)
     with progress() as bar:

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from culture.defaults import CANONICAL_STRUCTURE, PROMPT_NOISE
 from culture_cli.common import (
     BatchSizeOption,
     DeviceOption,
@@ -69,8 +70,8 @@ def probe_command(
         "cells), answer, or a grid A, f_A, B, f_B (the positions predicting its cells).")] = "transform-cells",
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Quizzes of the task.")] = 1000,
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Held-out share.")] = 0.25,
-    structure: Annotated[str, typer.Option("--structure", help="Structure of the quizzes: 1..4 or markers.")] = "1",
-    noise: NoiseOption = 0.05,
+    structure: Annotated[str, typer.Option("--structure", help="Structure of the quizzes: 1..4 or markers.")] = str(CANONICAL_STRUCTURE),
+    noise: NoiseOption = PROMPT_NOISE,
     seed: Annotated[int, typer.Option("--seed", help="Seed of quizzes, split, control labels, random model.")] = 0,
     random_baseline: Annotated[bool, typer.Option(
         "--random-baseline/--no-random-baseline", help="Also probe a randomly initialised model of the same shape."
@@ -106,13 +107,11 @@ def probe_command(
 
     parse_target(target)  # before loading anything
     from culture import sources
-    from culture.evaluation import check_device
     from culture.probes import run_probes, save_probe_png
 
-    dev = check_device(device)
-    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
-    src.check_model_id(model)
-    gpt, _ = sources.load_model(model, src, device=dev)
+    run = sources.open_source(source, model, device=device, with_tasks=False)
+    src, dev = run.source, run.device
+    gpt, _ = run.load(model)
     with progress() as bar:
         ids: dict[str, int] = {}
         names = {"activations": "activations (model)", "random model": "activations (random model)",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Optional
 
 import typer
 
+from culture.settings import default_of
+from culture.train_config import TrainConfig, TrainingSettingsError
 from culture_cli.common import OutputDir, console, err_console, fail, given_options, invocation, option_flag
 
 
@@ -13,11 +16,20 @@ def register(app: typer.Typer) -> None:
     app.command("train", help="Train culture GPTs on world quizzes, with the culture phase (reference loop).")(train)
 
 
+_FIELDS = frozenset(f.name for f in fields(TrainConfig))
+
 #: the settings a resume may change (every other option is the run's own)
 RESUMABLE = ("max_rounds", "target_accuracy", "target_greedy_accuracy", "lr", "ema_decay", "train_structures",
              "threshold", "culture_max_batches", "device")
 
 
+def _d(name: str):
+    """The default of TrainConfig field ``name``: the one source of every default below."""
+    return default_of(TrainConfig, name)
+
+
+# every option but --out, --resume and --init-from is the TrainConfig field of the same name (its
+# default, its bounds: checked by TrainConfig.check); tests/test_cli_train.py compares them
 def train(
     out: OutputDir = typer.Option(..., "--out", help="Result directory (gpt_XXX.pth, c_quizzes.pth, train.log)."),
     resume: bool = typer.Option(
@@ -26,63 +38,84 @@ def train(
         "--culture-max-batches and --device."),
     init_from: Optional[str] = typer.Option(
         None, "--init-from", help="Start model k from model k of this source (directory, bundled, hub id)."),
-    nb_models: int = typer.Option(5, "--nb-models", min=1, help="Number of GPTs."),
-    model: str = typer.Option("37M", "--model", help="Size preset: 17K, 4M, 37M, 122M, 352M."),
-    dim_model: Optional[int] = typer.Option(None, "--dim-model", min=1,
+    nb_models: int = typer.Option(_d("nb_models"), "--nb-models", help="Number of GPTs."),
+    model: str = typer.Option(_d("model"), "--model", help="Size preset: 17K, 4M, 37M, 122M, 352M."),
+    dim_model: Optional[int] = typer.Option(_d("dim_model"), "--dim-model",
                                             help="Custom size: width of the residual stream (overrides the preset)."),
-    dim_keys: Optional[int] = typer.Option(None, "--dim-keys", min=1,
+    dim_keys: Optional[int] = typer.Option(_d("dim_keys"), "--dim-keys",
                                            help="Custom size: key / query size per head (overrides the preset)."),
-    dim_hidden: Optional[int] = typer.Option(None, "--dim-hidden", min=1,
+    dim_hidden: Optional[int] = typer.Option(_d("dim_hidden"), "--dim-hidden",
                                              help="Custom size: hidden width of the MLPs (overrides the preset)."),
-    nb_heads: Optional[int] = typer.Option(None, "--nb-heads", min=1,
+    nb_heads: Optional[int] = typer.Option(_d("nb_heads"), "--nb-heads",
                                            help="Custom size: attention heads per block; must divide --dim-model."),
-    nb_blocks: Optional[int] = typer.Option(None, "--nb-blocks", min=1,
+    nb_blocks: Optional[int] = typer.Option(_d("nb_blocks"), "--nb-blocks",
                                             help="Custom size: blocks (attention + MLP) (overrides the preset)."),
-    dropout: float = typer.Option(0.1, "--dropout", min=0.0, max=0.99,
+    dropout: float = typer.Option(_d("dropout"), "--dropout",
                                   help="Dropout (embedding, attention, MLP), as the reference."),
     attention_dropout: Optional[float] = typer.Option(
-        None, "--attention-dropout", min=0.0, max=0.99,
+        _d("attention_dropout"), "--attention-dropout",
         help="Dropout on attention probabilities (default: --dropout). 0 enables the fused attention kernels "
              "(about 2-3x faster training steps on CPU)."),
-    tasks: Optional[list[str]] = typer.Option(None, "--tasks", help="World tasks (default: the eight)."),
-    train_samples: int = typer.Option(40_000, "--train-samples", min=1, help="Quizzes per epoch."),
-    test_samples: int = typer.Option(2_000, "--test-samples", min=1, help="Test-set size."),
-    batch_size: int = typer.Option(25, "--batch-size", min=1, help="Quizzes per training step."),
+    tasks: Optional[list[str]] = typer.Option(_d("tasks"), "--tasks", help="World tasks (default: the eight)."),
+    train_samples: int = typer.Option(_d("train_samples"), "--train-samples", help="Quizzes per epoch."),
+    test_samples: int = typer.Option(_d("test_samples"), "--test-samples", help="Test-set size."),
+    batch_size: int = typer.Option(_d("batch_size"), "--batch-size", help="Quizzes per training step."),
     lr: float = typer.Option(
-        5e-4, "--lr", min=0.0, help="Adam learning rate; with --resume, a new one (Adam's moments are kept)."),
-    prompt_noise: float = typer.Option(0.05, "--prompt-noise", min=0.0, max=1.0,
+        _d("lr"), "--lr", help="Adam learning rate; with --resume, a new one (Adam's moments are kept)."),
+    prompt_noise: float = typer.Option(_d("prompt_noise"), "--prompt-noise",
                                        help="Prompt noise of the noised structures (1 and 2)."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the models, quizzes and culture phases."),
-    threshold: float = typer.Option(0.95, "--threshold", min=0.0, max=1.0,
+    seed: int = typer.Option(_d("seed"), "--seed", help="Seed of the models, quizzes and culture phases."),
+    threshold: float = typer.Option(_d("threshold"), "--threshold",
                                     help="Accuracy every model needs before a culture phase."),
-    max_rounds: Optional[int] = typer.Option(None, "--max-rounds", min=1, help="Stop after this many rounds."),
+    max_rounds: Optional[int] = typer.Option(_d("max_rounds"), "--max-rounds", help="Stop after this many rounds."),
     target_accuracy: Optional[float] = typer.Option(
-        None, "--target-accuracy", min=0.0, max=1.0,
+        _d("target_accuracy"), "--target-accuracy",
         help="Stop when every model reaches this test accuracy (expected sampled)."),
     target_greedy_accuracy: Optional[float] = typer.Option(
-        None, "--target-greedy-accuracy", min=0.0, max=1.0,
+        _d("target_greedy_accuracy"), "--target-greedy-accuracy",
         help="Stop when every model reaches this greedy accuracy on the run's test set."),
-    no_culture: bool = typer.Option(False, "--no-culture", help="Train only; never make culture quizzes."),
-    max_fail: int = typer.Option(2, "--max-fail", min=1, help="At most this many models may fail a kept quiz."),
-    culture_batch: int = typer.Option(500, "--culture-batch", min=1, help="Candidates generated per batch."),
+    culture: bool = typer.Option(_d("culture"), "--culture/--no-culture",
+                                 help="Make culture quizzes (--no-culture: train only)."),
+    max_fail: int = typer.Option(_d("max_fail"), "--max-fail", help="At most this many models may fail a kept quiz."),
+    proba_understands: float = typer.Option(
+        _d("proba_understands"), "--proba-understands",
+        help="Culture phase: a model solves a candidate when its solve probability is at least this."),
+    proba_not_understands: float = typer.Option(
+        _d("proba_not_understands"), "--proba-not-understands",
+        help="Culture phase: a model fails a candidate when its solve probability is at most this."),
+    temperature_hot: float = typer.Option(_d("temperature_hot"), "--temperature-hot",
+                                          help="Culture phase: temperature of a candidate's first block."),
+    temperature_cold: float = typer.Option(_d("temperature_cold"), "--temperature-cold",
+                                           help="Culture phase: temperature of the other blocks."),
+    averaging_rounds: int = typer.Option(_d("averaging_rounds"), "--averaging-rounds",
+                                         help="Culture phase: prompt-noise draws a solve probability averages."),
+    c_quizzes_train: Optional[int] = typer.Option(
+        _d("c_quizzes_train"), "--c-quizzes-train",
+        help="Culture quizzes kept for training per phase (default: --train-samples / 100)."),
+    c_quizzes_test: Optional[int] = typer.Option(
+        _d("c_quizzes_test"), "--c-quizzes-test",
+        help="Culture quizzes kept for the test set per phase (default: --test-samples / 100)."),
+    culture_batch: int = typer.Option(_d("culture_batch"), "--culture-batch", help="Candidates generated per batch."),
     culture_max_batches: int = typer.Option(
-        20, "--culture-max-batches", min=1,
+        _d("culture_max_batches"), "--culture-max-batches",
         help="A culture phase stops after this many batches of candidates, even short of its quota."),
-    fresh_optimizer: bool = typer.Option(False, "--fresh-optimizer", help="New Adam every epoch (reference)."),
+    eval_batch_size: int = typer.Option(_d("eval_batch_size"), "--eval-batch-size",
+                                        help="Quizzes per forward pass when evaluating and scoring candidates."),
+    fresh_optimizer: bool = typer.Option(_d("fresh_optimizer"), "--fresh-optimizer",
+                                         help="New Adam every epoch (reference)."),
     ema_decay: Optional[float] = typer.Option(
-        None, "--ema-decay", min=0.0, max=0.9999,
+        _d("ema_decay"), "--ema-decay",
         help="Keep an exponential moving average of each model's weights (decay per step, e.g. 0.999) and "
              "evaluate and save the average; off by default (the reference has none). With --resume: turn it "
              "on, change it, or 0 to turn it off."),
     train_structures: Optional[list[int]] = typer.Option(
-        None, "--train-structures", min=1, max=5,
+        _d("train_structures"), "--train-structures",
         help="Draw training quizzes from these structures only (1..5 as in show-quiz; default: all five, "
              "as the reference), e.g. 1 2 for a stage on the noised structures. May change with --resume."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps."),
+    device: str = typer.Option(_d("device"), "--device", help="cpu, cuda or mps."),
 ) -> None:
-    import torch
-
-    from culture.training import CultureRun, TrainConfig
+    from culture.evaluation import check_device
+    from culture.training import CultureRun
 
     given = given_options()
     if resume:
@@ -90,47 +123,24 @@ def train(
         if fixed:
             fail(f"--resume continues the run with its own settings: {', '.join(option_flag(n) for n in fixed)} "
                  f"cannot change on resume (it may change {', '.join(option_flag(n) for n in RESUMABLE)})")
-    if not lr > 0:
-        fail(f"--lr must be > 0, got {lr}")
-    _check_device(device, torch)
+    check_device(device)
     hooks = RichTrainingHooks()
     command = invocation()
-    structures = tuple(train_structures) if train_structures else None
-    if resume:
-        values = {"max_rounds": max_rounds, "target_accuracy": target_accuracy,
-                  "target_greedy_accuracy": target_greedy_accuracy, "lr": lr, "ema_decay": ema_decay,
-                  "train_structures": structures, "threshold": threshold,
-                  "culture_max_batches": culture_max_batches}
-        overrides = {k: (v if k in given else None) for k, v in values.items()}
-        run = CultureRun.resume(out, hooks=hooks, device=device, command=command, **overrides)
-    else:
-        config = TrainConfig(
-            nb_models=nb_models, model=model, dim_model=dim_model, dim_keys=dim_keys, dim_hidden=dim_hidden,
-            nb_heads=nb_heads, nb_blocks=nb_blocks, dropout=dropout,
-            attention_dropout=attention_dropout, tasks=tuple(tasks) if tasks else None,
-            train_samples=train_samples, test_samples=test_samples, batch_size=batch_size,
-            lr=lr,
-            prompt_noise=prompt_noise, seed=seed, threshold=threshold, max_rounds=max_rounds,
-            target_accuracy=target_accuracy, target_greedy_accuracy=target_greedy_accuracy,
-            culture=not no_culture, max_fail=max_fail,
-            culture_batch=culture_batch, culture_max_batches=culture_max_batches, fresh_optimizer=fresh_optimizer,
-            ema_decay=ema_decay or None, train_structures=structures, device=device,
-        )
-        run = CultureRun.create(out, config, hooks=hooks, command=command, init_from=init_from)
+    settings = {k: v for k, v in locals().items() if k in _FIELDS}  # the options named as TrainConfig fields
+    settings["tasks"] = tuple(tasks) if tasks else None
+    settings["train_structures"] = tuple(train_structures) if train_structures else None
+    try:
+        if resume:
+            overrides = {k: settings[k] if k in given else None for k in RESUMABLE if k != "device"}
+            run = CultureRun.resume(out, hooks=hooks, device=device, command=command, **overrides)
+        else:
+            config = TrainConfig(**{**settings, "ema_decay": ema_decay or None}).check()
+            run = CultureRun.create(out, config, hooks=hooks, command=command, init_from=init_from)
+    except TrainingSettingsError as exc:
+        fail(f"{option_flag(exc.field)}: {exc.detail}")
     with hooks.progress:
         reason = run.train()
     _summary(run, reason)
-
-
-def _check_device(device: str, torch) -> None:
-    if device == "cpu":
-        return
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        fail("--device cuda: no CUDA device is available here")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        fail("--device mps: MPS is not available here")
-    if not (device.startswith("cuda") or device == "mps"):
-        fail(f"unknown device {device!r} (cpu, cuda, mps)")
 
 
 class RichTrainingHooks:
