@@ -8,8 +8,11 @@ The workloads of the published analyses (issue #22), on random 37M models
   ``culture-interp patch --what heads``, called directly: random weights may
   fail the clean/corrupted gap check the command makes first);
 * ``sae``: an SAE on blocks.8.hook_mlp_out, expansion 32, 4,096 tokens a
-  batch, for 1M tokens, extrapolated to the published 30,000 x 4,096 tokens;
-* ``universality``: 4 models, all layers, 1M tokens.
+  batch, for 1M tokens, extrapolated to the published 30,000 x 4,096 tokens
+  (the activation-norm estimate shortened to 10 batches: see ``run_sae``);
+* ``universality``: 4 models, 1M tokens, MLP layer 8 (``--univ-layers``; all
+  12 layers at once need about 152 GiB of float64 accumulators at this shape,
+  by ``culture.universality.compare.estimate_memory``: more than one GPU machine has).
 
 Each workload runs in this process: its wall time and its peak memory (GPU:
 ``torch.cuda.max_memory_allocated``; CPU: the process's peak RSS, reset
@@ -42,6 +45,8 @@ import torch  # noqa: E402
 #: the published SAE run: 30,000 steps of 4,096 tokens
 PUBLISHED_SAE_TOKENS = 30_000 * 4_096
 WORKLOADS = ("eval", "patch", "sae", "universality")
+#: batches of the activation-norm estimate before SAE training (see run_sae)
+SAE_NORM_BATCHES = 10
 
 
 def build_37m_source(root: Path, n_models: int = 4) -> Path:
@@ -119,23 +124,30 @@ def run_patch(source, device, sizes):
 
 
 def run_sae(source, device, sizes, out: Path):
+    # the activation norm is estimated on SAE_NORM_BATCHES batches (SAELens's default, 1,000 batches of 16
+    # quizzes, is a fixed cost of 16,000 quizzes' forward passes: left out here so that the time scales with
+    # the tokens; add it to the extrapolation when comparing with a run that keeps the default)
     cli(["sae", "train", "--model", "0", "--source", source, "--out", out / "sae", "--overwrite",
          "--hook", sizes["sae_hook"], "--training-tokens", sizes["sae_tokens"], "--batch-tokens",
-         sizes["sae_batch_tokens"], "--expansion-factor", sizes["sae_expansion"], "--device", device])
+         sizes["sae_batch_tokens"], "--expansion-factor", sizes["sae_expansion"], "--device", device,
+         "--n-batches-for-norm-estimate", SAE_NORM_BATCHES, "--n-batches-in-buffer", sizes["sae_buffer"]])
 
 
 def run_universality(source, device, sizes):
+    layers = ["--layers", *map(str, sizes["univ_layers"])] if sizes["univ_layers"] else []
     cli(["universality", "compare", "--models", *map(str, range(sizes["models"])), "--source", source,
-         "--tokens", sizes["univ_tokens"], "--device", device])
+         "--tokens", sizes["univ_tokens"], *layers, "--device", device])
 
 
 def sizes_for(args) -> dict:
     if args.tiny:
         return {"models": 2, "eval_samples": 20, "pairs": 4, "control_pairs": 2, "sae_hook": "blocks.1.hook_mlp_out",
-                "sae_tokens": 4096, "sae_batch_tokens": 1024, "sae_expansion": 2, "univ_tokens": 2000}
+                "sae_tokens": 4096, "sae_batch_tokens": 1024, "sae_expansion": 2, "sae_buffer": 4, "univ_tokens": 2000,
+                "univ_layers": None}
     return {"models": 4, "eval_samples": args.eval_samples, "pairs": args.pairs, "control_pairs": args.control_pairs,
             "sae_hook": "blocks.8.hook_mlp_out", "sae_tokens": args.sae_tokens, "sae_batch_tokens": 4096,
-            "sae_expansion": 32, "univ_tokens": args.univ_tokens}
+            "sae_expansion": 32, "sae_buffer": args.sae_buffer, "univ_tokens": args.univ_tokens,
+            "univ_layers": args.univ_layers}
 
 
 def main(argv=None) -> dict:
@@ -149,7 +161,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--pairs", type=int, default=200)
     ap.add_argument("--control-pairs", type=int, default=50)
     ap.add_argument("--sae-tokens", type=int, default=1_000_000)
+    ap.add_argument("--sae-buffer", type=int, default=64, help="n_batches_in_buffer of the SAE's activation store")
     ap.add_argument("--univ-tokens", type=int, default=1_000_000)
+    ap.add_argument("--univ-layers", type=int, nargs="*", default=[8],
+                    help="MLP layers universality compares (none given: all -- at the 37M shape its float64 "
+                         "accumulators need about 152 GiB for 4 models, one layer about 3 GiB)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     sizes = sizes_for(args)

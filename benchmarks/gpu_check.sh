@@ -5,7 +5,10 @@
 #   2. runs the `cuda` tests (tests/test_cuda.py: CUDA result = CPU result on the zoo);
 #   3. times the published workloads at the 37M shape (benchmarks/bench_scale.py: eval 2,000
 #      quizzes x 4 models; patch heads, both methods, 200 pairs; SAE 1M tokens extrapolated to
-#      30,000 x 4,096; universality 4 models, all layers, 1M tokens).
+#      30,000 x 4,096; universality 4 models, 1M tokens, one MLP layer: all 12 layers at once need
+#      about 152 GiB of accumulators at this shape).
+# Time limits: the tests 180 s, the workloads 270 s (each workload's numbers are written as it
+# ends, so a run cut by the limit keeps what it measured).
 #
 # Usage:
 #   bash benchmarks/gpu_check.sh --prepare-wheels   # HERE (network): download the wheels into .whl/
@@ -27,7 +30,7 @@ while [ $# -gt 0 ]; do
     --out) OUTDIR="$2"; shift 2 ;;
     --prepare-wheels) PREPARE=1; shift ;;
     --list-wheels) PREPARE=2; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -120,7 +123,7 @@ fi
 # 2. the cuda tests (CPU vs CPU with --device cpu)
 TEST_ENV=()
 [ "$DEVICE" = cpu ] && TEST_ENV=(CULTURE_CUDA_TEST_DEVICE=cpu)
-env "${TEST_ENV[@]}" timeout 200 "$PY" -m pytest tests/test_cuda.py -m cuda -q -p no:cacheprovider -rs 2>&1 \
+env "${TEST_ENV[@]}" timeout 180 "$PY" -m pytest tests/test_cuda.py -m cuda -q -p no:cacheprovider -rs 2>&1 \
   | tee "$OUTDIR/cuda_tests.log" | tail -15
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "cuda tests: FAILED (see $OUTDIR/cuda_tests.log)"; STATUS=1; }
 
