@@ -99,7 +99,7 @@ def circuit_command(
     as recovery of the logit difference (0 = corrupted run, 1 = clean run).
 
     Memory grows with --batch-size (one batch's node outputs and input
-    gradients, about 180 MB a pair at the 37M shape) and linearly with
+    gradients, about 2 GB a pair at the 37M shape) and linearly with
     --num-pairs x circuits evaluated (one number per circuit and pair). The
     sizes, the hooks and the unpatched runs (one forward of each side) are
     checked first: a clean run that does not prefer the clean answer is

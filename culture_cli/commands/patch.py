@@ -144,9 +144,9 @@ def patch_command(
     metric is the logit difference clean vs corrupted answer over the cells
     where they differ, normalised: 0 = corrupted run, 1 = clean run.
 
-    Memory grows with --batch-size (one batch's cached activations, about
-    20 MB a pair at the 37M shape) and linearly with --num-pairs x sites (a
-    few numbers per site and pair). The unpatched runs come first (one forward
+    Memory grows with --batch-size (one batch's activations and, for
+    attribution, its backward pass: about 250 MB a pair at the 37M shape) and
+    linearly with --num-pairs x sites (a few numbers per site and pair). The unpatched runs come first (one forward
     of each side): a clean run that does not prefer the clean answer is
     refused before the scan.
     """
