@@ -146,9 +146,9 @@ def patch_command(
 
     Memory grows with --batch-size (one batch's activations and, for
     attribution, its backward pass: about 250 MB a pair at the 37M shape) and
-    linearly with --num-pairs x sites (a few numbers per site and pair). The unpatched runs come first (one forward
-    of each side): a clean run that does not prefer the clean answer is
-    refused before the scan.
+    linearly with --num-pairs x sites (a few numbers per site and pair).
+    The unpatched runs come first (one forward of each side): a clean run
+    that does not prefer the clean answer is refused before the scan.
     """
     layer_ids = None
     if layers:
