@@ -111,3 +111,29 @@ def test_seq_len_is_the_datasets():
     from culture.sae.settings import SEQ_LEN as SAE_SEQ_LEN
 
     assert SAE_SEQ_LEN == SEQ_LEN
+
+
+def test_training_forward_stops_at_the_hook_and_times_setup_apart(tmp_path):
+    """SAELens's store runs the model up to the hooked block only; the summary
+    gives the set-up (to the first step) and the training time apart."""
+    pytest.importorskip("sae_lens")
+    import torch
+
+    from culture.hooked import mygpt_to_hooked
+    from culture.mygpt import GPTConfig, MyGPT
+    from culture.sae import train_sae
+
+    torch.manual_seed(0)
+    hooked = mygpt_to_hooked(MyGPT(GPTConfig(vocabulary_size=15, dim_model=16, dim_keys=8, dim_hidden=32,
+                                             nb_heads=2, nb_blocks=2)).eval())
+    calls = {0: 0, 1: 0}
+    for i in calls:
+        hooked.blocks[i].register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    settings = SAETrainSettings(hook_name="blocks.0.hook_mlp_out", steps=3, train_batch_size_tokens=64,
+                                expansion_factor=1, n_batches_in_buffer=1, store_batch_size_prompts=1,
+                                num_quizzes=8)
+    s = train_sae(hooked, tmp_path / "sae", settings).summary
+    assert calls[0] > 0 and calls[1] == 0  # block 1 comes after the hook: never computed
+    assert s["norm_estimate_batches"] == 1 and s["settings"]["n_batches_for_norm_estimate"] == 1
+    assert 0 < s["setup_seconds"] < s["seconds"] + s["setup_seconds"] and 0 < s["train_seconds"] < s["seconds"]
+    assert s["steady_tokens_per_second"] > 0
