@@ -59,6 +59,23 @@ def forward_bound(hooked, hook: str, store_batch: int, device: str, batches: int
     return tokens.numel() / (time.perf_counter() - t0)
 
 
+def flops_per_token(cfg, layer: int, d_sae: int, context: int = 405) -> tuple[float, float]:
+    """(model forward to the end of block ``layer``, one SAE training step) in FLOPs per token.
+
+    Forward, per block: the q, k, v, o projections (2 * 4 * D * D), the
+    attention scores and their weighted sum over the whole context
+    (TransformerLens computes the full T x T matrix and masks it: 2 * 2 * T * D)
+    and the MLP (2 * 2 * D * H). SAE step: encoder and decoder forwards
+    (2 * 2 * D * S) and their backward (weight gradients of both, input
+    gradient of the decoder only: 3 * 2 * D * S); Adam, biases and
+    elementwise terms are left out (per step, or O(S) per token)."""
+    d, h = cfg.dim_model, cfg.dim_hidden
+    block = 2 * 4 * d * d + 2 * 2 * context * d + 2 * 2 * d * h
+    forward = (layer + 1) * block
+    sae = 2 * 2 * d * d_sae + 3 * 2 * d * d_sae
+    return float(forward), float(sae)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="4M", help="model shape (default 4M)")
@@ -72,6 +89,7 @@ def main(argv=None) -> None:
     ap.add_argument("--autocast", action="store_true", help="bfloat16 autocast of the SAE (sae train --autocast)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--flops-only", action="store_true", help="print the FLOP counts and their bound, run nothing")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,8 +98,16 @@ def main(argv=None) -> None:
     from culture.hooked import mygpt_to_hooked
     from culture.sae import SAETrainSettings, train_sae
 
+    from culture.hooks import hook_layer
+
     cfg = PRESETS[args.preset]
     hook = args.hook or f"blocks.{cfg.nb_blocks // 2}.hook_mlp_out"
+    fwd_flops, sae_flops = flops_per_token(cfg, hook_layer(hook), args.expansion * cfg.dim_model)
+    flop_line = (f"FLOPs per token: forward to the hook {fwd_flops / 1e6:.1f}M, SAE step {sae_flops / 1e6:.1f}M; at "
+                 f"equal FLOP/s, steady SAE training / forward bound <= {fwd_flops / (fwd_flops + sae_flops):.2f}")
+    if args.flops_only:
+        print(f"{args.preset}, {hook}, SAE {args.expansion}x{cfg.dim_model}: {flop_line}")
+        return
     model = MyGPT(cfg).eval().to(args.device)
     hooked = mygpt_to_hooked(model)
     settings = SAETrainSettings(hook_name=hook, expansion_factor=args.expansion, steps=args.steps,
@@ -112,6 +138,7 @@ def main(argv=None) -> None:
     print(f"set-up / training: {s['setup_seconds'] / s['train_seconds']:.2f} (issue #27: <= 2)")
     if steady:
         print(f"steady SAE training / forward bound: {steady / fwd:.2f} (issue #22 asks >= 0.8)")
+    print(flop_line)
     print(f"final: variance explained {s['explained_variance']:.3f}, L0 {s['l0']:.1f}, "
           f"dead {s['dead_features']} (random model, {args.steps} steps: not a quality figure)")
 
