@@ -114,12 +114,14 @@ def main(argv=None) -> None:
                                 train_batch_size_tokens=args.batch_tokens, store_batch_size_prompts=args.store_batch,
                                 n_batches_for_norm_estimate=args.norm_batches, autocast=args.autocast,
                                 device=args.device)
+    where = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+             else platform.processor() or platform.machine())
     print(f"model {args.preset} ({model.num_parameters / 1e6:.1f}M parameters, random weights), hook {hook}, "
           f"SAE {args.expansion}x{cfg.dim_model} = {args.expansion * cfg.dim_model} features, "
           f"{args.steps} steps x {args.batch_tokens} tokens = {settings.total_tokens:,} tokens, "
           f"norm estimate {settings.norm_batches} batch(es), {args.device}, "
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}, "
-          f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else platform.processor() or platform.machine()}")
+          f"{where}")
 
     fwd = forward_bound(hooked, hook, args.store_batch, args.device)
     with tempfile.TemporaryDirectory() as tmp:

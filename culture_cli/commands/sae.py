@@ -388,7 +388,8 @@ def _resumed_run(out: Path, device: str):
 
 
 def _fit_to_model(settings: SAETrainSettings, hooked, opened, resume: bool) -> None:
-    """The settings' device, hook (default: the model's middle block) and tasks (default: the source's) for this model."""
+    """The settings' device, hook (default: the model's middle block) and
+    tasks (default: the source's) for this model."""
     from culture.sae.common import check_hook, default_hook
 
     settings.device = str(opened.device)
