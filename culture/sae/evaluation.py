@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 
 from culture.ablation import ALL
-from culture.evaluation import group_metrics as task_metrics, teacher_forced as test_sequences  # TODO(lead): use the names
+from culture.evaluation import group_metrics, teacher_forced
 from culture.evaluation import CELL_FAMILIES, loss_recovered
 from culture.sae.common import SAEError, ensure_sae_model, hook_activations
 
@@ -127,7 +127,7 @@ def evaluate_sae(hooked, sae, test_set, *, batch_size: int = 50, dense_threshold
     l0 = torch.zeros(G, dtype=torch.float64)
     fires = torch.zeros(G, d_sae, dtype=torch.float64)
 
-    seq = test_sequences(test_set)
+    seq = teacher_forced(test_set)
     n = seq.shape[0]
     done = 0
     with torch.inference_mode():
@@ -162,9 +162,9 @@ def evaluate_sae(hooked, sae, test_set, *, batch_size: int = 50, dense_threshold
     with model.hooks(fwd_hooks=[(hook, lambda a, hook: torch.zeros_like(a))]):
         zero_scores = scored("zero")
     resamplers: dict = {}
-    clean = task_metrics(clean_scores, test_set.labels, names, resamplers=resamplers)
-    spliced = task_metrics(sae_scores, test_set.labels, names, baseline=clean_scores, resamplers=resamplers)
-    zero = task_metrics(zero_scores, test_set.labels, names, baseline=clean_scores, resamplers=resamplers)
+    clean = group_metrics(clean_scores, test_set.labels, names, resamplers=resamplers)
+    spliced = group_metrics(sae_scores, test_set.labels, names, baseline=clean_scores, resamplers=resamplers)
+    zero = group_metrics(zero_scores, test_set.labels, names, baseline=clean_scores, resamplers=resamplers)
 
     def activation_stats(sel: list[int]) -> dict:
         N = float(n_tok[sel].sum())

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 from culture.ablation import ALL
-from culture.evaluation import group_metrics as task_metrics, teacher_forced as test_sequences  # TODO(lead): use the names
+from culture.evaluation import group_metrics, teacher_forced
 from culture.evaluation import CELL_FAMILIES
 from culture.quiz import BLOCK_LEN, COLOR_NAMES, GRID, MARKER_LABELS, MARKER_NAMES, N_COLORS
 from culture.sae.common import SAEError, ensure_sae_model, hook_activations, output_directions
@@ -58,6 +58,10 @@ _HIGHLIGHT = (255, 0, 255)
 
 
 # ------------------------------------------------------------------ steering
+
+
+#: a cell read is marked where the feature is at this fraction of its maximum or more
+MARK_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -136,8 +140,8 @@ def steer_accuracy(hooked, sae, test_set, specs: Sequence[SteerSpec], *, batch_s
             steered_scores = score_quizzes(model, test_set, batch_size=batch_size, device=dev,
                                            progress=report("steered"))
     resamplers: dict = {}
-    clean = task_metrics(clean_scores, test_set.labels, names, resamplers=resamplers)
-    steered = task_metrics(steered_scores, test_set.labels, names, baseline=clean_scores, resamplers=resamplers)
+    clean = group_metrics(clean_scores, test_set.labels, names, resamplers=resamplers)
+    steered = group_metrics(steered_scores, test_set.labels, names, baseline=clean_scores, resamplers=resamplers)
     changed = clean_scores["greedy_correct"] != steered_scores["greedy_correct"]
     labels = list(test_set.labels)
     out = {}
@@ -207,7 +211,7 @@ def feature_examples_image(quizzes: torch.Tensor, activations: torch.Tensor, tit
         top = float(acts.max()) if acts.numel() else 0.0
         if top <= 0:
             continue
-        for p in torch.nonzero(acts >= 0.05 * top).flatten().tolist():
+        for p in torch.nonzero(acts >= MARK_FRACTION * top).flatten().tolist():
             cell = _cell(p - 1)
             if cell is None:
                 continue
@@ -316,7 +320,7 @@ def feature_report(
     index = {g: i for i, g in enumerate(names)}
     labels = torch.tensor([index[x] for x in test_set.labels])
     G = len(names)
-    seq = test_sequences(test_set)
+    seq = teacher_forced(test_set)
     n = seq.shape[0]
     k = min(n_examples, n)
 
