@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from culture.errors import CultureError
+from culture.universality_settings import check_quiz_count
 from culture.universality.cka import CKAMoments
 from culture.universality.controls import (
     CONTROL_DESCRIPTIONS,
@@ -602,6 +603,7 @@ def compare_models(
             for q, c, t in world_quiz_stream(n_quizzes, task_names, seed=seed, noise=noise, with_clean=True):
                 yield q, c, lookup[t]
         source_desc = "world quizzes"
+    check_quiz_count(n_quizzes, len(pos), UniversalityError)
     stream = _Stream(chunks, n_quizzes)
     n_tasks = len(task_names)
     total_tokens = n_quizzes * len(pos)

@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from culture.universality_settings import check_quiz_count
 from culture_cli.common import (
     DeviceOption,
     ModelsSourceOption,
@@ -328,6 +329,8 @@ def compare_command(
         loaded.append(permuted_mlp_copy(loaded[0], seed)[0])
         names.append(f"{ids[0]}-copy")
     mem = estimate_memory(loaded, layer_ids, cka, saes, random_init, chosen_controls)
+    per_quiz = 404 if positions == "all" else 399
+    check_quiz_count(len(given["quizzes"]) if given else n_quizzes, per_quiz)
     err_console.print(f"models {', '.join(names)} from {src.name}; {n_quizzes * 404:,} tokens "
                       f"({positions} positions), accumulators ~{mem / 2**20:,.0f} MiB float64", highlight=False)
 
