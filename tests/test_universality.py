@@ -666,3 +666,35 @@ def test_cli_help_does_not_import_heavy_modules():
                                     ("transformer_lens", "sae_lens", "matplotlib", "scipy"))
     assert "universality" in out and "--within-position" in out and "--ceiling-sae" in out
     assert heavy == [], out
+
+
+def test_cli_defaults_are_the_settings_dataclass():
+    """Every option of `universality compare` but the inputs and outputs is the
+    UniversalitySettings field of the same name, with its default; the bounds
+    live in the dataclass (library and CLI raise the same check)."""
+    import inspect
+    from dataclasses import fields
+
+    from culture.settings import default_of
+    from culture.universality import UniversalitySettings, UniversalitySettingsError
+    from culture_cli.commands.universality import CLI_ONLY, compare_command
+
+    params = inspect.signature(compare_command).parameters
+    names = {f.name for f in fields(UniversalitySettings)}
+    assert set(params) - names == set(CLI_ONLY)
+    library_only = names - set(params)
+    assert library_only == {"n_blocks", "confidence", "bootstrap_margin"}, library_only
+    for name in set(params) & names:
+        default = params[name].default
+        if name == "controls":  # the CLI's repeatable option is None: the dataclass's tuple
+            assert default is None and default_of(UniversalitySettings, name) == ("none", "position",
+                                                                                   "position_structure", "token")
+            continue
+        assert default == default_of(UniversalitySettings, name), name
+    with pytest.raises(UniversalitySettingsError, match="threshold: must be in"):
+        UniversalitySettings(threshold=3.0).check()
+    with pytest.raises(UniversalitySettingsError, match="n_blocks: must be even"):
+        UniversalitySettings(n_blocks=5).check()
+    with pytest.raises(UniversalitySettingsError, match="n_resamples: must be >= 1"):  # the earlier name, as given
+        compare_models([_model(0), _model(1)], n_resamples=0)
+    UniversalitySettings().check()

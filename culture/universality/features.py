@@ -225,15 +225,6 @@ class SAEPair:
         va, vb = self.max_corr_a[~self.dead_a], self.max_corr_b[~self.dead_b]
         return (float(va.mean()) if va.size else 0.0, float(vb.mean()) if vb.size else 0.0)
 
-    def partner_of(self, feature: int, side: str = "a") -> tuple[int, float] | None:
-        """The one-to-one partner (and correlation) of a feature of a (side "a") or of b."""
-        mt = self.matching
-        mine, theirs = (mt.a_index, mt.b_index) if side == "a" else (mt.b_index, mt.a_index)
-        k = np.nonzero(mine == feature)[0]
-        if not k.size:
-            return None
-        return int(theirs[k[0]]), float(mt.corr[k[0]])
-
 
 class FeatureBlockSums:
     """Pass 2: per block of quizzes, the sums giving the correlation of the

@@ -51,8 +51,8 @@ from culture.universality.stats import (
     rotated_correlation,
     rotated_variances,
 )
+from culture.universality_settings import BASELINES
 
-BASELINES = ("rotation", "permutation", "gaussian")
 #: bootstrap replicates computed at once (memory: chunk x neurons x pairs)
 _CHUNK = 100
 
