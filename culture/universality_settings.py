@@ -35,6 +35,10 @@ POSITIONS_PER_QUIZ = {"all": 404, "cells": 399}
 #: intervals collapse and a neuron silent on one quiz reads as "dead".
 MIN_QUIZZES = 8
 
+#: The most further rotation draws: with d draws the reported share provably
+#: lies inside its 95% interval while d + 1 <= 20 (:mod:`culture.universality.intervals`).
+MAX_ROTATION_DRAWS = 19
+
 #: earlier keyword names :func:`~culture.universality.compare_models` still takes
 ALIASES = {"n_tokens": "tokens", "n_resamples": "resamples"}
 
@@ -80,8 +84,9 @@ class UniversalitySettings:
     resamples, n_blocks, confidence: the bootstrap over quizzes (in
         ``n_blocks`` blocks by index); ``bootstrap_margin``: units further
         than this from the threshold keep their side in every resample.
-    rotation_draws: further random rotations of the rotation baseline; the
-        intervals carry their spread.
+    rotation_draws: further random rotations of the rotation baseline (at
+        most 19); the neuron intervals carry their spread
+        (:mod:`culture.universality.intervals`).
     batch_size: quizzes per forward pass (None: sized to the activations).
     precision: dtype of the per-batch products.
     """
@@ -102,13 +107,14 @@ class UniversalitySettings:
     n_blocks: int = setting(32, min=2)
     confidence: float = setting(0.95, above=0.0)
     bootstrap_margin: float = setting(0.15, min=0.0)
+    rotation_draws: int = setting(4, min=0, max=MAX_ROTATION_DRAWS)
     seed: int = setting(0, min=0)
     batch_size: int | None = setting(None, min=1)
     precision: str = setting("float64", choices=PRECISIONS)
 
     def check(self) -> "UniversalitySettings":
         """Every setting in its bounds; a one-line UniversalitySettingsError otherwise."""
-        for name in ("tokens", "cka_permutations", "resamples", "n_blocks", "seed", "batch_size"):
+        for name in ("tokens", "cka_permutations", "resamples", "n_blocks", "rotation_draws", "seed", "batch_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise UniversalitySettingsError(name, f"must be an integer, got {value!r}")
@@ -170,4 +176,4 @@ class UniversalitySettings:
 
 __all__ = ["UniversalitySettings", "UniversalityError", "UniversalitySettingsError", "QuizCountError",
            "check_quiz_count", "MIN_QUIZZES", "CONTROLS", "BASELINES", "POSITIONS", "PRECISIONS",
-           "POSITIONS_PER_QUIZ", "ALIASES"]
+           "POSITIONS_PER_QUIZ", "ALIASES", "MAX_ROTATION_DRAWS"]

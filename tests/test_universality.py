@@ -28,6 +28,7 @@ from culture.universality import (
     random_orthogonal,
     svcca,
 )
+from culture.universality.intervals import shares_outside_intervals
 from tests.cli import error_line, heavy_imports, run_cli
 from tests.helpers_sources import make_local_source
 
@@ -522,6 +523,7 @@ def test_report_json_tasks_plots_and_given_quizzes(tmp_path):
     assert int(report.task_tokens.sum()) == 8 * 399
     assert report.cka.labels[0] == ["embed", "1"]
     d = json.loads(json.dumps(report.to_dict()))  # JSON-ready, no NaN
+    assert shares_outside_intervals(d) == []  # permutation baseline: intervals re-centred, no rotation draws
     assert d["settings"]["layers"] == [1] and d["settings"]["neuron_baseline"] == "permutation"
     layer = d["neurons"]["position"][0]
     assert layer["layer"] == 1 and len(layer["models"]) == 3 and "models" not in d["neurons"]["token"][0]
@@ -603,6 +605,7 @@ def test_cli_compare_end_to_end(tmp_path, capsys):
                  "ceiling", "floor", "Feature families"):
         assert text in out, text
     d = json.loads(out_json.read_text())
+    assert shares_outside_intervals(d) == []  # every printed share lies inside its interval
     assert d["models"] == ["0", "1", "2"] and d["settings"]["source"] == str(root)
     assert d["settings"]["tokens"] == 8 * 404 and d["settings"]["tasks"] == ["frame", "contact"]
     assert [r["layer"] for r in d["summary"]] == [0, 1] and d["settings"]["primary_control"] == "position"
@@ -698,3 +701,29 @@ def test_cli_defaults_are_the_settings_dataclass():
     with pytest.raises(UniversalitySettingsError, match="n_resamples: must be >= 1"):  # the earlier name, as given
         compare_models([_model(0), _model(1)], n_resamples=0)
     UniversalitySettings().check()
+
+
+def test_intervals_hold_their_estimate_and_carry_the_rotation_draws():
+    """A bootstrap whose resamples all fall below the estimate (units chosen as
+    a maximum, partners fixed) gives an interval around the estimate with the
+    bootstrap's width; the spread over rotation draws widens it; a report's
+    shares all lie inside their intervals, which record the draws."""
+    from culture.universality.intervals import centred_interval
+
+    rng = np.random.default_rng(0)
+    samples = 0.30 + 0.02 * rng.standard_normal(1000)  # the estimate 0.40 lies above every resample
+    lo, hi = centred_interval(samples, 0.40, 0.95)
+    assert lo < 0.40 < hi and hi - lo == pytest.approx(np.subtract(*np.quantile(samples, [0.975, 0.025])), abs=1e-3)
+    # the reported rotation gives 0.0 and every other draw 1-2%: the interval reaches them
+    zero = np.zeros(1000)
+    assert centred_interval(zero, 0.0, 0.95) == (0.0, 0.0)
+    lo, hi = centred_interval(zero, 0.0, 0.95, offsets=[0.0, 0.01, 0.02, 0.01, 0.015])
+    assert lo == 0.0 and hi >= 0.015
+    report = compare_models([_model(0), _model(1)], n_tokens=MIN_TOKENS, random_init=False, cka=False,
+                            controls=("none",), rotation_draws=3, **FAST)
+    d = report.to_dict()
+    assert shares_outside_intervals(d) == []
+    layer = d["neurons"]["none"][0]
+    assert len(layer["intervals"]["share_rotations"]) == 4 and layer["intervals"]["rotation_draws"] == 3
+    assert layer["intervals"]["share_rotations"][0] == pytest.approx(layer["share_universal"], abs=1e-6)
+    assert "re-centred" in d["settings"]["bootstrap"]["intervals"]

@@ -69,7 +69,8 @@ from culture.universality_settings import (
 )
 
 __all__ = [
-    "compare_models", "UniversalitySettings", "UniversalitySettingsError", "MIN_QUIZZES", "UniversalityReport", "NeuronLayer", "CKAResult", "SAEComparison", "SAEPair",
+    "compare_models", "UniversalitySettings", "UniversalitySettingsError", "MIN_QUIZZES",
+    "UniversalityReport", "NeuronLayer", "CKAResult", "SAEComparison", "SAEPair",
     "DEFAULT_CONTROLS", "CONTROLS", "BASELINES", "TokenLabels", "check_controls", "FeatureFamily", "SAEEntry",
     "find_families", "NeuronAnalysis", "NeuronMoments", "QuizRoller", "CKAMoments", "debiased_cka",
     "random_orthogonal", "svcca", "permuted_mlp_copy",

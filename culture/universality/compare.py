@@ -57,6 +57,8 @@ from culture.universality.features import (
     family_rates,
     find_families,
 )
+from culture.universality.intervals import METHOD as INTERVAL_METHOD
+from culture.universality.intervals import feature_intervals, neuron_intervals, rotation_draw_shares
 from culture.universality.neurons import BASELINES, NeuronBlockSums, NeuronMoments, QuizRoller, null_units
 from culture.universality.report import CKAResult, NeuronLayer, SAEComparison, UniversalityReport
 from culture.universality.runner import (
@@ -723,6 +725,8 @@ def _results(groups, plan: _Plan, s: UniversalitySettings, task_counts):
     for k, g in enumerate(groups):
         for c in plan.controls:
             g.block_sums[c].intervals(s.resamples, s.confidence, s.seed + 17 * k)
+            draws = rotation_draw_shares(g.neurons, c, s.threshold, len(plan.layers), s.rotation_draws, g.seed)
+            neuron_intervals(g.block_sums[c], g.analyses[c], draws, s.confidence)
     neuron_controls = {}
     for c in plan.controls:
         layers_c = trained.neuron_layers(c, s.threshold, plan.layers, task_counts)
@@ -746,6 +750,7 @@ def _results(groups, plan: _Plan, s: UniversalitySettings, task_counts):
 def _sae_intervals(trained: _Group, sae_result: SAEComparison, s: UniversalitySettings, example_store) -> None:
     """The SAE pairs' and families' intervals, and the family examples."""
     trained.feature_sums.intervals(s.resamples, s.confidence, s.seed + 5)
+    feature_intervals(trained.feature_sums, sae_result.pairs, s.threshold, s.confidence)
     counts, tokens_per = trained.features.fire_rates()
     family_rates(sae_result.families, counts, tokens_per, sae_result.categories, s.resamples, s.confidence,
                  s.seed + 7)
@@ -779,7 +784,8 @@ def _settings_record(s: UniversalitySettings, plan: _Plan, source: _QuizSource, 
         "neuron_baseline": s.baseline,
         "heldout": "partners chosen on even-index quizzes, measured on odd-index quizzes",
         "bootstrap": {"blocks": s.n_blocks, "resamples": s.resamples, "confidence": s.confidence,
-                      "unit": "blocks of quizzes (quiz k in block k mod blocks)"},
+                      "unit": "blocks of quizzes (quiz k in block k mod blocks)", "intervals": INTERVAL_METHOD,
+                      "rotation_draws": s.rotation_draws if s.baseline == "rotation" else 0},
         "cka": bool(s.cka),
         "cka_hooks": [EMBED_HOOK, RESID_HOOK] if s.cka else None,
         "cka_permutations": s.cka_permutations if s.cka else None,

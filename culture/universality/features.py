@@ -290,6 +290,7 @@ class FeatureBlockSums:
         threshold and many-to-one share above it (each direction)."""
         w_all = block_weights(self.mom.k, n_resamples, seed, np.nonzero(self.n > 0)[0])
         thr = self.threshold
+        self.samples = {}
         for p, sp in self.pairs.items():
             fixed = {"one": sp.matching.corr > thr, "a": ~sp.dead_a & (sp.max_corr_a > thr),
                      "b": ~sp.dead_b & (sp.max_corr_b > thr)}
@@ -310,7 +311,8 @@ class FeatureBlockSums:
                         c = corr_from_sums(n, w @ s[0], w @ s[1], w @ s[2], w @ s[3], w @ s[4])
                         count += (c > thr).sum(1)
                     vals.append(count / max(total[kind], 1))
-                out[kind] = percentile_interval(np.concatenate(vals), confidence)
+                self.samples[(p, kind)] = np.concatenate(vals)  # re-centred by culture.universality.intervals
+                out[kind] = percentile_interval(self.samples[(p, kind)], confidence)
             sp.intervals = {"share_above": out["one"], "share_max_above_a": out["a"], "share_max_above_b": out["b"],
                             "n_resamples": n_resamples, "confidence": confidence, "margin": self.margin}
 

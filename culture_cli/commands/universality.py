@@ -233,6 +233,9 @@ def compare_command(
         "--cka-permutations", help="Permutations of the CKA test (0: no test).")] = _d("cka_permutations"),
     resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples (over quizzes).")
                          ] = _d("resamples"),
+    rotation_draws: Annotated[int, typer.Option(
+        "--rotation-draws", help="Further random rotations of the rotation baseline (0-19): the neuron intervals "
+        "carry their spread beside the quizzes'.")] = _d("rotation_draws"),
     json_path: Annotated[OptionalOutputFile, typer.Option(
         "--json", help="Write every number to this JSON file.", show_default=False)] = None,
     png: Annotated[OptionalOutputFolder, typer.Option(
@@ -272,7 +275,8 @@ def compare_command(
             tokens=tokens, tasks=tuple(tasks) if tasks else None, layers=tuple(layer_ids) if layer_ids else None,
             threshold=threshold, baseline=baseline, controls=ctl or _d("controls"), within_position=within_position,
             positions=positions, noise=noise, random_init=random_init, cka=cka, cka_permutations=cka_permutations,
-            resamples=resamples, seed=seed, batch_size=batch_size, precision=precision).check()
+            resamples=resamples, rotation_draws=rotation_draws, seed=seed, batch_size=batch_size,
+            precision=precision).check()
     except UniversalitySettingsError as exc:
         fail(f"{option_flag(exc.field)}: {exc.detail}")
     ids = _check_models(parse_ids(models, "--models"), sae, ceiling_sae, self_copy, dashboard)
@@ -323,7 +327,8 @@ def _open(source, ids, device, settings, sae, self_copy: bool):
         if len(run.ids) < 2:
             fail(f"source {run.source.name} has {len(run.ids)} model(s); universality needs at least 2")
         if sae and not _bundled(sae) and len(sae) != len(run.ids):
-            fail(f"--sae: give one SAE directory per model ({len(sae)} for {len(run.ids)} models), or --sae bundled")
+            fail(f"--sae: give one SAE directory per model ({len(sae)} for {len(run.ids)} models), "
+                 "or --sae bundled")
     return run
 
 
