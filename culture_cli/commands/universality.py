@@ -92,7 +92,7 @@ def _tables(report, top: int):
     yield _table(
         f"Universal neurons by layer (Gurnee et al.: excess = max-corr - {s['neuron_baseline']} baseline max-corr "
         f"> {thr:g}; max over every layer of each other model; control {primary}; {s['tokens']:,} tokens, "
-        f"{s['quizzes']} quizzes; models {', '.join(report.names)}; 95% bootstrap intervals over quizzes)",
+        f"{s['quizzes']} quizzes; models {', '.join(report.names)}; {_interval_note(s)})",
         ("layer", "neurons", "dead", "max-corr", "baseline", "excess", "universal", "held-out", "random-init models",
          "partner in same layer"),
         [(r["layer"], r["neurons"], pct(r["dead"]), _f(r["mean_max_corr"]), _f(r["mean_baseline"]),
@@ -161,6 +161,14 @@ def _tables(report, top: int):
                      ("family", "members", "min corr", "consistent", "rates"),
                      [(f["family"], ", ".join(f"{k}:{v}" for k, v in f["members"].items()), _f(f["min_corr"]),
                        "yes" if f["consistent"] else "no", _rates(f["rates"])) for f in fams])
+
+
+def _interval_note(settings: dict) -> str:
+    """What the neuron intervals carry, for a table title."""
+    boot = settings["bootstrap"]
+    draws = boot.get("rotation_draws", 0)
+    extra = f" and {draws} further rotation draws" if draws else ""
+    return f"{100 * boot['confidence']:g}% intervals: quiz bootstrap re-centred on the share{extra}"
 
 
 def _rates(rates: dict) -> str:
