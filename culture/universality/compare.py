@@ -59,7 +59,7 @@ from culture.universality.features import (
 )
 from culture.universality.intervals import METHOD as INTERVAL_METHOD
 from culture.universality.intervals import feature_intervals, neuron_intervals, rotation_draw_shares
-from culture.universality.neurons import BASELINES, NeuronBlockSums, NeuronMoments, QuizRoller, null_units
+from culture.universality.neurons import NeuronBlockSums, NeuronMoments, QuizRoller, null_units
 from culture.universality.report import CKAResult, NeuronLayer, SAEComparison, UniversalityReport
 from culture.universality.runner import (
     ModelRunner,
@@ -623,7 +623,7 @@ def _quiz_source(s: UniversalitySettings, quizzes, clean, task_labels, pos) -> _
         description = "given quizzes"
     else:
         try:
-            task_names = list(dict.fromkeys(resolve_tasks(list(s.tasks) if s.tasks is not None else None)))
+            task_names = list(dict.fromkeys(resolve_tasks(s.tasks)))
         except CultureError as exc:
             raise UniversalityError(str(exc)) from None
         lookup = torch.full((len(TASKS),), -1, dtype=torch.long)
