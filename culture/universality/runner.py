@@ -26,7 +26,7 @@ import torch
 
 from culture.defaults import PROMPT_NOISE
 from culture.errors import first_sentence
-from culture.hooks import act_name, add_hook, hook_layer, is_native
+from culture.hooks import RESIDUAL_KINDS, HookNameError, act_name, add_hook, hook_layer, is_native, parse_act_name
 from culture.quiz import BLOCK_LEN, EVAL_STRUCTURES, QUIZ_LEN, STRUCTURES
 from culture.universality_settings import POSITIONS, UniversalityError
 
@@ -158,12 +158,13 @@ class ModelRunner:
 
     def hook_width(self, name: str) -> int | None:
         """Features per token at a hook (None for head-shaped hooks)."""
-        if name.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out",
-                          "hook_embed", "hook_pos_embed")):
+        try:
+            kind, _ = parse_act_name(name)
+        except HookNameError:
+            return None
+        if kind in RESIDUAL_KINDS:
             return self.d_model
-        if name.endswith(("mlp.hook_post", "mlp.hook_pre")):
-            return self.d_mlp
-        return None
+        return self.d_mlp if kind in ("pre", "post") else None
 
     # --------------------------------------------------------------- run
 
