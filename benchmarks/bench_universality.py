@@ -50,7 +50,7 @@ def child(args) -> None:
 
     torch.set_num_threads(args.threads)
     from culture.mygpt import GPTConfig, MyGPT
-    from culture.universality import compare_models, estimate_memory
+    from culture.universality import MIN_QUIZZES, compare_models, estimate_memory
     import culture.hooked  # noqa: F401 - import TransformerLens before measuring the setup
 
     cfg = GPTConfig(*args.shape)
@@ -59,8 +59,8 @@ def child(args) -> None:
         torch.manual_seed(1000 + k)
         models.append(MyGPT(cfg).eval())
     # warm up (first forward allocates; first TransformerLens model builds lazily)
-    compare_models(models, n_tokens=808, random_init=args.baseline, cka=args.cka, batch_size=args.batch_size,
-                   compute_dtype=getattr(torch, args.precision), cka_permutations=args.permutations)
+    compare_models(models, n_tokens=MIN_QUIZZES * 404, random_init=args.baseline, cka=args.cka,
+                   batch_size=args.batch_size, compute_dtype=getattr(torch, args.precision), cka_permutations=args.permutations)
     setup_rss = _rss_mib()
     t0 = time.perf_counter()
     report = compare_models(models, n_tokens=args.n_tokens, random_init=args.baseline, cka=args.cka,

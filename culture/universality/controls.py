@@ -27,9 +27,8 @@ import torch
 
 from culture.quiz import BLOCK_LEN, MARKER_LABELS, MARKERS, STRUCTURES, VOCAB_SIZE, ar_mask, block_markers
 from culture.quiz import structure_index, transform_mask
-from culture.universality.runner import UniversalityError
+from culture.universality_settings import CONTROLS, UniversalityError
 
-CONTROLS = ("none", "position", "position_structure", "token")
 #: what each control removes, in words (tables, JSON)
 CONTROL_DESCRIPTIONS = {
     "none": "raw activations",

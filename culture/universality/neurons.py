@@ -51,8 +51,8 @@ from culture.universality.stats import (
     rotated_correlation,
     rotated_variances,
 )
+from culture.universality_settings import BASELINES
 
-BASELINES = ("rotation", "permutation", "gaussian")
 #: bootstrap replicates computed at once (memory: chunk x neurons x pairs)
 _CHUNK = 100
 
@@ -585,8 +585,11 @@ class NeuronBlockSums:
                         sel = (layer_of[i][cand] == k) & ok
                         count[:, k] += ((ex > thr) & sel).sum(1)
                 shares[name] = [v + [count[:, k] / max(denom[k], 1)] for k, v in enumerate(shares[name])]
-        out = {name: [percentile_interval(np.concatenate(v), confidence) if v else None for v in per_layer]
-               for name, per_layer in shares.items()}
+        # the bootstrap shares themselves (per name, per layer): culture.universality.intervals re-centres them
+        self.samples = {name: [np.concatenate(v) if v else None for v in per_layer]
+                        for name, per_layer in shares.items()}
+        out = {name: [percentile_interval(s, confidence) if s is not None else None for s in per_layer]
+               for name, per_layer in self.samples.items()}
         out["n_resamples"] = n_resamples
         out["confidence"] = confidence
         out["blocks"] = int((self.n > 0).sum())

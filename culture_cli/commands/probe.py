@@ -17,6 +17,7 @@ from culture_cli.common import (
     JsonOption,
     ModelSourceOption,
     NoiseOption,
+    check_min,
     check_test_set_options,
     fail,
     pct_ci,
@@ -88,6 +89,9 @@ def probe_command(
     png: Annotated[Optional[Path], typer.Option("--png", help="Accuracy per layer with intervals, as PNG.",
                                                 show_default=False)] = None,
     batch_size: BatchSizeOption = 100,
+    split_draws: Annotated[int, typer.Option(
+        "--split-draws", help="Further train / test splits (and control-label shuffles), each probe refitted: the "
+        "intervals then carry their spread beside the held-out quizzes' (0: the Wilson interval of one split).")] = 0,
     device: DeviceOption = "cpu",
 ) -> None:
     """Linear probes of a world-generator parameter in the residual stream, per layer.
@@ -101,6 +105,7 @@ def probe_command(
         fail(f"--test-fraction must be in (0, 1), got {test_fraction}")
     if not causal_scale > 0:
         fail(f"--causal-scale must be > 0, got {causal_scale}")
+    check_min("--split-draws", split_draws, 0)
     if causal_hook is not None and not causal:
         fail("--causal-hook goes with --causal")
     from culture.probes import parse_target
@@ -125,7 +130,8 @@ def probe_command(
         res = run_probes(gpt, target, hooks=list(hooks) if hooks else "resid_post", positions=positions,
                          n=num_samples, seed=seed, test_fraction=test_fraction, structure=structure, noise=noise,
                          random_baseline=random_baseline, causal=causal, causal_hook=causal_hook,
-                         causal_scale=causal_scale, batch_size=batch_size, progress=report)
+                         causal_scale=causal_scale, batch_size=batch_size, split_draws=split_draws,
+                         progress=report)
     res.settings.update({"model": model, "source": src.name})
     for table in _tables(res):
         print_table(table)
