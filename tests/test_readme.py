@@ -1,7 +1,10 @@
-"""Every ``culture-interp`` command of README.md runs as written (issue 17).
+"""Every ``culture-interp`` command of README.md and of the documentation
+runs as written (issues 17 and 25).
 
-The commands are read from the README's ```bash blocks, so a command added
-to the README later is run here too. Each block runs in order, in one
+The commands are read from the ```bash blocks of README.md, then of the
+site's pages in the order of ``mkdocs.yml``'s navigation, then of the drafts
+in ``docs/incoming/`` (:func:`documentation_pages`), so a command added to
+any of them later is run here too. Each block runs in order, in one
 temporary working directory (later blocks use what earlier ones wrote:
 ``runs/demo``, ``runs/sae-gpt0``...), in process (``culture_cli.main.main``),
 offline. What the test changes, and only that:
@@ -30,7 +33,9 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 #: size option -> small value: capped when the README gives more, set when it gives none
 SMALL = {
@@ -70,6 +75,16 @@ def readme_blocks(text: str) -> list[tuple[int, list[str], str | None]]:
             blocks.append((start, commands, m.group("reason") if m else None))
         i += 1
     return blocks
+
+
+def documentation_pages() -> list[Path]:
+    """README.md, the site's pages in navigation order (``mkdocs.yml``; pages
+    left out of the navigation follow, sorted), then ``docs/incoming/*.md``."""
+    nav = re.findall(r"^\s*-\s.*?([\w./-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    pages = [README] + [DOCS / n for n in nav if (DOCS / n).is_file()]
+    excluded = ("incoming", "_hooks", "_tools")
+    rest = [p for p in sorted(DOCS.rglob("*.md")) if p not in pages and p.relative_to(DOCS).parts[0] not in excluded]
+    return pages + rest + sorted((DOCS / "incoming").glob("*.md"))
 
 
 def as_run(command: str) -> list[str]:
@@ -138,6 +153,16 @@ def test_readme_parsing_keeps_what_matters():
     blocks = readme_blocks(README.read_text())
     commands = [c for _, cs, _ in blocks for c in cs]
     assert any(c.startswith("culture-interp eval") for c in commands)
+    pages = documentation_pages()
+    assert pages[0] == README and DOCS / "guides" / "saes.md" in pages
+    # the site's pages keep the guides' examples, in an order where each finds what an earlier one wrote
+    docs = [c for p in pages for _, cs, _ in readme_blocks(p.read_text()) for c in cs]
+    first = {word: next(i for i, c in enumerate(docs) if c.startswith(word))
+             for word in ("culture-interp train --out runs/demo", "culture-interp zoo pack --run runs/demo",
+                          "culture-interp sae train", "culture-interp sae eval --model 0 --sae runs/sae-gpt0")}
+    assert first["culture-interp train --out runs/demo"] < first["culture-interp zoo pack --run runs/demo"]
+    assert first["culture-interp sae train"] < first["culture-interp sae eval --model 0 --sae runs/sae-gpt0"]
+    assert len(docs) >= 40, len(docs)
     assert as_run("culture-interp eval --models 0 1 [--source S] [--tasks a b]   # x") == ["eval", "--models", "0", "1"]
     assert as_run("culture-interp train --out r [--max-rounds N | --target-accuracy 0.9] --lr 1e-4 ...") == \
         ["train", "--out", "r", "--lr", "1e-4"]
@@ -172,15 +197,17 @@ def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
     _c_quizzes(tmp_path / "c_quizzes.pth")
     package_zoo = _digest(ZOO_FILES)
     ran = []
-    for line, commands, skip in readme_blocks(README.read_text()):
-        if skip is not None:
-            continue
-        for command in commands:
-            argv = shrink(as_run(command))
-            code = exit_code(argv)
-            out, err = capsys.readouterr()
-            assert code == 0, f"README line {line}: culture-interp {shlex.join(argv)}\n{err[-1500:]}"
-            assert "Traceback" not in err
-            ran.append(argv)
-            assert _digest(ZOO_FILES) == package_zoo, f"README line {line} changed the package's zoo: {argv}"
+    for page in documentation_pages():
+        where = page.relative_to(ROOT)
+        for line, commands, skip in readme_blocks(page.read_text()):
+            if skip is not None:
+                continue
+            for command in commands:
+                argv = shrink(as_run(command))
+                code = exit_code(argv)
+                out, err = capsys.readouterr()
+                assert code == 0, f"{where} line {line}: culture-interp {shlex.join(argv)}\n{err[-1500:]}"
+                assert "Traceback" not in err
+                ran.append(argv)
+                assert _digest(ZOO_FILES) == package_zoo, f"{where} line {line} changed the package's zoo: {argv}"
     assert len(ran) >= 20, ran
