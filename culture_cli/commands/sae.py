@@ -4,8 +4,10 @@ and datasets are imported inside the commands only."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,9 +27,11 @@ from culture_cli.common import (
     check_noise,
     check_test_set_options,
     command_group,
+    declare_inputs,
     err_console,
     fail,
     given_options,
+    is_stdout,
     num_ci,
     option_flag,
     outputs,
@@ -36,6 +40,7 @@ from culture_cli.common import (
     points_ci,
     print_table,
     progress,
+    write_json,
     write_json_or_fail,
 )
 
@@ -164,7 +169,43 @@ def _parse_options(values: list[str] | None) -> dict:
 # ------------------------------------------------------------------ train
 
 
+def _checkpoints_of(values: dict) -> list:
+    """``sae train``'s checkpoints beside --out: an input (read by --resume,
+    kept from a fresh run without --overwrite), so no output goes there."""
+    out = values.get("out")
+    if out is None:
+        return []
+    out = Path(out)
+    return [(f"the checkpoints of --out {out}", out.with_name(out.name + ".checkpoints"))]
+
+
+def _keep_interrupted_run(out: Path, resume: bool, overwrite: bool) -> None:
+    """A fresh run would delete the checkpoints of an interrupted one: only with --overwrite."""
+    from culture.sae.training import checkpoint_dir, latest_checkpoint
+
+    if not resume and not overwrite and latest_checkpoint(out) is not None:
+        fail(f"{checkpoint_dir(out)} holds an interrupted run: continue it with --resume, or start afresh "
+             "with --overwrite (its checkpoints are then deleted)")
+
+
+@contextlib.contextmanager
+def _resumable_or_gone(out: Path):
+    """A run that fails or is stopped leaves its checkpoint folder only when
+    --resume can use it (a complete checkpoint), not a run record alone (a
+    disk full or a file-size limit before the first checkpoint)."""
+    from culture.sae.training import checkpoint_dir, latest_checkpoint
+
+    try:
+        yield
+    except BaseException:
+        folder = checkpoint_dir(out)
+        if folder.is_dir() and latest_checkpoint(out) is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 @sae_app.command("train")
+@declare_inputs(_checkpoints_of)
 def train(
     model: Annotated[Optional[int], typer.Option(
         "--model", help="Model id (gpt_{K:03d}.pth of the source); required unless --resume.",
@@ -325,6 +366,7 @@ def train(
         fail("--private needs --push")
     settings.check()
     prepare_out(out, overwrite)
+    _keep_interrupted_run(out, resume, overwrite)
     if tasks:
         from culture.world import resolve_tasks
 
@@ -347,12 +389,13 @@ def train(
     err_console.print(f"model {model} of {src.name}, hook {hook}, {settings.total_steps:,} steps x "
                       f"{batch_tokens:,} tokens", highlight=False)
     t0 = time.perf_counter()
-    with progress() as bar:
+    with progress() as bar, _resumable_or_gone(out):
         result = train_sae(hooked, out, settings, dataset=dataset,
                            tasks=list(tasks) if tasks else src.default_tasks(),
                            noise=noise, num_quizzes=num_quizzes, model_name=f"culture-gpt-{model}",
                            overwrite=overwrite, progress=_reporter(bar),
-                           extra_summary={"model_id": model, "source": src.name}, summary_json=json_path,
+                           extra_summary={"model_id": model, "source": src.name},
+                           summary_json=None if is_stdout(json_path) else json_path,
                            resume=resume)
     s = result.summary
     s["wall_seconds"] = time.perf_counter() - t0
@@ -377,7 +420,9 @@ def train(
     for name, value in rows:
         table.add_row(name, str(value))
     print_table(table)
-    if json_path is not None:
+    if is_stdout(json_path):
+        write_json(json_path, s)
+    elif json_path is not None:
         err_console.print(f"wrote {json_path}", highlight=False)
     if push:
         from culture.sae import push_sae
