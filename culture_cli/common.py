@@ -42,6 +42,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from culture.errors import CultureError
+from culture.settings import QUIZ_KINDS
 
 console = Console()
 err_console = Console(stderr=True)
@@ -627,14 +628,22 @@ TasksOption = Annotated[Optional[list[str]], typer.Option(
     "--tasks", "--task", help="World tasks (default: the source's training tasks when it records them, "
         "else the 8 of the published models).", show_default=False)]
 CQuizzesOption = Annotated[bool, typer.Option("--c-quizzes/--no-c-quizzes",
-                                              help="Mix in the source's test c-quizzes (at most half).")]
+                                              help="Mix in the source's test c-quizzes (at most half); "
+                                              "with --quizzes both only (world or culture decide alone).")]
 NoiseOption = Annotated[float, typer.Option("--noise", help="Prompt noise (structures 1 and 2).")]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Quizzes per forward pass.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")]
 JsonOption = Annotated[OptionalOutputFile, typer.Option("--json", help="Write the numbers to this JSON file.",
                                                        show_default=False)]
+def one_of(*values: str) -> str:
+    """The help's placeholder of an option with a fixed set of values: ``[a|b|c]``."""
+    return "[" + "|".join(values) + "]"
+
+
 QuizKindsOption = Annotated[str, typer.Option(
-    "--quizzes", help="Which quizzes: world, culture (the source's test c-quizzes) or both (the reference mix).")]
+    "--quizzes", metavar=one_of(*QUIZ_KINDS),
+    help="Which quizzes: world, culture (the source's test c-quizzes) or both (the reference mix). "
+    "world and culture decide alone (--c-quizzes is then ignored); with both, --no-c-quizzes leaves world only.")]
 
 
 def phase_progress(bar: Progress):

@@ -33,6 +33,7 @@ from culture_cli.common import (
     given_options,
     is_stdout,
     num_ci,
+    one_of,
     option_flag,
     outputs,
     pct,
@@ -247,7 +248,7 @@ def train(
                                              show_default=False)] = None,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 2e-5,
     lr_scheduler: Annotated[str, typer.Option(
-        "--lr-scheduler", help="constant, cosineannealing or cosineannealingwarmrestarts.")] = "constant",
+        "--lr-scheduler", metavar=one_of("constant", "cosineannealing", "cosineannealingwarmrestarts"), help="constant, cosineannealing or cosineannealingwarmrestarts.")] = "constant",
     lr_warm_up_steps: Annotated[int, typer.Option("--lr-warm-up-steps", help="Linear lr warm-up steps.")] = 0,
     lr_decay_steps: Annotated[Optional[int], typer.Option(
         "--lr-decay-steps", help="Linear lr decay to 0 at the end (default: 20% of the steps).",
@@ -259,7 +260,8 @@ def train(
     context_size: Annotated[int, typer.Option("--context-size", help="Tokens per row read (405 = BOS + quiz).")
                             ] = 405,
     normalize_activations: Annotated[str, typer.Option(
-        "--normalize-activations", help="none, expected_average_only_in, layer_norm, covariance_whitening.")
+        "--normalize-activations",
+        metavar=one_of("none", "expected_average_only_in", "layer_norm", "covariance_whitening"), help="none, expected_average_only_in, layer_norm, covariance_whitening.")
     ] = "expected_average_only_in",
     apply_b_dec_to_input: Annotated[bool, typer.Option(
         "--apply-b-dec-to-input/--no-apply-b-dec-to-input", help="Subtract b_dec from the SAE input.")] = False,
@@ -503,7 +505,7 @@ def features_command(
     features: Annotated[Optional[list[str]], typer.Option(
         "--features", help="Feature ids (several after one flag: --features 10 24).", show_default=False)] = None,
     top: Annotated[int, typer.Option("--top", help="Without --features: the top N features by --rank-by.")] = 10,
-    rank_by: Annotated[str, typer.Option("--rank-by", help="mean (activation), frequency or max.")] = "mean",
+    rank_by: Annotated[str, typer.Option("--rank-by", metavar=one_of("mean", "frequency", "max"), help="mean (activation), frequency or max.")] = "mean",
     examples: Annotated[int, typer.Option("--examples", help="Top quizzes shown per feature.")] = 8,
     steer: Annotated[Optional[list[str]], typer.Option(
         "--steer", help="FEATURE=SCALE (0 ablates) or FEATURE=@VALUE (clamp); several after one flag. "

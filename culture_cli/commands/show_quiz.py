@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from culture_cli.common import check_min, check_noise, console, err_console, fail, plain_output
+from culture_cli.common import check_min, check_noise, console, err_console, fail, one_of, plain_output
 
 
 #: the most quizzes one show-quiz prints / draws (a PNG of N quizzes is about N x 180 pixels tall)
@@ -96,7 +96,7 @@ def show_quiz(
         "--file", help="Quizzes from a tensor file (n, 404) or a c_quizzes.pth.", show_default=False,
         dir_okay=True)] = None,
     split: Annotated[Optional[str], typer.Option(
-        "--split", help="With a c_quizzes file: train or test (default both).", show_default=False)] = None,
+        "--split", metavar=one_of("train", "test"), help="With a c_quizzes file: train or test (default both).", show_default=False)] = None,
     index: Annotated[Optional[list[str]], typer.Option(
         "--index", help="With --file: quiz index (repeatable, or \"3,7\"); default the first --n.",
         show_default=False)] = None,
