@@ -42,7 +42,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from culture.errors import CultureError
-from culture.settings import QUIZ_KINDS
 
 console = Console()
 err_console = Console(stderr=True)
@@ -172,9 +171,21 @@ def outputs(announce: bool = True):
             err_console.print(f"wrote {path}", highlight=False)
 
 
+class _Progress(Progress):
+    """A Progress that leaves nothing behind when it showed no bar (an error
+    before the first one): no blank line before the ``error:`` line."""
+
+    def stop(self) -> None:
+        if self.tasks:
+            super().stop()
+            return
+        self.live.transient = True
+        self.live.stop()  # without the newline Progress.stop prints off a terminal
+
+
 def progress() -> Progress:
     """A rich progress bar on stderr (stdout stays clean for tables)."""
-    return Progress(
+    return _Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -641,7 +652,7 @@ def one_of(*values: str) -> str:
 
 
 QuizKindsOption = Annotated[str, typer.Option(
-    "--quizzes", metavar=one_of(*QUIZ_KINDS),
+    "--quizzes",  # the values are in the help: a [world|culture|both] placeholder would crop option names
     help="Which quizzes: world, culture (the source's test c-quizzes) or both (the reference mix). "
     "world and culture decide alone (--c-quizzes is then ignored); with both, --no-c-quizzes leaves world only.")]
 

@@ -248,7 +248,7 @@ def train(
                                              show_default=False)] = None,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 2e-5,
     lr_scheduler: Annotated[str, typer.Option(
-        "--lr-scheduler", metavar=one_of("constant", "cosineannealing", "cosineannealingwarmrestarts"), help="constant, cosineannealing or cosineannealingwarmrestarts.")] = "constant",
+        "--lr-scheduler", help="constant, cosineannealing or cosineannealingwarmrestarts.")] = "constant",
     lr_warm_up_steps: Annotated[int, typer.Option("--lr-warm-up-steps", help="Linear lr warm-up steps.")] = 0,
     lr_decay_steps: Annotated[Optional[int], typer.Option(
         "--lr-decay-steps", help="Linear lr decay to 0 at the end (default: 20% of the steps).",
@@ -260,8 +260,7 @@ def train(
     context_size: Annotated[int, typer.Option("--context-size", help="Tokens per row read (405 = BOS + quiz).")
                             ] = 405,
     normalize_activations: Annotated[str, typer.Option(
-        "--normalize-activations",
-        metavar=one_of("none", "expected_average_only_in", "layer_norm", "covariance_whitening"), help="none, expected_average_only_in, layer_norm, covariance_whitening.")
+        "--normalize-activations", help="none, expected_average_only_in, layer_norm, covariance_whitening.")
     ] = "expected_average_only_in",
     apply_b_dec_to_input: Annotated[bool, typer.Option(
         "--apply-b-dec-to-input/--no-apply-b-dec-to-input", help="Subtract b_dec from the SAE input.")] = False,

@@ -9,7 +9,7 @@ import typer
 
 from culture.settings import default_of
 from culture.train_config import TrainConfig, TrainingSettingsError
-from culture_cli.common import OutputDir, console, err_console, fail, given_options, invocation, one_of, option_flag
+from culture_cli.common import OutputDir, console, err_console, fail, given_options, invocation, option_flag
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +39,7 @@ def train(
     init_from: Optional[str] = typer.Option(
         None, "--init-from", help="Start model k from model k of this source (directory, bundled, hub id)."),
     nb_models: int = typer.Option(_d("nb_models"), "--nb-models", help="Number of GPTs."),
-    model: str = typer.Option(_d("model"), "--model", metavar=one_of("17K", "4M", "37M", "122M", "352M"), help="Size preset: 17K, 4M, 37M, 122M, 352M."),
+    model: str = typer.Option(_d("model"), "--model", help="Size preset: 17K, 4M, 37M, 122M, 352M."),
     dim_model: Optional[int] = typer.Option(_d("dim_model"), "--dim-model",
                                             help="Custom size: width of the residual stream (overrides the preset)."),
     dim_keys: Optional[int] = typer.Option(_d("dim_keys"), "--dim-keys",

@@ -29,7 +29,6 @@ from culture_cli.common import (
     err_console,
     fail,
     is_stdout,
-    one_of,
     parse_ids,
     pct,
     print_table,
@@ -185,16 +184,16 @@ def compare_command(
         "--threshold", help="A neuron is universal when its excess (max-corr minus baseline max-corr, averaged over "
         "the other models) exceeds this; an SAE feature matches above it (Gurnee et al.: 0.5).")] = 0.5,
     baseline: Annotated[str, typer.Option(
-        "--baseline", metavar=one_of(*BASELINE_CHOICES), help="Null version of the other model for neurons: rotation (a random orthogonal rotation "
+        "--baseline", help="Null version of the other model for neurons: rotation (a random orthogonal rotation "
         "of its activations), permutation (another quiz at the same position) or gaussian.")] = "rotation",
     controls: Annotated[Optional[list[str]], typer.Option(
-        "--controls", metavar=one_of(*CONTROL_CHOICES) + " ...", help="Confound controls, each computed (the first is the primary one): none, position, "
+        "--controls", help="Confound controls, each computed (the first is the primary one): none, position, "
         "position_structure, token (per-group means removed first). Default: all four, none first.",
         show_default=False)] = None,
     within_position: Annotated[bool, typer.Option(
         "--within-position", help="Shorthand for --controls position.")] = False,
     positions: Annotated[str, typer.Option(
-        "--positions", metavar=one_of("all", "cells"), help="all: the 404 positions; cells: positions whose input token is a grid cell.")] = "all",
+        "--positions", help="all: the 404 positions; cells: positions whose input token is a grid cell.")] = "all",
     noise: Annotated[float, typer.Option("--noise", help="Prompt noise probability (structures 1 and 2).")] = 0.05,
     sae: Annotated[Optional[list[str]], typer.Option(
         "--sae", help="An SAE per model, repeated in --models order: a SAELens directory (cfg.json + "
@@ -226,7 +225,7 @@ def compare_command(
         "--batch-size", help="Quizzes per forward pass (default: sized to ~128 MB of activations).",
         show_default=False)] = None,
     precision: Annotated[str, typer.Option(
-        "--precision", metavar=one_of("float32", "float64"), help="dtype of the per-batch products: float32 (fast) or float64 (accumulation is float64 "
+        "--precision", help="dtype of the per-batch products: float32 (fast) or float64 (accumulation is float64 "
         "either way).")] = "float32",
     top: Annotated[int, typer.Option("--top", help="Universal neurons / feature families listed.")] = 10,
 ) -> None:
