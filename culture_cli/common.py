@@ -453,7 +453,7 @@ def _real(path) -> Path:
 
 
 #: options naming a model source or an SAE, whose words ("bundled", a hub repo id) are inputs too
-_SOURCE_OPTIONS = ("source", "sae", "ceiling_sae", "run")
+_SOURCE_OPTIONS = ("source", "sae", "ceiling_sae", "run", "init_from")
 
 
 def _named_inputs(name: str, value) -> list[Path]:
@@ -493,7 +493,7 @@ def command_inputs(command, values: dict) -> list[tuple[str, Path]]:
         if name in _SOURCE_OPTIONS:
             for v in (value if isinstance(value, (list, tuple)) else [value]):
                 for p in _named_inputs(name, v):
-                    found.append((f"{flag} {v} ({p})", _real(p)))
+                    found.append((f"{flag} {v if v is not None else '(default)'} ({p})", _real(p)))
     body = getattr(command, "culture_body", None) or command.callback
     declared = getattr(getattr(body, "__wrapped__", body), "culture_inputs", None)
     if declared is not None:

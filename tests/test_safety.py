@@ -42,7 +42,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def _input_option(command) -> str | None:
     names = {max(p.opts, key=len) for p in command.params if getattr(p, "opts", None)}
-    for flag in ("--source", "--file", "--run", "--sae"):
+    for flag in ("--source", "--file", "--run", "--sae", "--init-from"):
         if flag in names:
             return flag
     return None
