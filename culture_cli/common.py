@@ -8,8 +8,12 @@ body runs (so before any model is loaded), each of its *output options* is
 checked with :func:`culture.io.check_output`, and a path that cannot be
 written -- its parent is a file, a file is expected where a directory is (or
 the reverse), the folder is not writable, two outputs are the same path, an
-output would overwrite one of the command's inputs, a folder to be replaced is
-not empty without ``--overwrite`` -- gives one ``error:`` line and exit code 2.
+output is, contains or lies inside one of the command's inputs
+(:func:`command_inputs`: checkpoints, source folders, the installed zoo, SAE
+folders, quiz files, a resume's checkpoints; links resolved), a folder to be
+replaced is not empty without ``--overwrite`` -- gives one ``error:`` line and
+exit code 2. ``--json -`` writes the JSON to stdout (the tables then go to
+stderr); no other output takes ``-``.
 
 An output option is a ``Path`` option that is
 
@@ -88,12 +92,12 @@ def json_to_stdout(values: dict):
     if not taken:
         yield
         return
-    previous = console.file
+    previous = console._file  # None: follow sys.stdout (rich's ``file`` property would pin today's stream)
     console.file = sys.stderr
     try:
         yield
     finally:
-        console.file = previous
+        console._file = previous
 
 
 def stdout_taken() -> bool:

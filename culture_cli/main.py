@@ -3,17 +3,20 @@
 Every command module registers itself (``register(app)``); :func:`cli_command`
 builds the click command tree once and prepares every command alike:
 
-* its output options are checked before its body runs
-  (:func:`culture_cli.common.check_outputs`; see ``culture_cli.common``), and
+* its output options are checked before its body runs -- none may touch an
+  input (:func:`culture_cli.common.check_outputs`; see ``culture_cli.common``),
   numbers no option can mean (NaN, infinity, integers beyond 64 bits) are
-  refused (:func:`culture_cli.common.check_numbers`);
+  refused (:func:`culture_cli.common.check_numbers`), and so is a model named
+  twice in ``--models``;
+* it runs with its own temporary folder (``culture.io.run_temp_dir``), which
+  the next run removes when a killed one left it;
 * help shows no ``<bool>`` after flags and ``<int> ...`` after options that
   take several values.
 
 :func:`main` turns every failure into one ``error:`` line on stderr and exit
 code 2: :class:`culture.errors.CultureError` (bad input), click's usage errors
 (a typo'd option, a bad value; with a hint to ``--help``), OSError (disk full,
-permissions) and, as a last resort, any unexpected exception (its traceback
+permissions; also a failed write wrapped by torch or safetensors) and, as a last resort, any unexpected exception (its traceback
 with ``CULTURE_DEBUG=1``). Ctrl-C and SIGTERM stop the command cleanly --
 temporary files are removed, outputs are left as they were -- with exit codes
 130 and 143.

@@ -123,6 +123,9 @@ def test_json_dash_is_stdout_and_dash_is_refused_elsewhere(tmp_path, monkeypatch
     data = json.loads(out)  # stdout is the JSON alone; the tables went to stderr
     assert data["settings"]["num_samples"] == 4 and "Evaluation" in err
     assert not (tmp_path / "-").exists()
+    from culture_cli.common import console
+
+    assert console._file is None  # back to following sys.stdout, not pinned to this test's stream
     line = error_line(capsys, "show-quiz", "--png", "-")
     assert "--json only" in line and not (tmp_path / "-").exists()
 
