@@ -405,17 +405,35 @@ def _quiet_sae_lens():
 
 @contextlib.contextmanager
 def _keep_signal_handlers():
-    """The runner installs SIGINT/SIGTERM handlers; put the old ones back."""
+    """The runner installs SIGINT/SIGTERM handlers; put the old ones back.
+    A run stopped by SIGTERM (SAELens turns it into an interruption, saved as
+    a checkpoint) then gets SIGTERM again, under the old handler: the caller
+    sees a termination (the CLI exits 143; without a handler the process
+    ends by SIGTERM), not a Ctrl-C."""
+    from sae_lens import llm_sae_training_runner as runner_module
+
     saved = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError, OSError):
             saved[sig] = signal.getsignal(sig)
+    received: list[int] = []
+    callback = getattr(runner_module, "interrupt_callback", None)
+    if callback is not None:
+        def interrupt_callback(sig_num, frame):
+            received.append(sig_num)
+            callback(sig_num, frame)
+
+        runner_module.interrupt_callback = interrupt_callback
     try:
         yield
     finally:
+        if callback is not None:
+            runner_module.interrupt_callback = callback
         for sig, handler in saved.items():
             with contextlib.suppress(ValueError, OSError, TypeError):
                 signal.signal(sig, handler)
+        if signal.SIGTERM in received and signal.SIGTERM in saved:
+            signal.raise_signal(signal.SIGTERM)
 
 
 # ------------------------------------------------------------------ checkpoints

@@ -19,6 +19,7 @@ from culture_cli.common import (
     console,
     err_console,
     fail,
+    one_of,
     pct_ci,
     phase_progress,
     print_table,
@@ -119,13 +120,13 @@ def patch_command(
     source: ModelSourceOption = None,
     num_pairs: NumPairsOption = 200,
     what: Annotated[str, typer.Option(
-        "--what", help="resid (layer x block), layers (attn / MLP outputs), heads, heads-by-block (head x query "
+        "--what", metavar=one_of("resid", "layers", "heads", "heads-by-block", "cells"), help="resid (layer x block), layers (attn / MLP outputs), heads, heads-by-block (head x query "
         "block) or cells (layer x the 100 cells of --block).")] = "heads",
-    method: Annotated[str, typer.Option("--method", help="activation, attribution or both.")] = "both",
+    method: Annotated[str, typer.Option("--method", metavar=one_of("activation", "attribution", "both"), help="activation, attribution or both.")] = "both",
     direction: Annotated[str, typer.Option(
-        "--direction", help="denoise (run corrupted, restore clean activations) or noise (run clean, insert "
+        "--direction", metavar=one_of("denoise", "noise"), help="denoise (run corrupted, restore clean activations) or noise (run clean, insert "
         "corrupted ones).")] = "denoise",
-    block: Annotated[str, typer.Option("--block", help="With --what cells: the block drawn (A, f(A), B, f(B)).")
+    block: Annotated[str, typer.Option("--block", metavar=one_of("A", "f(A)", "B", "f(B)"), help="With --what cells: the block drawn (A, f(A), B, f(B)).")
                      ] = "B",
     layers: Annotated[Optional[list[str]], typer.Option(
         "--layers", help="Only these layers (resid / cells: 0..n_layers, n_layers = after the last block).",

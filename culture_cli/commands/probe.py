@@ -20,6 +20,7 @@ from culture_cli.common import (
     check_min,
     check_test_set_options,
     fail,
+    one_of,
     pct_ci,
     print_table,
     progress,
@@ -67,7 +68,7 @@ def probe_command(
         "--hooks", help="resid_post (default: the embedding and each block's output), resid_pre, resid_mid, or "
         "hook names blocks.L.hook_resid_*; several after one flag.", show_default=False)] = None,
     positions: Annotated[str, typer.Option(
-        "--positions", help="Positions averaged into a quiz's feature: transform-cells (the answer's changed "
+        "--positions", metavar=one_of("transform-cells", "answer", "A", "f_A", "B", "f_B"), help="Positions averaged into a quiz's feature: transform-cells (the answer's changed "
         "cells), answer, or a grid A, f_A, B, f_B (the positions predicting its cells).")] = "transform-cells",
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Quizzes of the task.")] = 1000,
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Held-out share.")] = 0.25,

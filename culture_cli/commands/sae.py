@@ -4,10 +4,12 @@ and datasets are imported inside the commands only."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from dataclasses import fields
+import shutil
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -30,10 +32,13 @@ from culture_cli.common import (
     TasksOption,
     check_test_set_options,
     command_group,
+    declare_inputs,
     err_console,
     fail,
     given_options,
+    is_stdout,
     num_ci,
+    one_of,
     option_flag,
     outputs,
     pct,
@@ -41,6 +46,7 @@ from culture_cli.common import (
     points_ci,
     print_table,
     progress,
+    write_json,
     write_json_or_fail,
 )
 
@@ -164,6 +170,41 @@ def _parse_options(values: list[str] | None) -> dict:
 # ------------------------------------------------------------------ train
 
 
+def _checkpoints_of(values: dict) -> list:
+    """``sae train``'s checkpoints beside --out: an input (read by --resume,
+    kept from a fresh run without --overwrite), so no output goes there."""
+    out = values.get("out")
+    if out is None:
+        return []
+    out = Path(out)
+    return [(f"the checkpoints of --out {out}", out.with_name(out.name + ".checkpoints"))]
+
+
+def _keep_interrupted_run(out: Path, resume: bool, overwrite: bool) -> None:
+    """A fresh run would delete the checkpoints of an interrupted one: only with --overwrite."""
+    from culture.sae.training import checkpoint_dir, latest_checkpoint
+
+    if not resume and not overwrite and latest_checkpoint(out) is not None:
+        fail(f"{checkpoint_dir(out)} holds an interrupted run: continue it with --resume, or start afresh "
+             "with --overwrite (its checkpoints are then deleted)")
+
+
+@contextlib.contextmanager
+def _resumable_or_gone(out: Path):
+    """A run that fails or is stopped leaves its checkpoint folder only when
+    --resume can use it (a complete checkpoint), not a run record alone (a
+    disk full or a file-size limit before the first checkpoint)."""
+    from culture.sae.training import checkpoint_dir, latest_checkpoint
+
+    try:
+        yield
+    except BaseException:
+        folder = checkpoint_dir(out)
+        if folder.is_dir() and latest_checkpoint(out) is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def _d(name: str):
     """The default of SAETrainSettings field ``name``: the one source of the defaults below."""
     return default_of(SAETrainSettings, name)
@@ -179,6 +220,7 @@ RESUMABLE = ("out", "resume", "device", "json_path", "push", "path_in_repo", "pr
 # every option but TRAIN_INPUTS is the SAETrainSettings field of the same name (its default; its bounds:
 # checked by SAETrainSettings.check); tests/test_sae_settings.py compares them
 @sae_app.command("train")
+@declare_inputs(_checkpoints_of)
 def train(
     model: Annotated[Optional[int], typer.Option(
         "--model", help="Model id (gpt_{K:03d}.pth of the source); required unless --resume.",
@@ -326,6 +368,7 @@ def train(
     from culture.sae.training import prepare_out
 
     prepare_out(out, overwrite)
+    _keep_interrupted_run(out, resume, overwrite)
     if push:
         from culture.hub import check_push
 
@@ -340,7 +383,9 @@ def train(
                       f"steps x {settings.train_batch_size_tokens:,} tokens", highlight=False)
     result = _run_training(hooked, out, settings, dataset, model, opened, overwrite, json_path, resume)
     print_table(_trained_table(out, result.summary, settings))
-    if json_path is not None:
+    if is_stdout(json_path):
+        write_json(json_path, result.summary)
+    elif json_path is not None:
         err_console.print(f"wrote {json_path}", highlight=False)
     if push:
         from culture.sae import push_sae
@@ -403,10 +448,11 @@ def _run_training(hooked, out, settings, dataset, model, opened, overwrite, json
     from culture.sae import train_sae
 
     t0 = time.perf_counter()
-    with progress() as bar:
+    with progress() as bar, _resumable_or_gone(out):
         result = train_sae(hooked, out, settings, dataset=dataset, model_name=f"culture-gpt-{model}",
                            overwrite=overwrite, progress=_reporter(bar),
-                           extra_summary={"model_id": model, "source": opened.source.name}, summary_json=json_path,
+                           extra_summary={"model_id": model, "source": opened.source.name},
+                           summary_json=None if is_stdout(json_path) else json_path,
                            resume=resume)
     result.summary["wall_seconds"] = time.perf_counter() - t0
     return result
@@ -508,7 +554,7 @@ def features_command(
     features: Annotated[Optional[list[str]], typer.Option(
         "--features", help="Feature ids (several after one flag: --features 10 24).", show_default=False)] = None,
     top: Annotated[int, typer.Option("--top", help="Without --features: the top N features by --rank-by.")] = 10,
-    rank_by: Annotated[str, typer.Option("--rank-by", help="mean (activation), frequency or max.")] = "mean",
+    rank_by: Annotated[str, typer.Option("--rank-by", metavar=one_of("mean", "frequency", "max"), help="mean (activation), frequency or max.")] = "mean",
     examples: Annotated[int, typer.Option("--examples", help="Top quizzes shown per feature.")] = 8,
     steer: Annotated[Optional[list[str]], typer.Option(
         "--steer", help="FEATURE=SCALE (0 ablates) or FEATURE=@VALUE (clamp); several after one flag. "

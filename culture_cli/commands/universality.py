@@ -35,6 +35,7 @@ from culture_cli.common import (
     command_group,
     err_console,
     fail,
+    is_stdout,
     option_flag,
     parse_ids,
     pct,
@@ -422,7 +423,7 @@ def _write_outputs(report, json_path, png, dashboard) -> None:
         if json_path is not None:
             write_json(staged.file(json_path), report.to_dict(), announce=False)
         paths = plot_report(report, staged.dir(png, merge=True)) if png is not None else []
-    if json_path is not None:
+    if json_path is not None and not is_stdout(json_path):
         err_console.print(f"wrote {json_path}", highlight=False)
     if png is not None:
         err_console.print(f"wrote {len(paths)} figure(s) into {png}", highlight=False)
