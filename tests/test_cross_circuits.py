@@ -173,3 +173,11 @@ def test_circuit_find_is_the_default_subcommand(capsys):
     for argv in (["circuit"], ["circuit", "find"]):
         assert "--threshold" in error_line(capsys, *argv, "--model", 0, "--source", "bundled", "--task", "frame",
                                            "--vary", "color", "--threshold", 1.5)
+
+
+def test_circuit_compare_help_imports_nothing_heavy():
+    from tests.cli import heavy_imports
+
+    heavy, out, err = heavy_imports([["circuit", "compare", "--help"], ["circuit", "find", "--help"]],
+                                    ("transformer_lens", "sae_lens", "matplotlib"))
+    assert heavy == [], heavy
