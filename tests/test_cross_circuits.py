@@ -169,6 +169,13 @@ def test_circuit_compare_cli_errors(capsys, args, message):
     assert message in error_line(capsys, *argv)
 
 
+def test_profile_tasks_take_several_values():
+    from culture_cli.main import expand_multi_value_options
+
+    assert expand_multi_value_options(["--profile-tasks", "frame", "detect", "--edges", "3"]) == [
+        "--profile-tasks", "frame", "--profile-tasks", "detect", "--edges", "3"]
+
+
 def test_circuit_find_is_the_default_subcommand(capsys):
     for argv in (["circuit"], ["circuit", "find"]):
         assert "--threshold" in error_line(capsys, *argv, "--model", 0, "--source", "bundled", "--task", "frame",

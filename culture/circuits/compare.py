@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from culture.circuits.cross_faithfulness import circuit_heads, evaluate_mapped, interval, map_circuit, replicates
-from culture.circuits.head_roles import HeadRoleData, head_labels, head_role_data, role_conditions
+from culture.circuits.head_roles import head_labels, head_role_data, role_conditions
 from culture.circuits.matching import HeadMatching, match_heads, parse_head
 from culture.circuits.metric import CircuitError, recovery, recovery_interval
 from culture.circuits.runs import Progress
@@ -73,8 +73,8 @@ class CircuitComparison:
         for m, name in enumerate(self.names):
             rec = self.recovery[m]
             if m == 0:
-                row = {"model": name, "matched": f"{layer}.{head}", "similarity": 1.0, "best_anywhere": f"{layer}.{head}",
-                       "stability": 1.0}
+                own = f"{layer}.{head}"
+                row = {"model": name, "matched": own, "similarity": 1.0, "best_anywhere": own, "stability": 1.0}
             else:
                 row = {"model": name, **self.matchings[(0, m)].counterpart(layer, head),
                        "stability": float(self.stability[(0, m)][i])}
@@ -132,7 +132,8 @@ def compare_circuits(models: list, task: str, vary: str, *, names=None, profile_
     if len(shapes) != 1:
         raise CircuitError(f"the models differ in shape (layers, heads): {sorted(shapes)}")
     (L, H), = shapes
-    for key, v, lo in (("n_pairs", n_pairs, 2), ("profile_pairs", profile_pairs, 2), ("circuit_edges", circuit_edges, 1),
+    for key, v, lo in (("n_pairs", n_pairs, 2), ("profile_pairs", profile_pairs, 2),
+                       ("circuit_edges", circuit_edges, 1),
                        ("n_resamples", n_resamples, 1), ("match_resamples", match_resamples, 1),
                        ("null_draws", null_draws, 0), ("null_circuits", null_circuits, 0),
                        ("top_k_features", top_k_features, 1), ("feature_quizzes", feature_quizzes, 1)):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from culture.circuits.discovery import Graph, circuit_logit_diffs
-from culture.circuits.metric import Baseline, CircuitError, QuizPairs, recovery
+from culture.circuits.metric import Baseline, CircuitError, QuizPairs
 
 __all__ = ["map_circuit", "circuit_heads", "interval", "replicates", "evaluate_mapped"]
 

@@ -78,8 +78,8 @@ def matching_table(cmp):
         t.add_column(c, justify="right")
     for (a, b), m in cmp.matchings.items():
         n = m.null_summary()
-        t.add_row(f"{cmp.names[a]} -> {cmp.names[b]}", f"{m.mean_similarity:.3f}",
-                  *(["-"] * 3 if n is None else [f"{n['null_mean']:.3f}", f"{n['null_q95']:.3f}", f"{n['p_value']:.3f}"]))
+        null = ["-"] * 3 if n is None else [f"{n['null_mean']:.3f}", f"{n['null_q95']:.3f}", f"{n['p_value']:.3f}"]
+        t.add_row(f"{cmp.names[a]} -> {cmp.names[b]}", f"{m.mean_similarity:.3f}", *null)
     return t
 
 
@@ -114,8 +114,8 @@ def features_table(cmp):
     for c in ("a -> b", "shared", "k / n", "null mean", "null q95"):
         t.add_column(c, justify="right")
     for key, s in f["shared"].items():
-        t.add_row(key, pct_ci(s), f"{s['k']} / {s['n']}", "-" if s["null_mean"] is None else f"{100 * s['null_mean']:.1f}%",
-                  "-" if s["null_q95"] is None else f"{100 * s['null_q95']:.1f}%")
+        null = ["-" if s[k] is None else f"{100 * s[k]:.1f}%" for k in ("null_mean", "null_q95")]
+        t.add_row(key, pct_ci(s), f"{s['k']} / {s['n']}", *null)
     return t
 
 
