@@ -44,8 +44,8 @@ app = typer.Typer(
 )
 
 #: options that take several values after one flag: ``--models 0 1 2 3``
-MULTI_VALUE_OPTIONS = ("--models", "--tasks", "--task", "--layers", "--features", "--steer", "--index",
-                       "--train-structures", "--hooks", "--sizes", "--controls")
+MULTI_VALUE_OPTIONS = ("--models", "--tasks", "--task", "--profile-tasks", "--layers", "--features", "--steer",
+                       "--index", "--train-structures", "--hooks", "--sizes", "--controls")
 #: of those, the ones that take integers (their help says ``<int> ...`` even when parsed as text)
 INTEGER_LIST_OPTIONS = ("--models", "--layers", "--features", "--index", "--train-structures", "--sizes")
 

@@ -105,6 +105,13 @@ def _command_of(argv: list[str]):
     for path, command in iter_commands():
         if tuple(words[:len(path)]) == path and (best is None or len(path) > len(best[0])):
             best = (path, command)
+    if best is None and words:  # a group run without its subcommand: its default one (``circuit`` = ``circuit find``)
+        from culture_cli.main import cli_command
+
+        group = cli_command().commands.get(words[0])
+        default = getattr(group, "default_command", None)
+        if default is not None:
+            best = ((words[0], default), group.commands[default])
     assert best is not None, f"no such command: {argv}"
     return best
 

@@ -329,6 +329,50 @@ save_circuit_png(circ, pictures / "circuit.png", title=f"model 0, replace_color 
 display(Image(pictures / "circuit.png", width=900))
 """),
         md("""
+## Across models: do they share the circuit?
+
+Heads are unordered, so "head 3.3" of model 0 need not be head 3.3 of model 1. Every model of the zoo runs
+the same pairs; each head gets a *role* (its patching recovery over the task's factors, its attention by
+offset, its direct effect on the logits per target colour), and heads are matched within each layer by role
+similarity — against a null of shuffled role vectors. Model j's circuit (its top edges) is then carried to
+model k through the matching and patched in k alone: *cross-model faithfulness*, with intervals that
+resample the pairs *and* redo the matching, beside circuits carried by random head permutations. Last,
+the bundled SAEs: do features matched across models (activation correlation) both sit among their model's
+top features by effect on the answer? Sizes here are tiny (3 pairs per profile condition: the matching is
+noisy); `culture-interp circuit compare` and docs/incoming/cross-model-circuits.md give the zoo run.
+"""),
+        code("""
+from culture.circuits.compare import compare_circuits
+from culture.sae import bundled_sae_folder, load_sae
+
+zoo = load_hooked([0, 1, 2, 3], source="bundled")
+saes = [load_sae("bundled", bundled_sae_folder(k)) for k in range(4)]
+cmp = compare_circuits(zoo, "replace_color", "dst", profile_tasks=list(TASKS), n_pairs=8, profile_pairs=3,
+                       circuit_edges=30, ig_steps=1,
+                       n_resamples=300, match_resamples=2, null_draws=30, null_circuits=2, saes=saes,
+                       top_k_features=10, feature_quizzes=6, batch_size=8, seed=0)
+layer, head = cmp.reference
+print(f"reference: head {layer}.{head} of model 0 (its highest recovery)")
+for r in cmp.reference_rows()[1:]:
+    print(f"model {r['model']}: plays its role: head {r['matched']} (similarity {r['similarity']:.2f}, "
+          f"null q95 {r['null_q95']:.2f}; best anywhere {r['best_anywhere']}); its recovery "
+          f"{ci(r['matched_recovery'], False, 2)}; the model's own top head {r['top_head']}")
+for (a, b), m in cmp.matchings.items():
+    if a == 0:
+        n = m.null_summary()
+        print(f"matching 0 -> {b}: mean similarity {m.mean_similarity:.2f} (shuffled null {n['null_mean']:.2f}, "
+              f"q95 {n['null_q95']:.2f}, p {n['p_value']:.2f})")
+print("cross-model faithfulness (row: circuit of model j; column: patched in model k) [null: random matching]")
+for j in range(4):
+    print(f"  {j}: " + " | ".join(ci(cmp.faithfulness[j][k], digits=0) +
+                                  ("" if j == k else f" [{100 * cmp.null_faithfulness[j][k]['mean']:.0f}%]")
+                                  for k in range(4)))
+for key, sh in cmp.features["shared"].items():
+    if key.startswith("0->"):
+        print(f"SAE features {key}: {ci(sh, digits=0)} of model 0's top 10 with a partner have it in the other "
+              f"model's top 10 (shuffled-match null {100 * sh['null_mean']:.1f}%)")
+"""),
+        md("""
 ## Reading these results
 
 A component matters for the rule when patching it recovers much of the logit difference **and** its
@@ -337,7 +381,9 @@ than the factor. Attribution patching is a cheap first-order estimate: compare i
 patching head by head before trusting it (the rows above show where the two part). The logit lens shows at which
 layer the answer becomes readable; the circuit is only as good as its faithfulness against random
 circuits. None of this shows *how* a head computes the rule, only where its effect goes; at these sizes
-the intervals, not the point values, say what holds.
+the intervals, not the point values, say what holds. Across models, a match means a head plays a similar
+role, not that it computes the same way; read cross-model faithfulness against the model's own and the
+random-matching null.
 """),
     ]
 
