@@ -53,7 +53,7 @@ def test_sae_feature_dashboard_renders(tmp_path, capsys):
 
 def test_cross_model_feature_page_renders(tmp_path, capsys):
     out = tmp_path / "families"
-    code = exit_code(["universality", "compare", "--models", "0", "1", "2", "3", "--source", "bundled", "--tokens", "1200",
+    code = exit_code(["universality", "compare", "--models", "0", "1", "2", "3", "--source", "bundled", "--tokens", "3232",
                       "--sae", "bundled", "--dashboard", out, "--no-cka", "--no-random-init", "--controls", "none",
                       "--resamples", "20", "--top", "3"])
     assert code == 0, capsys.readouterr().err[-2000:]
