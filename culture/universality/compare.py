@@ -54,6 +54,7 @@ from culture.universality.features import (
     family_rates,
     find_families,
 )
+from culture.universality.memory import check_memory, memory_plan
 from culture.universality.neurons import BASELINES, NeuronBlockSums, NeuronMoments, QuizRoller, null_units
 from culture.universality.report import CKAResult, NeuronLayer, SAEComparison, UniversalityReport
 from culture.universality.runner import (
@@ -115,48 +116,14 @@ def _cka_hooks(n_layers: int, layers, all_layers: bool) -> tuple[list[str], list
     return hooks, labels
 
 
-def _dims(model) -> tuple[int, int, int]:
-    """(n_layers, d_mlp, d_model) of a MyGPT, HookedTransformer or ModelRunner."""
-    if isinstance(model, ModelRunner):
-        return model.n_layers, model.d_mlp, model.d_model
-    if hasattr(model, "cfg") and hasattr(model.cfg, "d_mlp"):
-        c = model.cfg
-        return int(c.n_layers), int(c.d_mlp), int(c.d_model)
-    c = model.config
-    return c.nb_blocks, c.dim_hidden, c.dim_model
-
-
 def estimate_memory(models, layers=None, cka: bool = True, saes=None, baseline: bool = True,
                     controls=DEFAULT_CONTROLS, positions: int = 404, n_blocks: int = 32) -> int:
-    """Bytes the float64 accumulators of :func:`compare_models` hold (not the
-    models and one batch of activations). Independent of the tokens:
-
-    neurons: pairs x W^2 x 2 halves + per-layer self co-moments + group sums
-    (groups x W x 2 halves per control) + block sums (blocks x W x 4 x
-    ordered pairs per control), W = neurons of all compared layers; CKA:
-    (rows x d_model)^2 per pair and control; SAEs: d_sae^2 x 2 per pair.
-    x2 with the random-init models (SAEs excepted)."""
-    dims = [_dims(m) for m in models]
-    chosen = resolve_layers([d[0] for d in dims], layers)
-    controls = check_controls(controls)
-    n = len(dims)
-    widths = [len(chosen) * d[1] for d in dims]
-    groups = sum(n_groups(c, positions) for c in controls if c != "none")
-    total = 0
-    for i in range(n):
-        total += 2 * len(chosen) * dims[i][1] ** 2 + 2 * groups * widths[i]
-        for j in range(i + 1, n):
-            total += 2 * widths[i] * widths[j] + len(controls) * 2 * 4 * n_blocks * widths[i]
-    if cka:
-        rows = [(1 + (d[0] if layers is None else len(chosen))) * d[2] for d in dims]
-        total += len(controls) * (sum(r * r for r in rows) + sum(rows[i] * rows[j] for i in range(n)
-                                                                  for j in range(i + 1, n)))
-        total += groups * sum(rows)
-    total *= 2 if baseline else 1
-    if saes is not None:
-        d = [int(s.cfg.d_sae) for s in saes if s is not None]
-        total += sum(2 * d[a] * d[b] for a in range(len(d)) for b in range(a + 1, len(d)))
-    return 8 * total
+    """Bytes :func:`compare_models` adds to the process (``baseline``: with
+    the random-init models): :func:`~culture.universality.memory.memory_plan`'s
+    buffers, every accumulator, one batch and the analysis temporaries.
+    Independent of the tokens."""
+    return memory_plan(models, layers, cka=cka, saes=saes, random_init=baseline, controls=controls,
+                       positions=positions, n_blocks=n_blocks, process=0).buffers
 
 
 class _Stream:
@@ -481,6 +448,7 @@ def compare_models(
     device=None,
     compute_dtype: torch.dtype = torch.float64,
     progress: ProgressFn | None = None,
+    max_memory=None,
 ) -> UniversalityReport:
     """Universal neurons, residual CKA and (given SAEs) SAE features of two or
     more models, with their baselines and bootstrap intervals; two streaming passes.
@@ -513,6 +481,9 @@ def compare_models(
         (:class:`~culture.universality.neurons.NeuronBlockSums`).
     compute_dtype: dtype of the per-batch products (accumulation is float64).
     progress: ``progress(description, done_tokens, total_tokens)``.
+    max_memory: peak memory allowed (4.5G, bytes; default: what the system has
+        available): the comparison refuses before any work when its
+        :func:`~culture.universality.memory.memory_plan` is over it.
     """
     started = time.perf_counter()
     models = list(models)
@@ -605,6 +576,11 @@ def compare_models(
     stream = _Stream(chunks, n_quizzes)
     n_tasks = len(task_names)
     total_tokens = n_quizzes * len(pos)
+    plan = memory_plan(runners, None if all_layers else chosen, cka=cka, saes=[e.sae for e in entries] or None,
+                       random_init=random_init, controls=controls, positions=len(pos), n_blocks=n_blocks,
+                       baseline=baseline, cka_permutations=cka_permutations, batch_size=batch_size,
+                       n_quizzes=n_quizzes,                        max_memory=max_memory)
+    check_memory(plan)
 
     common = dict(layers=chosen, controls=controls, baseline=baseline, cka_hooks=cka_hooks, n_tasks=n_tasks,
                   n_positions=len(pos), n_blocks=n_blocks, compute_dtype=compute_dtype,
@@ -615,6 +591,8 @@ def compare_models(
         groups.append(_Group(base, entries=None, seed=seed + 1, with_tasks=False, heldout=False,
                              **{**common, "permutations": 0}))
 
+    for g in groups:
+        g.neurons.tile_rows = plan.tile_rows
     if batch_size is None:
         width = max(g.width() for g in groups) or 1
         batch_size = int(max(1, min(256, BATCH_FLOATS // (len(pos) * width))))
@@ -741,6 +719,7 @@ def compare_models(
         "accumulator_bytes": estimate_memory(runners, None if all_layers else chosen, cka,
                                              [e.sae for e in entries] or None, random_init, controls, len(pos),
                                              n_blocks),
+        "memory_plan": plan.to_dict(),
         "seconds": round(elapsed, 3),
         "model_shapes": [r.shape() for r in runners],
     }

@@ -373,6 +373,95 @@ class StreamingCorrelation:
         return out
 
 
+class CrossTiles:
+    """The moments of a cross accumulator - or of its halves merged, and/or
+    centred within groups - whose co-moment is produced a block of rows at a
+    time (:meth:`tile`), so that analysing an (a, b) co-moment needs (rows, b)
+    of temporaries, never a second (a, b) matrix.
+
+    Every element is computed by the same operations whatever the block
+    (elementwise merges; the between-group product is a row slice of the same
+    product), so blocked and unblocked analyses agree to the bit.
+    ``parts``: one accumulator, or the two halves (merged as in
+    :meth:`StreamingCorrelation.merged`); ``groups_x`` / ``groups_y``: group
+    sums of the same tokens for moments within groups (as in
+    :meth:`StreamingCorrelation.within_groups`)."""
+
+    def __init__(self, parts, groups_x: GroupSums | None = None, groups_y: GroupSums | None = None):
+        parts = [p for p in parts if p.comoment is not None]
+        if not parts:
+            raise ValueError("CrossTiles: no data")
+        self.parts = parts
+        first = parts[0]
+        self.dtype = first.dtype
+        self.compute_dtype = first.compute_dtype
+        self.n = first.n
+        self.mean_x, self.mean_y, self.m2_x, self.m2_y = first.mean_x, first.mean_y, first.m2_x, first.m2_y
+        self.ref_m2_x, self.ref_m2_y = first.ref_m2_x, first.ref_m2_y
+        self._merge = None
+        if len(parts) == 2:
+            other = parts[1]
+            n, nb = self.n, other.n
+            total = n + nb
+            f = n * nb / total
+            dx = other.mean_x - first.mean_x
+            dy = other.mean_y - first.mean_y
+            self._merge = (f, dx, dy)
+            self.m2_x = first.m2_x + other.m2_x + dx * dx * f
+            self.m2_y = first.m2_y + other.m2_y + dy * dy * f
+            self.mean_x = first.mean_x + dx * (nb / total)
+            self.mean_y = first.mean_y + dy * (nb / total)
+            self.n = total
+        self._between = None
+        if groups_x is not None:
+            gx, gy = groups_x, groups_y
+            dev = first.comoment.device
+            counts = gx.counts.to(dev)
+            if abs(float(counts.sum()) - self.n) > 0.5 or abs(float(gy.counts.sum()) - self.n) > 0.5:
+                raise ValueError(f"group sums cover {float(counts.sum()):.0f} tokens, the accumulator {self.n}")
+            used = torch.nonzero(counts > 0).flatten()
+            counts = counts[used]
+            dx = gx.sums.to(dev)[used] / counts[:, None] - self.mean_x
+            dy = gy.sums.to(dev)[used] / counts[:, None] - self.mean_y
+            c = self.compute_dtype
+            self._between = ((dx * counts[:, None]).to(c), dy.to(c))
+            self.ref_m2_x, self.ref_m2_y = self.m2_x, self.m2_y
+            self.m2_x = (self.m2_x - (counts[:, None] * dx * dx).sum(0)).clamp(min=0)
+            self.m2_y = (self.m2_y - (counts[:, None] * dy * dy).sum(0)).clamp(min=0)
+        self.dead_x = _dead(self.m2_x, self.mean_x, self.n, self.ref_m2_x)
+        self.dead_y = _dead(self.m2_y, self.mean_y, self.n, self.ref_m2_y)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.parts[0].comoment.shape)
+
+    def tile(self, start: int, stop: int) -> torch.Tensor:
+        """Rows start..stop-1 of the (merged, within-group) co-moment (a new tensor)."""
+        rows = slice(start, stop)
+        if self._merge is None:
+            out = self.parts[0].comoment[rows]
+        else:
+            f, dx, dy = self._merge
+            out = self.parts[0].comoment[rows] + self.parts[1].comoment[rows] + f * torch.outer(dx[rows], dy)
+        if self._between is not None:
+            wx, dy = self._between
+            out = out - (wx[:, rows].t() @ dy).to(self.dtype)
+        return out
+
+    def corr_tile(self, start: int, stop: int, comoment: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows start..stop-1 of :meth:`StreamingCorrelation.corr` of these moments."""
+        c = self.tile(start, stop) if comoment is None else comoment
+        alive_x = ~self.dead_x[start:stop]
+        alive_y = ~self.dead_y
+        m2x = self.m2_x[start:stop]
+        sx = torch.where(alive_x, m2x, torch.ones_like(m2x)).sqrt()
+        sy = torch.where(alive_y, self.m2_y, torch.ones_like(self.m2_y)).sqrt()
+        out = (c / sx[:, None] / sy[None, :]).clamp_(-1.0, 1.0)
+        out[~alive_x] = 0.0
+        out[:, ~alive_y] = 0.0
+        return out
+
+
 def _dead(m2: torch.Tensor, mean: torch.Tensor, n: int, ref: torch.Tensor | None = None) -> torch.Tensor:
     dead = m2 <= n * (DEAD_RELATIVE * mean * mean + DEAD_ABSOLUTE)
     if ref is not None:
@@ -681,7 +770,7 @@ def _np(x):
 __all__ = [
     "random_orthogonal", "rotated_correlation", "debiased_cka", "unbiased_hsic", "svcca", "block_weights",
     "percentile_interval", "corr_from_sums",
-    "StreamingCorrelation", "StreamingCKA", "GroupSums", "Centered", "WITHIN_DEAD_RELATIVE", "linear_cka",
+    "StreamingCorrelation", "CrossTiles", "StreamingCKA", "GroupSums", "Centered", "WITHIN_DEAD_RELATIVE", "linear_cka",
     "cka_from_comoments", "hsic_linear", "max_correlations", "match_features", "FeatureMatching", "DEAD_RELATIVE",
     "DEAD_ABSOLUTE",
 ]

@@ -227,6 +227,9 @@ def compare_command(
         "--precision", help="dtype of the per-batch products: float32 (fast) or float64 (accumulation is float64 "
         "either way).")] = "float32",
     top: Annotated[int, typer.Option("--top", help="Universal neurons / feature families listed.")] = 10,
+    max_memory: Annotated[str, typer.Option(
+        "--max-memory", help="Peak memory allowed (4.5G, 800M): the analysis reads the neuron co-moments in blocks "
+        "that fit, and a comparison whose plan is over it is refused before any work.")] = "4.5G",
 ) -> None:
     """Compare models: universal neurons, tested residual CKA, SAE features - each beside its baselines.
 
@@ -282,9 +285,14 @@ def compare_command(
 
     from culture import sources
     from culture.evaluation import check_device
-    from culture.universality import compare_models, estimate_memory, load_saes, plot_report
+    from culture.universality import (UniversalityError, check_memory, compare_models, load_saes, memory_plan,
+                                      parse_memory, plot_report)
     from culture.world import resolve_tasks
 
+    try:
+        parse_memory(max_memory)
+    except UniversalityError as exc:
+        fail(f"--max-memory: {exc}")
     dev = check_device(device)
     src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
     task_names = list(resolve_tasks(list(tasks) if tasks else src.default_tasks()))
@@ -327,9 +335,12 @@ def compare_command(
 
         loaded.append(permuted_mlp_copy(loaded[0], seed)[0])
         names.append(f"{ids[0]}-copy")
-    mem = estimate_memory(loaded, layer_ids, cka, saes, random_init, chosen_controls)
+    plan = memory_plan(loaded, layer_ids, cka=cka, saes=saes, random_init=random_init, controls=chosen_controls,
+                       baseline=baseline, cka_permutations=cka_permutations, batch_size=batch_size,
+                       n_quizzes=n_quizzes, max_memory=max_memory)
+    check_memory(plan)
     err_console.print(f"models {', '.join(names)} from {src.name}; {n_quizzes * 404:,} tokens "
-                      f"({positions} positions), accumulators ~{mem / 2**20:,.0f} MiB float64", highlight=False)
+                      f"({positions} positions); {plan.line()}", highlight=False)
 
     with progress() as bar:
         ids_bar: dict[str, int] = {}
@@ -345,7 +356,7 @@ def compare_command(
             random_init=random_init, noise=noise, cka=cka, cka_permutations=cka_permutations, saes=saes,
             ceiling_sae=ceiling, names=names, batch_size=batch_size, n_resamples=resamples,
             seed=seed, device=dev, compute_dtype=torch.float64 if precision == "float64" else torch.float32,
-            progress=report_progress, **given)
+            progress=report_progress, max_memory=max_memory, **given)
     report.settings.update({"source": src.name, "models": ids, "quiz_kinds": quizzes, "self_copy": self_copy,
                             "sae_dirs": [getattr(s, "culture_path", None) for s in saes] if saes else None,
                             "ceiling_sae_dir": getattr(ceiling, "culture_path", None) if ceiling is not None else None})
