@@ -221,7 +221,8 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
     # analysis temporaries: merged group sums and the within-group products of one control,
     # the rotation self co-moment of one layer, and the row blocks of the co-moments
     gmax = max(G, default=0)
-    fixed = f8 * (3 * 2 * gmax * sum(W) + 2 * 3 * max(H) ** 2)
+    # merged group sums of both models, the deviations made when a view is built, and the 3 views kept
+    fixed = f8 * (7 * gmax * max(W) + 2 * 3 * max(H) ** 2)
     per_row = f8 * 3 * 5 * max(W)  # 3 splits x (co-moment, corr, baseline, j's baseline columns, slack)
     process = process_memory() if process is None else int(process)
     limit, source = None, ""

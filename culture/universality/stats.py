@@ -424,10 +424,12 @@ class CrossTiles:
             dx = gx.sums.to(dev)[used] / counts[:, None] - self.mean_x
             dy = gy.sums.to(dev)[used] / counts[:, None] - self.mean_y
             c = self.compute_dtype
-            self._between = ((dx * counts[:, None]).to(c), dy.to(c))
             self.ref_m2_x, self.ref_m2_y = self.m2_x, self.m2_y
             self.m2_x = (self.m2_x - (counts[:, None] * dx * dx).sum(0)).clamp(min=0)
             self.m2_y = (self.m2_y - (counts[:, None] * dy * dy).sum(0)).clamp(min=0)
+            # kept for the tiles: y's deviations (G, b) in the compute dtype; x's rows are made per tile
+            self._between = (gx, used, counts, self.mean_x, dy.to(c))
+            del dx, dy
         self.dead_x = _dead(self.m2_x, self.mean_x, self.n, self.ref_m2_x)
         self.dead_y = _dead(self.m2_y, self.mean_y, self.n, self.ref_m2_y)
 
@@ -444,8 +446,9 @@ class CrossTiles:
             f, dx, dy = self._merge
             out = self.parts[0].comoment[rows] + self.parts[1].comoment[rows] + f * torch.outer(dx[rows], dy)
         if self._between is not None:
-            wx, dy = self._between
-            out = out - (wx[:, rows].t() @ dy).to(self.dtype)
+            gx, used, counts, mean_x, dy = self._between
+            dx = gx.sums[:, rows].to(dy.device)[used] / counts[:, None] - mean_x[rows]
+            out = out - ((dx * counts[:, None]).to(self.compute_dtype).t() @ dy).to(self.dtype)
         return out
 
     def corr_tile(self, start: int, stop: int, comoment: torch.Tensor | None = None) -> torch.Tensor:
