@@ -68,7 +68,7 @@ from culture.universality.runner import (
     sae_input,
     world_quiz_stream,
 )
-from culture.universality.stats import Centered, GroupSums, StreamingCorrelation, cka_from_comoments
+from culture.universality.stats import Centered, GroupSums, StreamingCorrelation, cka_from_comoments, release_buffers
 
 NEURON_HOOK = "blocks.{layer}.mlp.hook_post"
 EMBED_HOOK = "blocks.0.hook_resid_pre"
@@ -579,7 +579,7 @@ def compare_models(
     plan = memory_plan(runners, None if all_layers else chosen, cka=cka, saes=[e.sae for e in entries] or None,
                        random_init=random_init, controls=controls, positions=len(pos), n_blocks=n_blocks,
                        baseline=baseline, cka_permutations=cka_permutations, batch_size=batch_size,
-                       n_quizzes=n_quizzes,                        max_memory=max_memory)
+                       n_quizzes=n_quizzes, compute_dtype=compute_dtype, max_memory=max_memory)
     check_memory(plan)
 
     common = dict(layers=chosen, controls=controls, baseline=baseline, cka_hooks=cka_hooks, n_tasks=n_tasks,
@@ -625,6 +625,7 @@ def compare_models(
             g.pass1(tokens, pos_d, labels, t, idx, roller, b)
 
     passes("pass 1: moments", first)
+    release_buffers()
     for g in groups:
         g.analyse(threshold, seed, task_names)
 

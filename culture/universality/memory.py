@@ -147,10 +147,11 @@ def _dims(model) -> tuple[int, int, int, int]:
 def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init: bool = True,
                 controls=("none", "position", "position_structure", "token"), positions: int = 404,
                 n_blocks: int = 32, baseline: str = "rotation", cka_permutations: int = 0,
-                batch_size: int | None = None, n_quizzes: int | None = None, n_tasks: int = 15, max_memory=None,
-                process: int | None = None) -> MemoryPlan:
+                batch_size: int | None = None, n_quizzes: int | None = None, n_tasks: int = 15,
+                compute_dtype=None, max_memory=None, process: int | None = None) -> MemoryPlan:
     """The memory plan of :func:`~culture.universality.compare_models` with
-    these arguments (8 bytes per accumulated number). ``max_memory``: a size
+    these arguments (8 bytes per accumulated number; ``compute_dtype``: that
+    of the batch products, float32 adds a product scratch). ``max_memory``: a size
     (4.5G, bytes) or None for the memory available now; ``process``: the
     resident memory to start from (default: this process now, which holds the
     models already); ``n_quizzes``: quizzes streamed (a batch holds no more).
@@ -208,6 +209,13 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
         add("SAE co-moments", f8 * (max(G) if G else 1) * (sum(d) + 2 * sum(d[a] + d[b] for a, b in sae_pairs)))
         # the correlation matrices of the analysis (within groups, corr, null) and the Hungarian copy
         add("SAE analysis", f8 * 4 * max((d[a] * d[b] for a, b in sae_pairs), default=0))
+    # the scratch of the batch products when they run in a lower dtype than the accumulators
+    if compute_dtype is not None and getattr(compute_dtype, "itemsize", 8) < 8:
+        largest = max((W[i] * W[j] for i, j in pairs), default=0)
+        if cka:
+            rws = [(1 + (d[0] if layers is None else L)) * D[i] for i, d in enumerate(dims)]
+            largest = max([largest] + [rws[i] * rws[j] for i, j in pairs])
+        add("product scratch", compute_dtype.itemsize * largest)
     # one forward batch (float32) with its working copies
     width = sum(W) + sum(D) * ((1 + max(d[0] for d in dims)) if cka else 0)
     width += sum(int(s.cfg.d_sae) for s in saes or [] if s is not None)

@@ -150,7 +150,7 @@ class NeuronMoments:
                 self.cross[(i, j)][h].update(prepared[i], prepared[j])
             for c, per_model in self.groups.items():
                 for i in range(self.m):
-                    add_to_groups(per_model[i][h], acts[i], labels, c, rows)
+                    add_to_groups(per_model[i][h], sub[i], labels, c, rows, subset=True)
             if self.selfs is not None:
                 for i in range(self.m):
                     off = self.offsets[i]

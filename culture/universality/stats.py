@@ -255,11 +255,13 @@ class StreamingCorrelation:
     def _add_product(self, xc: torch.Tensor, yc: torch.Tensor, cx: "Centered", cy: "Centered") -> None:
         if self.compute_dtype == self.dtype == xc.dtype == yc.dtype:
             self.comoment.addmm_(xc.t(), yc)
-        else:
+        else:  # the product into a reused buffer, added in place (no per-batch allocation or cast copy)
             c = self.compute_dtype
             xl = cx.low(c)
             yl = xl if cy is cx else cy.low(c)
-            self.comoment.add_((xl.t() @ yl).to(self.dtype))
+            buf = product_buffer(self.comoment.shape, c, self.comoment.device)
+            torch.mm(xl.t(), yl, out=buf)
+            self.comoment.add_(buf)
 
     def merged(self, other: "StreamingCorrelation") -> "StreamingCorrelation":
         """A new accumulator holding the moments of both token sets (the pairwise
@@ -463,6 +465,26 @@ class CrossTiles:
         out[~alive_x] = 0.0
         out[:, ~alive_y] = 0.0
         return out
+
+
+_BUFFERS: dict = {}
+
+
+def product_buffer(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """A scratch (a, b) tensor for batch products, one per dtype and device,
+    grown to the largest shape asked for and reused by every accumulator."""
+    key = (dtype, torch.device(device))
+    n = int(shape[0]) * int(shape[1])
+    buf = _BUFFERS.get(key)
+    if buf is None or buf.numel() < n:
+        _BUFFERS.pop(key, None)
+        buf = _BUFFERS[key] = torch.empty(n, dtype=dtype, device=device)
+    return buf[:n].view(int(shape[0]), int(shape[1]))
+
+
+def release_buffers() -> None:
+    """Free the scratch tensors of :func:`product_buffer`."""
+    _BUFFERS.clear()
 
 
 def _dead(m2: torch.Tensor, mean: torch.Tensor, n: int, ref: torch.Tensor | None = None) -> torch.Tensor:

@@ -337,7 +337,8 @@ def compare_command(
         names.append(f"{ids[0]}-copy")
     plan = memory_plan(loaded, layer_ids, cka=cka, saes=saes, random_init=random_init, controls=chosen_controls,
                        baseline=baseline, cka_permutations=cka_permutations, batch_size=batch_size,
-                       n_quizzes=n_quizzes, max_memory=max_memory)
+                       n_quizzes=n_quizzes, max_memory=max_memory,
+                       compute_dtype=torch.float64 if precision == "float64" else torch.float32)
     check_memory(plan)
     err_console.print(f"models {', '.join(names)} from {src.name}; {n_quizzes * 404:,} tokens "
                       f"({positions} positions); {plan.line()}", highlight=False)
