@@ -18,7 +18,8 @@ subprocess (random MyGPT models of a small shape, world quizzes) and reports
   done once with plain torch on the same activations, in the same dtype and
   batches: what the comparison could not do without. The ratio (comparison /
   bound, per pair per million tokens) says how much time goes outside them
-  (forwards of both passes, quiz generation, analysis, bootstrap).
+  (forwards of both passes, quiz generation, analysis, bootstrap); "ratio
+  w/o fwd" leaves out the seconds spent in the models' forwards.
 
     python benchmarks/bench_universality.py                      # 20k, 80k, 320k tokens
     python benchmarks/bench_universality.py --tokens 20000 80000 --threads 2
@@ -71,10 +72,23 @@ def child(args) -> None:
               compute_dtype=getattr(torch, args.precision), cka_permutations=args.permutations, max_memory="1T")
     # warm up (first forward allocates; first TransformerLens model builds lazily)
     compare_models(models, n_tokens=808, **kw)
+    from culture.universality import ModelRunner
+
+    forward = [0.0]
+    run = ModelRunner.run
+
+    def timed_run(self, *a, **k):  # time spent in the models' forwards
+        t = time.perf_counter()
+        out = run(self, *a, **k)
+        forward[0] += time.perf_counter() - t
+        return out
+
+    ModelRunner.run = timed_run
     setup_rss = _rss_mib()
     t0 = time.perf_counter()
     report = compare_models(models, n_tokens=args.n_tokens, seed=1, **kw)
     seconds = time.perf_counter() - t0
+    ModelRunner.run = run
     bound = bound_seconds(models, report, args)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     pairs = args.models * (args.models - 1) // 2 * (2 if args.baseline else 1)
@@ -85,6 +99,7 @@ def child(args) -> None:
         "pass_seconds": report.settings["seconds"],
         "s_per_pair_per_mtok": seconds / pairs / (tokens / 1e6), "batch_size": report.settings["batch_size"],
         "bound_s_per_pair_per_mtok": bound / pairs / (tokens / 1e6), "ratio": seconds / bound,
+        "forward_seconds": forward[0], "ratio_without_forwards": (seconds - forward[0]) / bound,
     }))
 
 
@@ -191,13 +206,13 @@ def main() -> None:
             raise SystemExit(res.returncode)
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
     header = (f"{'tokens':>9} {'seconds':>8} {'setup RSS':>10} {'peak RSS':>9} {'plan':>8} "
-              f"{'s/pair/Mtok':>12} {'bound':>8} {'ratio':>6}")
+              f"{'s/pair/Mtok':>12} {'bound':>8} {'ratio':>6} {'forwards':>9} {'ratio w/o fwd':>13}")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['tokens']:>9,} {r['seconds']:>8.1f} {r['setup_rss_mib']:>8.0f}Mi {r['peak_rss_mib']:>7.0f}Mi "
               f"{r['plan_mib']:>6.0f}Mi {r['s_per_pair_per_mtok']:>12.1f} {r['bound_s_per_pair_per_mtok']:>8.1f} "
-              f"{r['ratio']:>6.1f}")
+              f"{r['ratio']:>6.1f} {r['forward_seconds']:>8.1f}s {r['ratio_without_forwards']:>13.1f}")
     growth = rows[-1]["peak_rss_mib"] - rows[0]["peak_rss_mib"]
     print(f"peak RSS change from {rows[0]['tokens']:,} to {rows[-1]['tokens']:,} tokens "
           f"({rows[-1]['tokens'] / rows[0]['tokens']:.0f}x): {growth:+.0f} MiB")

@@ -4,7 +4,7 @@
 holds at its peak, from the shapes alone (it never depends on the number of
 tokens): the process as it is now (interpreter, libraries, the models), the
 float64 accumulators of pass 1 (neuron co-moments per model pair and half,
-self co-moments of the rotation baseline or null co-moments, per-group sums
+rotated units' moments of the rotation baseline or null co-moments, per-group sums
 of every control, CKA and SAE co-moments), those of pass 2 (bootstrap block
 sums, CKA sums and permutation-test buffers), one forward batch of
 activations with its working copies, and the temporaries of the analysis.
@@ -179,7 +179,7 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
     for h in groups:
         add("neuron co-moments", h * f8 * sum(W[i] * W[j] for i, j in pairs))
         if baseline == "rotation":
-            add("rotation self co-moments", h * f8 * sum(L * H[i] ** 2 for i in range(m)))
+            add("rotated unit moments", h * f8 * 2 * sum(W))
         else:
             add("null co-moments", h * f8 * sum(W[i] * W[j] for i, j in ordered))
             add("group sums", h * f8 * sum(g * W[j] for _, j in ordered for g in G))
@@ -226,11 +226,11 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
     add("activations of one batch", 4 * BATCH_COPIES * batch_size * positions * width)
     if random_init:
         add("random-init models", 4 * sum(d[3] for d in dims))
-    # analysis temporaries: merged group sums and the within-group products of one control,
-    # the rotation self co-moment of one layer, and the row blocks of the co-moments
+    # analysis temporaries: merged group sums and the within-group deviations of one control,
+    # and the row blocks of the co-moments
     gmax = max(G, default=0)
     # merged group sums of both models, the deviations made when a view is built, and the 3 views kept
-    fixed = f8 * (7 * gmax * max(W) + 2 * 3 * max(H) ** 2)
+    fixed = f8 * 7 * gmax * max(W)
     per_row = f8 * 3 * 5 * max(W)  # 3 splits x (co-moment, corr, baseline, j's baseline columns, slack)
     process = process_memory() if process is None else int(process)
     limit, source = None, ""

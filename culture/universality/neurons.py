@@ -20,9 +20,11 @@ from one set of moments: float64 co-moments per model pair, accumulated
 separately on the quizzes of even and odd index (the two halves of the
 **held-out replication**: best partners found on the even half, their
 correlation measured on the odd half), per-group sums for every control, and
-per-layer self co-moments for the rotation baseline (which is then exact
-algebra on the moments, no second pass). Memory: pairs x (neurons of all
-layers)^2 x 2 halves, never the tokens.
+the means and variances of each layer's rotated units for the rotation
+baseline (the rest is exact algebra on the moments, no second pass).
+Memory: pairs x (neurons of all layers)^2 x 2 halves, never the tokens; the
+analysis reads those co-moments a block of rows at a time
+(:mod:`~culture.universality.memory`).
 
 The **intervals** of the shares come from a second pass over the same
 quizzes (:class:`NeuronBlockSums`): per block of quizzes, the sums that give
@@ -49,8 +51,8 @@ from culture.universality.stats import (
     corr_from_sums,
     percentile_interval,
     random_orthogonal,
+    StreamingMoments,
     rotated_correlation,
-    rotated_variances,
 )
 
 BASELINES = ("rotation", "permutation", "gaussian")
@@ -123,11 +125,12 @@ class NeuronMoments:
         self.cross = {p: [acc() for _ in range(h)] for p in self.pairs}
         self.groups = {c: [[GroupSums(n_groups(c, n_positions)) for _ in range(h)] for _ in range(m)]
                        for c in self.controls if c != "none"}
-        self.selfs = None
+        self.rotated = None
         self.null = None
         self.null_groups = None
         if baseline == "rotation":
-            self.selfs = [[[acc() for _ in range(h)] for _ in sizes] for sizes in layer_sizes]
+            # the rotated units' means and m2 per layer (their variances are all the baseline needs)
+            self.rotated = [[[StreamingMoments() for _ in range(h)] for _ in sizes] for sizes in layer_sizes]
             self.rotations = rotations_for(layer_sizes, seed)
         else:
             self.ordered = [(i, j) for i in range(m) for j in range(m) if i != j]
@@ -151,11 +154,11 @@ class NeuronMoments:
             for c, per_model in self.groups.items():
                 for i in range(self.m):
                     add_to_groups(per_model[i][h], sub[i], labels, c, rows, subset=True)
-            if self.selfs is not None:
+            if self.rotated is not None:
                 for i in range(self.m):
                     off = self.offsets[i]
                     for k in range(len(self.layer_sizes[i])):
-                        self.selfs[i][k][h].update(prepared[i].columns(off[k], off[k + 1]))
+                        self.rotated[i][k][h].update(self._rotate(prepared[i], i, k, off))
             else:
                 null_flat = [nl[rows].reshape(-1, nl.shape[-1]) for nl in nulls]
                 null_prep = [Centered.of(f, compute_dtype=self.compute_dtype) for f in null_flat]
@@ -247,15 +250,34 @@ class NeuronMoments:
                 table[key] = v.cpu().numpy() if isinstance(v, torch.Tensor) else v
         return out
 
+    def _rotate(self, batch: Centered, i: int, k: int, off) -> Centered:
+        """Model i's layer-k units of a centred batch, rotated: y' = R y (centred: R (y - mean))."""
+        x = batch.centered[:, off[k]:off[k + 1]]
+        r = self.rotations[i][k]
+        y = x @ r.to(device=x.device, dtype=x.dtype).t()
+        mean = batch.mean[off[k]:off[k + 1]].to(torch.float64) @ r.to(batch.mean.device).t()
+        return Centered(batch.n, mean, y, (y * y).sum(0, dtype=torch.float64))
+
     def _rotated_var(self, control, split, j, k, gs) -> torch.Tensor:
-        """(H,) m2 of model j's layer-k units after the baseline rotation (cached per analysis)."""
+        """(H,) m2 of model j's layer-k units after the baseline rotation, within
+        the control's groups (cached per analysis): the streamed m2 of the
+        rotated units less the between-group part, whose group means are the
+        rotated group means R (mean_g - mean)."""
         key = (control, split, j, k)
         if key not in self._self_cache:
-            s = self._split(self.selfs[j][k], split)
+            mom = self._split(self.rotated[j][k], split)
+            m2 = mom.m2
             if control != "none":
                 oj = self.offsets[j]
-                s = s.within_groups(gs[split][j].columns(oj[k], oj[k + 1]))
-            self._self_cache[key] = rotated_variances(s.comoment, self.rotations[j][k])
+                g = gs[split][j]
+                counts = g.counts
+                used = torch.nonzero(counts > 0).flatten()
+                c = counts[used]
+                sums = g.sums[used, oj[k]:oj[k + 1]]
+                dm = sums / c[:, None] - sums.sum(0) / c.sum()
+                dr = dm @ self.rotations[j][k].to(dm).t()
+                m2 = (m2 - (c[:, None] * dr * dr).sum(0)).clamp(min=0)
+            self._self_cache[key] = m2
         return self._self_cache[key]
 
     def _analyse_pair(self, out, control, i, j, views, dead, gs, held, tile_rows) -> None:
