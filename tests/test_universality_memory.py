@@ -113,6 +113,7 @@ def test_refusal_before_any_work():
     with pytest.raises(UniversalityError, match="memory limit"):
         compare_models(models, n_tokens=404, max_memory="lots")
     assert parse_memory("4.5G") == int(4.5 * 2**30) and parse_memory("800M") == 800 * 2**20
+    assert parse_memory("available") is None  # the default: what the system has free
 
 
 def test_cli_refuses_with_one_line(tmp_path, capsys):

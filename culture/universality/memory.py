@@ -16,7 +16,7 @@ limit, and the results do not depend on it. :func:`check_memory` refuses,
 with one line, a plan above the limit (``max_memory``, else the memory the
 system has available).
 
-    >>> plan = memory_plan(models, max_memory="4.5G")
+    >>> plan = memory_plan(models, max_memory="4.5G")   # default: the memory available
     >>> print(plan.line())      # "memory plan 1.2 GiB (limit 4.5 GiB): ..."
     >>> check_memory(plan)      # raises UniversalityError when over
 """
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from culture.universality.controls import check_controls, n_groups
 from culture.universality.runner import UniversalityError
 
-#: the default limit of the CLI (--max-memory)
-DEFAULT_MAX_MEMORY = "4.5G"
+#: the default limit (--max-memory): the memory the system has available when the comparison starts
+DEFAULT_MAX_MEMORY = "available"
 #: working copies of one batch of activations (float32 activations, centred copy,
 #: float64 copies of pass 2, null units), in units of the float32 batch
 BATCH_COPIES = 6
@@ -39,8 +39,10 @@ _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB"
           "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
 
 
-def parse_memory(value) -> int:
-    """Bytes from 4.5G, 800M, 512MiB, 1e9 (binary units)."""
+def parse_memory(value) -> int | None:
+    """Bytes from 4.5G, 800M, 512MiB, 1e9 (binary units); None for "available"."""
+    if str(value).strip().lower() == DEFAULT_MAX_MEMORY:
+        return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value <= 0:
             raise UniversalityError(f"memory limit must be positive, got {value!r}")
@@ -152,7 +154,7 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
     """The memory plan of :func:`~culture.universality.compare_models` with
     these arguments (8 bytes per accumulated number; ``compute_dtype``: that
     of the batch products, float32 adds a product scratch). ``max_memory``: a size
-    (4.5G, bytes) or None for the memory available now; ``process``: the
+    (4.5G, bytes), or None / "available" for the memory available now; ``process``: the
     resident memory to start from (default: this process now, which holds the
     models already); ``n_quizzes``: quizzes streamed (a batch holds no more).
     The analysis block is the largest that fits."""
@@ -234,7 +236,7 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
     per_row = f8 * 3 * 5 * max(W)  # 3 splits x (co-moment, corr, baseline, j's baseline columns, slack)
     process = process_memory() if process is None else int(process)
     limit, source = None, ""
-    if max_memory is not None:
+    if max_memory is not None and str(max_memory).strip().lower() != DEFAULT_MAX_MEMORY:
         limit, source = parse_memory(max_memory), ""
     else:
         avail = available_memory()

@@ -228,8 +228,9 @@ def compare_command(
         "either way).")] = "float32",
     top: Annotated[int, typer.Option("--top", help="Universal neurons / feature families listed.")] = 10,
     max_memory: Annotated[str, typer.Option(
-        "--max-memory", help="Peak memory allowed (4.5G, 800M): the analysis reads the neuron co-moments in blocks "
-        "that fit, and a comparison whose plan is over it is refused before any work.")] = "4.5G",
+        "--max-memory", help="Peak memory allowed (4.5G, 800M; available: what the system has free at the start): "
+        "the analysis reads the neuron co-moments in blocks that fit, and a comparison whose memory plan is over "
+        "it is refused before any work.")] = "available",
 ) -> None:
     """Compare models: universal neurons, tested residual CKA, SAE features - each beside its baselines.
 
