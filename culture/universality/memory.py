@@ -219,7 +219,8 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
             largest = max([largest] + [rws[i] * rws[j] for i, j in pairs])
         add("product scratch", compute_dtype.itemsize * largest)
     # one forward batch (float32) with its working copies
-    width = sum(W) + sum(D) * ((1 + max(d[0] for d in dims)) if cka else 0)
+    cka_rows = [1 + (d[0] if layers is None else L) for d in dims]
+    width = sum(W) + (sum(r * D[i] for i, r in enumerate(cka_rows)) if cka else 0)
     width += sum(int(s.cfg.d_sae) for s in saes or [] if s is not None)
     if not (isinstance(batch_size, int) and batch_size >= 1):
         batch_size = int(max(1, min(256, BATCH_FLOATS // (positions * max(width, 1)))))
