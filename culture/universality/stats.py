@@ -829,7 +829,8 @@ def _np(x):
 __all__ = [
     "random_orthogonal", "rotated_correlation", "debiased_cka", "unbiased_hsic", "svcca", "block_weights",
     "percentile_interval", "corr_from_sums",
-    "StreamingCorrelation", "StreamingMoments", "CrossTiles", "product_buffer", "release_buffers", "StreamingCKA", "GroupSums", "Centered", "WITHIN_DEAD_RELATIVE", "linear_cka",
+    "StreamingCorrelation", "StreamingMoments", "CrossTiles", "product_buffer", "release_buffers", "StreamingCKA",
+    "GroupSums", "Centered", "WITHIN_DEAD_RELATIVE", "linear_cka",
     "cka_from_comoments", "hsic_linear", "max_correlations", "match_features", "FeatureMatching", "DEAD_RELATIVE",
     "DEAD_ABSOLUTE",
 ]
