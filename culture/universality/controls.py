@@ -119,6 +119,13 @@ def add_to_groups(sums, acts: torch.Tensor, labels: "TokenLabels", control: str,
     if control == "position":
         sums.add(a.sum(0, dtype=torch.float64), torch.full((p,), float(n), dtype=torch.float64, device=a.device))
         return
+    if control == "position_structure":  # per structure present, a plain reduction over its quizzes
+        struct = labels.structure if rows is None else labels.structure[rows]
+        for k in struct.unique().tolist():
+            sel = struct == k
+            sums.add_block(k * p, a[sel].sum(0, dtype=torch.float64),
+                           torch.full((p,), float(sel.sum()), dtype=torch.float64, device=a.device))
+        return
     g = labels.groups(control)
     g = torch.zeros(n * p, dtype=torch.long, device=a.device) if g is None else (g if rows is None else g[rows])
     sums.update(a.reshape(n * p, -1), g.reshape(-1))

@@ -76,13 +76,18 @@ class GroupSums:
     def add(self, sums, counts) -> "GroupSums":
         """Add precomputed per-group sums (G, a) and counts (G,) (e.g. activations
         (quizzes, positions, a) summed over quizzes, groups = positions)."""
+        return self.add_block(0, sums, counts)
+
+    def add_block(self, start: int, sums, counts) -> "GroupSums":
+        """Add precomputed sums (k, a) and counts (k,) of groups start..start+k-1."""
         sums = _as_tensor(sums)
         counts = _as_tensor(counts)
         if self.sums is None:
             self.sums = torch.zeros(self.n_groups, sums.shape[1], dtype=self.dtype, device=sums.device)
             self.counts = torch.zeros(self.n_groups, dtype=self.dtype, device=sums.device)
-        self.sums += sums.to(self.sums)
-        self.counts += counts.to(self.counts)
+        stop = start + sums.shape[0]
+        self.sums[start:stop] += sums.to(self.sums)
+        self.counts[start:stop] += counts.to(self.counts)
         return self
 
     def merged(self, other: "GroupSums") -> "GroupSums":
