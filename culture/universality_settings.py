@@ -47,6 +47,10 @@ class UniversalityError(CultureError, ValueError):
     """Bad input to a universality comparison (one-line message)."""
 
 
+#: --max-memory's default: the memory the system has available when the comparison starts
+DEFAULT_MAX_MEMORY = "available"
+
+
 class UniversalitySettingsError(UniversalityError, SettingsError):
     """A universality setting out of its bounds (``field`` names it)."""
 
@@ -89,6 +93,10 @@ class UniversalitySettings:
         (:mod:`culture.universality.intervals`).
     batch_size: quizzes per forward pass (None: sized to the activations).
     precision: dtype of the per-batch products.
+    max_memory: peak memory allowed ("4.5G", "800M", bytes, or "available":
+        what the system has free at the start); a comparison whose memory plan
+        (:func:`culture.universality.memory.memory_plan`) is over it is refused
+        before any work.
     """
 
     tokens: int = setting(40_000, min=1)
@@ -111,6 +119,7 @@ class UniversalitySettings:
     seed: int = setting(0, min=0)
     batch_size: int | None = setting(None, min=1)
     precision: str = setting("float64", choices=PRECISIONS)
+    max_memory: str = DEFAULT_MAX_MEMORY
 
     def check(self) -> "UniversalitySettings":
         """Every setting in its bounds; a one-line UniversalitySettingsError otherwise."""
@@ -120,6 +129,12 @@ class UniversalitySettings:
                 raise UniversalitySettingsError(name, f"must be an integer, got {value!r}")
         check_settings(self, UniversalitySettingsError)
         self.primary_controls()
+        from culture.universality.memory import parse_memory  # noqa: PLC0415 - torch-free module, read when checked
+
+        try:
+            parse_memory(self.max_memory)
+        except UniversalityError as exc:
+            raise UniversalitySettingsError("max_memory", str(exc)) from None
         if self.n_blocks % 2:
             raise UniversalitySettingsError("n_blocks", f"must be even (even blocks hold the even quizzes), got "
                                                         f"{self.n_blocks}")

@@ -60,6 +60,7 @@ from culture.universality.features import (
 from culture.universality.intervals import METHOD as INTERVAL_METHOD
 from culture.universality.intervals import feature_intervals, neuron_intervals, rotation_draw_shares
 from culture.universality.neurons import NeuronBlockSums, NeuronMoments, QuizRoller, null_units
+from culture.universality.memory import check_memory, memory_plan
 from culture.universality.report import CKAResult, NeuronLayer, SAEComparison, UniversalityReport
 from culture.universality.runner import (
     ModelRunner,
@@ -68,7 +69,7 @@ from culture.universality.runner import (
     position_index,
     world_quiz_stream,
 )
-from culture.universality.stats import Centered, GroupSums, StreamingCorrelation, cka_from_comoments
+from culture.universality.stats import Centered, GroupSums, StreamingCorrelation, cka_from_comoments, release_buffers
 from culture.universality_settings import (
     CONTROLS,
     UniversalityError,
@@ -129,48 +130,14 @@ def _cka_hooks(n_layers: int, layers, all_layers: bool) -> tuple[list[str], list
     return hooks, labels
 
 
-def _dims(model) -> tuple[int, int, int]:
-    """(n_layers, d_mlp, d_model) of a MyGPT, HookedTransformer or ModelRunner."""
-    if isinstance(model, ModelRunner):
-        return model.n_layers, model.d_mlp, model.d_model
-    if hasattr(model, "cfg") and hasattr(model.cfg, "d_mlp"):
-        c = model.cfg
-        return int(c.n_layers), int(c.d_mlp), int(c.d_model)
-    c = model.config
-    return c.nb_blocks, c.dim_hidden, c.dim_model
-
-
 def estimate_memory(models, layers=None, cka: bool = True, saes=None, baseline: bool = True,
                     controls=DEFAULT_CONTROLS, positions: int = 404, n_blocks: int = 32) -> int:
-    """Bytes the float64 accumulators of :func:`compare_models` hold (not the
-    models and one batch of activations). Independent of the tokens:
-
-    neurons: pairs x W^2 x 2 halves + per-layer self co-moments + group sums
-    (groups x W x 2 halves per control) + block sums (blocks x W x 4 x
-    ordered pairs per control), W = neurons of all compared layers; CKA:
-    (rows x d_model)^2 per pair and control; SAEs: d_sae^2 x 2 per pair.
-    x2 with the random-init models (SAEs excepted)."""
-    dims = [_dims(m) for m in models]
-    chosen = resolve_layers([d[0] for d in dims], layers)
-    controls = check_controls(controls)
-    n = len(dims)
-    widths = [len(chosen) * d[1] for d in dims]
-    groups = sum(n_groups(c, positions) for c in controls if c != "none")
-    total = 0
-    for i in range(n):
-        total += 2 * len(chosen) * dims[i][1] ** 2 + 2 * groups * widths[i]
-        for j in range(i + 1, n):
-            total += 2 * widths[i] * widths[j] + len(controls) * 2 * 4 * n_blocks * widths[i]
-    if cka:
-        rows = [(1 + (d[0] if layers is None else len(chosen))) * d[2] for d in dims]
-        total += len(controls) * (sum(r * r for r in rows) + sum(rows[i] * rows[j] for i in range(n)
-                                                                  for j in range(i + 1, n)))
-        total += groups * sum(rows)
-    total *= 2 if baseline else 1
-    if saes is not None:
-        d = [int(s.cfg.d_sae) for s in saes if s is not None]
-        total += sum(2 * d[a] * d[b] for a in range(len(d)) for b in range(a + 1, len(d)))
-    return 8 * total
+    """Bytes :func:`compare_models` adds to the process (``baseline``: with
+    the random-init models): :func:`~culture.universality.memory.memory_plan`'s
+    buffers, every accumulator, one batch and the analysis temporaries.
+    Independent of the tokens."""
+    return memory_plan(models, layers, cka=cka, saes=saes, random_init=baseline, controls=controls,
+                       positions=positions, n_blocks=n_blocks, process=0).buffers
 
 
 class _Stream:
@@ -493,6 +460,8 @@ def compare_models(models: Sequence, quizzes: torch.Tensor | None = None, *,
     :func:`_make_groups`, :func:`_stream` twice (pass 1: moments, then the
     analysis and the SAE families; pass 2: block sums and CKA), then
     :func:`_results` and :func:`_settings_record`.
+    ``max_memory`` (a setting): the peak memory allowed; the comparison refuses
+    before any work when its :func:`~culture.universality.memory.memory_plan` is over it.
     """
     started = time.perf_counter()
     models = list(models)
@@ -501,12 +470,16 @@ def compare_models(models: Sequence, quizzes: torch.Tensor | None = None, *,
     s = UniversalitySettings.of(settings, **options)
     plan = _prepare(models, s, names, device, saes, ceiling_sae)
     source = _quiz_source(s, quizzes, clean, task_labels, plan.pos)
+    memory = _memory_plan(plan, s, source)
     groups = _make_groups(plan, s, len(source.task_names))
+    for g in groups:
+        g.neurons.tile_rows = memory.tile_rows
     batch_size = _batch_size(s.batch_size, groups, len(plan.pos))
     stream = _Stream(source.chunks, source.n_quizzes)
 
     # pass 1: moments, then every analysis; the SAE families before pass 2, which records their examples
     task_counts = _stream(stream, groups, plan, batch_size, "pass 1: moments", progress, _Pass1(len(source.task_names)))
+    release_buffers()
     for g in groups:
         g.analyse(s.threshold, s.seed, source.task_names)
     trained = groups[0]
@@ -524,7 +497,7 @@ def compare_models(models: Sequence, quizzes: torch.Tensor | None = None, *,
     neuron_controls, cka_result = _results(groups, plan, s, task_counts)
     if sae_result is not None:
         _sae_intervals(trained, sae_result, s, example_store)
-    record = _settings_record(s, plan, source, batch_size, time.perf_counter() - started)
+    record = _settings_record(s, plan, source, batch_size, time.perf_counter() - started, memory)
     return UniversalityReport(plan.names, record, list(source.task_names), task_counts.numpy(), neuron_controls,
                               cka_result, sae_result)
 
@@ -637,6 +610,18 @@ def _quiz_source(s: UniversalitySettings, quizzes, clean, task_labels, pos) -> _
         description = "world quizzes"
     check_quiz_count(n_quizzes, len(pos), UniversalityError)
     return _QuizSource(chunks, n_quizzes, task_names, description)
+
+
+def _memory_plan(plan: _Plan, s: UniversalitySettings, source: _QuizSource):
+    """The comparison's memory plan, refused (one line, before any work) when
+    it is over ``s.max_memory`` or the memory available."""
+    memory = memory_plan(plan.runners, None if plan.all_layers else plan.layers, cka=s.cka,
+                         saes=[e.sae for e in plan.entries] or None, random_init=s.random_init,
+                         controls=plan.controls, positions=len(plan.pos), n_blocks=s.n_blocks, baseline=s.baseline,
+                         cka_permutations=s.cka_permutations, batch_size=s.batch_size, n_quizzes=source.n_quizzes,
+                         compute_dtype=_dtype(s.precision), max_memory=s.max_memory)
+    check_memory(memory)
+    return memory
 
 
 def _make_groups(plan: _Plan, s: UniversalitySettings, n_tasks: int) -> list[_Group]:
@@ -759,7 +744,7 @@ def _sae_intervals(trained: _Group, sae_result: SAEComparison, s: UniversalitySe
 
 
 def _settings_record(s: UniversalitySettings, plan: _Plan, source: _QuizSource, batch_size: int,
-                     elapsed: float) -> dict:
+                     elapsed: float, memory) -> dict:
     """Every setting of the comparison, as the report's JSON records it."""
     given = source.description == "given quizzes"
     controls, entries, n = plan.controls, plan.entries, len(plan.runners)
@@ -804,6 +789,7 @@ def _settings_record(s: UniversalitySettings, plan: _Plan, source: _QuizSource, 
         "accumulator_bytes": estimate_memory(plan.runners, None if plan.all_layers else plan.layers, s.cka,
                                              [e.sae for e in entries] or None, s.random_init, controls,
                                              len(plan.pos), s.n_blocks),
+        "memory_plan": memory.to_dict(),
         "seconds": round(elapsed, 3),
         "model_shapes": [r.shape() for r in plan.runners],
     }

@@ -261,6 +261,10 @@ def compare_command(
         "--precision", help="dtype of the per-batch products: float32 (fast) or float64 (accumulation is float64 "
         "either way).")] = _d("precision"),
     top: Annotated[int, typer.Option("--top", help="Universal neurons / feature families listed.")] = 10,
+    max_memory: Annotated[str, typer.Option(
+        "--max-memory", help="Peak memory allowed (4.5G, 800M; available: what the system has free at the start): "
+        "the analysis reads the neuron co-moments in blocks that fit, and a comparison whose memory plan is over "
+        "it is refused before any work.")] = _d("max_memory"),
 ) -> None:
     """Compare models: universal neurons, tested residual CKA, SAE features - each beside its baselines.
 
@@ -285,7 +289,7 @@ def compare_command(
             threshold=threshold, baseline=baseline, controls=ctl or _d("controls"), within_position=within_position,
             positions=positions, noise=noise, random_init=random_init, cka=cka, cka_permutations=cka_permutations,
             resamples=resamples, rotation_draws=rotation_draws, seed=seed, batch_size=batch_size,
-            precision=precision).check()
+            precision=precision, max_memory=max_memory).check()
     except UniversalitySettingsError as exc:
         fail(f"{option_flag(exc.field)}: {exc.detail}")
     ids = _check_models(parse_ids(models, "--models"), sae, ceiling_sae, self_copy, dashboard)
@@ -388,15 +392,20 @@ def _load_models(run, settings, self_copy: bool):
 
 def _announce(run, settings, loaded, names, saes, given) -> None:
     """Layers and quiz count checked (one error line), then what is compared and the accumulators' size."""
-    from culture.universality import estimate_memory
+    import torch
 
-    mem = estimate_memory(loaded, settings.layers, settings.cka, saes, settings.random_init,
-                          settings.primary_controls())
+    from culture.universality import check_memory, memory_plan
+
     n_quizzes = len(given["quizzes"]) if given else settings.n_quizzes()
+    plan = memory_plan(loaded, settings.layers, cka=settings.cka, saes=saes, random_init=settings.random_init,
+                       controls=settings.primary_controls(), baseline=settings.baseline,
+                       cka_permutations=settings.cka_permutations, batch_size=settings.batch_size,
+                       n_quizzes=n_quizzes, max_memory=settings.max_memory,
+                       compute_dtype=getattr(torch, settings.precision))  # layers checked
     check_quiz_count(n_quizzes, settings.positions_per_quiz)
+    check_memory(plan)
     err_console.print(f"models {', '.join(names)} from {run.source.name}; {settings.n_quizzes() * 404:,} tokens "
-                      f"({settings.positions} positions), accumulators ~{mem / 2**20:,.0f} MiB float64",
-                      highlight=False)
+                      f"({settings.positions} positions); {plan.line()}", highlight=False)
 
 
 def _compare(loaded, names, settings, saes, ceiling, given, device):
