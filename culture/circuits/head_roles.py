@@ -34,6 +34,7 @@ import torch
 
 from culture.circuits.metric import Baseline, CircuitError, QuizPairs
 from culture.circuits.runs import DEFAULT_BATCH_SIZE, Progress
+from culture.hooks import act_name
 
 __all__ = ["ROLE_PARTS", "N_COLOURS", "HeadRoleData", "head_role_data", "role_conditions", "head_labels"]
 
@@ -122,7 +123,7 @@ def _attention_and_output(hooked, quizzes: torch.Tensor, batch_size: int):
 
     cfg = hooked.cfg
     L, H = cfg.n_layers, cfg.n_heads
-    names = [f"blocks.{layer}.attn.hook_{k}" for layer in range(L) for k in ("pattern", "z")]
+    names = [act_name(k, layer) for layer in range(L) for k in ("pattern", "z")]
     w_ou = torch.einsum("lhdm,mv->lhdv", hooked.W_O.detach(), hooked.W_U.detach())  # (L, H, d_head, vocab)
     att, out, cnt = [], [], []
     pos = torch.arange(QUIZ_LEN)
@@ -140,12 +141,12 @@ def _attention_and_output(hooked, quizzes: torch.Tensor, batch_size: int):
         onehot = torch.nn.functional.one_hot(target, N_COLOURS).double() * pred[..., None].double()  # (b, 404, c)
         nq = pred.sum(1).clamp(min=1).double()
         for layer in range(L):
-            pat = cache[f"blocks.{layer}.attn.hook_pattern"].double().cpu()[..., :QUIZ_LEN, :QUIZ_LEN]  # (b, H, q, k)
+            pat = cache[act_name("pattern", layer)].double().cpu()[..., :QUIZ_LEN, :QUIZ_LEN]  # (b, H, q, k)
             pat = pat * pred[:, None, :, None]
             by_off = torch.zeros(b, H, QUIZ_LEN, dtype=torch.float64)
             by_off.scatter_add_(2, offsets.expand(b, H, -1, -1).reshape(b, H, -1), pat.reshape(b, H, -1))
             a[:, layer] = by_off / nq[:, None, None]
-            z = cache[f"blocks.{layer}.attn.hook_z"].double().cpu()  # (b, 404, H, d_head)
+            z = cache[act_name("z", layer)].double().cpu()  # (b, 404, H, d_head)
             dl = torch.einsum("bphd,hdv->bphv", z, w_ou[layer].double().cpu())
             dl = dl - dl.mean(-1, keepdim=True)
             o[:, layer] = torch.einsum("bphv,bpc->bhcv", dl, onehot)
