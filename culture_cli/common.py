@@ -301,17 +301,26 @@ def check_min(option: str, value, minimum: int) -> None:
 
 
 def check_noise(noise: float) -> None:
-    """--noise must be a probability."""
-    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
-        fail(f"--noise must be a probability in [0, 1], got {noise}")
+    """--noise must be a probability (the bound :class:`culture.settings.TestSetSettings` declares)."""
+    from culture.settings import SettingsError, TestSetSettings
+
+    try:
+        TestSetSettings(noise=noise).check()
+    except SettingsError as exc:
+        fail(f"--noise: {exc.detail}")
 
 
 def check_test_set_options(num_samples: int, batch_size: int, seed: int, noise: float) -> None:
-    """--num-samples, --batch-size, --seed and --noise of the commands that build a test set."""
-    check_min("--num-samples", num_samples, 1)
+    """--num-samples, --seed and --noise of the commands that build a test set,
+    by the bounds :class:`culture.settings.TestSetSettings` declares (one
+    source), and --batch-size."""
+    from culture.settings import SettingsError, TestSetSettings
+
+    try:
+        TestSetSettings(num_samples=num_samples, seed=seed, noise=noise).check()
+    except SettingsError as exc:
+        fail(f"{option_flag(exc.field)}: {exc.detail}")
     check_min("--batch-size", batch_size, 1)
-    check_min("--seed", seed, 0)
-    check_noise(noise)
 
 
 def given_options() -> set[str]:
