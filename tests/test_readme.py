@@ -39,8 +39,8 @@ DOCS = ROOT / "docs"
 
 #: size option -> small value: capped when the README gives more, set when it gives none
 SMALL = {
-    "--num-samples": 12, "--tokens": 800, "--steps": 3, "--train-samples": 16, "--test-samples": 8,
-    "--batch-tokens": 1024, "--n-batches-in-buffer": 3, "--store-batch-size": 3, "--n-batches-for-norm-estimate": 2,
+    "--num-samples": 12, "--tokens": 3232, "--steps": 3, "--train-samples": 16, "--test-samples": 8,
+    "--train-batch-size-tokens": 1024, "--n-batches-in-buffer": 3, "--store-batch-size-prompts": 3, "--n-batches-for-norm-estimate": 2,
     "--expansion-factor": 2, "--num-pairs": 4, "--control-pairs": 2, "--random-circuits": 1, "--ig-steps": 1,
     # only capped: the default is small already, or the option is required
     "--n": 24, "--training-tokens": 3072, "--nb-models": 2, "--n-quizzes": 2, "--top": 2, "--examples": 2,
