@@ -40,9 +40,9 @@ DOCS = ROOT / "docs"
 #: size option -> small value: capped when the README gives more, set when it gives none
 SMALL = {
     "--num-samples": 12, "--tokens": 3232, "--steps": 3, "--train-samples": 16, "--test-samples": 8,
-    "--batch-tokens": 1024, "--train-batch-size-tokens": 1024, "--n-batches-in-buffer": 3, "--store-batch-size": 3,
-    "--store-batch-size-prompts": 3, "--n-batches-for-norm-estimate": 2, "--rotation-draws": 1,
-    "--expansion-factor": 2, "--num-pairs": 4, "--control-pairs": 2, "--random-circuits": 1, "--ig-steps": 1,
+    "--train-batch-size-tokens": 1024, "--n-batches-in-buffer": 3, "--store-batch-size-prompts": 3,
+    "--n-batches-for-norm-estimate": 2, "--expansion-factor": 2, "--resamples": 50, "--cka-permutations": 2,
+    "--rotation-draws": 1, "--num-pairs": 4, "--control-pairs": 2, "--random-circuits": 1, "--ig-steps": 1,
     # only capped: the default is small already, or the option is required
     "--n": 24, "--training-tokens": 3072, "--nb-models": 2, "--n-quizzes": 2, "--top": 2, "--examples": 2,
     "--culture-batch": 8, "--candidates": 4, "--num-world": 4,
