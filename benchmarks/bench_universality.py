@@ -7,13 +7,23 @@ subprocess (random MyGPT models of a small shape, world quizzes) and reports
   (``ru_maxrss``): their difference is what the two streaming passes add, and
   it must stay flat as the token count grows (activations of one batch +
   float64 accumulators, which depend on the widths, not on the tokens);
-* the accumulators' size (:func:`culture.universality.estimate_memory`);
+* the memory plan (:func:`culture.universality.memory_plan`, printed beside the peak);
 * seconds per model pair per million tokens: wall time of the comparison /
   model pairs streamed (trained pairs + random-init pairs) / millions of tokens.
   This includes quiz generation and the forward passes, i.e. what a user waits.
 
+* the **bound**: the same products (neuron co-moments of every pair over all
+  compared layers, the rotation baseline's per-layer self products, the CKA
+  cross and self products of both passes, the permutation test's products)
+  done once with plain torch on the same activations, in the same dtype and
+  batches: what the comparison could not do without. The ratio (comparison /
+  bound, per pair per million tokens) says how much time goes outside them
+  (forwards of both passes, quiz generation, analysis, bootstrap); "ratio
+  w/o fwd" leaves out the seconds spent in the models' forwards.
+
     python benchmarks/bench_universality.py                      # 20k, 80k, 320k tokens
     python benchmarks/bench_universality.py --tokens 20000 80000 --threads 2
+    python benchmarks/bench_universality.py --shape 512 64 2048 8 12 --layers 0 --tokens 8000   # 37M, one layer
 """
 
 from __future__ import annotations
@@ -50,7 +60,7 @@ def child(args) -> None:
 
     torch.set_num_threads(args.threads)
     from culture.mygpt import GPTConfig, MyGPT
-    from culture.universality import compare_models, estimate_memory
+    from culture.universality import MIN_QUIZZES, compare_models
     import culture.hooked  # noqa: F401 - import TransformerLens before measuring the setup
 
     cfg = GPTConfig(*args.shape)
@@ -58,24 +68,100 @@ def child(args) -> None:
     for k in range(args.models):
         torch.manual_seed(1000 + k)
         models.append(MyGPT(cfg).eval())
+    kw = dict(random_init=args.baseline, cka=args.cka, batch_size=args.batch_size, layers=args.layers,
+              compute_dtype=getattr(torch, args.precision), cka_permutations=args.permutations, max_memory="1T")
     # warm up (first forward allocates; first TransformerLens model builds lazily)
-    compare_models(models, n_tokens=808, random_init=args.baseline, cka=args.cka, batch_size=args.batch_size,
-                   compute_dtype=getattr(torch, args.precision), cka_permutations=args.permutations)
+    compare_models(models, n_tokens=MIN_QUIZZES * 404, **kw)
+    from culture.universality import ModelRunner
+
+    forward = [0.0]
+    run = ModelRunner.run
+
+    def timed_run(self, *a, **k):  # time spent in the models' forwards
+        t = time.perf_counter()
+        out = run(self, *a, **k)
+        forward[0] += time.perf_counter() - t
+        return out
+
+    ModelRunner.run = timed_run
     setup_rss = _rss_mib()
     t0 = time.perf_counter()
-    report = compare_models(models, n_tokens=args.n_tokens, random_init=args.baseline, cka=args.cka,
-                            batch_size=args.batch_size, compute_dtype=getattr(torch, args.precision), seed=1,
-                            cka_permutations=args.permutations)
+    report = compare_models(models, n_tokens=args.n_tokens, seed=1, **kw)
     seconds = time.perf_counter() - t0
+    ModelRunner.run = run
+    bound = bound_seconds(models, report, args)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     pairs = args.models * (args.models - 1) // 2 * (2 if args.baseline else 1)
     tokens = report.settings["tokens"]
     print(json.dumps({
         "tokens": tokens, "seconds": seconds, "setup_rss_mib": setup_rss, "peak_rss_mib": peak,
-        "accumulator_mib": estimate_memory(models, None, args.cka, None, args.baseline) / 2**20,
+        "plan_mib": report.settings["memory_plan"]["total_bytes"] / 2**20,
         "pass_seconds": report.settings["seconds"],
         "s_per_pair_per_mtok": seconds / pairs / (tokens / 1e6), "batch_size": report.settings["batch_size"],
+        "bound_s_per_pair_per_mtok": bound / pairs / (tokens / 1e6), "ratio": seconds / bound,
+        "forward_seconds": forward[0], "ratio_without_forwards": (seconds - forward[0]) / bound,
     }))
+
+
+def bound_seconds(models, report, args) -> float:
+    """Seconds of the comparison's products done once with plain torch on the
+    same activations (same quizzes, batches and dtype): per group (trained,
+    random-init), the all-layer neuron co-moment of every pair and each
+    layer's self product (rotation baseline); the CKA cross and self products
+    (pass 1), again with x^T x (pass 2), and the permutation test's products."""
+    import torch
+
+    from culture.hooked import to_hooked_tokens
+    from culture.universality import ModelRunner, position_index, world_quiz_stream
+    from culture.universality.runner import baseline_seed
+
+    s = report.settings
+    dt = getattr(torch, args.precision)
+    layers = s["layers"]
+    pos = position_index(s["positions"])
+    runners = [ModelRunner(m, "cpu") for m in models]
+    groups = [runners] + ([[r.random_like(baseline_seed(1, k)) for k, r in enumerate(runners)]]
+                          if args.baseline else [])
+    n_layers = runners[0].n_layers
+    neuron_hooks = [f"blocks.{k}.mlp.hook_post" for k in layers]
+    rows = ["blocks.0.hook_resid_pre"] + [f"blocks.{k}.hook_resid_post"
+                                          for k in (range(n_layers) if args.layers is None else layers)]
+    hooks = neuron_hooks + (rows if args.cka else [])
+    total = 0.0
+    batch = s["batch_size"]
+    for g, group in enumerate(groups):
+        for q, _ in world_quiz_stream(s["quizzes"], s["tasks"], seed=1, noise=s["noise"]):
+            for start in range(0, q.shape[0], batch):
+                tokens = to_hooked_tokens(q[start:start + batch])
+                acts = [r.run(tokens, hooks, pos) for r in group]
+                flat = [{h: a[h].reshape(-1, a[h].shape[-1]).to(dt) for h in hooks} for a in acts]
+                xs = [torch.cat([f[h] for h in neuron_hooks], 1) for f in flat]
+                rs = [torch.cat([f[h] for h in rows], 1) for f in flat] if args.cka else []
+                t = xs[0].shape[0]
+                perms = [torch.randperm(t) for _ in range(args.permutations if g == 0 else 0)]
+                t0 = time.perf_counter()
+                for i in range(len(xs)):
+                    for j in range(i + 1, len(xs)):
+                        xs[i].t() @ xs[j]
+                        if args.cka:
+                            for _ in range(2):  # pass 1 and pass 2
+                                rs[i].t() @ rs[j]
+                            d = rs[i].shape[1] // len(rows)
+                            for p in perms:
+                                for r in range(len(rows)):
+                                    rs[i][:, r * d:(r + 1) * d].t() @ rs[j][p, r * d:(r + 1) * d]
+                    h = xs[i].shape[1] // len(layers)
+                    for k in range(len(layers)):
+                        blk = xs[i][:, k * h:(k + 1) * h]
+                        blk.t() @ blk
+                    if args.cka:
+                        d = rs[i].shape[1] // len(rows)
+                        for r in range(len(rows)):
+                            blk = rs[i][:, r * d:(r + 1) * d]
+                            blk.t() @ blk
+                        rs[i].t() @ rs[i]
+                total += time.perf_counter() - t0
+    return total
 
 
 def main() -> None:
@@ -84,9 +170,11 @@ def main() -> None:
     p.add_argument("--shape", type=int, nargs=5, default=[64, 16, 256, 4, 4],
                    metavar=("D", "DK", "H", "HEADS", "BLOCKS"), help="GPTConfig of the random models")
     p.add_argument("--models", type=int, default=2)
+    p.add_argument("--layers", type=int, nargs="+", help="MLP layers compared (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16, help="quizzes per forward pass")
-    p.add_argument("--precision", choices=("float64", "float32"), default="float64")
+    p.add_argument("--precision", choices=("float64", "float32"), default="float32",
+                   help="dtype of the batch products (the CLI's default: float32)")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="no random-init models")
     p.add_argument("--permutations", type=int, default=19, help="CKA permutation test size")
     p.add_argument("--no-cka", dest="cka", action="store_false")
@@ -106,6 +194,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", "--n-tokens", str(n), "--shape", *map(str, args.shape),
                "--models", str(args.models), "--threads", str(args.threads), "--batch-size", str(args.batch_size),
                "--precision", args.precision, "--permutations", str(args.permutations)]
+        if args.layers is not None:
+            cmd += ["--layers", *map(str, args.layers)]
         if not args.baseline:
             cmd.append("--no-baseline")
         if not args.cka:
@@ -115,14 +205,14 @@ def main() -> None:
             print(res.stderr, file=sys.stderr)
             raise SystemExit(res.returncode)
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    header = (f"{'tokens':>9} {'seconds':>8} {'setup RSS':>10} {'peak RSS':>9} {'peak-setup':>10} "
-              f"{'accum.':>7} {'s/pair/Mtok':>12}")
+    header = (f"{'tokens':>9} {'seconds':>8} {'setup RSS':>10} {'peak RSS':>9} {'plan':>8} "
+              f"{'s/pair/Mtok':>12} {'bound':>8} {'ratio':>6} {'forwards':>9} {'ratio w/o fwd':>13}")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['tokens']:>9,} {r['seconds']:>8.1f} {r['setup_rss_mib']:>8.0f}Mi {r['peak_rss_mib']:>7.0f}Mi "
-              f"{r['peak_rss_mib'] - r['setup_rss_mib']:>8.0f}Mi {r['accumulator_mib']:>5.1f}Mi "
-              f"{r['s_per_pair_per_mtok']:>12.1f}")
+              f"{r['plan_mib']:>6.0f}Mi {r['s_per_pair_per_mtok']:>12.1f} {r['bound_s_per_pair_per_mtok']:>8.1f} "
+              f"{r['ratio']:>6.1f} {r['forward_seconds']:>8.1f}s {r['ratio_without_forwards']:>13.1f}")
     growth = rows[-1]["peak_rss_mib"] - rows[0]["peak_rss_mib"]
     print(f"peak RSS change from {rows[0]['tokens']:,} to {rows[-1]['tokens']:,} tokens "
           f"({rows[-1]['tokens'] / rows[0]['tokens']:.0f}x): {growth:+.0f} MiB")

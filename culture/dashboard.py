@@ -47,7 +47,7 @@ section.feature{background:#fff;border:1px solid #ddd;border-radius:6px;padding:
 .eff{display:inline-block;margin:2px 8px 2px 0;font-size:12px;white-space:nowrap}
 .pos{color:#0a7a2a}.neg{color:#b0221b}
 img.quizzes{max-width:100%;border:1px solid #ccc;margin-top:6px}
-.members{display:flex;flex-wrap:wrap;gap:14px}.member{flex:1 1 300px}.member img{width:100%}
+.members{display:grid;grid-template-columns:repeat(auto-fit,minmax(220px,1fr));gap:14px}.member img{width:100%}
 .legend{font-size:12px;color:#555}
 code{background:#f0f0f0;padding:0 3px}
 a{color:#3b2db3}

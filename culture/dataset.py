@@ -64,6 +64,7 @@ import torch
 
 from culture.defaults import PROMPT_NOISE
 from culture.errors import CultureError
+from culture.workers import quiet_pool
 from culture.io import OutputSet, check_out_dir, existing_ancestor
 from culture.quiz import (
     EVAL_STRUCTURES,
@@ -222,10 +223,6 @@ def _peak_rss_kib() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     except (ImportError, OSError):  # pragma: no cover - Windows
         return 0
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)
 
 
 def _pool_context(multiprocessing):
@@ -525,7 +522,7 @@ def _generate(jobs: list[_Job], total: int, num_proc: int, progress: ProgressFn 
     else:
         import multiprocessing
 
-        pool = _pool_context(multiprocessing).Pool(num_proc, initializer=_worker_init)
+        pool = quiet_pool(_pool_context(multiprocessing), num_proc)  # Ctrl-C: reported once, by the main process
         results = pool.imap_unordered(_run_job, jobs, chunksize=1)
     try:
         for first, struct, rss in results:

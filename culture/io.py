@@ -268,8 +268,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def json_text(obj) -> str:
+    """``obj`` as the JSON text culture-interp writes (strict: NaN as null)."""
+    return json.dumps(json_safe(obj), indent=2, sort_keys=False, default=_json_default) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(path, json_text(obj))
 
 
 def _json_default(value):
@@ -492,3 +497,55 @@ def check_finite(tensors, where: str, error: type[Exception] = CultureError) -> 
             bad = int((~torch.isfinite(value)).sum())
             raise error(f"{where}: tensor {name} holds {bad:,} NaN or infinite value(s) of {value.numel():,}; "
                         "refusing broken weights")
+
+
+# ------------------------------------------------------------------ the run's temporary folder
+
+
+@contextlib.contextmanager
+def run_temp_dir():
+    """A temporary folder of this run for the block: ``tempfile`` (and so
+    multiprocessing's ``pymp-*`` folders, SAELens's temporary folders) and
+    child processes (``TMPDIR``) use it; it is removed at the end. It lives in
+    ``<system temp>/culture-interp/`` under a :func:`temp_name`, so a run
+    killed with SIGKILL leaves it to the next run, which removes the folders of
+    runs that are gone (:func:`clean_stale`), as with the staging folders."""
+    import tempfile
+
+    previous_tempdir, previous_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    try:
+        base = Path(tempfile.gettempdir()) / "culture-interp"
+        base.mkdir(mode=0o700, exist_ok=True)
+        clean_stale(base)
+        folder = base / temp_name("run")
+        folder.mkdir(mode=0o700)
+    except OSError:  # no writable temp folder: leave tempfile as it is
+        yield None
+        return
+    tempfile.tempdir = str(folder)
+    os.environ["TMPDIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = previous_tempdir
+        if previous_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous_env
+        if not _multiprocessing_uses(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+        # else a process pool's server (forkserver) keeps its socket there for the
+        # life of this process: multiprocessing removes its pymp-* folder at exit,
+        # the next run removes the rest
+
+
+def _multiprocessing_uses(folder: Path) -> bool:
+    """Whether multiprocessing keeps its temporary folder (``pymp-*``) in ``folder``."""
+    import sys
+
+    if "multiprocessing" not in sys.modules:
+        return False
+    from multiprocessing import process
+
+    cached = process.current_process()._config.get("tempdir")
+    return cached is not None and Path(cached).is_relative_to(folder)

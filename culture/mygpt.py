@@ -327,11 +327,25 @@ def mygpt_from_state_dict(state: dict, dropout: float = 0.0) -> MyGPT:
     return model
 
 
+def check_vocabulary(state: dict, where: str) -> None:
+    """Refuse (one-line CheckpointError) a state dict whose token embedding or
+    readout is not the quiz format's :data:`~culture.quiz.VOCAB_SIZE` tokens
+    (colours 0..10 and the four markers): such a model cannot read or score
+    a quiz, and would fail only after the test set is built."""
+    for key, what in (("embedding.0.f.0.weight", "token embedding"), ("readout.f.weight", "readout")):
+        value = state.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] != VOCAB_SIZE:
+            raise CheckpointError(
+                f"{where}: the {what} has {value.shape[0]} tokens, the quiz format has {VOCAB_SIZE} "
+                "(colours 0-10 and the markers A, f_A, B, f_B): not a culture GPT")
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, float | None]:
     """(state_dict, main_test_accuracy) from a gpt_XXX.pth file, safely.
 
     Uses ``torch.load(weights_only=True)``: a pickle that would run code is
-    refused, never executed.
+    refused, never executed. A vocabulary other than the quiz format's 15
+    tokens is refused (:func:`check_vocabulary`).
     """
     from culture.io import check_finite, load_tensors
 
@@ -350,6 +364,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, float | None]:
             raise CheckpointError(f"{path}: tensor {key} has dtype {str(value.dtype).removeprefix('torch.')}, "
                                   "expected floating-point weights")
     check_finite(state, path, CheckpointError)
+    check_vocabulary(state, path)
     if accuracy is not None:
         try:
             accuracy = float(accuracy)

@@ -379,6 +379,7 @@ def run_probes(
     causal_hook: str | None = None,
     causal_scale: float = 1.0,
     batch_size: int = 100,
+    split_draws: int = 0,
     progress: Progress | None = None,
 ) -> ProbeResults:
     """Linear probes of ``target`` (``"TASK.PARAM"``) at each hook of
@@ -388,9 +389,14 @@ def run_probes(
     probed position (no transform cell) are left out. ``causal_hook``: the
     hook of the causal check (default: the hook whose probe is most
     accurate); ``causal_scale``: the norm of the added vector, in units of
-    the mean activation norm at the probed positions.
+    the mean activation norm at the probed positions. ``split_draws``: further
+    train / test splits (and control-label shuffles), each probe refitted; every
+    accuracy's interval is then widened by their spread (:func:`_widen`), and
+    their accuracies are kept (``"splits"``, the reported split first).
     """
     task, param = parse_target(target)
+    if not (isinstance(split_draws, int) and split_draws >= 0):
+        raise ProbeError(f"split draws must be a non-negative integer, got {split_draws!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ProbeError(f"the held-out fraction must be in (0, 1), got {test_fraction}")
     if batch_size < 1:
@@ -442,6 +448,13 @@ def run_probes(
         rows.append(row)
         if progress is not None:
             progress("probes", i + 1, len(hook_names))
+    for d in range(1, split_draws + 1):
+        _add_split(rows, feats, rand_feats, y, n_test, C, l2, torch.Generator().manual_seed(int(seed) + 2 + 1000 * d))
+    if split_draws:
+        for row in rows:
+            for key in _ACCURACIES:
+                if key in row:
+                    _widen(row[key])
     settings = {
         "task": task, "parameter": param, "positions": positions, "hooks": hook_names,
         "quizzes": len(data), "train": int(train.numel()), "test": n_test, "classes": C,
@@ -451,7 +464,10 @@ def run_probes(
         "control_task": "the same probe on labels shuffled over quizzes (Hewitt & Liang 2019)",
         "random_model": "the same probe on a randomly initialised model of the same shape" if random_baseline
         else None,
-        "intervals": "95% Wilson over held-out quizzes",
+        "intervals": "95% Wilson over held-out quizzes" + (
+            f", widened by the spread over {split_draws} further train / test splits and control-label shuffles"
+            if split_draws else ""),
+        "split_draws": int(split_draws),
     }
     res = ProbeResults(target=f"{task}.{param}", rows=rows, classes=data.classes, majority=majority,
                        settings=settings)
@@ -460,6 +476,37 @@ def run_probes(
         res.causal = _causal_check(model, data.subset(test), mask[test], probes[hook], hook, norms[hook],
                                    causal_scale, batch_size, seed)
     return res
+
+
+#: the accuracies of a row that carry an interval
+_ACCURACIES = ("accuracy", "control_accuracy", "random_model_accuracy")
+
+
+def _add_split(rows: list[dict], feats, rand_feats, y, n_test: int, n_classes: int, l2: float, g) -> None:
+    """Refit every probe on another train / test split (and control-label
+    shuffle) drawn from ``g``; append each held-out accuracy to its ``"splits"``."""
+    order = torch.randperm(len(y), generator=g)
+    test, train = order[:n_test], order[n_test:]
+    shuffled = y[torch.randperm(len(y), generator=g)]
+    for row in rows:
+        x = feats[row["hook"]]
+        fits = {"accuracy": (x, y), "control_accuracy": (x, shuffled)}
+        if rand_feats is not None:
+            fits["random_model_accuracy"] = (rand_feats[row["hook"]], y)
+        for key, (xs, labels) in fits.items():
+            probe = fit_probe(xs[train], labels[train], n_classes, l2=l2)
+            acc = float((probe.predict(xs[test]) == labels[test]).float().mean())
+            row[key].setdefault("splits", [row[key]["value"]]).append(acc)
+
+
+def _widen(acc: dict) -> None:
+    """Widen ``acc["ci95"]`` (Wilson, the reported split) by how far the other
+    splits' accuracies lie below and above the reported one: it still holds the
+    reported accuracy, and now the split's chance too."""
+    lo, hi = acc["ci95"]
+    diffs = [v - acc["value"] for v in acc.get("splits", [])]
+    if diffs:
+        acc["ci95"] = [max(0.0, lo + min(0.0, min(diffs))), min(1.0, hi + max(0.0, max(diffs)))]
 
 
 def _most_selective(rows: list[dict]) -> str:

@@ -539,6 +539,20 @@ def _layout(items: list[_Item], cell_px: int, ncols: int, font) -> PngLayout:
                      titles=any(it.title is not None for it in items), text_h=text_h)
 
 
+def draw_spaced_text(draw, xy, text: str, font, fill=_TEXT_RGB) -> None:
+    """``draw.text`` with visible spaces: Pillow's default font draws a space
+    a pixel or two wide at small sizes ("#3frame feature 12max"); here each
+    space is as wide as an "n"."""
+    x, y = xy
+    gap = max(draw.textlength(" ", font=font), draw.textlength("n", font=font))
+    for k, word in enumerate(text.split(" ")):
+        if k:
+            x += gap
+        if word:
+            draw.text((x, y), word, fill=fill, font=font)
+            x += draw.textlength(word, font=font)
+
+
 def _draw_items(items: list[_Item], cell_px: int, ncols: int):
     from PIL import Image, ImageDraw
 
@@ -553,7 +567,7 @@ def _draw_items(items: list[_Item], cell_px: int, ncols: int):
     for i, item in enumerate(items):
         ix, iy = lay.item_origin(i)
         if item.title is not None:
-            draw.text((ix, iy), item.title, fill=_TEXT_RGB, font=font)
+            draw_spaced_text(draw, (ix, iy), item.title, font)
         for k, panel in enumerate(item.panels):
             gx, gy = lay.grid_origin(i, k)
             # label, centred over the grid

@@ -8,8 +8,12 @@ body runs (so before any model is loaded), each of its *output options* is
 checked with :func:`culture.io.check_output`, and a path that cannot be
 written -- its parent is a file, a file is expected where a directory is (or
 the reverse), the folder is not writable, two outputs are the same path, an
-output would overwrite one of the command's inputs, a folder to be replaced is
-not empty without ``--overwrite`` -- gives one ``error:`` line and exit code 2.
+output is, contains or lies inside one of the command's inputs
+(:func:`command_inputs`: checkpoints, source folders, the installed zoo, SAE
+folders, quiz files, a resume's checkpoints; links resolved), a folder to be
+replaced is not empty without ``--overwrite`` -- gives one ``error:`` line and
+exit code 2. ``--json -`` writes the JSON to stdout (the tables then go to
+stderr); no other output takes ``-``.
 
 An output option is a ``Path`` option that is
 
@@ -57,12 +61,48 @@ def plain_output() -> bool:
     return bool(os.environ.get("NO_COLOR")) or not sys.stdout.isatty()
 
 
-def write_json(path, obj, announce: bool = True) -> None:
-    from culture.io import atomic_write_json
+#: ``--json -``: the JSON goes to standard output (tables and messages then go to stderr)
+STDOUT = "-"
 
+
+def is_stdout(path) -> bool:
+    """Whether an output option was given as ``-`` (standard output)."""
+    return path is not None and not isinstance(path, bool) and os.fspath(path) == STDOUT
+
+
+def write_json(path, obj, announce: bool = True) -> None:
+    """``obj`` as JSON to ``path`` (atomically), or to stdout for ``-``."""
+    from culture.io import atomic_write_json, json_text
+
+    if is_stdout(path):
+        sys.stdout.write(json_text(obj))
+        sys.stdout.flush()
+        return
     atomic_write_json(path, obj)
     if announce:
         err_console.print(f"wrote {path}", highlight=False)
+
+
+@contextlib.contextmanager
+def json_to_stdout(values: dict):
+    """While a command runs with ``--json -``: what it prints for people
+    (tables, messages on :data:`console`) goes to stderr, so stdout holds the
+    JSON alone."""
+    taken = any(is_stdout(values.get(name)) for name in ("json_path", "json"))
+    if not taken:
+        yield
+        return
+    previous = console._file  # None: follow sys.stdout (rich's ``file`` property would pin today's stream)
+    console.file = sys.stderr
+    try:
+        yield
+    finally:
+        console._file = previous
+
+
+def stdout_taken() -> bool:
+    """True while a ``--json -`` command runs (see :func:`json_to_stdout`)."""
+    return console.file is sys.stderr
 
 
 def write_json_or_fail(path, obj) -> None:
@@ -71,6 +111,40 @@ def write_json_or_fail(path, obj) -> None:
         write_json(path, obj)
     except OSError as exc:
         fail(f"cannot write {path}: {exc.strerror or exc}")
+
+
+class _StdoutAware:
+    """An OutputSet whose ``file("-")`` is standard output: written to a
+    temporary file, copied to stdout once every output is in place."""
+
+    def __init__(self, staged):
+        self._staged = staged
+        self._stdout: list[Path] = []
+
+    def file(self, path) -> Path:
+        if not is_stdout(path):
+            return self._staged.file(path)
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="culture-stdout.")
+        os.close(fd)
+        self._stdout.append(Path(name))
+        return Path(name)
+
+    def __getattr__(self, name):
+        return getattr(self._staged, name)
+
+    def flush(self) -> None:
+        for p in self._stdout:
+            sys.stdout.write(p.read_text())
+        sys.stdout.flush()
+        self.discard()
+
+    def discard(self) -> None:
+        for p in self._stdout:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        self._stdout = []
 
 
 @contextlib.contextmanager
@@ -83,21 +157,39 @@ def outputs(announce: bool = True):
     from culture.io import OutputSet
 
     staged = OutputSet()
+    front = _StdoutAware(staged)
     try:
         with staged:
-            yield staged
+            yield front
     except OSError as exc:
+        front.discard()
         where = str(getattr(exc, "filename", None) or "")
         where = f" {where}" if where and ".culture-tmp." not in where else " the outputs"
         fail(f"cannot write{where}: {exc.strerror or exc} (no output written)")
+    except BaseException:
+        front.discard()
+        raise
+    front.flush()
     if announce:
         for path in staged.committed:
             err_console.print(f"wrote {path}", highlight=False)
 
 
+class _Progress(Progress):
+    """A Progress that leaves nothing behind when it showed no bar (an error
+    before the first one): no blank line before the ``error:`` line."""
+
+    def stop(self) -> None:
+        if self.tasks:
+            super().stop()
+            return
+        self.live.transient = True
+        self.live.stop()  # without the newline Progress.stop prints off a terminal
+
+
 def progress() -> Progress:
     """A rich progress bar on stderr (stdout stays clean for tables)."""
-    return Progress(
+    return _Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -110,7 +202,7 @@ def progress() -> Progress:
 
 def parse_ids(values: list[str] | None, what: str = "--models") -> list[int] | None:
     """Non-negative integer ids from ``--models 0 1,2`` style values (order
-    kept, duplicates dropped); None when none were given."""
+    kept; an id given twice is refused); None when none were given."""
     if not values:
         return None
     out = []
@@ -122,8 +214,10 @@ def parse_ids(values: list[str] | None, what: str = "--models") -> list[int] | N
                 fail(f"{what}: not an integer: {part!r}")
             if k < 0:
                 fail(f"{what}: must be >= 0, got {k}")
+            if k in out:
+                fail(f"{what}: {k} is given twice; name each once")
             out.append(k)
-    return list(dict.fromkeys(out))
+    return out
 
 
 def command_group(name: str, help: str) -> typer.Typer:
@@ -187,9 +281,9 @@ def write_outputs(png=None, draw=None, json_path=None, data=None) -> None:
 
 def print_table(table) -> None:
     """Print a table; in a pipe, as wide as it needs (no cropped cells)."""
-    if plain_output():
+    if plain_output() or stdout_taken():
         width = console.measure(table, options=console.options.update_width(100_000)).maximum
-        Console(file=sys.stdout, width=max(console.width, width), no_color=True, highlight=False).print(
+        Console(file=console.file, width=max(console.width, width), no_color=True, highlight=False).print(
             table, crop=False)
     else:
         console.print(table)
@@ -207,17 +301,26 @@ def check_min(option: str, value, minimum: int) -> None:
 
 
 def check_noise(noise: float) -> None:
-    """--noise must be a probability."""
-    if not (math.isfinite(noise) and 0.0 <= noise <= 1.0):
-        fail(f"--noise must be a probability in [0, 1], got {noise}")
+    """--noise must be a probability (the bound :class:`culture.settings.TestSetSettings` declares)."""
+    from culture.settings import SettingsError, TestSetSettings
+
+    try:
+        TestSetSettings(noise=noise).check()
+    except SettingsError as exc:
+        fail(f"--noise: {exc.detail}")
 
 
 def check_test_set_options(num_samples: int, batch_size: int, seed: int, noise: float) -> None:
-    """--num-samples, --batch-size, --seed and --noise of the commands that build a test set."""
-    check_min("--num-samples", num_samples, 1)
+    """--num-samples, --seed and --noise of the commands that build a test set,
+    by the bounds :class:`culture.settings.TestSetSettings` declares (one
+    source), and --batch-size."""
+    from culture.settings import SettingsError, TestSetSettings
+
+    try:
+        TestSetSettings(num_samples=num_samples, seed=seed, noise=noise).check()
+    except SettingsError as exc:
+        fail(f"{option_flag(exc.field)}: {exc.detail}")
     check_min("--batch-size", batch_size, 1)
-    check_min("--seed", seed, 0)
-    check_noise(noise)
 
 
 def given_options() -> set[str]:
@@ -343,17 +446,102 @@ def output_options(command) -> list[tuple[str, str, str]]:
 
 
 def _paths_in(value) -> list[Path]:
+    """The existing paths among an option's value(s)."""
     if value is None or isinstance(value, bool):
         return []
     if isinstance(value, (list, tuple)):
         return [p for v in value for p in _paths_in(v)]
-    if isinstance(value, (str, os.PathLike)) and str(value).strip():
+    if isinstance(value, (str, os.PathLike)) and str(value).strip() and str(value) != STDOUT:
         try:
             p = Path(value).expanduser()
             return [p] if p.exists() else []
         except (OSError, ValueError):
             return []
     return []
+
+
+def _real(path) -> Path:
+    """``path`` with links resolved (also below a part that does not exist yet)."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+#: options naming a model source or an SAE, whose words ("bundled", a hub repo id) are inputs too
+_SOURCE_OPTIONS = ("source", "sae", "ceiling_sae", "run", "init_from")
+
+
+def _named_inputs(name: str, value) -> list[Path]:
+    """What a --source / --sae word names on this machine: ``bundled`` the
+    package's zoo, a hub repo id (default: the published models) its cache."""
+    from culture import sources
+
+    if name == "source" and value is None:
+        value = sources.DEFAULT_SOURCE
+    if not isinstance(value, str) or not value.strip() or Path(value).expanduser().exists():
+        return []
+    word = value.strip()
+    if word == sources.BUNDLED:
+        return [sources.ZOO_DIR]
+    repo = word.split("@", 1)[0].strip("/").split("/")
+    if len(repo) >= 2 and all(repo[:2]):
+        return [sources.hub_cache_dir() / ("models--" + "--".join(repo[:2]))]
+    return []
+
+
+def command_inputs(command, values: dict) -> list[tuple[str, Path]]:
+    """The inputs of a command about to run, as ``(option, resolved path)``:
+    every existing path among its non-output options (checkpoints, source
+    folders, SAE folders, quiz files, datasets, runs), what ``--source`` /
+    ``--sae`` words name (the installed zoo for ``bundled``, the hub cache of
+    a repo id), and what a command declares with :func:`declare_inputs`
+    (the checkpoints of an interrupted ``sae train``)."""
+    flags = {p.name: max(p.opts, key=len) for p in command.params if getattr(p, "opts", None)}
+    output_names = {name for name, _, _ in output_options(command)}
+    found: list[tuple[str, Path]] = []
+    for name, value in values.items():
+        if name in output_names:
+            continue
+        flag = flags.get(name, name)
+        for p in _paths_in(value):
+            found.append((f"{flag} {p}", _real(p)))
+        if name in _SOURCE_OPTIONS:
+            for v in (value if isinstance(value, (list, tuple)) else [value]):
+                for p in _named_inputs(name, v):
+                    found.append((f"{flag} {v if v is not None else '(default)'} ({p})", _real(p)))
+    body = getattr(command, "culture_body", None) or command.callback
+    declared = getattr(getattr(body, "__wrapped__", body), "culture_inputs", None)
+    if declared is not None:
+        for label, p in declared(values):
+            found.append((label, _real(p)))
+    return found
+
+
+def declare_inputs(function):
+    """Decorator factory for a command function: ``function(values)`` returns
+    more ``(label, path)`` inputs of the command (paths it reads or must not
+    lose that no option names), checked like the others."""
+    def mark(command_function):
+        command_function.culture_inputs = function
+        return command_function
+
+    return mark
+
+
+def check_apart(outputs: list[tuple[str, Path]], inputs: list[tuple[str, Path]]) -> None:
+    """Refuse (one error line) an output that is, contains or lies inside an
+    input -- both given as ``(label, path)``, paths with links resolved: a
+    command never writes over, into or around what it reads."""
+    for out_label, out in outputs:
+        for in_label, src in inputs:
+            if out == src:
+                why = "would overwrite"
+            elif src.is_relative_to(out):
+                why = "contains"
+            elif out.is_relative_to(src):
+                why = "lies inside"
+            else:
+                continue
+            fail(f"{out_label} {why} the input {in_label} (a command never writes over, into or around "
+                 "what it reads); write the output elsewhere")
 
 
 def _installed_package_dir() -> Path | None:
@@ -384,27 +572,46 @@ def check_numbers(command, values: dict) -> None:
                 fail(f"{flags.get(name, name)}: {v} is too large (at most {MAX_INT:,})")
 
 
+def check_model_ids_once(command, values: dict) -> None:
+    """``--models 0 0``: refused for every command alike (a model is named once)."""
+    for param in command.params:
+        if "--models" not in (getattr(param, "opts", None) or ()):
+            continue
+        seen = set()
+        for v in values.get(param.name) or ():
+            for part in str(v).replace(",", " ").split():
+                if part in seen:
+                    fail(f"--models: {part} is given twice; name each model once")
+                seen.add(part)
+
+
 def check_outputs(command, values: dict) -> None:
     """Check the output options (:func:`output_options`) of a click command
     against the values it is called with: one error line (exit 2) for the
-    first bad one. Run by ``culture_cli.main`` before every command."""
+    first bad one -- a path that cannot be written, two outputs on one path,
+    an output that is, contains or lies inside an input of the command
+    (:func:`command_inputs`, :func:`check_apart`), ``-`` for anything but
+    ``--json``. Run by ``culture_cli.main`` before every command."""
     from culture.io import check_output
 
     outputs = output_options(command)
     if not outputs:
         return
-    flags = {p.name: max(p.opts, key=len) for p in command.params if getattr(p, "opts", None)}
     overwrite = values.get("overwrite")
     overwrite = overwrite if isinstance(overwrite, bool) else None
-    output_names = {name for name, _, _ in outputs}
-    inputs = [(name, p) for name, v in values.items() if name not in output_names for p in _paths_in(v)]
     seen: dict[Path, str] = {}
+    checked: list[tuple[str, Path]] = []
     for name, flag, kind in outputs:
         value = values.get(name)
         if value is None:
             continue
+        if is_stdout(value):
+            if flag != "--json":
+                fail(f"{flag} -: '-' (standard output) is for --json only; give a "
+                     f"{'file' if kind == 'file' else 'folder'} name")
+            continue
         path = check_output(value, kind, overwrite=overwrite, what=flag)
-        key = path.resolve()
+        key = _real(path)
         package = _installed_package_dir()
         if package is not None and key.is_relative_to(package) and not values.get("force"):
             fail(f"{flag} {value} is inside {package}, where the culture-interp package is installed; "
@@ -412,11 +619,9 @@ def check_outputs(command, values: dict) -> None:
         if key in seen:
             fail(f"{flag} {value} and {seen[key]} are the same path; give each output its own")
         seen[key] = f"{flag} {value}"
-        for other, p in inputs:
-            src = p.resolve()
-            if (kind != "merge" and src == key) or (kind == "dir" and src.is_relative_to(key)):
-                fail(f"{flag} {value} would overwrite the input {flags.get(other, other)} {p}; "
-                     "write the output elsewhere")
+        checked.append((f"{flag} {value}", key))
+    if checked:
+        check_apart(checked, command_inputs(command, values))
 
 
 # ------------------------------------------------------------------ options
@@ -447,14 +652,22 @@ TasksOption = Annotated[Optional[list[str]], typer.Option(
     "--tasks", "--task", help="World tasks (default: the source's training tasks when it records them, "
         "else the 8 of the published models).", show_default=False)]
 CQuizzesOption = Annotated[bool, typer.Option("--c-quizzes/--no-c-quizzes",
-                                              help="Mix in the source's test c-quizzes (at most half).")]
+                                              help="Mix in the source's test c-quizzes (at most half); "
+                                              "with --quizzes both only (world or culture decide alone).")]
 NoiseOption = Annotated[float, typer.Option("--noise", help="Prompt noise (structures 1 and 2).")]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Quizzes per forward pass.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")]
 JsonOption = Annotated[OptionalOutputFile, typer.Option("--json", help="Write the numbers to this JSON file.",
                                                        show_default=False)]
+def one_of(*values: str) -> str:
+    """The help's placeholder of an option with a fixed set of values: ``[a|b|c]``."""
+    return "[" + "|".join(values) + "]"
+
+
 QuizKindsOption = Annotated[str, typer.Option(
-    "--quizzes", help="Which quizzes: world, culture (the source's test c-quizzes) or both (the reference mix).")]
+    "--quizzes",  # the values are in the help: a [world|culture|both] placeholder would crop option names
+    help="Which quizzes: world, culture (the source's test c-quizzes) or both (the reference mix). "
+    "world and culture decide alone (--c-quizzes is then ignored); with both, --no-c-quizzes leaves world only.")]
 
 
 def phase_progress(bar: Progress):

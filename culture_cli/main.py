@@ -3,17 +3,20 @@
 Every command module registers itself (``register(app)``); :func:`cli_command`
 builds the click command tree once and prepares every command alike:
 
-* its output options are checked before its body runs
-  (:func:`culture_cli.common.check_outputs`; see ``culture_cli.common``), and
+* its output options are checked before its body runs -- none may touch an
+  input (:func:`culture_cli.common.check_outputs`; see ``culture_cli.common``),
   numbers no option can mean (NaN, infinity, integers beyond 64 bits) are
-  refused (:func:`culture_cli.common.check_numbers`);
+  refused (:func:`culture_cli.common.check_numbers`), and so is a model named
+  twice in ``--models``;
+* it runs with its own temporary folder (``culture.io.run_temp_dir``), which
+  the next run removes when a killed one left it;
 * help shows no ``<bool>`` after flags and ``<int> ...`` after options that
   take several values.
 
 :func:`main` turns every failure into one ``error:`` line on stderr and exit
 code 2: :class:`culture.errors.CultureError` (bad input), click's usage errors
 (a typo'd option, a bad value; with a hint to ``--help``), OSError (disk full,
-permissions) and, as a last resort, any unexpected exception (its traceback
+permissions; also a failed write wrapped by torch or safetensors) and, as a last resort, any unexpected exception (its traceback
 with ``CULTURE_DEBUG=1``). Ctrl-C and SIGTERM stop the command cleanly --
 temporary files are removed, outputs are left as they were -- with exit codes
 130 and 143.
@@ -41,8 +44,8 @@ app = typer.Typer(
 )
 
 #: options that take several values after one flag: ``--models 0 1 2 3``
-MULTI_VALUE_OPTIONS = ("--models", "--tasks", "--task", "--layers", "--features", "--steer", "--index",
-                       "--train-structures", "--hooks", "--sizes", "--controls")
+MULTI_VALUE_OPTIONS = ("--models", "--tasks", "--task", "--profile-tasks", "--layers", "--features", "--steer",
+                       "--index", "--train-structures", "--hooks", "--sizes", "--controls")
 #: of those, the ones that take integers (their help says ``<int> ...`` even when parsed as text)
 INTEGER_LIST_OPTIONS = ("--models", "--layers", "--features", "--index", "--train-structures", "--sizes")
 
@@ -79,15 +82,17 @@ class _Terminated(BaseException):
 def _guarded(command):
     """The command's callback behind the output check. The body is looked up
     as ``command.culture_body`` at call time (tests replace it)."""
-    from culture_cli.common import check_numbers, check_outputs
+    from culture_cli.common import check_model_ids_once, check_numbers, check_outputs, json_to_stdout
 
     command.culture_body = command.callback
 
     def callback(**values):
         check_numbers(command, values)
+        check_model_ids_once(command, values)
         check_outputs(command, values)
         try:
-            return command.culture_body(**values)
+            with json_to_stdout(values):
+                return command.culture_body(**values)
         except KeyboardInterrupt:
             raise _Interrupted() from None
 
@@ -212,9 +217,44 @@ def _usage_error(exc) -> str:
     return f"{_one_line(exc.format_message())} (see '{where} --help')"
 
 
+#: what a failed write says in the exceptions of torch, safetensors and the OS, and what it means
+_WRITE_FAILURES = (
+    ("no space left on device", "no space left on the device"),
+    ("storagefull", "no space left on the device"),
+    ("disk quota exceeded", "disk quota exceeded"),
+    ("file too large", "file too large (the process's file-size limit, ulimit -f)"),
+    ("filetoolarge", "file too large (the process's file-size limit, ulimit -f)"),
+    ("file write failed", "a file could not be written (disk full, or a file-size limit)"),
+)
+
+
+def _write_failure(exc: BaseException) -> str | None:
+    """One line for an exception (or its cause) that is a failed write: disk
+    full, quota, file-size limit (RLIMIT_FSIZE); None otherwise."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            reason = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                      errno.EFBIG: "file too large (the process's file-size limit, ulimit -f)"}[exc.errno]
+            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            return f"cannot write{where}: {reason}"
+        text = str(exc).lower().replace(" ", "") if not isinstance(exc, OSError) else ""
+        for needle, reason in _WRITE_FAILURES:
+            if needle.replace(" ", "") in text:
+                return f"cannot write the output: {reason}"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _unexpected(exc: BaseException) -> str:
     from culture.errors import first_sentence
 
+    written = _write_failure(exc)
+    if written is not None:
+        return written
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower() \
             or "can't allocate memory" in str(exc).lower():
         return "out of memory (try a smaller --batch-size, fewer samples or tokens)"
@@ -232,6 +272,7 @@ def _on_sigterm(signum, frame):
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one line on stderr and exit code 2."""
     from culture.errors import CultureError
+    from culture.io import run_temp_dir
     from culture_cli import common
 
     click = common.click_module()
@@ -248,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     code = 0
     message = None
     try:
-        result = command.main(args=args, prog_name="culture-interp", standalone_mode=False)
+        with run_temp_dir():  # this run's temporary files; a killed run's are removed by the next
+            result = command.main(args=args, prog_name="culture-interp", standalone_mode=False)
         code = result if isinstance(result, int) else 0
         if code == 130:  # typer's answer to Ctrl-C while parsing
             print("interrupted", file=sys.stderr)

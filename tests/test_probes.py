@@ -132,6 +132,24 @@ def test_probe_cli_json_png_and_errors(source, tmp_path, capsys):
                                    "replace_color.dst")
 
 
+def test_split_draws_widen_every_accuracy_interval_around_its_value(gpt):
+    """Further train / test splits refit every probe: each interval still holds
+    the reported accuracy and now reaches every split's accuracy."""
+    from culture.probes import run_probes
+
+    one = run_probes(gpt, "replace_color.dst", n=60, hooks=["resid_pre"], batch_size=60, random_baseline=False)
+    res = run_probes(gpt, "replace_color.dst", n=60, hooks=["resid_pre"], batch_size=60, random_baseline=False,
+                     split_draws=3)
+    assert res.settings["split_draws"] == 3 and "further train / test splits" in res.settings["intervals"]
+    for r, r1 in zip(res.rows, one.rows):
+        for key in ("accuracy", "control_accuracy"):
+            acc = r[key]
+            assert acc["value"] == r1[key]["value"] and len(acc["splits"]) == 4  # the reported split first
+            lo, hi = acc["ci95"]
+            assert lo <= min(acc["splits"]) <= acc["value"] <= max(acc["splits"]) <= hi
+            assert lo <= r1[key]["ci95"][0] and hi >= r1[key]["ci95"][1]
+
+
 def test_probe_help_is_light():
     from tests.cli import heavy_imports
 

@@ -1,7 +1,10 @@
-"""Every ``culture-interp`` command of README.md runs as written (issue 17).
+"""Every ``culture-interp`` command of README.md and of the documentation
+runs as written (issues 17 and 25).
 
-The commands are read from the README's ```bash blocks, so a command added
-to the README later is run here too. Each block runs in order, in one
+The commands are read from the ```bash blocks of README.md, then of the
+site's pages in the order of ``mkdocs.yml``'s navigation, then of the drafts
+in ``docs/incoming/`` (:func:`documentation_pages`), so a command added to
+any of them later is run here too. Each block runs in order, in one
 temporary working directory (later blocks use what earlier ones wrote:
 ``runs/demo``, ``runs/sae-gpt0``...), in process (``culture_cli.main.main``),
 offline. What the test changes, and only that:
@@ -30,13 +33,16 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 #: size option -> small value: capped when the README gives more, set when it gives none
 SMALL = {
-    "--num-samples": 12, "--tokens": 800, "--steps": 3, "--train-samples": 16, "--test-samples": 8,
-    "--batch-tokens": 1024, "--n-batches-in-buffer": 3, "--store-batch-size": 3, "--n-batches-for-norm-estimate": 2,
-    "--expansion-factor": 2, "--num-pairs": 4, "--control-pairs": 2, "--random-circuits": 1, "--ig-steps": 1,
+    "--num-samples": 12, "--tokens": 3232, "--steps": 3, "--train-samples": 16, "--test-samples": 8,
+    "--train-batch-size-tokens": 1024, "--n-batches-in-buffer": 3, "--store-batch-size-prompts": 3,
+    "--n-batches-for-norm-estimate": 2, "--expansion-factor": 2, "--resamples": 50, "--cka-permutations": 2,
+    "--rotation-draws": 1, "--num-pairs": 4, "--control-pairs": 2, "--random-circuits": 1, "--ig-steps": 1,
     # only capped: the default is small already, or the option is required
     "--n": 24, "--training-tokens": 3072, "--nb-models": 2, "--n-quizzes": 2, "--top": 2, "--examples": 2,
     "--culture-batch": 8, "--candidates": 4, "--num-world": 4,
@@ -72,6 +78,16 @@ def readme_blocks(text: str) -> list[tuple[int, list[str], str | None]]:
     return blocks
 
 
+def documentation_pages() -> list[Path]:
+    """README.md, the site's pages in navigation order (``mkdocs.yml``; pages
+    left out of the navigation follow, sorted), then ``docs/incoming/*.md``."""
+    nav = re.findall(r"^\s*-\s.*?([\w./-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    pages = [README] + [DOCS / n for n in nav if (DOCS / n).is_file()]
+    excluded = ("incoming", "_hooks", "_tools")
+    rest = [p for p in sorted(DOCS.rglob("*.md")) if p not in pages and p.relative_to(DOCS).parts[0] not in excluded]
+    return pages + rest + sorted((DOCS / "incoming").glob("*.md"))
+
+
 def as_run(command: str) -> list[str]:
     """The arguments (after ``culture-interp``) the test runs for a README command."""
     text = re.sub(r"\s#.*$", "", command)                 # comment
@@ -90,6 +106,13 @@ def _command_of(argv: list[str]):
     for path, command in iter_commands():
         if tuple(words[:len(path)]) == path and (best is None or len(path) > len(best[0])):
             best = (path, command)
+    if best is None and words:  # a group run without its subcommand: its default one (``circuit`` = ``circuit find``)
+        from culture_cli.main import cli_command
+
+        group = cli_command().commands.get(words[0])
+        default = getattr(group, "default_command", None)
+        if default is not None:
+            best = ((words[0], default), group.commands[default])
     assert best is not None, f"no such command: {argv}"
     return best
 
@@ -138,6 +161,16 @@ def test_readme_parsing_keeps_what_matters():
     blocks = readme_blocks(README.read_text())
     commands = [c for _, cs, _ in blocks for c in cs]
     assert any(c.startswith("culture-interp eval") for c in commands)
+    pages = documentation_pages()
+    assert pages[0] == README and DOCS / "guides" / "saes.md" in pages
+    # the site's pages keep the guides' examples, in an order where each finds what an earlier one wrote
+    docs = [c for p in pages for _, cs, _ in readme_blocks(p.read_text()) for c in cs]
+    first = {word: next(i for i, c in enumerate(docs) if c.startswith(word))
+             for word in ("culture-interp train --out runs/demo", "culture-interp zoo pack --run runs/demo",
+                          "culture-interp sae train", "culture-interp sae eval --model 0 --sae runs/sae-gpt0")}
+    assert first["culture-interp train --out runs/demo"] < first["culture-interp zoo pack --run runs/demo"]
+    assert first["culture-interp sae train"] < first["culture-interp sae eval --model 0 --sae runs/sae-gpt0"]
+    assert len(docs) >= 40, len(docs)
     assert as_run("culture-interp eval --models 0 1 [--source S] [--tasks a b]   # x") == ["eval", "--models", "0", "1"]
     assert as_run("culture-interp train --out r [--max-rounds N | --target-accuracy 0.9] --lr 1e-4 ...") == \
         ["train", "--out", "r", "--lr", "1e-4"]
@@ -172,15 +205,17 @@ def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
     _c_quizzes(tmp_path / "c_quizzes.pth")
     package_zoo = _digest(ZOO_FILES)
     ran = []
-    for line, commands, skip in readme_blocks(README.read_text()):
-        if skip is not None:
-            continue
-        for command in commands:
-            argv = shrink(as_run(command))
-            code = exit_code(argv)
-            out, err = capsys.readouterr()
-            assert code == 0, f"README line {line}: culture-interp {shlex.join(argv)}\n{err[-1500:]}"
-            assert "Traceback" not in err
-            ran.append(argv)
-            assert _digest(ZOO_FILES) == package_zoo, f"README line {line} changed the package's zoo: {argv}"
+    for page in documentation_pages():
+        where = page.relative_to(ROOT)
+        for line, commands, skip in readme_blocks(page.read_text()):
+            if skip is not None:
+                continue
+            for command in commands:
+                argv = shrink(as_run(command))
+                code = exit_code(argv)
+                out, err = capsys.readouterr()
+                assert code == 0, f"{where} line {line}: culture-interp {shlex.join(argv)}\n{err[-1500:]}"
+                assert "Traceback" not in err
+                ran.append(argv)
+                assert _digest(ZOO_FILES) == package_zoo, f"{where} line {line} changed the package's zoo: {argv}"
     assert len(ran) >= 20, ran

@@ -28,12 +28,15 @@ from culture.universality import (
     random_orthogonal,
     svcca,
 )
+from culture.universality.intervals import shares_outside_intervals
 from tests.cli import error_line, heavy_imports, run_cli
 from tests.helpers_sources import make_local_source
 
 CFG = GPTConfig(32, 16, 64, 2, 2)
 SHAPE = (32, 16, 64, 2, 2)
 FAST = dict(cka_permutations=0, n_resamples=100)
+#: the fewest tokens a comparison accepts (8 quizzes of 404 positions)
+MIN_TOKENS = 8 * 404
 
 
 def _model(seed: int, cfg: GPTConfig = CFG) -> MyGPT:
@@ -323,7 +326,7 @@ def test_permuted_mlp_copy_is_fully_universal_and_sae_matching_recovers_permutat
     sae_perm = torch.randperm(48, generator=torch.Generator().manual_seed(9))
     scale = torch.rand(48, generator=torch.Generator().manual_seed(4)) * 3 + 0.2
     sae_b = _permuted_sae(sae_a, sae_perm, scale)
-    report = compare_models([a, b], n_tokens=1500, random_init=False, saes=[sae_a, sae_b], names=["a", "b"],
+    report = compare_models([a, b], n_tokens=MIN_TOKENS, random_init=False, saes=[sae_a, sae_b], names=["a", "b"],
                             controls=("position", "none"), **FAST)
     for nl, p in zip(report.neurons, perms):
         assert nl.control == "position" and nl.random is None
@@ -362,7 +365,7 @@ def test_permuted_mlp_copy_is_fully_universal_and_sae_matching_recovers_permutat
 def test_copy_with_permuted_high_dimensional_neurons_is_100_percent_universal():
     a = _model(0)
     perm = torch.randperm(256, generator=torch.Generator().manual_seed(2))
-    report = compare_models([_HashNeurons(a), _HashNeurons(a, perm=perm)], n_tokens=1500, random_init=False,
+    report = compare_models([_HashNeurons(a), _HashNeurons(a, perm=perm)], n_tokens=MIN_TOKENS, random_init=False,
                             cka=False, names=["a", "copy"], controls=("none", "position"), **FAST)
     for c, layers in report.controls.items():
         for nl in layers:
@@ -380,17 +383,17 @@ def test_rotated_activations_are_not_universal_under_the_rotation_baseline():
     """The model against its own MLP activations rotated (same information, no
     shared basis): max-corr is matched by the rotated baseline, ~0% universal."""
     a = _model(0)
-    report = compare_models([ModelRunner(a, "cpu"), _RotatedNeurons(a)], n_tokens=2000, random_init=False,
+    report = compare_models([ModelRunner(a, "cpu"), _RotatedNeurons(a)], n_tokens=MIN_TOKENS, random_init=False,
                             cka=False, controls=("position",), names=["a", "rot"], **FAST)
     for nl in report.neurons:
         assert nl.share_universal() <= 0.02
         assert abs(nl.mean_excess()) < 0.1
     # the same model against its unrotated self: universal wherever its baseline leaves room (the test above
     # can fail)
-    same = compare_models([ModelRunner(a, "cpu"), ModelRunner(a, "cpu")], n_tokens=2000, random_init=False, cka=False,
-                          controls=("position",), names=["a", "b"], **FAST)
+    same = compare_models([ModelRunner(a, "cpu"), ModelRunner(a, "cpu")], n_tokens=MIN_TOKENS, random_init=False,
+                          cka=False, controls=("position",), names=["a", "b"], **FAST)
     assert all(nl.share_universal() > 0.3 for nl in same.neurons)
-    rot = compare_models([_HashNeurons(a), _RotatedNeurons(_HashNeurons(a))], n_tokens=1500, random_init=False,
+    rot = compare_models([_HashNeurons(a), _RotatedNeurons(_HashNeurons(a))], n_tokens=MIN_TOKENS, random_init=False,
                          cka=False, controls=("none",), **FAST)
     assert all(nl.share_universal() == 0.0 for nl in rot.neurons)
 
@@ -409,7 +412,7 @@ def test_sae_against_a_random_sae_sits_at_the_floor():
     assert abs(row["median_matched_corr"] - row["null_median_matched_corr"]) < 0.03
     assert abs(row["mean_max_corr"] - row["null_mean_max_corr"]) < 0.03
     # and the same SAE on the same model is at the ceiling
-    same = compare_models([ModelRunner(a, "cpu"), ModelRunner(a, "cpu")], n_tokens=1000, random_init=False,
+    same = compare_models([ModelRunner(a, "cpu"), ModelRunner(a, "cpu")], n_tokens=MIN_TOKENS, random_init=False,
                           cka=False, saes=[sae_a, sae_a], controls=("position",), **FAST)
     assert same.sae_rows()[0]["share_above"] == 1.0
 
@@ -427,14 +430,14 @@ def test_compare_equals_dense_computation(control):
     from culture.world import generate_quizzes
 
     models = [_model(3), _model(4)]
-    q = generate_quizzes(6, seed=1)
-    q[::2] = torch.roll(q[::2].reshape(3, 4, 101), 1, 1).reshape(3, 404)  # two structures
+    q = generate_quizzes(8, seed=1)
+    q[::2] = torch.roll(q[::2].reshape(4, 4, 101), 1, 1).reshape(4, 404)  # two structures
     rep = compare_models(models, q, random_init=False, controls=(control,), batch_size=2, cka_permutations=0,
                          n_resamples=50)
     names = ["blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post", "blocks.1.hook_resid_post",
              "blocks.0.hook_resid_pre"]
     acts = [ModelRunner(m, "cpu").run(to_hooked_tokens(q), names, position_index()) for m in models]
-    groups = torch.zeros(6, 404, dtype=torch.long)
+    groups = torch.zeros(8, 404, dtype=torch.long)
     if control == "position_structure":
         groups = structure_index(q)[:, None] * 404 + torch.arange(404)
 
@@ -489,7 +492,7 @@ def test_compare_equals_dense_computation(control):
 
 def test_random_models_sit_near_the_random_init_null_and_controls_change_the_picture():
     models = [_model(100 + k) for k in range(3)]
-    report = compare_models(models, n_tokens=2500, seed=1, **FAST)
+    report = compare_models(models, n_tokens=MIN_TOKENS, seed=1, **FAST)
     rows = report.summary_rows()
     assert all(abs(r["mean_max_corr"] - r["random_mean_max_corr"]) < 0.08 for r in rows), rows
     assert all(abs(r["share_universal"] - r["random_share_universal"]) < 0.1 for r in rows), rows
@@ -501,7 +504,7 @@ def test_random_models_sit_near_the_random_init_null_and_controls_change_the_pic
     assert by[("position", 0)]["mean_max_corr"] < by[("none", 0)]["mean_max_corr"] - 0.05
     # a permuted copy is far above its baseline under every control
     b, _ = _permuted_mlp_copy(models[0])
-    far = compare_models([models[0], b], n_tokens=1500, seed=1, cka=False, controls=("none", "position"), **FAST)
+    far = compare_models([models[0], b], n_tokens=MIN_TOKENS, seed=1, cka=False, controls=("none", "position"), **FAST)
     for c in far.controls:
         assert all(r["mean_max_corr"] > r["random_mean_max_corr"] + 0.3 for r in far.summary_rows(c))
 
@@ -509,17 +512,18 @@ def test_random_models_sit_near_the_random_init_null_and_controls_change_the_pic
 def test_report_json_tasks_plots_and_given_quizzes(tmp_path):
     from culture.world import generate_quizzes_with_tasks
 
-    q, t = generate_quizzes_with_tasks(6, ["frame", "contact"], seed=0)
+    q, t = generate_quizzes_with_tasks(8, ["frame", "contact"], seed=0)
     a = _model(0)
     b, _ = _permuted_mlp_copy(a)
     report = compare_models([a, b, _model(7)], q, task_labels=t, layers=[1], positions="cells",
                             controls=("position", "token"), threshold=0.4, baseline="permutation",
                             cka_permutations=4, n_resamples=50)
     assert report.task_names == ["frame", "contact"]
-    assert report.settings["tokens"] == 6 * 399 and report.settings["controls"] == ["position", "token"]
-    assert int(report.task_tokens.sum()) == 6 * 399
+    assert report.settings["tokens"] == 8 * 399 and report.settings["controls"] == ["position", "token"]
+    assert int(report.task_tokens.sum()) == 8 * 399
     assert report.cka.labels[0] == ["embed", "1"]
     d = json.loads(json.dumps(report.to_dict()))  # JSON-ready, no NaN
+    assert shares_outside_intervals(d) == []  # permutation baseline: intervals re-centred, no rotation draws
     assert d["settings"]["layers"] == [1] and d["settings"]["neuron_baseline"] == "permutation"
     layer = d["neurons"]["position"][0]
     assert layer["layer"] == 1 and len(layer["models"]) == 3 and "models" not in d["neurons"]["token"][0]
@@ -568,7 +572,11 @@ def test_library_errors():
         compare_models([a, b], n_tokens=10, saes=[_sae(16, 8, "blocks.0.hook_resid_post")] * 2)
     with pytest.raises(UniversalityError, match="ceiling"):
         compare_models([a, b], n_tokens=10, ceiling_sae=_sae(32, 8, "blocks.0.hook_resid_post"))
-    report = compare_models([a, short], n_tokens=404, random_init=False, controls="none", **FAST)
+    with pytest.raises(UniversalityError, match="at least 8 quizzes"):
+        compare_models([a, b], n_tokens=7 * 404)
+    with pytest.raises(UniversalityError, match="at least 8 quizzes"):
+        compare_models([a, b], generate_quizzes(7, seed=0))
+    report = compare_models([a, short], n_tokens=MIN_TOKENS, random_init=False, controls="none", **FAST)
     assert [nl.layer for nl in report.neurons] == [0]
     assert report.neurons[0].n_neurons == [64, 48]
     assert report.cka.pairs[(0, 1)].shape == (3, 2)
@@ -588,7 +596,7 @@ def test_cli_compare_end_to_end(tmp_path, capsys):
     _permuted_sae(_sae(32, 24, "blocks.1.hook_mlp_out", seed=0), torch.arange(23, -1, -1)).save_model(ceiling)
     out_json, png, dash = tmp_path / "out" / "u.json", tmp_path / "png", tmp_path / "dash"
     code, out, err = run_cli(capsys, "universality", "compare", "--models", "0", "1", "2", "--source", str(root),
-                             "--tokens", "900", "--tasks", "frame", "contact", "--json", str(out_json),
+                             "--tokens", "3232", "--tasks", "frame", "contact", "--json", str(out_json),
                              "--png", str(png), *sae_dirs, "--ceiling-sae", str(ceiling), "--top", "3",
                              "--dashboard", str(dash), "--controls", "position", "none", "--resamples", "50",
                              "--cka-permutations", "4")
@@ -597,8 +605,9 @@ def test_cli_compare_end_to_end(tmp_path, capsys):
                  "ceiling", "floor", "Feature families"):
         assert text in out, text
     d = json.loads(out_json.read_text())
+    assert shares_outside_intervals(d) == []  # every printed share lies inside its interval
     assert d["models"] == ["0", "1", "2"] and d["settings"]["source"] == str(root)
-    assert d["settings"]["tokens"] == 3 * 404 and d["settings"]["tasks"] == ["frame", "contact"]
+    assert d["settings"]["tokens"] == 8 * 404 and d["settings"]["tasks"] == ["frame", "contact"]
     assert [r["layer"] for r in d["summary"]] == [0, 1] and d["settings"]["primary_control"] == "position"
     assert all(r["random_share_universal"] is not None for r in d["summary"])
     sae = d["sae"]
@@ -612,17 +621,18 @@ def test_cli_compare_end_to_end(tmp_path, capsys):
     assert not list(out_json.parent.glob("*.tmp"))
     # a subset of layers, within position, no random-init models / CKA; culture quizzes of the source
     code, out, err = run_cli(capsys, "universality", "compare", "--models", "0,1", "--source", str(root),
-                             "--tokens", "404", "--layers", "1", "--within-position", "--no-random-init", "--no-cka",
-                             "--positions", "cells", "--json", str(out_json), "--quizzes", "culture",
+                             "--tokens", "3192", "--layers", "1", "--within-position", "--no-random-init", "--no-cka",
+                             "--positions", "cells", "--json", str(out_json), "--quizzes", "both",
                              "--resamples", "20")
     assert code == 0, err
     d = json.loads(out_json.read_text())
     assert d["cka"] is None and d["settings"]["layers"] == [1] and d["settings"]["controls"] == ["position"]
     assert d["summary"][0]["random_share_universal"] is None
-    assert d["settings"]["quiz_kinds"] == "culture" and d["tasks"] == {"culture": 2 * 399}
+    assert d["settings"]["quiz_kinds"] == "both" and d["tasks"]["culture"] == 2 * 399
+    assert sum(d["tasks"].values()) == 8 * 399  # the source's 2 test c-quizzes and 6 world quizzes
     # the ceiling of the neuron measure: a model against its permuted copy
     code, out, err = run_cli(capsys, "universality", "compare", "--models", "1", "--self-copy", "--source", str(root),
-                             "--tokens", "404", "--controls", "none", "--no-random-init", "--no-cka", "--json",
+                             "--tokens", "3232", "--controls", "none", "--no-random-init", "--no-cka", "--json",
                              str(out_json), "--resamples", "20")
     assert code == 0, err
     d = json.loads(out_json.read_text())
@@ -648,6 +658,8 @@ def test_cli_errors(tmp_path, capsys):
     assert "one model id" in error_line(capsys, "universality", "compare", *src, "--self-copy")
     assert "c-quizzes" in error_line(capsys, "universality", "compare", *src, "--quizzes", "culture",
                                      "--tokens", "404")
+    # too few quizzes for the intervals and dead neurons it prints: refused, saying why
+    assert "at least 8 quizzes" in error_line(capsys, "universality", "compare", *src, "--tokens", "404")
     solo = make_local_source(tmp_path, SHAPE, n_models=1, name="solo")
     assert "at least 2" in error_line(capsys, "universality", "compare", "--source", str(solo))
 
@@ -657,3 +669,61 @@ def test_cli_help_does_not_import_heavy_modules():
                                     ("transformer_lens", "sae_lens", "matplotlib", "scipy"))
     assert "universality" in out and "--within-position" in out and "--ceiling-sae" in out
     assert heavy == [], out
+
+
+def test_cli_defaults_are_the_settings_dataclass():
+    """Every option of `universality compare` but the inputs and outputs is the
+    UniversalitySettings field of the same name, with its default; the bounds
+    live in the dataclass (library and CLI raise the same check)."""
+    import inspect
+    from dataclasses import fields
+
+    from culture.settings import default_of
+    from culture.universality import UniversalitySettings, UniversalitySettingsError
+    from culture_cli.commands.universality import CLI_ONLY, compare_command
+
+    params = inspect.signature(compare_command).parameters
+    names = {f.name for f in fields(UniversalitySettings)}
+    assert set(params) - names == set(CLI_ONLY)
+    library_only = names - set(params)
+    assert library_only == {"n_blocks", "confidence", "bootstrap_margin"}, library_only
+    for name in set(params) & names:
+        default = params[name].default
+        if name == "controls":  # the CLI's repeatable option is None: the dataclass's tuple
+            assert default is None and default_of(UniversalitySettings, name) == ("none", "position",
+                                                                                   "position_structure", "token")
+            continue
+        assert default == default_of(UniversalitySettings, name), name
+    with pytest.raises(UniversalitySettingsError, match="threshold: must be in"):
+        UniversalitySettings(threshold=3.0).check()
+    with pytest.raises(UniversalitySettingsError, match="n_blocks: must be even"):
+        UniversalitySettings(n_blocks=5).check()
+    with pytest.raises(UniversalitySettingsError, match="n_resamples: must be >= 1"):  # the earlier name, as given
+        compare_models([_model(0), _model(1)], n_resamples=0)
+    UniversalitySettings().check()
+
+
+def test_intervals_hold_their_estimate_and_carry_the_rotation_draws():
+    """A bootstrap whose resamples all fall below the estimate (units chosen as
+    a maximum, partners fixed) gives an interval around the estimate with the
+    bootstrap's width; the spread over rotation draws widens it; a report's
+    shares all lie inside their intervals, which record the draws."""
+    from culture.universality.intervals import centred_interval
+
+    rng = np.random.default_rng(0)
+    samples = 0.30 + 0.02 * rng.standard_normal(1000)  # the estimate 0.40 lies above every resample
+    lo, hi = centred_interval(samples, 0.40, 0.95)
+    assert lo < 0.40 < hi and hi - lo == pytest.approx(np.subtract(*np.quantile(samples, [0.975, 0.025])), abs=1e-3)
+    # the reported rotation gives 0.0 and every other draw 1-2%: the interval reaches them
+    zero = np.zeros(1000)
+    assert centred_interval(zero, 0.0, 0.95) == (0.0, 0.0)
+    lo, hi = centred_interval(zero, 0.0, 0.95, offsets=[0.0, 0.01, 0.02, 0.01, 0.015])
+    assert lo == 0.0 and hi >= 0.015
+    report = compare_models([_model(0), _model(1)], n_tokens=MIN_TOKENS, random_init=False, cka=False,
+                            controls=("none",), rotation_draws=3, **FAST)
+    d = report.to_dict()
+    assert shares_outside_intervals(d) == []
+    layer = d["neurons"]["none"][0]
+    assert len(layer["intervals"]["share_rotations"]) == 4 and layer["intervals"]["rotation_draws"] == 3
+    assert layer["intervals"]["share_rotations"][0] == pytest.approx(layer["share_universal"], abs=1e-6)
+    assert "re-centred" in d["settings"]["bootstrap"]["intervals"]

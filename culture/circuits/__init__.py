@@ -14,7 +14,13 @@ One module per method, on TransformerLens hooks of the converted model
   control pairs, their agreement (:func:`run_patching`);
 * :mod:`~culture.circuits.logit_lens` -- logit lens and direct logit attribution;
 * :mod:`~culture.circuits.discovery` -- edge attribution patching, faithfulness;
-* :mod:`~culture.circuits.plots` -- the pictures.
+* :mod:`~culture.circuits.plots` -- the pictures;
+* across models (:func:`culture.circuits.compare.compare_circuits`):
+  :mod:`~culture.circuits.head_roles` (what each head does),
+  :mod:`~culture.circuits.matching` (heads matched by role, shuffled-role null),
+  :mod:`~culture.circuits.cross_faithfulness` (a circuit carried to another model),
+  :mod:`~culture.circuits.feature_roles` (SAE features on the circuit),
+  :mod:`~culture.circuits.compare_plots`.
 
     >>> from culture.circuits import make_pairs, control_pairs, run_patching
     >>> report = run_patching(hooked, make_pairs(200, "replace_color", "task"), what="heads",

@@ -176,6 +176,23 @@ def _node_xy(name: str, n_layers: int, n_heads: int) -> tuple[float, float]:
     return float(head), 2.0 * layer + 1.0
 
 
+#: circle of a circuit node (scatter size, points^2: about 19.5 points across) and the widest label it holds
+NODE_SIZE = 380
+_NODE_TEXT_PT = 15.0
+_SHORT = {"embed": "emb", "readout": "out"}
+
+
+def node_label(node: str) -> str:
+    """The text in a node's circle: ``3.1`` (head 1 of layer 3), ``m3`` (MLP 3), ``emb``, ``out``."""
+    return _SHORT.get(node, node.replace("head ", "").replace("mlp ", "m"))
+
+
+def node_fontsize(label: str) -> float:
+    """A font size (points) at which ``label`` fits its circle (a character
+    is about 0.6 of the size wide)."""
+    return min(7.0, _NODE_TEXT_PT / (0.6 * max(1, len(label))))
+
+
 def save_circuit_png(circuit, path: str | os.PathLike, title: str | None = None) -> Path:
     """Draw a :class:`~culture.circuits.discovery.CircuitReport`: the chosen
     circuit's graph (edge width = |score|, red positive, blue negative) and
@@ -189,9 +206,10 @@ def save_circuit_png(circuit, path: str | os.PathLike, title: str | None = None)
     for node in circuit.nodes:
         x, y = _node_xy(node, n_layers, n_heads)
         on = node in used
-        ax.scatter([x], [y], s=380, color="#f2c14e" if on else "#e6e6e6", edgecolors="black" if on else "#bbbbbb",
+        ax.scatter([x], [y], s=NODE_SIZE, color="#f2c14e" if on else "#e6e6e6", edgecolors="black" if on else "#bbbbbb",
                    zorder=3)
-        ax.text(x, y, node.replace("head ", ""), ha="center", va="center", fontsize=7, zorder=4,
+        label = node_label(node)
+        ax.text(x, y, label, ha="center", va="center", fontsize=node_fontsize(label), zorder=4,
                 color="black" if on else "#999999")
     for e in edges:
         (x0, y0), (x1, y1) = _node_xy(e["src"], n_layers, n_heads), _node_xy(e["dst"], n_layers, n_heads)

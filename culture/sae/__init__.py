@@ -15,43 +15,42 @@
   frequency per task, the colours they promote through the unembedding, and
   feature steering.
 
-Importing this package is cheap: ``sae_lens``, ``transformer_lens`` and
-``datasets`` are imported inside the functions that need them.
+* :mod:`culture.sae.settings` -- :class:`SAETrainSettings`, every setting of
+  a training run with its default and bounds (torch-free: the CLI's options
+  are its fields).
+
+Importing this package is cheap: its names are imported on first use, and
+``torch``, ``sae_lens``, ``transformer_lens`` and ``datasets`` inside the
+functions that need them.
 """
 
-from culture.sae.common import (
-    DEFAULT_HOOK,
-    DEFAULT_SAE_REPO,
-    DEFAULT_SAE_SUBFOLDER,
-    SAEError,
-    hook_dirname,
-)
-from culture.sae.evaluation import SAEEvalResults, evaluate_sae
-from culture.sae.features import FeatureReport, SteerSpec, feature_report, parse_steer, steer_accuracy
-from culture.sae.loading import BundledSAE, bundled_sae_folder, bundled_saes, check_sae_for_model, load_sae
-from culture.sae.training import SAETrainResult, SAETrainSettings, generate_training_dataset, push_sae, train_sae
+import importlib
 
-__all__ = [
-    "DEFAULT_HOOK",
-    "DEFAULT_SAE_REPO",
-    "DEFAULT_SAE_SUBFOLDER",
-    "SAEError",
-    "hook_dirname",
-    "SAETrainSettings",
-    "SAETrainResult",
-    "train_sae",
-    "generate_training_dataset",
-    "push_sae",
-    "load_sae",
-    "check_sae_for_model",
-    "BundledSAE",
-    "bundled_saes",
-    "bundled_sae_folder",
-    "SAEEvalResults",
-    "evaluate_sae",
-    "FeatureReport",
-    "SteerSpec",
-    "feature_report",
-    "parse_steer",
-    "steer_accuracy",
-]
+#: public name -> the module of culture.sae defining it (imported on first use)
+_WHERE = {
+    "DEFAULT_HOOK": "common", "DEFAULT_SAE_REPO": "common", "DEFAULT_SAE_SUBFOLDER": "common", "SAEError": "common",
+    "hook_dirname": "common",
+    "SAETrainSettings": "settings", "SAETrainSettingsError": "settings",
+    "SAETrainResult": "training", "train_sae": "training", "generate_training_dataset": "training",
+    "push_sae": "training",
+    "load_sae": "loading", "check_sae_for_model": "loading", "BundledSAE": "loading", "bundled_saes": "loading",
+    "bundled_sae_folder": "loading",
+    "SAEEvalResults": "evaluation", "evaluate_sae": "evaluation",
+    "FeatureReport": "features", "SteerSpec": "features", "feature_report": "features", "parse_steer": "features",
+    "steer_accuracy": "features",
+}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
+
+
+__all__ = list(_WHERE)

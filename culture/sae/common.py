@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from culture.errors import CultureError
+from culture.hooks import RESIDUAL_KINDS, HookNameError, act_name, hook_layer, parse_act_name
 
-#: hook point of the earlier toolkit's SAE (REFERENCE.md section 9)
-DEFAULT_HOOK = "blocks.8.hook_mlp_out"  # the published SAEs' hook (37M models, 12 blocks)
+if TYPE_CHECKING:
+    import torch
+
+#: hook point of the earlier toolkit's SAE (REFERENCE.md section 9): blocks.8.hook_mlp_out
+DEFAULT_HOOK = act_name("mlp_out", 8)  # the published SAEs' hook (37M models, 12 blocks)
 
 
 def default_hook(hooked) -> str:
     """The hook ``sae train`` uses when none is given: the middle block's MLP
     output of this model (``blocks.2.hook_mlp_out`` for the 4-block bundled models)."""
-    return f"blocks.{hooked.cfg.n_layers // 2}.hook_mlp_out"
+    return act_name("mlp_out", hooked.cfg.n_layers // 2)
 #: hub repo of the earlier toolkit's SAEs
 DEFAULT_SAE_REPO = "tommyp111/culture-sae"
 #: folder of the published SAE in that repo
@@ -26,9 +28,6 @@ BUNDLED_SAE_FOLDER = "sae"
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 
-_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
-
-
 class SAEError(CultureError, ValueError):
     """Bad SAE input: missing directory, hook not in the model, feature id out of
     range, bad steering syntax, a training failure the user can fix..."""
@@ -38,12 +37,6 @@ def hook_dirname(hook_name: str) -> str:
     """The earlier toolkit's folder name for a hook: ``blocks.8.hook_mlp_out`` ->
     ``blocks_8_mlp_out``."""
     return hook_name.replace("hook_", "").replace(".", "_")
-
-
-def hook_layer(hook_name: str) -> int | None:
-    """The block index in ``blocks.L.…`` (None for hook_embed, hook_pos_embed…)."""
-    m = _LAYER_RE.match(hook_name)
-    return int(m.group(1)) if m else None
 
 
 def check_hook(hooked, hook_name: str) -> str:
@@ -57,8 +50,16 @@ def check_hook(hooked, hook_name: str) -> str:
     hint = ""
     if layer is not None and layer >= n_layers:
         hint = f" (the model has {n_layers} blocks: 0..{n_layers - 1})"
-    examples = [n for n in names if n.endswith(("hook_mlp_out", "hook_attn_out", "hook_resid_post"))][:3]
+    examples = [n for n in names if _kind(n) in ("mlp_out", "attn_out", "resid_post")][:3]
     raise SAEError(f"hook {hook_name!r} is not a hook point of the model{hint}; e.g. {', '.join(examples)}")
+
+
+def _kind(hook_name: str) -> str | None:
+    """The activation kind of a hook name (``mlp_out``, ``z``...; None for other names)."""
+    try:
+        return parse_act_name(hook_name)[0]
+    except HookNameError:
+        return None
 
 
 def stop_layer(hook_name: str) -> int | None:
@@ -69,12 +70,16 @@ def stop_layer(hook_name: str) -> int | None:
 
 def ones_mask(tokens: torch.Tensor) -> torch.Tensor:
     """An explicit all-ones attention mask (pad "0" is also the empty cell)."""
+    import torch
+
     return torch.ones(tokens.shape, dtype=torch.long, device=tokens.device)
 
 
 def hook_activations(hooked, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:
     """Activations of ``tokens`` (hooked input, BOS first) at ``hook_name``, the
     forward stopped after the hook's block."""
+    import torch
+
     with torch.no_grad():
         _, cache = hooked.run_with_cache(tokens, names_filter=[hook_name], stop_at_layer=stop_layer(hook_name),
                                          attention_mask=ones_mask(tokens))
@@ -84,6 +89,8 @@ def hook_activations(hooked, tokens: torch.Tensor, hook_name: str) -> torch.Tens
 def activation_size(hooked, hook_name: str, head_index: int | None = None) -> int:
     """The width of one position's activation at ``hook_name`` (heads flattened
     for hook_z-like hooks, one head with ``head_index``)."""
+    import torch
+
     check_hook(hooked, hook_name)
     tokens = torch.zeros(1, 2, dtype=torch.long, device=hooked.cfg.device)
     act = hook_activations(hooked, tokens, hook_name)
@@ -115,15 +122,16 @@ def output_directions(hooked, hook_name: str) -> torch.Tensor | None:
 
     resid / attn_out / mlp_out / embeddings: identity; ``mlp.hook_post``: W_out;
     ``attn.hook_z`` (heads flattened): W_O stacked."""
+    import torch
+
     W = None
-    layer = hook_layer(hook_name)
+    kind, layer = _kind(hook_name), hook_layer(hook_name)
     d_model = hooked.cfg.d_model
-    if hook_name.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
-                           "hook_mlp_out", "hook_embed", "hook_pos_embed")):
+    if kind in RESIDUAL_KINDS:
         W = torch.eye(d_model, device=hooked.W_U.device, dtype=hooked.W_U.dtype)
-    elif hook_name.endswith("mlp.hook_post") and layer is not None:
+    elif kind == "post" and layer is not None:
         W = hooked.blocks[layer].mlp.W_out
-    elif hook_name.endswith("attn.hook_z") and layer is not None:
+    elif kind == "z" and layer is not None:
         W_O = hooked.blocks[layer].attn.W_O  # (heads, d_head, d_model)
         W = W_O.reshape(-1, d_model)
     return None if W is None else W.detach()

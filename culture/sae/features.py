@@ -60,6 +60,10 @@ _HIGHLIGHT = (255, 0, 255)
 # ------------------------------------------------------------------ steering
 
 
+#: a cell read is marked where the feature is at this fraction of its maximum or more
+MARK_FRACTION = 0.05
+
+
 @dataclass(frozen=True)
 class SteerSpec:
     """Scale feature ``feature`` by ``value`` (op "scale"; 0 = ablate it) or
@@ -207,7 +211,7 @@ def feature_examples_image(quizzes: torch.Tensor, activations: torch.Tensor, tit
         top = float(acts.max()) if acts.numel() else 0.0
         if top <= 0:
             continue
-        for p in torch.nonzero(acts >= 0.05 * top).flatten().tolist():
+        for p in torch.nonzero(acts >= MARK_FRACTION * top).flatten().tolist():
             cell = _cell(p - 1)
             if cell is None:
                 continue

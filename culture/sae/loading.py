@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from culture.errors import first_sentence
+from culture.hooks import sae_hook_name
 from culture.sae.common import (
     BUNDLED_SAE_FOLDER,
     CFG_FILE,
@@ -228,17 +229,13 @@ def bundled_sae_folder(model: int, *, extra: bool = False, hook_folder: str | No
     return found[0].folder
 
 
-def sae_hook_name(sae) -> str:
-    name = getattr(sae.cfg.metadata, "hook_name", None) or getattr(sae.cfg, "hook_name", None)
-    if not name:
-        raise SAEError("the SAE's cfg.json names no hook point (metadata.hook_name)")
-    return str(name)
-
-
 def check_sae_for_model(sae, hooked) -> str:
     """The SAE's hook name after checking that the model has that hook point and
     that its width matches the SAE's d_in (one-line SAEError otherwise)."""
-    hook = check_hook(hooked, sae_hook_name(sae))
+    name = sae_hook_name(sae)
+    if name is None:
+        raise SAEError("the SAE's cfg.json names no hook point (metadata.hook_name)")
+    hook = check_hook(hooked, name)
     head = getattr(sae.cfg.metadata, "hook_head_index", None)
     width = activation_size(hooked, hook, head)
     if width != sae.cfg.d_in:

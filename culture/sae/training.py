@@ -8,8 +8,8 @@ excluded, so token 0 -- BOS and the empty cell -- is never treated as padding)
 and ``override_dataset`` = a ``datasets.Dataset`` with an ``input_ids`` column
 (405 tokens: BOS 0 + the quiz), either a ``culture-interp dataset build``
 directory or quizzes generated on the fly (:func:`generate_training_dataset`:
-random structures among the four deterministic ones and prompt noise 0.05, as
-in evaluation).
+random structures among the four deterministic ones and prompt noise
+:data:`culture.defaults.PROMPT_NOISE`, as in evaluation).
 
 Defaults = the earlier toolkit's configuration (REFERENCE.md section 9, its
 ``train_sae.py``, itself the SAELens tutorial's): standard architecture,
@@ -17,8 +17,10 @@ expansion 32, L1 coefficient 5 (sparsity weighted by decoder norms, SAELens's
 standard SAE), lr 2e-5 constant then linear decay to 0 over the last 20% of
 steps, L1 warm-up over the first 5%, 4,096 tokens a batch, 30,000 steps,
 context 405, activations normalised ``expected_average_only_in`` (the scale is
-estimated on ``n_batches_for_norm_estimate`` batches before training and
-folded into the weights at the end, so the saved SAE reads raw activations),
+estimated on ``n_batches_for_norm_estimate`` batches before training -- by
+default one per 10 training steps, at most 1,000
+(:func:`culture.sae.settings.norm_estimate_batches`) -- and folded into the
+weights at the end, so the saved SAE reads raw activations),
 decoder rows initialised at norm 0.1 ("heuristic init"), encoder = decoder
 transpose, b_dec not subtracted from the input, buffer 64 batches of 16
 prompts, feature-sampling and dead-feature windows 1,000 steps, dead-feature
@@ -53,135 +55,22 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from culture.defaults import PROMPT_NOISE
 from culture.errors import first_sentence
+from culture.hooks import parse_act_name
 from culture.io import OutputSet, atomic_write_json, check_out_dir, json_safe
-from culture.sae.common import DEFAULT_HOOK, SAEError, activation_size, hook_dirname
-
-#: prompt-noise probability of the published run (evaluation and datasets use it too)
-PROMPT_NOISE = 0.05
-#: tokens per row: BOS + quiz
-SEQ_LEN = 405
+from culture.sae.common import SAEError, activation_size, hook_dirname
+from culture.sae.settings import SEQ_LEN, SAETrainSettings
 #: quizzes generated per chunk
 _CHUNK = 1 << 15
 
 Progress = Callable[[str, int, int, dict], None]  # (phase, done, total, info)
-
-
-@dataclass
-class SAETrainSettings:
-    """Every knob of an SAE training run. Defaults: the earlier toolkit's run.
-
-    ``steps`` sets ``training_tokens = steps * train_batch_size_tokens`` unless
-    ``training_tokens`` is given. ``l1_warm_up_steps`` / ``lr_decay_steps``:
-    None = 5% / 20% of the steps. ``d_sae``: None = ``expansion_factor * d_in``.
-    ``extra``: any other field of ``LanguageModelSAERunnerConfig`` or of the
-    architecture's SAE config, by name (e.g. ``{"k": 64}``).
-    """
-
-    hook_name: str = DEFAULT_HOOK
-    architecture: str = "standard"
-    expansion_factor: int = 32
-    d_sae: int | None = None
-    l1_coefficient: float = 5.0
-    lp_norm: float = 1.0
-    l1_warm_up_steps: int | None = None
-    steps: int = 30_000
-    training_tokens: int | None = None
-    train_batch_size_tokens: int = 4096
-    context_size: int = SEQ_LEN
-    lr: float = 2e-5
-    lr_scheduler_name: str = "constant"
-    lr_warm_up_steps: int = 0
-    lr_decay_steps: int | None = None
-    lr_end: float | None = None
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    normalize_activations: str = "expected_average_only_in"
-    apply_b_dec_to_input: bool = False
-    decoder_init_norm: float | None = 0.1
-    n_batches_in_buffer: int = 64
-    store_batch_size_prompts: int = 16
-    activations_mixing_fraction: float = 0.5
-    feature_sampling_window: int = 1000
-    dead_feature_window: int = 1000
-    dead_feature_threshold: float = 1e-4
-    n_batches_for_norm_estimate: int = 1000
-    seed: int = 42
-    dtype: str = "float32"
-    device: str = "cpu"
-    autocast: bool = False
-    compile_sae: bool = False
-    n_checkpoints: int = 0
-    wandb: bool = False
-    wandb_project: str = "culture_sae"
-    wandb_log_frequency: int = 30
-    eval_every_n_wandb_logs: int = 20
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def total_tokens(self) -> int:
-        return int(self.training_tokens if self.training_tokens is not None
-                   else self.steps * self.train_batch_size_tokens)
-
-    @property
-    def total_steps(self) -> int:
-        return self.total_tokens // self.train_batch_size_tokens
-
-    def resolved(self) -> dict:
-        """The settings with the step-dependent defaults filled in."""
-        d = asdict(self)
-        steps = self.total_steps
-        d["training_tokens"] = self.total_tokens
-        d["steps"] = steps
-        d["l1_warm_up_steps"] = steps // 20 if self.l1_warm_up_steps is None else int(self.l1_warm_up_steps)
-        d["lr_decay_steps"] = steps // 5 if self.lr_decay_steps is None else int(self.lr_decay_steps)
-        return d
-
-    def check(self) -> None:
-        """One-line SAEError for settings SAELens would reject later (or worse, accept)."""
-        def need(ok: bool, what: str):
-            if not ok:
-                raise SAEError(what)
-
-        need(self.train_batch_size_tokens >= 1, f"batch size must be >= 1 token, got {self.train_batch_size_tokens}")
-        need(self.total_steps >= 1, f"training needs at least one step ({self.total_tokens} tokens < one batch of "
-                                    f"{self.train_batch_size_tokens})")
-        need(1 <= self.context_size <= SEQ_LEN, f"context size must be 1..{SEQ_LEN}, got {self.context_size}")
-        need(self.expansion_factor >= 1 or self.d_sae, f"expansion factor must be >= 1, got {self.expansion_factor}")
-        need(self.d_sae is None or self.d_sae >= 1, f"d_sae must be >= 1, got {self.d_sae}")
-        need(self.lr > 0 and math.isfinite(self.lr), f"learning rate must be > 0, got {self.lr}")
-        need(self.l1_coefficient >= 0, f"L1 coefficient must be >= 0, got {self.l1_coefficient}")
-        r = self.resolved()
-        need(r["lr_warm_up_steps"] + r["lr_decay_steps"] <= self.total_steps,
-             f"lr warm-up ({r['lr_warm_up_steps']}) + decay ({r['lr_decay_steps']}) steps exceed the "
-             f"{self.total_steps} training steps")
-        need(self.n_batches_in_buffer >= 1 and self.store_batch_size_prompts >= 1,
-             "buffer and store batch sizes must be >= 1")
-        need(self.n_batches_in_buffer * self.context_size >= self.train_batch_size_tokens,
-             f"the activation buffer ({self.n_batches_in_buffer} x {self.context_size} tokens) must hold at least "
-             f"one training batch ({self.train_batch_size_tokens} tokens): raise n_batches_in_buffer")
-        need(0.0 <= self.activations_mixing_fraction <= 1.0, "activations mixing fraction must be in [0, 1]")
-        need(self.n_batches_for_norm_estimate >= 1, "n_batches_for_norm_estimate must be >= 1")
-        need(self.dtype in ("float32", "float64", "float16", "bfloat16"), f"unsupported dtype {self.dtype!r}")
-        need(self.n_checkpoints >= 0, f"n_checkpoints must be >= 0, got {self.n_checkpoints}")
-        for name in ("lr_warm_up_steps", "lr_decay_steps", "l1_warm_up_steps"):
-            value = getattr(self, name)
-            need(value is None or value >= 0, f"{name} must be >= 0, got {value}")
-        for name in ("feature_sampling_window", "dead_feature_window", "wandb_log_frequency", "eval_every_n_wandb_logs"):
-            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        need(self.dead_feature_threshold >= 0, f"dead_feature_threshold must be >= 0, got {self.dead_feature_threshold}")
-        need(self.lp_norm > 0, f"lp_norm must be > 0, got {self.lp_norm}")
-        need(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1,
-             f"Adam betas must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}")
-        need(self.lr_end is None or self.lr_end >= 0, f"lr_end must be >= 0, got {self.lr_end}")
-        need(self.decoder_init_norm is None or self.decoder_init_norm >= 0,
-             f"decoder_init_norm must be >= 0, got {self.decoder_init_norm}")
 
 
 @dataclass
@@ -198,9 +87,7 @@ class SAETrainResult:
 
 
 def _rows_needed(s: SAETrainSettings) -> int:
-    tokens = s.total_tokens
-    if s.normalize_activations in ("expected_average_only_in", "covariance_whitening"):
-        tokens += s.n_batches_for_norm_estimate * s.train_batch_size_tokens
+    tokens = s.total_tokens + s.norm_batches * s.train_batch_size_tokens
     rows = math.ceil(tokens / s.context_size)
     return rows + s.n_batches_in_buffer + 2 * s.store_batch_size_prompts
 
@@ -276,6 +163,18 @@ def check_training_dataset(ds, context_size: int = SEQ_LEN, name: str = "dataset
 # ------------------------------------------------------------------ runner config
 
 
+def _is_hook_z(hook_name: str) -> bool:
+    try:
+        return parse_act_name(hook_name)[0] == "z"
+    except ValueError:
+        return False
+
+
+def _extra(settings: SAETrainSettings) -> dict:
+    """The SAELens fields set by name: ``settings.extra``, and ``k`` when given."""
+    return {**settings.extra, **({"k": settings.k} if settings.k is not None else {})}
+
+
 def _sae_config(settings: SAETrainSettings, d_in: int):
     from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 
@@ -292,16 +191,17 @@ def _sae_config(settings: SAETrainSettings, d_in: int):
         "device": settings.device,
         "apply_b_dec_to_input": settings.apply_b_dec_to_input,
         "normalize_activations": settings.normalize_activations,
-        "decoder_init_norm": settings.decoder_init_norm,
+        "decoder_init_norm": settings.decoder_init_norm or None,  # 0: no heuristic init
         "l1_coefficient": settings.l1_coefficient,
         "lp_norm": settings.lp_norm,
         "l1_warm_up_steps": r["l1_warm_up_steps"],
     }
-    if settings.hook_name.endswith("hook_z") and settings.extra.get("hook_head_index") is None:
+    extra = _extra(settings)
+    if _is_hook_z(settings.hook_name) and extra.get("hook_head_index") is None:
         wanted["reshape_activations"] = "hook_z"  # heads flattened in training, unflattened when spliced in
     names = {f.name for f in fields(cfg_cls)}
     kwargs = {k: v for k, v in wanted.items() if k in names}
-    kwargs.update({k: v for k, v in settings.extra.items() if k in names})
+    kwargs.update({k: v for k, v in extra.items() if k in names})
     if not (isinstance(kwargs.get("d_sae"), int) and kwargs["d_sae"] >= 1):
         raise SAEError(f"d_sae must be an integer >= 1, got {kwargs.get('d_sae')!r}")
     try:
@@ -320,7 +220,8 @@ def runner_config(settings: SAETrainSettings, d_in: int, *, output_path: str | N
     sae_cfg = _sae_config(settings, d_in)
     runner_fields = {f.name for f in fields(LanguageModelSAERunnerConfig)}
     sae_fields = {f.name for f in fields(type(sae_cfg))}
-    unknown = sorted(set(settings.extra) - runner_fields - sae_fields - {"logger"})
+    extra = _extra(settings)
+    unknown = sorted(set(extra) - runner_fields - sae_fields - {"logger"})
     if unknown:
         raise SAEError(f"unknown SAELens option(s) {', '.join(unknown)} (not a field of "
                        f"LanguageModelSAERunnerConfig or of the {settings.architecture} SAE config)")
@@ -350,7 +251,7 @@ def runner_config(settings: SAETrainSettings, d_in: int, *, output_path: str | N
         feature_sampling_window=settings.feature_sampling_window,
         dead_feature_window=settings.dead_feature_window,
         dead_feature_threshold=settings.dead_feature_threshold,
-        n_batches_for_norm_estimate=settings.n_batches_for_norm_estimate,
+        n_batches_for_norm_estimate=r["n_batches_for_norm_estimate"],
         seed=settings.seed,
         dtype=settings.dtype,
         device=settings.device,
@@ -368,7 +269,7 @@ def runner_config(settings: SAETrainSettings, d_in: int, *, output_path: str | N
             eval_every_n_wandb_logs=settings.eval_every_n_wandb_logs,
         ),
     )
-    kwargs.update({k: v for k, v in settings.extra.items() if k in runner_fields})
+    kwargs.update({k: v for k, v in extra.items() if k in runner_fields})
     try:
         return LanguageModelSAERunnerConfig(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -405,7 +306,9 @@ class _CountingProvider:
 
 class _StepStats:
     """Wraps the SAE's ``training_forward_pass`` to watch the run (loss, L0,
-    variance explained) without changing it."""
+    variance explained; one device sync per recorded step) without changing
+    it, and times it: ``first_start`` (the first step begins: the set-up is
+    over), ``first_done`` and ``last_done`` (both after a sync)."""
 
     def __init__(self, total_steps: int, progress: Progress | None):
         self.total = total_steps
@@ -413,30 +316,56 @@ class _StepStats:
         self.step = 0
         self.every = max(1, total_steps // 400)
         self.records: list[tuple[int, dict]] = []
+        self.first_start: float | None = None
+        self.first_done: float | None = None
+        self.last_done: float | None = None
+        self.steps_timed = 0
 
     def wrap(self, fn):
         def training_forward_pass(step_input):
+            if self.first_start is None:
+                self.first_start = time.perf_counter()
             out = fn(step_input=step_input)
             self.step += 1
             if self.step % self.every == 0 or self.step == self.total or self.step == 1:
-                with torch.no_grad():
-                    x = out.sae_in.float()
-                    err = (out.sae_out.float() - x).pow(2).sum(-1).mean()
-                    var = (x - x.mean(0)).pow(2).sum(-1).mean()
-                    info = {
-                        "mse_loss": float(out.losses.get("mse_loss", err)),
-                        "loss": float(out.loss),
-                        "l0": float((out.feature_acts > 0).float().sum(-1).mean()),
-                        "explained_variance": float(1 - err / var) if float(var) > 0 else float("nan"),
-                    }
-                    for k, v in out.losses.items():
-                        info[k] = float(v)
-                self.records.append((self.step, info))
+                self.records.append((self.step, self._measure(out)))  # syncs: the times below are real
+                now = time.perf_counter()
+                if self.first_done is None:
+                    self.first_done = now
+                else:
+                    self.last_done, self.steps_timed = now, self.step - 1
             if self.progress is not None:
                 self.progress("train", self.step, self.total, self.records[-1][1] if self.records else {})
             return out
 
         return training_forward_pass
+
+    @staticmethod
+    def _measure(out) -> dict:
+        with torch.no_grad():
+            x = out.sae_in.float()
+            err = (out.sae_out.float() - x).pow(2).sum(-1).mean()
+            var = (x - x.mean(0)).pow(2).sum(-1).mean()
+            names = ["mse_loss", "loss", "l0", "err", "var", *out.losses]
+            scalars = [out.losses.get("mse_loss", err), out.loss, (out.feature_acts > 0).float().sum(-1).mean(),
+                       err, var, *out.losses.values()]
+            values = torch.stack([torch.as_tensor(v, device=x.device).detach().float().reshape(())
+                                  for v in scalars]).tolist()  # one sync
+        info = dict(zip(names, values))
+        err, var = info.pop("err"), info.pop("var")
+        info["explained_variance"] = 1 - err / var if var > 0 else float("nan")
+        return info
+
+    def train_seconds(self) -> float | None:
+        """Seconds from the start of the first step to the end of the last timed one."""
+        end = self.last_done or self.first_done
+        return None if end is None or self.first_start is None else end - self.first_start
+
+    def steady_seconds_per_step(self) -> float | None:
+        """Seconds per step from the end of the first step to the end of the last one (None: one step)."""
+        if self.first_done is None or self.last_done is None or self.steps_timed < 1:
+            return None
+        return (self.last_done - self.first_done) / self.steps_timed
 
     def final(self) -> dict:
         """Means over the records of the last 10% of the steps."""
@@ -476,17 +405,35 @@ def _quiet_sae_lens():
 
 @contextlib.contextmanager
 def _keep_signal_handlers():
-    """The runner installs SIGINT/SIGTERM handlers; put the old ones back."""
+    """The runner installs SIGINT/SIGTERM handlers; put the old ones back.
+    A run stopped by SIGTERM (SAELens turns it into an interruption, saved as
+    a checkpoint) then gets SIGTERM again, under the old handler: the caller
+    sees a termination (the CLI exits 143; without a handler the process
+    ends by SIGTERM), not a Ctrl-C."""
+    from sae_lens import llm_sae_training_runner as runner_module
+
     saved = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError, OSError):
             saved[sig] = signal.getsignal(sig)
+    received: list[int] = []
+    callback = getattr(runner_module, "interrupt_callback", None)
+    if callback is not None:
+        def interrupt_callback(sig_num, frame):
+            received.append(sig_num)
+            callback(sig_num, frame)
+
+        runner_module.interrupt_callback = interrupt_callback
     try:
         yield
     finally:
+        if callback is not None:
+            runner_module.interrupt_callback = callback
         for sig, handler in saved.items():
             with contextlib.suppress(ValueError, OSError, TypeError):
                 signal.signal(sig, handler)
+        if signal.SIGTERM in received and signal.SIGTERM in saved:
+            signal.raise_signal(signal.SIGTERM)
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -524,7 +471,11 @@ def read_run_record(out: str | os.PathLike) -> dict:
         raise SAEError(f"nothing to resume for {out}: {folder} holds no complete checkpoint")
     try:
         record = json.loads((folder / RUN_RECORD).read_text())
-        record["settings"] = SAETrainSettings(**record["settings"])
+        settings = dict(record["settings"])
+        for key in ("tasks", "noise", "num_quizzes"):  # records written before these were settings
+            if key not in settings and record.get(key) is not None:
+                settings[key] = record[key]
+        record["settings"] = SAETrainSettings.from_dict(settings)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise SAEError(f"{folder / RUN_RECORD}: unreadable run record ({first_sentence(exc)})") from None
     return record
@@ -579,7 +530,7 @@ def train_sae(
     *,
     dataset=None,
     tasks=None,
-    noise: float = PROMPT_NOISE,
+    noise: float | None = None,
     num_quizzes: int | None = None,
     model_name: str = "culture-gpt",
     overwrite: bool = False,
@@ -591,64 +542,30 @@ def train_sae(
     """Train an SAE on ``hooked`` (a culture GPT as a TransformerLens model) at
     ``settings.hook_name`` with SAELens's runner; write it to ``out``.
 
-    ``dataset``: None (generate ``num_quizzes`` world quizzes of ``tasks`` on
-    the fly, default: as many as the run reads, so no quiz is seen twice), a
-    ``dataset build`` directory, or a ``datasets.Dataset`` with ``input_ids``.
+    ``dataset``: None (generate ``settings.num_quizzes`` world quizzes of
+    ``settings.tasks`` on the fly, default: as many as the run reads, so no
+    quiz is seen twice), a ``dataset build`` directory, or a
+    ``datasets.Dataset`` with ``input_ids``. ``tasks`` / ``noise`` /
+    ``num_quizzes``, when given, replace the settings' own.
     ``progress(phase, done, total, info)`` is called with phases "data"
     (quizzes generated), "norm" (batches of the norm estimate) and "train"
     (steps; info holds the latest loss, L0 and variance explained).
     ``summary_json``: also write the summary to this file, all or nothing
     with ``out``. ``resume``: continue the interrupted run writing ``out``
-    from its latest checkpoint (see the module docstring; the other arguments
-    must be the run's own, as :func:`read_run_record` gives them).
+    from its latest checkpoint (see the module docstring; the settings must
+    be the run's own, as :func:`read_run_record` gives them).
     """
-    import datasets
-    from sae_lens import LanguageModelSAETrainingRunner
-    from sae_lens.training._interruption import InterruptedException
-
-    settings = settings or SAETrainSettings()
-    settings.check()
+    t_start = time.perf_counter()
+    settings = _with_data(settings or SAETrainSettings(), tasks, noise, num_quizzes).check()
     out = Path(out)
     prepare_out(out, overwrite)
+    resume_from = _resume_point(out) if resume else None
+    d_in = _check_model(hooked, settings)
+    runner_config(settings, d_in, output_path=None, model_name=model_name)  # the whole configuration, before any data
+    ds, dataset_label = training_data(settings, dataset, progress)
     checkpoints = checkpoint_dir(out)
-    resume_from = None
-    if resume:
-        resume_from = latest_checkpoint(out)
-        if resume_from is None:
-            raise SAEError(f"nothing to resume for {out}: no complete checkpoint in {checkpoints}")
-    if torch.device(hooked.cfg.device).type != torch.device(settings.device).type:
-        raise SAEError(f"the model is on {hooked.cfg.device} but the SAE settings say {settings.device}: "
-                       "put both on one device")
-    head = settings.extra.get("hook_head_index")
-    d_in = activation_size(hooked, settings.hook_name, head)
-    # validate the whole configuration before generating any data
-    runner_config(settings, d_in, output_path=None, model_name=model_name)
-
-    if dataset is None:
-        n = int(num_quizzes) if num_quizzes else _rows_needed(settings)
-        ds = generate_training_dataset(
-            n, tasks, seed=settings.seed, noise=noise,
-            progress=(lambda d, t: progress("data", d, t, {})) if progress else None)
-        from culture.world import resolve_tasks
-
-        dataset_label = f"generated:{n}:seed={settings.seed}:noise={noise}:tasks={','.join(resolve_tasks(tasks))}"
-    elif isinstance(dataset, (str, os.PathLike)):
-        ds = load_training_dataset(dataset, settings.context_size)
-        dataset_label = str(Path(dataset).resolve())
-    elif isinstance(dataset, datasets.Dataset):
-        ds = check_training_dataset(dataset, settings.context_size)
-        dataset_label = "in-memory"
-    else:
-        raise SAEError(f"dataset must be None, a directory or a datasets.Dataset, got {type(dataset).__name__}")
-
     if not resume:
-        if checkpoints.exists():  # an earlier run's, not resumed: replaced by this run's
-            shutil.rmtree(checkpoints)
-        checkpoints.mkdir(parents=True)
-        record = {"settings": asdict(settings), "dataset": os.fspath(dataset) if isinstance(dataset, (str, os.PathLike))
-                  else None, "tasks": list(tasks) if tasks else None, "noise": noise, "num_quizzes": num_quizzes,
-                  "model_name": model_name, **(extra_summary or {})}
-        atomic_write_json(checkpoints / RUN_RECORD, record)
+        _start_run_record(checkpoints, settings, dataset, model_name, extra_summary)
     staged = OutputSet()  # a staging folder next to out, renamed into place at the end
     tmp = staged.dir(out)
     try:
@@ -659,66 +576,9 @@ def train_sae(
         stats = _StepStats(cfg.total_training_steps, progress)
         if resume_from is not None and resume_from.name.isdigit():
             stats.step = int(resume_from.name) // cfg.train_batch_size_tokens
-        norm_batches = (settings.n_batches_for_norm_estimate
-                        if settings.normalize_activations in ("expected_average_only_in", "covariance_whitening")
-                        else 0)
-
-        def on_batch(k: int) -> None:
-            if progress is not None and k <= norm_batches:
-                progress("norm", k, norm_batches, {})
-
-        was_training = hooked.training
-        hooked.eval()
-        t0 = time.perf_counter()
-        dev = torch.device(settings.device)
-        rng_devices = [dev.index or 0] if dev.type == "cuda" else []
-        # SAELens 6 does not seed its runs (SAE init, buffer shuffles): seed here, without touching the caller's RNG
-        with _quiet_sae_lens(), _keep_signal_handlers(), torch.random.fork_rng(devices=rng_devices):
-            torch.manual_seed(settings.seed)
-            try:
-                runner = LanguageModelSAETrainingRunner(cfg, override_dataset=ds, override_model=hooked)
-            except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # settings SAELens cannot build
-                raise SAEError(f"SAELens cannot build this SAE: {first_sentence(exc)}") from None
-            _checkpoint_on_interrupt(runner)
-            runner.sae.training_forward_pass = stats.wrap(runner.sae.training_forward_pass)
-            runner.activations_store = _CountingProvider(runner.activations_store, on_batch)
-            try:
-                sae = runner.run()
-            except InterruptedException:
-                raise KeyboardInterrupt from None
-        seconds = time.perf_counter() - t0
-        if was_training:
-            hooked.train()
-
-        tail = stats.final()
-        meta = sae.cfg.metadata
-        d_sae = int(sae.cfg.d_sae)
-        dead = getattr(meta, "num_dead_features", None)
-        tokens = cfg.total_training_steps * cfg.train_batch_size_tokens
-        summary = {
-            "model": model_name,
-            "hook_name": settings.hook_name,
-            "architecture": settings.architecture,
-            "d_in": d_in,
-            "d_sae": d_sae,
-            "steps": cfg.total_training_steps,
-            "training_tokens": tokens,
-            "seconds": seconds,
-            "tokens_per_second": tokens / seconds if seconds > 0 else None,
-            "explained_variance": tail.get("explained_variance"),
-            "l0": float(meta.l0) if getattr(meta, "l0", None) is not None else tail.get("l0"),
-            "dead_features": int(dead) if dead is not None else None,
-            "dead_fraction": (int(dead) / d_sae) if dead is not None else None,
-            "mse_loss": tail.get("mse_loss"),
-            "l1_loss": tail.get("l1_loss"),
-            "dataset": dataset_label,
-            "dataset_rows": len(ds),
-            "settings": settings.resolved(),
-            "note": "explained_variance / mse / l1: mean over the last 10% of the steps (training batches); "
-                    "l0 and dead features: SAELens's last sparsity window (dead = no firing in the last "
-                    f"{settings.dead_feature_window} steps)",
-            **(extra_summary or {}),
-        }
+        sae, seconds = _run_saelens(hooked, cfg, ds, settings, stats, progress)
+        summary = _summary(sae, cfg, settings, stats, d_in, model_name, ds, dataset_label, seconds,
+                           stats.first_start - t_start if stats.first_start is not None else None, extra_summary)
         text = json.dumps(json_safe(summary), indent=2, default=str) + "\n"  # strict JSON: NaN as null
         (tmp / "training_summary.json").write_text(text)
         if summary_json is not None:
@@ -730,17 +590,144 @@ def train_sae(
     if not settings.n_checkpoints:  # finished: the checkpoints were only there for a resume
         shutil.rmtree(checkpoints, ignore_errors=True)
     sae.eval()
-    return SAETrainResult(sae=_inference_sae(out, sae), out=out, summary=summary)
-
-
-def _inference_sae(out: Path, training_sae):
-    """The inference SAE as written (what load_sae gives)."""
     from culture.sae.loading import load_sae
 
-    try:
-        return load_sae(out, device=str(training_sae.device))
-    except Exception:  # noqa: BLE001 - fall back to the training object
-        return training_sae
+    return SAETrainResult(sae=load_sae(out, device=str(sae.device)), out=out, summary=summary)
+
+
+def _with_data(settings: SAETrainSettings, tasks, noise, num_quizzes) -> SAETrainSettings:
+    """``settings`` with the data arguments of :func:`train_sae` that were given."""
+    given = {k: v for k, v in (("tasks", tuple(tasks) if tasks else None), ("noise", noise),
+                               ("num_quizzes", num_quizzes)) if v is not None}
+    return replace(settings, **given) if given else settings
+
+
+def _resume_point(out: Path) -> Path:
+    found = latest_checkpoint(out)
+    if found is None:
+        raise SAEError(f"nothing to resume for {out}: no complete checkpoint in {checkpoint_dir(out)}")
+    return found
+
+
+def _check_model(hooked, settings: SAETrainSettings) -> int:
+    """The activation width at the settings' hook, once the model and the settings agree on the device."""
+    if torch.device(hooked.cfg.device).type != torch.device(settings.device).type:
+        raise SAEError(f"the model is on {hooked.cfg.device} but the SAE settings say {settings.device}: "
+                       "put both on one device")
+    return activation_size(hooked, settings.hook_name, _extra(settings).get("hook_head_index"))
+
+
+def training_data(settings: SAETrainSettings, dataset=None, progress: Progress | None = None):
+    """(``datasets.Dataset``, label) a run reads: ``dataset`` (a ``dataset
+    build`` directory or a Dataset), else quizzes generated from the
+    settings' ``num_quizzes`` (default: as many rows as the run reads),
+    ``tasks``, ``noise`` and ``seed``."""
+    import datasets
+
+    if dataset is None:
+        from culture.world import resolve_tasks
+
+        n = int(settings.num_quizzes) if settings.num_quizzes else _rows_needed(settings)
+        ds = generate_training_dataset(
+            n, settings.tasks, seed=settings.seed, noise=settings.noise,
+            progress=(lambda d, t: progress("data", d, t, {})) if progress else None)
+        names = ",".join(resolve_tasks(settings.tasks))
+        return ds, f"generated:{n}:seed={settings.seed}:noise={settings.noise}:tasks={names}"
+    if isinstance(dataset, (str, os.PathLike)):
+        return load_training_dataset(dataset, settings.context_size), str(Path(dataset).resolve())
+    if isinstance(dataset, datasets.Dataset):
+        return check_training_dataset(dataset, settings.context_size), "in-memory"
+    raise SAEError(f"dataset must be None, a directory or a datasets.Dataset, got {type(dataset).__name__}")
+
+
+def _start_run_record(checkpoints: Path, settings: SAETrainSettings, dataset, model_name: str,
+                      extra_summary: dict | None) -> None:
+    """A fresh ``<out>.checkpoints/`` holding the run's settings (what ``--resume`` reads back)."""
+    if checkpoints.exists():  # an earlier run's, not resumed: replaced by this run's
+        shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True)
+    record = {"settings": settings.to_dict(),
+              "dataset": os.fspath(dataset) if isinstance(dataset, (str, os.PathLike)) else None,
+              "model_name": model_name, **(extra_summary or {})}
+    atomic_write_json(checkpoints / RUN_RECORD, record)
+
+
+def _run_saelens(hooked, cfg, ds, settings: SAETrainSettings, stats: _StepStats, progress: Progress | None):
+    """Run SAELens's runner on ``hooked`` (seeded, quiet, the caller's RNG
+    and signal handlers kept); returns (the trained SAE, seconds)."""
+    from sae_lens import LanguageModelSAETrainingRunner
+    from sae_lens.training._interruption import InterruptedException
+
+    norm_batches = settings.norm_batches
+
+    def on_batch(k: int) -> None:
+        if progress is not None and k <= norm_batches:
+            progress("norm", k, norm_batches, {})
+
+    was_training = hooked.training
+    hooked.eval()
+    t0 = time.perf_counter()
+    dev = torch.device(settings.device)
+    rng_devices = [dev.index or 0] if dev.type == "cuda" else []
+    # SAELens 6 does not seed its runs (SAE init, buffer shuffles): seed here, without touching the caller's RNG
+    with _quiet_sae_lens(), _keep_signal_handlers(), torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(settings.seed)
+        try:
+            runner = LanguageModelSAETrainingRunner(cfg, override_dataset=ds, override_model=hooked)
+        except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # settings SAELens cannot build
+            raise SAEError(f"SAELens cannot build this SAE: {first_sentence(exc)}") from None
+        _checkpoint_on_interrupt(runner)
+        runner.sae.training_forward_pass = stats.wrap(runner.sae.training_forward_pass)
+        runner.activations_store = _CountingProvider(runner.activations_store, on_batch)
+        try:
+            sae = runner.run()
+        except InterruptedException:
+            raise KeyboardInterrupt from None
+    seconds = time.perf_counter() - t0
+    if was_training:
+        hooked.train()
+    return sae, seconds
+
+
+def _summary(sae, cfg, settings: SAETrainSettings, stats: _StepStats, d_in: int, model_name: str, ds,
+             dataset_label: str, seconds: float, setup_seconds: float | None, extra_summary: dict | None) -> dict:
+    """The run's ``training_summary.json``."""
+    tail = stats.final()
+    meta = sae.cfg.metadata
+    d_sae = int(sae.cfg.d_sae)
+    dead = getattr(meta, "num_dead_features", None)
+    tokens = cfg.total_training_steps * cfg.train_batch_size_tokens
+    per_step = stats.steady_seconds_per_step()
+    return {
+        "model": model_name,
+        "hook_name": settings.hook_name,
+        "architecture": settings.architecture,
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "steps": cfg.total_training_steps,
+        "training_tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds if seconds > 0 else None,
+        "setup_seconds": setup_seconds,
+        "train_seconds": stats.train_seconds(),
+        "steady_tokens_per_second": cfg.train_batch_size_tokens / per_step if per_step else None,
+        "norm_estimate_batches": settings.norm_batches,
+        "explained_variance": tail.get("explained_variance"),
+        "l0": float(meta.l0) if getattr(meta, "l0", None) is not None else tail.get("l0"),
+        "dead_features": int(dead) if dead is not None else None,
+        "dead_fraction": (int(dead) / d_sae) if dead is not None else None,
+        "mse_loss": tail.get("mse_loss"),
+        "l1_loss": tail.get("l1_loss"),
+        "dataset": dataset_label,
+        "dataset_rows": len(ds),
+        "settings": settings.resolved(),
+        "note": "explained_variance / mse / l1: mean over the last 10% of the steps (training batches); "
+                "l0 and dead features: SAELens's last sparsity window (dead = no firing in the last "
+                f"{settings.dead_feature_window} steps); setup_seconds: from the call to the first step (data, "
+                "runner, norm estimate, first buffer fill); train_seconds: from the first step to the end of the "
+                "last; steady_tokens_per_second: from the end of the first step to the end of the last",
+        **(extra_summary or {}),
+    }
 
 
 # ------------------------------------------------------------------ push

@@ -33,19 +33,17 @@ from culture.universality.compare import (
 )
 from culture.universality.controls import CONTROLS, TokenLabels, check_controls
 from culture.universality.features import FeatureFamily, SAEEntry, SAEPair, find_families
+from culture.universality.memory import MemoryPlan, check_memory, memory_plan, parse_memory
 from culture.universality.neurons import BASELINES, NeuronAnalysis, NeuronMoments, QuizRoller
 from culture.universality.plots import plot_report
 from culture.universality.report import CKAResult, NeuronLayer, SAEComparison, UniversalityReport
 from culture.universality.runner import (
-    POSITIONS,
     ModelRunner,
-    UniversalityError,
     baseline_seed,
     load_sae,
     permuted_mlp_copy,
     load_saes,
     position_index,
-    sae_hook_name,
     world_quiz_stream,
 )
 from culture.universality.stats import (
@@ -63,14 +61,23 @@ from culture.universality.stats import (
     random_orthogonal,
     svcca,
 )
+from culture.universality_settings import (
+    MIN_QUIZZES,
+    POSITIONS,
+    UniversalityError,
+    UniversalitySettings,
+    UniversalitySettingsError,
+)
 
 __all__ = [
-    "compare_models", "UniversalityReport", "NeuronLayer", "CKAResult", "SAEComparison", "SAEPair",
+    "compare_models", "UniversalitySettings", "UniversalitySettingsError", "MIN_QUIZZES",
+    "UniversalityReport", "NeuronLayer", "CKAResult", "SAEComparison", "SAEPair",
     "DEFAULT_CONTROLS", "CONTROLS", "BASELINES", "TokenLabels", "check_controls", "FeatureFamily", "SAEEntry",
     "find_families", "NeuronAnalysis", "NeuronMoments", "QuizRoller", "CKAMoments", "debiased_cka",
     "random_orthogonal", "svcca", "permuted_mlp_copy",
     "UniversalityError", "StreamingCorrelation", "StreamingCKA", "GroupSums", "Centered", "linear_cka",
     "cka_from_comoments", "hsic_linear", "max_correlations", "match_features", "FeatureMatching", "plot_report",
-    "load_saes", "load_sae", "sae_hook_name", "world_quiz_stream", "position_index", "ModelRunner",
-    "baseline_seed", "resolve_layers", "estimate_memory", "NEURON_HOOK", "EMBED_HOOK", "RESID_HOOK", "POSITIONS",
+    "load_saes", "load_sae", "world_quiz_stream", "position_index", "ModelRunner",
+    "baseline_seed", "resolve_layers", "estimate_memory", "memory_plan", "check_memory", "MemoryPlan",
+    "parse_memory", "NEURON_HOOK", "EMBED_HOOK", "RESID_HOOK", "POSITIONS",
 ]

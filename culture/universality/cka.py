@@ -49,7 +49,7 @@ class _Raw:
             self.ax = torch.zeros(r, d, dtype=torch.float64)
         self.n += x.shape[0]
         self.s += x.sum(0).cpu()
-        self.xx += (xl.t() @ xl).double().cpu()
+        self.xx.add_((xl.t() @ xl).cpu())
         self.sa += a.sum(0).cpu()
         self.aa += (a.t() @ a).cpu()
         self.ax += (a.t() @ x).cpu()
@@ -89,14 +89,14 @@ class CKAMoments:
         for i in range(self.m):
             self.raw[i].update(xs[i], norms[i], low[i])
         for (i, j) in self.pairs:
-            xy = (low[i].t() @ low[j]).double().cpu()
+            xy = (low[i].t() @ low[j]).cpu()
             ay = (norms[i].t() @ xs[j]).cpu()
             bx = (norms[j].t() @ xs[i]).cpu()
             ab = (norms[i].t() @ norms[j]).cpu()
             if self.xy[(i, j)] is None:
-                self.xy[(i, j)], self.ay[(i, j)], self.bx[(i, j)], self.ab[(i, j)] = xy, ay, bx, ab
+                self.xy[(i, j)], self.ay[(i, j)], self.bx[(i, j)], self.ab[(i, j)] = xy.double(), ay, bx, ab
             else:
-                self.xy[(i, j)] += xy
+                self.xy[(i, j)].add_(xy)
                 self.ay[(i, j)] += ay
                 self.bx[(i, j)] += bx
                 self.ab[(i, j)] += ab
@@ -128,11 +128,11 @@ class CKAMoments:
                                           "ab": torch.zeros(self.permutations, dtype=torch.float64),
                                           "ay": torch.zeros(self.permutations, d2, dtype=torch.float64),
                                           "bx": torch.zeros(self.permutations, d1, dtype=torch.float64)}
-                    acc = self.perm[key]
-                    acc["xy"][start:stop] += torch.matmul(xl.t().unsqueeze(0), yp).double().cpu()
-                    acc["ab"][start:stop] += (bp * a).sum(1).cpu()
-                    acc["ay"][start:stop] += torch.matmul(a.to(yp)[None, None, :], yp)[:, 0].double().cpu()
-                    acc["bx"][start:stop] += (bp.to(xl) @ xl).double().cpu()
+                    acc = self.perm[key]  # float64 sums += the batch's products, added in place (no cast copy)
+                    acc["xy"][start:stop].add_(torch.matmul(xl.t().unsqueeze(0), yp).cpu())
+                    acc["ab"][start:stop].add_((bp * a).sum(1).cpu())
+                    acc["ay"][start:stop].add_(torch.matmul(a.to(yp)[None, None, :], yp)[:, 0].cpu())
+                    acc["bx"][start:stop].add_((bp.to(xl) @ xl).cpu())
 
     # ------------------------------------------------------------ results
 

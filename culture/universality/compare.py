@@ -33,11 +33,14 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from culture.errors import CultureError
+from culture.hooks import act_name, sae_hook_name
+from culture.settings import default_of
 from culture.universality.cka import CKAMoments
 from culture.universality.controls import (
     CONTROL_DESCRIPTIONS,
@@ -54,26 +57,38 @@ from culture.universality.features import (
     family_rates,
     find_families,
 )
-from culture.universality.neurons import BASELINES, NeuronBlockSums, NeuronMoments, QuizRoller, null_units
+from culture.universality.intervals import METHOD as INTERVAL_METHOD
+from culture.universality.intervals import feature_intervals, neuron_intervals, rotation_draw_shares
+from culture.universality.neurons import NeuronBlockSums, NeuronMoments, QuizRoller, null_units
+from culture.universality.memory import check_memory, memory_plan
 from culture.universality.report import CKAResult, NeuronLayer, SAEComparison, UniversalityReport
 from culture.universality.runner import (
-    DEFAULT_NOISE,
     ModelRunner,
-    UniversalityError,
     baseline_seed,
     load_sae,
     position_index,
-    sae_hook_name,
-    sae_input,
     world_quiz_stream,
 )
-from culture.universality.stats import Centered, GroupSums, StreamingCorrelation, cka_from_comoments
+from culture.universality.stats import Centered, GroupSums, StreamingCorrelation, cka_from_comoments, release_buffers
+from culture.universality_settings import (
+    CONTROLS,
+    UniversalityError,
+    UniversalitySettings,
+    check_quiz_count,
+)
 
-NEURON_HOOK = "blocks.{layer}.mlp.hook_post"
-EMBED_HOOK = "blocks.0.hook_resid_pre"
-RESID_HOOK = "blocks.{layer}.hook_resid_post"
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_CONTROLS = ("none", "position", "position_structure", "token")
+
+def _template(kind: str) -> str:
+    """The hook name of ``kind`` with its block left as ``{layer}``."""
+    return act_name(kind, 0).replace("blocks.0.", "blocks.{layer}.", 1)
+
+
+#: MLP neurons compared (``NEURON_HOOK.format(layer=k)``), residual stream read by CKA
+NEURON_HOOK = _template("post")
+EMBED_HOOK = act_name("resid_pre", 0)
+RESID_HOOK = _template("resid_post")
+DEFAULT_THRESHOLD = default_of(UniversalitySettings, "threshold")
+DEFAULT_CONTROLS = CONTROLS
 #: label of every token when quizzes are given without task labels
 NO_TASK = "all"
 #: activations of one forward batch (all models of a group) are kept under this many floats
@@ -110,53 +125,19 @@ def resolve_layers(n_layers: Sequence[int], layers) -> list[int]:
 
 def _cka_hooks(n_layers: int, layers, all_layers: bool) -> tuple[list[str], list[str]]:
     chosen = range(n_layers) if all_layers else layers
-    hooks = [EMBED_HOOK] + [RESID_HOOK.format(layer=k) for k in chosen]
+    hooks = [EMBED_HOOK] + [act_name("resid_post", k) for k in chosen]
     labels = ["embed"] + [str(k) for k in chosen]
     return hooks, labels
 
 
-def _dims(model) -> tuple[int, int, int]:
-    """(n_layers, d_mlp, d_model) of a MyGPT, HookedTransformer or ModelRunner."""
-    if isinstance(model, ModelRunner):
-        return model.n_layers, model.d_mlp, model.d_model
-    if hasattr(model, "cfg") and hasattr(model.cfg, "d_mlp"):
-        c = model.cfg
-        return int(c.n_layers), int(c.d_mlp), int(c.d_model)
-    c = model.config
-    return c.nb_blocks, c.dim_hidden, c.dim_model
-
-
 def estimate_memory(models, layers=None, cka: bool = True, saes=None, baseline: bool = True,
                     controls=DEFAULT_CONTROLS, positions: int = 404, n_blocks: int = 32) -> int:
-    """Bytes the float64 accumulators of :func:`compare_models` hold (not the
-    models and one batch of activations). Independent of the tokens:
-
-    neurons: pairs x W^2 x 2 halves + per-layer self co-moments + group sums
-    (groups x W x 2 halves per control) + block sums (blocks x W x 4 x
-    ordered pairs per control), W = neurons of all compared layers; CKA:
-    (rows x d_model)^2 per pair and control; SAEs: d_sae^2 x 2 per pair.
-    x2 with the random-init models (SAEs excepted)."""
-    dims = [_dims(m) for m in models]
-    chosen = resolve_layers([d[0] for d in dims], layers)
-    controls = check_controls(controls)
-    n = len(dims)
-    widths = [len(chosen) * d[1] for d in dims]
-    groups = sum(n_groups(c, positions) for c in controls if c != "none")
-    total = 0
-    for i in range(n):
-        total += 2 * len(chosen) * dims[i][1] ** 2 + 2 * groups * widths[i]
-        for j in range(i + 1, n):
-            total += 2 * widths[i] * widths[j] + len(controls) * 2 * 4 * n_blocks * widths[i]
-    if cka:
-        rows = [(1 + (d[0] if layers is None else len(chosen))) * d[2] for d in dims]
-        total += len(controls) * (sum(r * r for r in rows) + sum(rows[i] * rows[j] for i in range(n)
-                                                                  for j in range(i + 1, n)))
-        total += groups * sum(rows)
-    total *= 2 if baseline else 1
-    if saes is not None:
-        d = [int(s.cfg.d_sae) for s in saes if s is not None]
-        total += sum(2 * d[a] * d[b] for a in range(len(d)) for b in range(a + 1, len(d)))
-    return 8 * total
+    """Bytes :func:`compare_models` adds to the process (``baseline``: with
+    the random-init models): :func:`~culture.universality.memory.memory_plan`'s
+    buffers, every accumulator, one batch and the analysis temporaries.
+    Independent of the tokens."""
+    return memory_plan(models, layers, cka=cka, saes=saes, random_init=baseline, controls=controls,
+                       positions=positions, n_blocks=n_blocks, process=0).buffers
 
 
 class _Stream:
@@ -208,7 +189,7 @@ class _Group:
         self.cka_labels = cka_labels
         self.margin = margin
         m = len(runners)
-        self.neuron_names = [[NEURON_HOOK.format(layer=k) for k in layers] for _ in runners]
+        self.neuron_names = [[act_name("post", k) for k in layers] for _ in runners]
         self.hooks = []
         for i in range(m):
             names = list(self.neuron_names[i])
@@ -277,11 +258,13 @@ class _Group:
         return torch.cat([x.reshape(x.shape[0] * x.shape[1], -1) for x in a], 1)
 
     def _features(self, acts):
+        from culture.sae.evaluation import sae_input
+
         out = []
         for e in self.entries:
-            a = acts[e.model][e.hook]
+            a = acts[e.model][e.hook]  # (n, P, ...)
             n, p = a.shape[:2]
-            x = sae_input(e.sae, a.reshape(n * p, *a.shape[2:]))
+            x = sae_input(e.sae, a)
             with torch.no_grad():
                 f = e.sae.encode(x.to(device=e.sae.W_dec.device, dtype=e.sae.W_dec.dtype))
             out.append(f.reshape(n, p, -1).to(device=a.device, dtype=torch.float32))
@@ -430,7 +413,7 @@ class _Group:
                 rate = [(self.task_fire[i].cpu() / denom).numpy()[:, sl[i]] for i in range(m)]
                 mean = [(self.task_sum[i].cpu() / denom).numpy()[:, sl[i]] for i in range(m)]
             out.append(NeuronLayer(
-                layer=layer, hook=NEURON_HOOK.format(layer=layer), threshold=threshold, control=control,
+                layer=layer, hook=act_name("post", layer), threshold=threshold, control=control,
                 baseline_kind=self.baseline, layers=list(chosen), n_neurons=[a.layer_sizes[i][k] for i in range(m)],
                 dead=[a.dead[i][sl[i]] for i in range(m)], pair_max=pair_max, pair_layer=pair_layer,
                 pair_argmax=pair_arg, same_layer_max=same, baseline_max=base, held_corr=held,
@@ -451,37 +434,10 @@ def _task_add(acc, per_quiz: torch.Tensor, quiz_labels: torch.Tensor, n_tasks: i
 # ---------------------------------------------------------------------- main
 
 
-def compare_models(
-    models: Sequence,
-    quizzes: torch.Tensor | None = None,
-    *,
-    task_labels=None,
-    clean: torch.Tensor | None = None,
-    n_tokens: int = 100_000,
-    tasks=None,
-    layers: Sequence[int] | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
-    positions: str = "all",
-    controls: Sequence[str] | str = DEFAULT_CONTROLS,
-    within_position: bool = False,
-    baseline: str = "rotation",
-    random_init: bool = True,
-    noise: float = DEFAULT_NOISE,
-    cka: bool = True,
-    cka_permutations: int = 99,
-    saes: Sequence | None = None,
-    ceiling_sae=None,
-    names: Sequence[str] | None = None,
-    batch_size: int | None = None,
-    n_blocks: int = 32,
-    n_resamples: int = 1000,
-    confidence: float = 0.95,
-    bootstrap_margin: float = 0.15,
-    seed: int = 0,
-    device=None,
-    compute_dtype: torch.dtype = torch.float64,
-    progress: ProgressFn | None = None,
-) -> UniversalityReport:
+def compare_models(models: Sequence, quizzes: torch.Tensor | None = None, *,
+                   settings: UniversalitySettings | None = None, task_labels=None, clean: torch.Tensor | None = None,
+                   saes: Sequence | None = None, ceiling_sae=None, names: Sequence[str] | None = None, device=None,
+                   progress: ProgressFn | None = None, **options) -> UniversalityReport:
     """Universal neurons, residual CKA and (given SAEs) SAE features of two or
     more models, with their baselines and bootstrap intervals; two streaming passes.
 
@@ -490,56 +446,105 @@ def compare_models(
     quizzes: (n, 404) quizzes to use (with optional ``task_labels``: (n,) task
         names or indices into :data:`culture.world.TASKS`, and ``clean``: the
         same quizzes before prompt noise, for the transform-cell mask); default:
-        ``ceil(n_tokens / positions)`` world quizzes of ``tasks`` in random
-        deterministic structures with prompt noise ``noise``, from ``seed``.
-    layers: MLP layers compared (default every layer all models have); a
-        neuron's partner is searched in all of them. CKA uses "embed" + every
-        layer by default, "embed" + ``layers`` when given.
-    threshold: universal = excess (max-corr - baseline max-corr) > threshold.
-    positions: "all" (404 positions) or "cells" (positions whose input is a cell).
-    controls: confound controls (:data:`~culture.universality.controls.CONTROLS`),
-        each computed; the first is the primary one (tables, CKA test, SAEs).
-        ``within_position=True`` is ``controls=("position",)``.
-    baseline: the null version of the other model for neurons: "rotation",
-        "permutation" (shuffled quizzes) or "gaussian".
-    random_init: also run randomly initialised models of the same shapes.
-    cka, cka_permutations: residual CKA, and the permutation test's size (0: none).
+        world quizzes drawn as ``settings`` say (``tokens``, ``tasks``, ``noise``, ``seed``).
+    settings: a :class:`~culture.universality_settings.UniversalitySettings`
+        (default: its defaults); ``options`` replace its fields by name
+        (``threshold=0.4, controls=("position",)``...; the earlier names
+        ``n_tokens``, ``n_resamples`` and ``compute_dtype`` still work).
     saes: one SAELens SAE (or directory, or None) per model; ``ceiling_sae``:
         a second SAE of the first model that has one (another seed): the ceiling.
-    n_blocks, n_resamples, confidence: the bootstrap (quizzes in ``n_blocks``
-        blocks by index; even blocks hold even quizzes, so the odd blocks are
-        the held-out half). ``bootstrap_margin``: neurons whose excess is
-        further than this from the threshold keep their side in every resample
-        (:class:`~culture.universality.neurons.NeuronBlockSums`).
-    compute_dtype: dtype of the per-batch products (accumulation is float64).
+    names: model names (default: their ``model_id``, else their index).
     progress: ``progress(description, done_tokens, total_tokens)``.
+
+    The steps: :func:`_prepare` (inputs checked, hooks chosen), :func:`_quiz_source`,
+    :func:`_make_groups`, :func:`_stream` twice (pass 1: moments, then the
+    analysis and the SAE families; pass 2: block sums and CKA), then
+    :func:`_results` and :func:`_settings_record`.
+    ``max_memory`` (a setting): the peak memory allowed; the comparison refuses
+    before any work when its :func:`~culture.universality.memory.memory_plan` is over it.
     """
     started = time.perf_counter()
     models = list(models)
     if len(models) < 2:
         raise UniversalityError(f"need at least 2 models to compare, got {len(models)}")
-    if not (isinstance(threshold, (int, float)) and -1.0 <= float(threshold) <= 2.0):
-        raise UniversalityError(f"threshold must be an excess correlation in [-1, 2], got {threshold!r}")
-    threshold = float(threshold)
-    if not (isinstance(noise, (int, float)) and 0.0 <= float(noise) <= 1.0):
-        raise UniversalityError(f"noise must be a probability in [0, 1], got {noise!r}")
-    if baseline not in BASELINES:
-        raise UniversalityError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
-    controls = check_controls(("position",) if within_position else controls)
-    if not (isinstance(n_blocks, int) and n_blocks >= 2 and n_blocks % 2 == 0):
-        raise UniversalityError(f"n_blocks must be an even integer >= 2, got {n_blocks!r}")
-    if not (isinstance(n_resamples, int) and n_resamples >= 1):
-        raise UniversalityError(f"n_resamples must be a positive integer, got {n_resamples!r}")
-    if not (isinstance(cka_permutations, int) and cka_permutations >= 0):
-        raise UniversalityError(f"cka_permutations must be a non-negative integer, got {cka_permutations!r}")
-    if not 0.0 < float(confidence) < 1.0:
-        raise UniversalityError(f"confidence must be in (0, 1), got {confidence!r}")
-    pos = position_index(positions)
+    s = UniversalitySettings.of(settings, **options)
+    plan = _prepare(models, s, names, device, saes, ceiling_sae)
+    source = _quiz_source(s, quizzes, clean, task_labels, plan.pos)
+    memory = _memory_plan(plan, s, source)
+    groups = _make_groups(plan, s, len(source.task_names))
+    for g in groups:
+        g.neurons.tile_rows = memory.tile_rows
+    batch_size = _batch_size(s.batch_size, groups, len(plan.pos))
+    stream = _Stream(source.chunks, source.n_quizzes)
+
+    # pass 1: moments, then every analysis; the SAE families before pass 2, which records their examples
+    task_counts = _stream(stream, groups, plan, batch_size, "pass 1: moments", progress, _Pass1(len(source.task_names)))
+    release_buffers()
+    for g in groups:
+        g.analyse(s.threshold, s.seed, source.task_names)
+    trained = groups[0]
+    sae_result = example_store = None
+    if plan.entries:
+        sae_result = _sae_comparison(trained, plan.entries, s.threshold, plan.controls[0], source.task_names)
+        if sae_result.families:
+            example_store = _ExampleStore(sae_result, EXAMPLE_QUIZZES, plan.pos, EXAMPLE_FAMILIES)
+
+    # pass 2: per-block sums (intervals) and the residualised CKA
+    for g in groups:
+        g.start_pass2(s.n_blocks)
+    _stream(stream, groups, plan, batch_size, "pass 2: intervals, CKA", progress, _Pass2(example_store))
+
+    neuron_controls, cka_result = _results(groups, plan, s, task_counts)
+    if sae_result is not None:
+        _sae_intervals(trained, sae_result, s, example_store)
+    record = _settings_record(s, plan, source, batch_size, time.perf_counter() - started, memory)
+    return UniversalityReport(plan.names, record, list(source.task_names), task_counts.numpy(), neuron_controls,
+                              cka_result, sae_result)
+
+
+# -------------------------------------------------------------- the steps
+
+
+@dataclass
+class _Plan:
+    """What a comparison runs: models, names, device, positions, layers, hooks, SAEs."""
+
+    runners: list
+    names: list[str]
+    device: torch.device
+    pos: torch.Tensor
+    controls: tuple[str, ...]
+    layers: list[int]
+    all_layers: bool
+    cka_hooks: list[list[str]] | None
+    cka_labels: list[list[str]] | None
+    entries: list[SAEEntry]
+
+
+def _prepare(models, s: UniversalitySettings, names, device, saes, ceiling_sae) -> _Plan:
+    """Inputs checked: device, distinct names, runners, the layers every model
+    has, the CKA hooks, the SAE entries."""
+    pos = position_index(s.positions)
     if device is None:
         param = next(iter(models[0].parameters()), None) if hasattr(models[0], "parameters") else None
         device = param.device if param is not None else getattr(models[0], "device", torch.device("cpu"))
     device = torch.device(device)
+    names = _model_names(models, names)
+    runners = [m if isinstance(m, ModelRunner) else ModelRunner(m, device) for m in models]
+    n_layers = [r.n_layers for r in runners]
+    chosen = resolve_layers(n_layers, s.layers)
+    all_layers = s.layers is None
+    cka_hooks = cka_labels = None
+    if s.cka:
+        made = [_cka_hooks(n, chosen, all_layers) for n in n_layers]
+        cka_hooks = [h for h, _ in made]
+        cka_labels = [lab for _, lab in made]
+    entries = _sae_entries(saes, ceiling_sae, runners, names, device)
+    return _Plan(runners, names, device, pos, s.primary_controls(), chosen, all_layers, cka_hooks, cka_labels,
+                 entries)
 
+
+def _model_names(models, names) -> list[str]:
     if names is None:
         names = [str(getattr(m, "model_id", None) if getattr(m, "model_id", None) is not None else k)
                  for k, m in enumerate(models)]
@@ -548,19 +553,22 @@ def compare_models(
         raise UniversalityError(f"{len(names)} names for {len(models)} models")
     if len(set(names)) != len(names):
         raise UniversalityError(f"model names must be distinct, got {names}")
+    return names
 
-    runners = [m if isinstance(m, ModelRunner) else ModelRunner(m, device) for m in models]
-    n_layers = [r.n_layers for r in runners]
-    chosen = resolve_layers(n_layers, layers)
-    all_layers = layers is None
-    cka_hooks = cka_labels = None
-    if cka:
-        made = [_cka_hooks(n, chosen, all_layers) for n in n_layers]
-        cka_hooks = [h for h, _ in made]
-        cka_labels = [lab for _, lab in made]
-    entries = _sae_entries(saes, ceiling_sae, runners, names, device)
 
-    # ------------------------------------------------------------- tokens
+@dataclass
+class _QuizSource:
+    """The quizzes of a comparison: ``chunks()`` yields (quizzes, clean, task index) chunks."""
+
+    chunks: Callable
+    n_quizzes: int
+    task_names: list[str]
+    description: str
+
+
+def _quiz_source(s: UniversalitySettings, quizzes, clean, task_labels, pos) -> _QuizSource:
+    """The given quizzes (checked, with their task labels), else world quizzes
+    of ``s.tasks``; at least :data:`MIN_QUIZZES` of them."""
     from culture.world import TASKS, resolve_tasks
 
     if quizzes is not None:
@@ -583,169 +591,208 @@ def compare_models(
             task_names, local = _labels_from(task_labels, n_quizzes, TASKS)
 
         def chunks():
-            for s in range(0, n_quizzes, 256):
-                yield quizzes[s:s + 256], clean[s:s + 256], local[s:s + 256]
-        source_desc = "given quizzes"
+            for k in range(0, n_quizzes, 256):
+                yield quizzes[k:k + 256], clean[k:k + 256], local[k:k + 256]
+        description = "given quizzes"
     else:
-        if not (isinstance(n_tokens, int) and n_tokens >= 1):
-            raise UniversalityError(f"n_tokens must be a positive integer, got {n_tokens!r}")
         try:
-            task_names = list(dict.fromkeys(resolve_tasks(tasks)))
+            task_names = list(dict.fromkeys(resolve_tasks(s.tasks)))
         except CultureError as exc:
             raise UniversalityError(str(exc)) from None
         lookup = torch.full((len(TASKS),), -1, dtype=torch.long)
         for k, t in enumerate(task_names):
             lookup[TASKS.index(t)] = k
-        n_quizzes = math.ceil(n_tokens / len(pos))
+        n_quizzes = math.ceil(s.tokens / len(pos))
 
         def chunks():
-            for q, c, t in world_quiz_stream(n_quizzes, task_names, seed=seed, noise=noise, with_clean=True):
+            for q, c, t in world_quiz_stream(n_quizzes, task_names, seed=s.seed, noise=s.noise, with_clean=True):
                 yield q, c, lookup[t]
-        source_desc = "world quizzes"
-    stream = _Stream(chunks, n_quizzes)
-    n_tasks = len(task_names)
-    total_tokens = n_quizzes * len(pos)
+        description = "world quizzes"
+    check_quiz_count(n_quizzes, len(pos), UniversalityError)
+    return _QuizSource(chunks, n_quizzes, task_names, description)
 
-    common = dict(layers=chosen, controls=controls, baseline=baseline, cka_hooks=cka_hooks, n_tasks=n_tasks,
-                  n_positions=len(pos), n_blocks=n_blocks, compute_dtype=compute_dtype,
-                  permutations=cka_permutations, cka_labels=cka_labels, margin=bootstrap_margin)
-    groups = [_Group(runners, entries=entries, seed=seed, with_tasks=True, heldout=True, **common)]
-    if random_init:
-        base = [r.random_like(baseline_seed(seed, k)) for k, r in enumerate(runners)]
-        groups.append(_Group(base, entries=None, seed=seed + 1, with_tasks=False, heldout=False,
+
+def _memory_plan(plan: _Plan, s: UniversalitySettings, source: _QuizSource):
+    """The comparison's memory plan, refused (one line, before any work) when
+    it is over ``s.max_memory`` or the memory available."""
+    memory = memory_plan(plan.runners, None if plan.all_layers else plan.layers, cka=s.cka,
+                         saes=[e.sae for e in plan.entries] or None, random_init=s.random_init,
+                         controls=plan.controls, positions=len(plan.pos), n_blocks=s.n_blocks, baseline=s.baseline,
+                         cka_permutations=s.cka_permutations, batch_size=s.batch_size, n_quizzes=source.n_quizzes,
+                         compute_dtype=_dtype(s.precision), max_memory=s.max_memory)
+    check_memory(memory)
+    return memory
+
+
+def _make_groups(plan: _Plan, s: UniversalitySettings, n_tasks: int) -> list[_Group]:
+    """The trained models' group, and the random-init models' (``s.random_init``)."""
+    common = dict(layers=plan.layers, controls=plan.controls, baseline=s.baseline, cka_hooks=plan.cka_hooks,
+                  n_tasks=n_tasks, n_positions=len(plan.pos), n_blocks=s.n_blocks,
+                  compute_dtype=_dtype(s.precision), permutations=s.cka_permutations, cka_labels=plan.cka_labels,
+                  margin=s.bootstrap_margin)
+    groups = [_Group(plan.runners, entries=plan.entries, seed=s.seed, with_tasks=True, heldout=True, **common)]
+    if s.random_init:
+        base = [r.random_like(baseline_seed(s.seed, k)) for k, r in enumerate(plan.runners)]
+        groups.append(_Group(base, entries=None, seed=s.seed + 1, with_tasks=False, heldout=False,
                              **{**common, "permutations": 0}))
+    return groups
 
-    if batch_size is None:
-        width = max(g.width() for g in groups) or 1
-        batch_size = int(max(1, min(256, BATCH_FLOATS // (len(pos) * width))))
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise UniversalityError(f"batch_size must be a positive integer, got {batch_size!r}")
 
+def _dtype(precision: str) -> torch.dtype:
+    return getattr(torch, precision)
+
+
+def _batch_size(given: int | None, groups, n_positions: int) -> int:
+    """Quizzes per forward pass: ``given``, else as many as keep one batch's
+    activations under :data:`BATCH_FLOATS`."""
+    if given is not None:
+        return given
+    width = max(g.width() for g in groups) or 1
+    return int(max(1, min(256, BATCH_FLOATS // (n_positions * width))))
+
+
+class _Pass1:
+    """Pass 1 on one batch: every group's moments; counts tokens per task."""
+
+    def __init__(self, n_tasks: int):
+        self.task_counts = torch.zeros(n_tasks, dtype=torch.long)
+
+    def __call__(self, groups, b, q, tokens, pos, labels, t, idx, rollers):
+        self.task_counts.add_(torch.bincount(t.cpu(), minlength=len(self.task_counts)) * len(pos))
+        for g, roller in zip(groups, rollers):
+            g.pass1(tokens, pos, labels, t, idx, roller, b)
+
+    def result(self):
+        return self.task_counts
+
+
+class _Pass2:
+    """Pass 2 on one batch: block sums, CKA, family examples (trained group)."""
+
+    def __init__(self, example_store):
+        self.example_store = example_store
+
+    def __call__(self, groups, b, q, tokens, pos, labels, t, idx, rollers):
+        for k, (g, roller) in enumerate(zip(groups, rollers)):
+            slots = self.example_store.collector(q) if k == 0 and self.example_store is not None else None
+            g.pass2(tokens, pos, labels, idx, roller, b, slots)
+
+    def result(self):
+        return None
+
+
+def _stream(stream: _Stream, groups, plan: _Plan, batch_size: int, kind: str, progress, step):
+    """One pass over the quizzes: ``step`` on every batch (one shuffled-quiz
+    roller per group, so both passes pair the same quizzes); ``step.result()``."""
     from culture.hooked import to_hooked_tokens
 
-    pos_d = pos.to(device)
-
-    def passes(kind: str, fn) -> None:
-        done = 0
-        rollers = [QuizRoller() for _ in groups]
+    device = plan.device
+    pos = plan.pos.to(device)
+    total = stream.n_quizzes * len(pos)
+    done = 0
+    rollers = [QuizRoller() for _ in groups]
+    if progress:
+        progress(kind, 0, total)
+    for b, (q, c, t, idx) in enumerate(stream.batches(batch_size)):
+        tokens = to_hooked_tokens(q).to(device)
+        labels = TokenLabels(q.to(device), tokens, pos, c.to(device))
+        step(groups, b, q, tokens, pos, labels, t.to(device), idx.to(device), rollers)
+        done += q.shape[0] * len(pos)
         if progress:
-            progress(kind, 0, total_tokens)
-        for b, (q, c, t, idx) in enumerate(stream.batches(batch_size)):
-            tokens = to_hooked_tokens(q).to(device)
-            labels = TokenLabels(q.to(device), tokens, pos_d, c.to(device))
-            fn(b, q, tokens, labels, t.to(device), idx.to(device), rollers)
-            done += q.shape[0] * len(pos)
-            if progress:
-                progress(kind, done, total_tokens)
+            progress(kind, done, total)
+    return step.result()
 
-    # ------------------------------------------------------------- pass 1
-    task_counts = torch.zeros(n_tasks, dtype=torch.long)
 
-    def first(b, q, tokens, labels, t, idx, rollers):
-        task_counts.add_(torch.bincount(t.cpu(), minlength=n_tasks) * len(pos))
-        for g, roller in zip(groups, rollers):
-            g.pass1(tokens, pos_d, labels, t, idx, roller, b)
-
-    passes("pass 1: moments", first)
-    for g in groups:
-        g.analyse(threshold, seed, task_names)
-
-    # families (before pass 2, which records their example activations)
+def _results(groups, plan: _Plan, s: UniversalitySettings, task_counts):
+    """Neuron layers under every control (with their intervals and the random
+    models beside them) and the CKA result."""
     trained = groups[0]
-    sae_result = None
-    example_store = None
-    if entries:
-        sae_result = _sae_comparison(trained, entries, threshold, controls[0], task_names)
-        if sae_result.families:
-            example_store = _ExampleStore(sae_result, EXAMPLE_QUIZZES, pos, EXAMPLE_FAMILIES)
-
-    # ------------------------------------------------------------- pass 2
-    for g in groups:
-        g.start_pass2(n_blocks)
-
-    def second(b, q, tokens, labels, t, idx, rollers):
-        for k, (g, roller) in enumerate(zip(groups, rollers)):
-            slots = None
-            if k == 0 and example_store is not None:
-                slots = example_store.collector(q)
-            g.pass2(tokens, pos_d, labels, idx, roller, b, slots)
-
-    passes("pass 2: intervals, CKA", second)
-
-    # ------------------------------------------------------------ results
     for k, g in enumerate(groups):
-        for c in controls:
-            g.block_sums[c].intervals(n_resamples, confidence, seed + 17 * k)
+        for c in plan.controls:
+            g.block_sums[c].intervals(s.resamples, s.confidence, s.seed + 17 * k)
+            draws = rotation_draw_shares(g.neurons, c, s.threshold, len(plan.layers), s.rotation_draws, g.seed)
+            neuron_intervals(g.block_sums[c], g.analyses[c], draws, s.confidence)
     neuron_controls = {}
-    for c in controls:
-        layers_c = trained.neuron_layers(c, threshold, chosen, task_counts)
-        if random_init:
-            for nl, rl in zip(layers_c, groups[1].neuron_layers(c, threshold, chosen, None)):
+    for c in plan.controls:
+        layers_c = trained.neuron_layers(c, s.threshold, plan.layers, task_counts)
+        if s.random_init:
+            for nl, rl in zip(layers_c, groups[1].neuron_layers(c, s.threshold, plan.layers, None)):
                 nl.random = rl
         neuron_controls[c] = layers_c
     cka_result = None
-    if cka:
-        first_c = controls[0]
+    if s.cka:
+        first = plan.controls[0]
+        rand = groups[1] if s.random_init else None
         cka_result = CKAResult(
-            cka_labels, cka_hooks, linear=trained.cka_linear,
-            debiased={first_c: trained.cka_moments[first_c].matrices(True)},
-            random_linear=groups[1].cka_linear if random_init else None,
-            random_debiased={first_c: groups[1].cka_moments[first_c].matrices(True)} if random_init else None,
-            tests=trained.cka_moments[first_c].p_values(), primary=first_c, permutations=cka_permutations)
-    if sae_result is not None:
-        trained.feature_sums.intervals(n_resamples, confidence, seed + 5)
-        counts, tokens_per = trained.features.fire_rates()
-        family_rates(sae_result.families, counts, tokens_per, sae_result.categories, n_resamples, confidence,
-                     seed + 7)
-        if example_store is not None:
-            sae_result.examples = example_store.result()
+            plan.cka_labels, plan.cka_hooks, linear=trained.cka_linear,
+            debiased={first: trained.cka_moments[first].matrices(True)},
+            random_linear=rand.cka_linear if rand is not None else None,
+            random_debiased={first: rand.cka_moments[first].matrices(True)} if rand is not None else None,
+            tests=trained.cka_moments[first].p_values(), primary=first, permutations=s.cka_permutations)
+    return neuron_controls, cka_result
 
-    elapsed = time.perf_counter() - started
-    settings = {
-        "tokens": int(total_tokens),
-        "quizzes": int(n_quizzes),
-        "quiz_source": source_desc,
-        "positions": positions,
-        "positions_per_quiz": len(pos),
+
+def _sae_intervals(trained: _Group, sae_result: SAEComparison, s: UniversalitySettings, example_store) -> None:
+    """The SAE pairs' and families' intervals, and the family examples."""
+    trained.feature_sums.intervals(s.resamples, s.confidence, s.seed + 5)
+    feature_intervals(trained.feature_sums, sae_result.pairs, s.threshold, s.confidence)
+    counts, tokens_per = trained.features.fire_rates()
+    family_rates(sae_result.families, counts, tokens_per, sae_result.categories, s.resamples, s.confidence,
+                 s.seed + 7)
+    if example_store is not None:
+        sae_result.examples = example_store.result()
+
+
+def _settings_record(s: UniversalitySettings, plan: _Plan, source: _QuizSource, batch_size: int,
+                     elapsed: float, memory) -> dict:
+    """Every setting of the comparison, as the report's JSON records it."""
+    given = source.description == "given quizzes"
+    controls, entries, n = plan.controls, plan.entries, len(plan.runners)
+    return {
+        "tokens": int(source.n_quizzes * len(plan.pos)),
+        "quizzes": int(source.n_quizzes),
+        "quiz_source": source.description,
+        "positions": s.positions,
+        "positions_per_quiz": len(plan.pos),
         "controls": list(controls),
         "control_descriptions": {c: CONTROL_DESCRIPTIONS[c] for c in controls},
         "primary_control": controls[0],
-        "tasks": list(task_names),
-        "noise": noise if quizzes is None else None,
-        "structures": "uniform over the 4 deterministic structures" if quizzes is None else None,
-        "seed": int(seed),
-        "threshold": threshold,
+        "tasks": list(source.task_names),
+        "noise": None if given else s.noise,
+        "structures": None if given else "uniform over the 4 deterministic structures",
+        "seed": int(s.seed),
+        "threshold": float(s.threshold),
         "criterion": "universal = mean over other models of max-corr minus mean baseline max-corr > threshold "
                      "(Gurnee et al. 2024)",
-        "layers": chosen,
+        "layers": plan.layers,
         "neuron_hook": NEURON_HOOK,
-        "neuron_baseline": baseline,
+        "neuron_baseline": s.baseline,
         "heldout": "partners chosen on even-index quizzes, measured on odd-index quizzes",
-        "bootstrap": {"blocks": n_blocks, "resamples": n_resamples, "confidence": confidence,
-                      "unit": "blocks of quizzes (quiz k in block k mod blocks)"},
-        "cka": bool(cka),
-        "cka_hooks": [EMBED_HOOK, RESID_HOOK] if cka else None,
-        "cka_permutations": cka_permutations if cka else None,
-        "random_init": bool(random_init),
-        "random_seeds": [baseline_seed(seed, k) for k in range(len(models))] if random_init else None,
+        "bootstrap": {"blocks": s.n_blocks, "resamples": s.resamples, "confidence": s.confidence,
+                      "unit": "blocks of quizzes (quiz k in block k mod blocks)", "intervals": INTERVAL_METHOD,
+                      "rotation_draws": s.rotation_draws if s.baseline == "rotation" else 0},
+        "cka": bool(s.cka),
+        "cka_hooks": [EMBED_HOOK, RESID_HOOK] if s.cka else None,
+        "cka_permutations": s.cka_permutations if s.cka else None,
+        "random_init": bool(s.random_init),
+        "random_seeds": [baseline_seed(s.seed, k) for k in range(n)] if s.random_init else None,
         "random_init_kind": "MyGPT(cfg) reference initialisation, one random model per model, same shape"
-        if random_init else None,
-        "saes": [{"label": e.label, "model": names[e.model], "hook": e.hook, "d_sae": e.d_sae} for e in entries]
+        if s.random_init else None,
+        "saes": [{"label": e.label, "model": plan.names[e.model], "hook": e.hook, "d_sae": e.d_sae} for e in entries]
         if entries else None,
         "sae_floor": "shuffled quizzes: the other SAE's features on the previous quiz, same positions"
         if entries else None,
         "batch_size": int(batch_size),
-        "device": str(device),
+        "device": str(plan.device),
         "accumulator_dtype": "float64",
-        "compute_dtype": str(compute_dtype).removeprefix("torch."),
-        "accumulator_bytes": estimate_memory(runners, None if all_layers else chosen, cka,
-                                             [e.sae for e in entries] or None, random_init, controls, len(pos),
-                                             n_blocks),
+        "compute_dtype": s.precision,
+        "accumulator_bytes": estimate_memory(plan.runners, None if plan.all_layers else plan.layers, s.cka,
+                                             [e.sae for e in entries] or None, s.random_init, controls,
+                                             len(plan.pos), s.n_blocks),
+        "memory_plan": memory.to_dict(),
         "seconds": round(elapsed, 3),
-        "model_shapes": [r.shape() for r in runners],
+        "model_shapes": [r.shape() for r in plan.runners],
     }
-    return UniversalityReport(names, settings, list(task_names), task_counts.numpy(), neuron_controls, cka_result,
-                              sae_result)
 
 
 # --------------------------------------------------------------------- SAEs

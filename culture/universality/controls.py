@@ -27,9 +27,8 @@ import torch
 
 from culture.quiz import BLOCK_LEN, MARKER_LABELS, MARKERS, STRUCTURES, VOCAB_SIZE, ar_mask, block_markers
 from culture.quiz import structure_index, transform_mask
-from culture.universality.runner import UniversalityError
+from culture.universality_settings import CONTROLS, UniversalityError
 
-CONTROLS = ("none", "position", "position_structure", "token")
 #: what each control removes, in words (tables, JSON)
 CONTROL_DESCRIPTIONS = {
     "none": "raw activations",
@@ -107,15 +106,24 @@ class TokenLabels:
         raise UniversalityError(f"unknown control {control!r}")
 
 
-def add_to_groups(sums, acts: torch.Tensor, labels: "TokenLabels", control: str, rows=None) -> None:
+def add_to_groups(sums, acts: torch.Tensor, labels: "TokenLabels", control: str, rows=None,
+                  subset: bool = False) -> None:
     """Add activations (n, P, W) of a batch (its quizzes ``rows`` only, when
-    given) to the :class:`~culture.universality.stats.GroupSums` of
-    ``control`` ("none": one group). Per position the sum over quizzes is a
-    plain reduction (no scatter)."""
-    a = acts if rows is None else acts[rows]
+    given; ``subset``: ``acts`` holds those quizzes already) to the
+    :class:`~culture.universality.stats.GroupSums` of ``control`` ("none":
+    one group). Per position the sum over quizzes is a plain reduction (no
+    scatter)."""
+    a = acts if rows is None or subset else acts[rows]
     n, p = a.shape[:2]
     if control == "position":
         sums.add(a.sum(0, dtype=torch.float64), torch.full((p,), float(n), dtype=torch.float64, device=a.device))
+        return
+    if control == "position_structure":  # per structure present, a plain reduction over its quizzes
+        struct = labels.structure if rows is None else labels.structure[rows]
+        for k in struct.unique().tolist():
+            sel = struct == k
+            sums.add_block(k * p, a[sel].sum(0, dtype=torch.float64),
+                           torch.full((p,), float(sel.sum()), dtype=torch.float64, device=a.device))
         return
     g = labels.groups(control)
     g = torch.zeros(n * p, dtype=torch.long, device=a.device) if g is None else (g if rows is None else g[rows])

@@ -225,15 +225,6 @@ class SAEPair:
         va, vb = self.max_corr_a[~self.dead_a], self.max_corr_b[~self.dead_b]
         return (float(va.mean()) if va.size else 0.0, float(vb.mean()) if vb.size else 0.0)
 
-    def partner_of(self, feature: int, side: str = "a") -> tuple[int, float] | None:
-        """The one-to-one partner (and correlation) of a feature of a (side "a") or of b."""
-        mt = self.matching
-        mine, theirs = (mt.a_index, mt.b_index) if side == "a" else (mt.b_index, mt.a_index)
-        k = np.nonzero(mine == feature)[0]
-        if not k.size:
-            return None
-        return int(theirs[k[0]]), float(mt.corr[k[0]])
-
 
 class FeatureBlockSums:
     """Pass 2: per block of quizzes, the sums giving the correlation of the
@@ -299,6 +290,7 @@ class FeatureBlockSums:
         threshold and many-to-one share above it (each direction)."""
         w_all = block_weights(self.mom.k, n_resamples, seed, np.nonzero(self.n > 0)[0])
         thr = self.threshold
+        self.samples = {}
         for p, sp in self.pairs.items():
             fixed = {"one": sp.matching.corr > thr, "a": ~sp.dead_a & (sp.max_corr_a > thr),
                      "b": ~sp.dead_b & (sp.max_corr_b > thr)}
@@ -319,7 +311,8 @@ class FeatureBlockSums:
                         c = corr_from_sums(n, w @ s[0], w @ s[1], w @ s[2], w @ s[3], w @ s[4])
                         count += (c > thr).sum(1)
                     vals.append(count / max(total[kind], 1))
-                out[kind] = percentile_interval(np.concatenate(vals), confidence)
+                self.samples[(p, kind)] = np.concatenate(vals)  # re-centred by culture.universality.intervals
+                out[kind] = percentile_interval(self.samples[(p, kind)], confidence)
             sp.intervals = {"share_above": out["one"], "share_max_above_a": out["a"], "share_max_above_b": out["b"],
                             "n_resamples": n_resamples, "confidence": confidence, "margin": self.margin}
 

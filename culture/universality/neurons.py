@@ -20,9 +20,11 @@ from one set of moments: float64 co-moments per model pair, accumulated
 separately on the quizzes of even and odd index (the two halves of the
 **held-out replication**: best partners found on the even half, their
 correlation measured on the odd half), per-group sums for every control, and
-per-layer self co-moments for the rotation baseline (which is then exact
-algebra on the moments, no second pass). Memory: pairs x (neurons of all
-layers)^2 x 2 halves, never the tokens.
+the means and variances of each layer's rotated units for the rotation
+baseline (the rest is exact algebra on the moments, no second pass).
+Memory: pairs x (neurons of all layers)^2 x 2 halves, never the tokens; the
+analysis reads those co-moments a block of rows at a time
+(:mod:`~culture.universality.memory`).
 
 The **intervals** of the shares come from a second pass over the same
 quizzes (:class:`NeuronBlockSums`): per block of quizzes, the sums that give
@@ -42,17 +44,18 @@ import torch
 from culture.universality.controls import add_to_groups, n_groups
 from culture.universality.stats import (
     Centered,
+    CrossTiles,
     GroupSums,
     StreamingCorrelation,
     block_weights,
     corr_from_sums,
     percentile_interval,
     random_orthogonal,
+    StreamingMoments,
     rotated_correlation,
-    rotated_variances,
 )
+from culture.universality_settings import BASELINES
 
-BASELINES = ("rotation", "permutation", "gaussian")
 #: bootstrap replicates computed at once (memory: chunk x neurons x pairs)
 _CHUNK = 100
 
@@ -113,6 +116,7 @@ class NeuronMoments:
         self.m = m
         self.pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
         self.heldout = heldout
+        self.tile_rows = None  # rows of the co-moments analysed at once (None: all; see memory_plan)
         h = 2 if heldout else 1  # accumulators per pair: even / odd quizzes, or all
 
         def acc():
@@ -121,11 +125,12 @@ class NeuronMoments:
         self.cross = {p: [acc() for _ in range(h)] for p in self.pairs}
         self.groups = {c: [[GroupSums(n_groups(c, n_positions)) for _ in range(h)] for _ in range(m)]
                        for c in self.controls if c != "none"}
-        self.selfs = None
+        self.rotated = None
         self.null = None
         self.null_groups = None
         if baseline == "rotation":
-            self.selfs = [[[acc() for _ in range(h)] for _ in sizes] for sizes in layer_sizes]
+            # the rotated units' means and m2 per layer (their variances are all the baseline needs)
+            self.rotated = [[[StreamingMoments() for _ in range(h)] for _ in sizes] for sizes in layer_sizes]
             self.rotations = rotations_for(layer_sizes, seed)
         else:
             self.ordered = [(i, j) for i in range(m) for j in range(m) if i != j]
@@ -148,12 +153,12 @@ class NeuronMoments:
                 self.cross[(i, j)][h].update(prepared[i], prepared[j])
             for c, per_model in self.groups.items():
                 for i in range(self.m):
-                    add_to_groups(per_model[i][h], acts[i], labels, c, rows)
-            if self.selfs is not None:
+                    add_to_groups(per_model[i][h], sub[i], labels, c, rows, subset=True)
+            if self.rotated is not None:
                 for i in range(self.m):
                     off = self.offsets[i]
                     for k in range(len(self.layer_sizes[i])):
-                        self.selfs[i][k][h].update(prepared[i].columns(off[k], off[k + 1]))
+                        self.rotated[i][k][h].update(self._rotate(prepared[i], i, k, off))
             else:
                 null_flat = [nl[rows].reshape(-1, nl.shape[-1]) for nl in nulls]
                 null_prep = [Centered.of(f, compute_dtype=self.compute_dtype) for f in null_flat]
@@ -167,101 +172,245 @@ class NeuronMoments:
     # ------------------------------------------------------------ results
 
     def _split(self, items, split):
-        """The accumulator (or group sums) of one split: 0, 1 or "full"."""
+        """The accumulator (or group sums) of one split: 0, 1 or "full" (small
+        accumulators only, e.g. one layer's self co-moments: cross
+        co-moments are read through :meth:`views`)."""
         if split == "full":
             return items[0].merged(items[1]) if len(items) == 2 else items[0]
         return items[split]
 
-    def analyse(self, control: str, threshold: float) -> "NeuronAnalysis":
-        """Max-corr, baseline, excess and held-out figures under ``control``."""
+    def views(self, items, split, groups_x=None, groups_y=None) -> CrossTiles | None:
+        """The moments of one split (0, 1 or "full": both halves merged) of a
+        pair's accumulators, within groups when group sums are given."""
+        parts = list(items) if split == "full" else [items[split]]
+        if all(p.comoment is None for p in parts):
+            return None
+        return CrossTiles(parts, groups_x, groups_y)
+
+    def row_tiles(self, i: int, tile_rows: int | None) -> list[tuple[int, int, list[int]]]:
+        """Blocks of model i's rows (whole layers, at most ``tile_rows`` rows
+        unless one layer is wider; None: one block): (start, stop, layers)."""
+        off = self.offsets[i]
+        out, layers = [], []
+        for k in range(len(self.layer_sizes[i])):
+            if layers and tile_rows is not None and off[k + 1] - off[layers[0]] > tile_rows:
+                out.append((int(off[layers[0]]), int(off[layers[-1] + 1]), layers))
+                layers = []
+            layers.append(k)
+        if layers:
+            out.append((int(off[layers[0]]), int(off[layers[-1] + 1]), layers))
+        return out
+
+    def analyse(self, control: str, threshold: float, tile_rows: int | None = None) -> "NeuronAnalysis":
+        """Max-corr, baseline, excess and held-out figures under ``control``.
+
+        The co-moments are read ``tile_rows`` rows (whole layers) at a time:
+        temporaries are a few (tile_rows x neurons) blocks; the results do not
+        depend on ``tile_rows`` (bit for bit). Default: ``self.tile_rows``."""
         m = self.m
+        tile_rows = self.tile_rows if tile_rows is None else tile_rows
         self._self_cache = {}
         out = NeuronAnalysis(control, threshold, self.layer_sizes, self.baseline)
         splits = ("full", 0, 1) if self.heldout else ("full",)
         gs = {}
         for split in splits:
-            gs[split] = [None if control == "none" else self._split(self.groups[control][i], split) for i in range(m)]
-        corr = {}
+            gs[split] = [None if control == "none" else self._split(self.groups[control][i], split)
+                         for i in range(m)]
+        views = {}
         dead = {}
         for split in splits:
             for (i, j) in self.pairs:
-                acc = self._split(self.cross[(i, j)], split)
-                if acc.comoment is None:
+                v = self.views(self.cross[(i, j)], split, gs[split][i], gs[split][j])
+                if v is None:
                     continue
-                if control != "none":
-                    acc = acc.within_groups(gs[split][i], gs[split][j])
-                corr[(split, i, j)] = acc
-                dead.setdefault((split, i), acc.dead_x())
-                dead.setdefault((split, j), acc.dead_y())
+                views[(split, i, j)] = v
+                dead.setdefault((split, i), v.dead_x)
+                dead.setdefault((split, j), v.dead_y)
         for i in range(m):
             out.dead[i] = dead[("full", i)].cpu().numpy()
-        base = {}
-        for split in splits:
+        held = self.heldout and all((s, i, j) in views for s in (0, 1) for (i, j) in self.pairs)
+        ok = {}
+        if held:
             for i in range(m):
-                for j in range(m):
-                    if i == j or (split, min(i, j), max(i, j)) not in corr:
-                        continue
-                    acc = corr[(split, min(i, j), max(i, j))]
-                    c = acc.corr() if i < j else acc.corr().t()
-                    corr[(split, "m", i, j)] = c
-                    base[(split, i, j)] = self._baseline(control, split, i, j, acc, gs, dead[(split, i)])
-        sizes = self.layer_sizes
-        for i in range(m):
-            for j in range(m):
-                if i == j:
-                    continue
-                c = corr[("full", "m", i, j)]
-                best = c.max(1)
-                out.pair_max[(i, j)] = best.values.cpu().numpy()
-                out.pair_arg[(i, j)] = best.indices.cpu().numpy()
-                same = np.zeros(self.widths[i])
-                for k in range(min(len(sizes[i]), len(sizes[j]))):
-                    oi, oj = self.offsets[i], self.offsets[j]
-                    same[oi[k]:oi[k + 1]] = c[oi[k]:oi[k + 1], oj[k]:oj[k + 1]].max(1).values.cpu().numpy()
-                out.same_layer_max[(i, j)] = same
-                b = base[("full", i, j)].max(1)
-                out.base_max[(i, j)] = b.values.cpu().numpy()
-                out.base_arg[(i, j)] = b.indices.cpu().numpy()
-                # held-out: chosen on the even quizzes, measured on the odd ones
-                if (0, "m", i, j) in corr and (1, "m", i, j) in corr:
-                    ca, cb = corr[(0, "m", i, j)], corr[(1, "m", i, j)]
-                    arg = ca.max(1).indices
-                    held = cb.gather(1, arg[:, None])[:, 0]
-                    ok = ~dead[(0, i)] & ~dead[(1, i)]
-                    out.held_arg[(i, j)] = arg.cpu().numpy()
-                    out.held_corr[(i, j)] = torch.where(ok, held, 0.0).cpu().numpy()
-                    ba, bb = base[(0, i, j)], base[(1, i, j)]
-                    barg = ba.max(1).indices
-                    out.held_base_arg[(i, j)] = barg.cpu().numpy()
-                    out.held_base[(i, j)] = torch.where(ok, bb.gather(1, barg[:, None])[:, 0], 0.0).cpu().numpy()
-                    out.held_alive[i] = ok.cpu().numpy()
+                ok[i] = ~dead[(0, i)] & ~dead[(1, i)]
+                out.held_alive[i] = ok[i].cpu().numpy()
+        for (i, j) in self.pairs:
+            if ("full", i, j) not in views:
+                continue
+            self._analyse_pair(out, control, i, j, views, dead, gs, held, tile_rows)
+        if self.baseline != "rotation":
+            for (i, j) in self.ordered:
+                self._null_rows(out, control, i, j, dead, gs, held, tile_rows)
+        for key in list(out.held_corr):
+            out.held_corr[key] = torch.where(ok[key[0]], out.held_corr[key], 0.0)
+            out.held_base[key] = torch.where(ok[key[0]], out.held_base[key], 0.0)
+        for table in (out.pair_max, out.pair_arg, out.same_layer_max, out.base_max, out.base_arg, out.held_arg,
+                      out.held_corr, out.held_base_arg, out.held_base):
+            for key, v in table.items():
+                table[key] = v.cpu().numpy() if isinstance(v, torch.Tensor) else v
         return out
 
-    def _baseline(self, control, split, i, j, acc, gs, dead_i) -> torch.Tensor:
-        """(W_i, W_j') correlations of model i with the null version of model j."""
-        if self.baseline == "rotation":
-            parts = []
-            m2_x = acc.m2_x if i < j else acc.m2_y
-            oj = self.offsets[j]
-            full_c = acc.comoment if i < j else acc.comoment.t()
-            for k in range(len(self.layer_sizes[j])):
-                key = (control, split, j, k)
-                if key not in self._self_cache:
-                    s = self._split(self.selfs[j][k], split)
-                    if control != "none":
-                        s = s.within_groups(gs[split][j].columns(oj[k], oj[k + 1]))
-                    self._self_cache[key] = rotated_variances(s.comoment, self.rotations[j][k])
-                parts.append(rotated_correlation(full_c[:, oj[k]:oj[k + 1]], m2_x, self._self_cache[key],
-                                                 self.rotations[j][k], dead_i, self.compute_dtype))
-            return torch.cat(parts, 1)
-        nacc = self._split(self.null[(i, j)], split)
-        if control != "none":
-            gx = gs[split][i]
-            gy = self._split(self.null_groups[control][(i, j)], split)
-            nacc = nacc.within_groups(gx, gy)
-        out = nacc.corr()
-        out[dead_i] = 0.0
-        return out
+    def _rotate(self, batch: Centered, i: int, k: int, off) -> Centered:
+        """Model i's layer-k units of a centred batch, rotated: y' = R y (centred: R (y - mean))."""
+        x = batch.centered[:, off[k]:off[k + 1]]
+        r = self.rotations[i][k]
+        y = x @ r.to(device=x.device, dtype=x.dtype).t()
+        mean = batch.mean[off[k]:off[k + 1]].to(torch.float64) @ r.to(batch.mean.device).t()
+        return Centered(batch.n, mean, y, (y * y).sum(0, dtype=torch.float64))
+
+    def _rotated_var(self, control, split, j, k, gs) -> torch.Tensor:
+        """(H,) m2 of model j's layer-k units after the baseline rotation, within
+        the control's groups (cached per analysis): the streamed m2 of the
+        rotated units less the between-group part, whose group means are the
+        rotated group means R (mean_g - mean)."""
+        key = (control, split, j, k)
+        if key not in self._self_cache:
+            mom = self._split(self.rotated[j][k], split)
+            m2 = mom.m2
+            if control != "none":
+                oj = self.offsets[j]
+                g = gs[split][j]
+                counts = g.counts
+                used = torch.nonzero(counts > 0).flatten()
+                c = counts[used]
+                sums = g.sums[used, oj[k]:oj[k + 1]]
+                dm = sums / c[:, None] - sums.sum(0) / c.sum()
+                dr = dm @ self.rotations[j][k].to(dm).t()
+                m2 = (m2 - (c[:, None] * dr * dr).sum(0)).clamp(min=0)
+            self._self_cache[key] = m2
+        return self._self_cache[key]
+
+    def _analyse_pair(self, out, control, i, j, views, dead, gs, held, tile_rows) -> None:
+        """Model pair i < j, row blocks of i: both directions' max-corr (rows of
+        the block; running maxima over blocks for j's neurons), same-layer
+        maxima, held-out, and the rotation baseline."""
+        oi, oj = self.offsets[i], self.offsets[j]
+        wi, wj = self.widths[i], self.widths[j]
+        splits = ("full", 0, 1) if held else ("full",)
+        rot = self.baseline == "rotation"
+        dev = views[("full", i, j)].m2_x.device
+        pair_max = torch.zeros(wi, dtype=torch.float64, device=dev)
+        pair_arg = torch.zeros(wi, dtype=torch.long, device=dev)
+        same_ij = torch.zeros(wi, dtype=torch.float64, device=dev)
+        same_ji = torch.zeros(wj, dtype=torch.float64, device=dev)
+        base_max = torch.zeros(wi, dtype=torch.float64, device=dev)
+        base_arg = torch.zeros(wi, dtype=torch.long, device=dev)
+        held_arg, held_corr, held_barg, held_base = (torch.zeros(wi, dtype=t, device=dev) for t in
+                                                     (torch.long, torch.float64, torch.long, torch.float64))
+        run_pair, run_held, run_base, run_held_base = _Running(), _Running(), _Running(), _Running()
+        n_same = min(len(self.layer_sizes[i]), len(self.layer_sizes[j]))
+        for start, stop, layers in self.row_tiles(i, tile_rows):
+            rows = slice(start, stop)
+            corr = {}
+            base = {}
+            comoments = {}
+            for split in splits:
+                v = views[(split, i, j)]
+                comoments[split] = v.tile(start, stop)
+                corr[split] = v.corr_tile(start, stop, comoments[split])
+            c = corr["full"]
+            _row_best(corr, rows, held, pair_max, pair_arg, held_arg, held_corr)
+            col = c.max(0)
+            run_pair.add(col.values, col.indices + start)
+            for k in layers:
+                if k < n_same:
+                    blk = c[oi[k] - start:oi[k + 1] - start, oj[k]:oj[k + 1]]
+                    same_ij[oi[k]:oi[k + 1]] = blk.max(1).values
+                    same_ji[oj[k]:oj[k + 1]] = blk.max(0).values
+            if held:
+                col0 = corr[0].max(0)
+                run_held.add(col0.values, col0.indices + start,
+                             corr[1].gather(0, col0.indices[None, :])[0])
+            if not rot:
+                continue
+            for split in splits:
+                v = views[(split, i, j)]
+                parts = [rotated_correlation(comoments[split][:, oj[k]:oj[k + 1]], v.m2_x[rows],
+                                             self._rotated_var(control, split, j, k, gs), self.rotations[j][k],
+                                             dead[(split, i)][rows], self.compute_dtype)
+                         for k in range(len(self.layer_sizes[j]))]
+                base[split] = torch.cat(parts, 1)
+                for k in layers:  # j's neurons against i's rotated layer k (columns of the (j, i) baseline)
+                    cols = rotated_correlation(comoments[split][oi[k] - start:oi[k + 1] - start].t(), v.m2_y,
+                                               self._rotated_var(control, split, i, k, gs), self.rotations[i][k],
+                                               dead[(split, j)], self.compute_dtype)
+                    base.setdefault(("ji", split), []).append((int(oi[k]), cols))
+            _row_best(base, rows, held, base_max, base_arg, held_barg, held_base)
+            for n_part, (offset, cols) in enumerate(base[("ji", "full")]):
+                r = cols.max(1)
+                run_base.add(r.values, r.indices + offset)
+                if held:
+                    c0 = base[("ji", 0)][n_part][1]
+                    c1 = base[("ji", 1)][n_part][1]
+                    r0 = c0.max(1)
+                    run_held_base.add(r0.values, r0.indices + offset, c1.gather(1, r0.indices[:, None])[:, 0])
+        out.pair_max[(i, j)], out.pair_arg[(i, j)] = pair_max, pair_arg
+        out.pair_max[(j, i)], out.pair_arg[(j, i)] = run_pair.value, run_pair.index
+        out.same_layer_max[(i, j)], out.same_layer_max[(j, i)] = same_ij, same_ji
+        if held:
+            out.held_arg[(i, j)], out.held_corr[(i, j)] = held_arg, held_corr
+            out.held_arg[(j, i)], out.held_corr[(j, i)] = run_held.index, run_held.extra
+        if rot:
+            out.base_max[(i, j)], out.base_arg[(i, j)] = base_max, base_arg
+            out.base_max[(j, i)], out.base_arg[(j, i)] = run_base.value, run_base.index
+            if held:
+                out.held_base_arg[(i, j)], out.held_base[(i, j)] = held_barg, held_base
+                out.held_base_arg[(j, i)], out.held_base[(j, i)] = run_held_base.index, run_held_base.extra
+
+    def _null_rows(self, out, control, i, j, dead, gs, held, tile_rows) -> None:
+        """Permutation / gaussian baseline of ordered pair (i, j): model i's
+        correlations with j's null units, row blocks of i."""
+        splits = ("full", 0, 1) if held else ("full",)
+        views = {}
+        for split in splits:
+            gy = None if control == "none" else self._split(self.null_groups[control][(i, j)], split)
+            views[split] = self.views(self.null[(i, j)], split, gs[split][i], gy)
+        wi = self.widths[i]
+        dev = views["full"].m2_x.device
+        base_max = torch.zeros(wi, dtype=torch.float64, device=dev)
+        base_arg = torch.zeros(wi, dtype=torch.long, device=dev)
+        held_barg = torch.zeros(wi, dtype=torch.long, device=dev)
+        held_base = torch.zeros(wi, dtype=torch.float64, device=dev)
+        for start, stop, _ in self.row_tiles(i, tile_rows):
+            rows = slice(start, stop)
+            base = {}
+            for split in splits:
+                b = views[split].corr_tile(start, stop)
+                b[dead[(split, i)][rows]] = 0.0
+                base[split] = b
+            _row_best(base, rows, held, base_max, base_arg, held_barg, held_base)
+        out.base_max[(i, j)], out.base_arg[(i, j)] = base_max, base_arg
+        if held:
+            out.held_base_arg[(i, j)], out.held_base[(i, j)] = held_barg, held_base
+
+
+def _row_best(blocks: dict, rows: slice, held: bool, best, arg, held_arg, held_value) -> None:
+    """Rows ``rows`` of the results from full-width row blocks {"full", 0, 1}:
+    max and argmax on "full"; held out: argmax on split 0, value on split 1."""
+    b = blocks["full"].max(1)
+    best[rows], arg[rows] = b.values, b.indices
+    if held:
+        a = blocks[0].max(1).indices
+        held_arg[rows] = a
+        held_value[rows] = blocks[1].gather(1, a[:, None])[:, 0]
+
+
+class _Running:
+    """Running maximum over blocks of columns: value, index (the first of
+    ties, as ``torch.max`` gives) and a value carried along (``extra``)."""
+
+    def __init__(self):
+        self.value = self.index = self.extra = None
+
+    def add(self, value: torch.Tensor, index: torch.Tensor, extra: torch.Tensor | None = None) -> None:
+        if self.value is None:
+            self.value, self.index, self.extra = value, index, extra
+            return
+        better = value > self.value
+        self.value = torch.where(better, value, self.value)
+        self.index = torch.where(better, index, self.index)
+        if extra is not None:
+            self.extra = torch.where(better, extra, self.extra)
 
 
 # ---------------------------------------------------------------- results
@@ -388,7 +537,7 @@ class NeuronBlockSums:
             if control != "none":
                 return mom._split(mom.groups[control][i], split).means()
             p = next(p for p in mom.pairs if i in p)
-            acc = mom._split(mom.cross[p], split)
+            acc = mom.views(mom.cross[p], split)
             return (acc.mean_x if p[0] == i else acc.mean_y)[None, :]
         return self._view_table(view, per_split)
 
@@ -401,7 +550,7 @@ class NeuronBlockSums:
             def per_split(split):
                 if control != "none":
                     return mom._split(mom.null_groups[control][pair], split).means()
-                return mom._split(mom.null[pair], split).mean_y[None, :]
+                return mom.views(mom.null[pair], split).mean_y[None, :]
             cache[(view, pair)] = self._view_table(view, per_split)
         return cache[(view, pair)]
 
@@ -585,8 +734,11 @@ class NeuronBlockSums:
                         sel = (layer_of[i][cand] == k) & ok
                         count[:, k] += ((ex > thr) & sel).sum(1)
                 shares[name] = [v + [count[:, k] / max(denom[k], 1)] for k, v in enumerate(shares[name])]
-        out = {name: [percentile_interval(np.concatenate(v), confidence) if v else None for v in per_layer]
-               for name, per_layer in shares.items()}
+        # the bootstrap shares themselves (per name, per layer): culture.universality.intervals re-centres them
+        self.samples = {name: [np.concatenate(v) if v else None for v in per_layer]
+                        for name, per_layer in shares.items()}
+        out = {name: [percentile_interval(s, confidence) if s is not None else None for s in per_layer]
+               for name, per_layer in self.samples.items()}
         out["n_resamples"] = n_resamples
         out["confidence"] = confidence
         out["blocks"] = int((self.n > 0).sum())

@@ -212,12 +212,6 @@ class SAEComparison:
     categories: list[str] = field(default_factory=list)
     examples: dict = field(default_factory=dict)  # family index -> (quizzes, {entry: acts (k, 404)}, titles)
 
-    def cross_pairs(self):
-        return {p: sp for p, sp in self.pairs.items() if not sp.same_model}
-
-    def ceiling_pairs(self):
-        return {p: sp for p, sp in self.pairs.items() if sp.same_model}
-
 
 # ------------------------------------------------------------------- report
 

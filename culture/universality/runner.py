@@ -19,25 +19,16 @@ Both paths stop after the deepest block a comparison needs.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from culture.errors import CultureError, first_sentence
+from culture.defaults import PROMPT_NOISE
+from culture.errors import first_sentence
+from culture.hooks import RESIDUAL_KINDS, HookNameError, act_name, add_hook, hook_layer, is_native, parse_act_name
 from culture.quiz import BLOCK_LEN, EVAL_STRUCTURES, QUIZ_LEN, STRUCTURES
-
-POSITIONS = ("all", "cells")
-DEFAULT_NOISE = 0.05
-
-_NATIVE = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out"
-                     r"|mlp\.hook_pre|mlp\.hook_post)$")
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
-
-
-class UniversalityError(CultureError, ValueError):
-    """Bad input to a universality comparison (one-line message)."""
+from culture.universality_settings import POSITIONS, UniversalityError
 
 
 # ------------------------------------------------------------------- tokens
@@ -57,7 +48,7 @@ def position_index(positions: str = "all") -> torch.Tensor:
     return t[keep]
 
 
-def world_quiz_stream(n_quizzes: int, tasks=None, seed: int = 0, noise: float = DEFAULT_NOISE,
+def world_quiz_stream(n_quizzes: int, tasks=None, seed: int = 0, noise: float = PROMPT_NOISE,
                       chunk: int = 256, with_clean: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
     """World quizzes in chunks: each quiz in a structure drawn uniformly from the
     four deterministic ones, with prompt noise ``noise`` (structures 1 and 2), as
@@ -91,9 +82,9 @@ def _stop_layer(names) -> int | None:
     """Blocks to run so that every hook in ``names`` has fired (None: all)."""
     deepest = -1
     for n in names:
-        m = _BLOCK.match(n)
-        if m:
-            deepest = max(deepest, int(m.group(1)))
+        layer = hook_layer(n)
+        if layer is not None:
+            deepest = max(deepest, layer)
         elif n in ("hook_embed", "hook_pos_embed"):
             continue
         else:
@@ -160,20 +151,20 @@ class ModelRunner:
                 "n_heads": int(c.n_heads), "d_head": int(c.d_head)}
 
     def _native(self, name: str) -> bool:
-        m = _NATIVE.match(name)
-        return self.mygpt is not None and m is not None and int(m.group(1)) < self.n_layers
+        return self.mygpt is not None and is_native(name, self.n_layers)
 
     def has_hook(self, name: str) -> bool:
         return self._native(name) or name in self.hooked.hook_dict
 
     def hook_width(self, name: str) -> int | None:
         """Features per token at a hook (None for head-shaped hooks)."""
-        if name.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out",
-                          "hook_embed", "hook_pos_embed")):
+        try:
+            kind, _ = parse_act_name(name)
+        except HookNameError:
+            return None
+        if kind in RESIDUAL_KINDS:
             return self.d_model
-        if name.endswith(("mlp.hook_post", "mlp.hook_pre")):
-            return self.d_mlp
-        return None
+        return self.d_mlp if kind in ("pre", "post") else None
 
     # --------------------------------------------------------------- run
 
@@ -188,46 +179,21 @@ class ModelRunner:
     def _run_native(self, tokens, names, pos):
         model = self.mygpt
         store: dict[str, torch.Tensor] = {}
-        handles = []
 
-        def output_hook(name):
-            def hook(_module, _args, out):
-                store[name] = out[:, pos]
+        def keep(name):
+            def hook(act):
+                store[name] = act[:, pos]
             return hook
 
-        def input_hook(name):
-            def hook(_module, args):
-                store[name] = args[0][:, pos]
-            return hook
-
-        for name in names:
-            layer, kind = _NATIVE.match(name).groups()
-            layer = int(layer)
-            attn_block, mlp_block = model.trunk[2 * layer], model.trunk[2 * layer + 1]
-            if kind == "hook_resid_pre":
-                handles.append(attn_block.register_forward_pre_hook(input_hook(name)))
-            elif kind == "hook_resid_mid":
-                handles.append(attn_block.register_forward_hook(output_hook(name)))
-            elif kind == "hook_resid_post":
-                handles.append(mlp_block.register_forward_hook(output_hook(name)))
-            elif kind == "hook_attn_out":
-                handles.append(attn_block.attn.register_forward_hook(output_hook(name)))
-            elif kind == "hook_mlp_out":
-                handles.append(mlp_block.f.f.register_forward_hook(output_hook(name)))  # MLPBlock calls f.f
-            elif kind == "mlp.hook_pre":
-                handles.append(mlp_block.up.register_forward_hook(output_hook(name)))
-            else:  # mlp.hook_post
-                handles.append(mlp_block.f.f[3].register_forward_hook(output_hook(name)))
+        handles = [add_hook(model, name, keep(name)) for name in names]  # the one hook map (culture.hooks)
         stop = _stop_layer(names)
         if stop is not None and stop < self.n_layers:
             def halt(*_):
                 raise _Stop
 
             # registered last: runs after the capture hooks of the same module
-            if stop > 0:
-                handles.append(model.trunk[2 * stop - 1].register_forward_hook(halt))
-            else:
-                handles.append(model.trunk[0].register_forward_pre_hook(halt))
+            last = act_name("resid_post", stop - 1) if stop > 0 else act_name("resid_pre", 0)
+            handles.append(add_hook(model, last, halt))
         try:
             with torch.no_grad():
                 model.forward_tokens(tokens.to(self.device))
@@ -350,29 +316,8 @@ def load_sae(path, device="cpu"):
     return sae
 
 
-def sae_input(sae, act: torch.Tensor) -> torch.Tensor:
-    """A hook activation (tokens, ...) in the form ``sae.encode`` takes: one head
-    for an SAE with ``hook_head_index``, heads kept for one that reshapes
-    ``hook_z`` itself, heads flattened otherwise."""
-    if act.dim() == 3:
-        meta = getattr(sae.cfg, "metadata", None)
-        head = getattr(meta, "hook_head_index", None) if meta is not None else None
-        if head is not None:
-            return act[:, head]
-        if getattr(sae.cfg, "reshape_activations", "none") != "hook_z":
-            return act.flatten(1)
-    return act
-
-
-def sae_hook_name(sae) -> str | None:
-    """The hook an SAE reads (``cfg.metadata.hook_name`` in SAELens 6)."""
-    meta = getattr(sae.cfg, "metadata", None)
-    name = getattr(meta, "hook_name", None) if meta is not None else None
-    return name or getattr(sae.cfg, "hook_name", None)
-
-
 __all__ = [
     "UniversalityError", "ModelRunner", "position_index", "world_quiz_stream", "baseline_seed", "permuted_mlp_copy",
     "load_saes",
-    "load_sae", "sae_hook_name", "sae_input", "POSITIONS", "DEFAULT_NOISE",
+    "load_sae", "POSITIONS",
 ]

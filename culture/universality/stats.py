@@ -76,13 +76,18 @@ class GroupSums:
     def add(self, sums, counts) -> "GroupSums":
         """Add precomputed per-group sums (G, a) and counts (G,) (e.g. activations
         (quizzes, positions, a) summed over quizzes, groups = positions)."""
+        return self.add_block(0, sums, counts)
+
+    def add_block(self, start: int, sums, counts) -> "GroupSums":
+        """Add precomputed sums (k, a) and counts (k,) of groups start..start+k-1."""
         sums = _as_tensor(sums)
         counts = _as_tensor(counts)
         if self.sums is None:
             self.sums = torch.zeros(self.n_groups, sums.shape[1], dtype=self.dtype, device=sums.device)
             self.counts = torch.zeros(self.n_groups, dtype=self.dtype, device=sums.device)
-        self.sums += sums.to(self.sums)
-        self.counts += counts.to(self.counts)
+        stop = start + sums.shape[0]
+        self.sums[start:stop] += sums.to(self.sums)
+        self.counts[start:stop] += counts.to(self.counts)
         return self
 
     def merged(self, other: "GroupSums") -> "GroupSums":
@@ -162,6 +167,40 @@ class Centered:
         if dtype not in cache:
             cache[dtype] = self.centered.to(dtype)
         return cache[dtype]
+
+
+class StreamingMoments:
+    """Running count, means and m2 (sums of squared deviations) of a set of
+    variables, merged batch by batch like :class:`StreamingCorrelation`
+    (Chan, Golub & LeVeque) but without any co-moment: memory 2a numbers."""
+
+    def __init__(self):
+        self.n = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def update(self, batch: "Centered") -> "StreamingMoments":
+        if batch.n == 0:
+            return self
+        mean, m2 = batch.mean.to(torch.float64), batch.m2.to(torch.float64)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = batch.n, mean, m2
+            return self
+        total = self.n + batch.n
+        d = mean - self.mean
+        self.m2 = self.m2 + m2 + d * d * (self.n * batch.n / total)
+        self.mean = self.mean + d * (batch.n / total)
+        self.n = total
+        return self
+
+    def merged(self, other: "StreamingMoments") -> "StreamingMoments":
+        out = StreamingMoments()
+        if self.mean is None or other.mean is None:
+            src = self if other.mean is None else other
+            out.n, out.mean, out.m2 = src.n, src.mean, src.m2
+            return out
+        out.n, out.mean, out.m2 = self.n, self.mean, self.m2
+        return out.update(Centered(other.n, other.mean, other.mean[None, :0], other.m2))
 
 
 class StreamingCorrelation:
@@ -255,11 +294,13 @@ class StreamingCorrelation:
     def _add_product(self, xc: torch.Tensor, yc: torch.Tensor, cx: "Centered", cy: "Centered") -> None:
         if self.compute_dtype == self.dtype == xc.dtype == yc.dtype:
             self.comoment.addmm_(xc.t(), yc)
-        else:
+        else:  # the product into a reused buffer, added in place (no per-batch allocation or cast copy)
             c = self.compute_dtype
             xl = cx.low(c)
             yl = xl if cy is cx else cy.low(c)
-            self.comoment.add_((xl.t() @ yl).to(self.dtype))
+            buf = product_buffer(self.comoment.shape, c, self.comoment.device)
+            torch.mm(xl.t(), yl, out=buf)
+            self.comoment.add_(buf)
 
     def merged(self, other: "StreamingCorrelation") -> "StreamingCorrelation":
         """A new accumulator holding the moments of both token sets (the pairwise
@@ -371,6 +412,118 @@ class StreamingCorrelation:
         out[~alive_x] = 0.0
         out[:, ~alive_y] = 0.0
         return out
+
+
+class CrossTiles:
+    """The moments of a cross accumulator - or of its halves merged, and/or
+    centred within groups - whose co-moment is produced a block of rows at a
+    time (:meth:`tile`), so that analysing an (a, b) co-moment needs (rows, b)
+    of temporaries, never a second (a, b) matrix.
+
+    Every element is computed by the same operations whatever the block
+    (elementwise merges; the between-group product is a row slice of the same
+    product), so blocked and unblocked analyses agree to the bit.
+    ``parts``: one accumulator, or the two halves (merged as in
+    :meth:`StreamingCorrelation.merged`); ``groups_x`` / ``groups_y``: group
+    sums of the same tokens for moments within groups (as in
+    :meth:`StreamingCorrelation.within_groups`)."""
+
+    def __init__(self, parts, groups_x: GroupSums | None = None, groups_y: GroupSums | None = None):
+        parts = [p for p in parts if p.comoment is not None]
+        if not parts:
+            raise ValueError("CrossTiles: no data")
+        self.parts = parts
+        first = parts[0]
+        self.dtype = first.dtype
+        self.compute_dtype = first.compute_dtype
+        self.n = first.n
+        self.mean_x, self.mean_y, self.m2_x, self.m2_y = first.mean_x, first.mean_y, first.m2_x, first.m2_y
+        self.ref_m2_x, self.ref_m2_y = first.ref_m2_x, first.ref_m2_y
+        self._merge = None
+        if len(parts) == 2:
+            other = parts[1]
+            n, nb = self.n, other.n
+            total = n + nb
+            f = n * nb / total
+            dx = other.mean_x - first.mean_x
+            dy = other.mean_y - first.mean_y
+            self._merge = (f, dx, dy)
+            self.m2_x = first.m2_x + other.m2_x + dx * dx * f
+            self.m2_y = first.m2_y + other.m2_y + dy * dy * f
+            self.mean_x = first.mean_x + dx * (nb / total)
+            self.mean_y = first.mean_y + dy * (nb / total)
+            self.n = total
+        self._between = None
+        if groups_x is not None:
+            gx, gy = groups_x, groups_y
+            dev = first.comoment.device
+            counts = gx.counts.to(dev)
+            if abs(float(counts.sum()) - self.n) > 0.5 or abs(float(gy.counts.sum()) - self.n) > 0.5:
+                raise ValueError(f"group sums cover {float(counts.sum()):.0f} tokens, the accumulator {self.n}")
+            used = torch.nonzero(counts > 0).flatten()
+            counts = counts[used]
+            dx = gx.sums.to(dev)[used] / counts[:, None] - self.mean_x
+            dy = gy.sums.to(dev)[used] / counts[:, None] - self.mean_y
+            c = self.compute_dtype
+            self.ref_m2_x, self.ref_m2_y = self.m2_x, self.m2_y
+            self.m2_x = (self.m2_x - (counts[:, None] * dx * dx).sum(0)).clamp(min=0)
+            self.m2_y = (self.m2_y - (counts[:, None] * dy * dy).sum(0)).clamp(min=0)
+            # kept for the tiles: y's deviations (G, b) in the compute dtype; x's rows are made per tile
+            self._between = (gx, used, counts, self.mean_x, dy.to(c))
+            del dx, dy
+        self.dead_x = _dead(self.m2_x, self.mean_x, self.n, self.ref_m2_x)
+        self.dead_y = _dead(self.m2_y, self.mean_y, self.n, self.ref_m2_y)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.parts[0].comoment.shape)
+
+    def tile(self, start: int, stop: int) -> torch.Tensor:
+        """Rows start..stop-1 of the (merged, within-group) co-moment (a new tensor)."""
+        rows = slice(start, stop)
+        if self._merge is None:
+            out = self.parts[0].comoment[rows]
+        else:
+            f, dx, dy = self._merge
+            out = self.parts[0].comoment[rows] + self.parts[1].comoment[rows] + f * torch.outer(dx[rows], dy)
+        if self._between is not None:
+            gx, used, counts, mean_x, dy = self._between
+            dx = gx.sums[:, rows].to(dy.device)[used] / counts[:, None] - mean_x[rows]
+            out = out - ((dx * counts[:, None]).to(self.compute_dtype).t() @ dy).to(self.dtype)
+        return out
+
+    def corr_tile(self, start: int, stop: int, comoment: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows start..stop-1 of :meth:`StreamingCorrelation.corr` of these moments."""
+        c = self.tile(start, stop) if comoment is None else comoment
+        alive_x = ~self.dead_x[start:stop]
+        alive_y = ~self.dead_y
+        m2x = self.m2_x[start:stop]
+        sx = torch.where(alive_x, m2x, torch.ones_like(m2x)).sqrt()
+        sy = torch.where(alive_y, self.m2_y, torch.ones_like(self.m2_y)).sqrt()
+        out = (c / sx[:, None] / sy[None, :]).clamp_(-1.0, 1.0)
+        out[~alive_x] = 0.0
+        out[:, ~alive_y] = 0.0
+        return out
+
+
+_BUFFERS: dict = {}
+
+
+def product_buffer(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """A scratch (a, b) tensor for batch products, one per dtype and device,
+    grown to the largest shape asked for and reused by every accumulator."""
+    key = (dtype, torch.device(device))
+    n = int(shape[0]) * int(shape[1])
+    buf = _BUFFERS.get(key)
+    if buf is None or buf.numel() < n:
+        _BUFFERS.pop(key, None)
+        buf = _BUFFERS[key] = torch.empty(n, dtype=dtype, device=device)
+    return buf[:n].view(int(shape[0]), int(shape[1]))
+
+
+def release_buffers() -> None:
+    """Free the scratch tensors of :func:`product_buffer`."""
+    _BUFFERS.clear()
 
 
 def _dead(m2: torch.Tensor, mean: torch.Tensor, n: int, ref: torch.Tensor | None = None) -> torch.Tensor:
@@ -681,7 +834,8 @@ def _np(x):
 __all__ = [
     "random_orthogonal", "rotated_correlation", "debiased_cka", "unbiased_hsic", "svcca", "block_weights",
     "percentile_interval", "corr_from_sums",
-    "StreamingCorrelation", "StreamingCKA", "GroupSums", "Centered", "WITHIN_DEAD_RELATIVE", "linear_cka",
+    "StreamingCorrelation", "StreamingMoments", "CrossTiles", "product_buffer", "release_buffers", "StreamingCKA",
+    "GroupSums", "Centered", "WITHIN_DEAD_RELATIVE", "linear_cka",
     "cka_from_comoments", "hsic_linear", "max_correlations", "match_features", "FeatureMatching", "DEAD_RELATIVE",
     "DEAD_ABSOLUTE",
 ]

@@ -1,7 +1,8 @@
 """``culture-interp circuit``: edge attribution patching on counterfactual
 pairs of one task, the faithfulness-vs-size curve, and the smallest circuit
 of top edges that reaches a faithfulness threshold, drawn as a graph. The
-library is :mod:`culture.circuits.discovery`."""
+library is :mod:`culture.circuits.discovery`. Registered as ``circuit find``
+(the default of the ``circuit`` group) by :mod:`culture_cli.commands.circuit_compare`."""
 
 from __future__ import annotations
 
@@ -144,7 +145,3 @@ def circuit_command(
     if json_path is not None:
         write_json_or_fail(json_path, report.to_dict())
 
-
-def register(app: typer.Typer) -> None:
-    app.command("circuit", short_help="Circuit discovery (edge attribution patching) with its faithfulness.")(
-        circuit_command)

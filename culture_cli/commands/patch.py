@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from culture.circuit_settings import CircuitSettingsError, PatchSettings
+from culture.circuit_settings import DIRECTIONS, METHODS, WHAT, CircuitSettingsError, PatchSettings
 from culture.settings import default_of
 from culture_cli.common import (
     BatchSizeOption,
@@ -20,6 +20,7 @@ from culture_cli.common import (
     console,
     err_console,
     fail,
+    one_of,
     option_flag,
     pct_ci,
     phase_progress,
@@ -116,13 +117,15 @@ def patch_command(
     source: ModelSourceOption = None,
     num_pairs: NumPairsOption = _d("num_pairs"),
     what: Annotated[str, typer.Option(
-        "--what", help="resid (layer x block), layers (attn / MLP outputs), heads, heads-by-block (head x query "
-        "block) or cells (layer x the 100 cells of --block).")] = _d("what"),
-    method: Annotated[str, typer.Option("--method", help="activation, attribution or both.")] = _d("method"),
+        "--what", metavar=one_of(*WHAT), help="resid (layer x block), layers (attn / MLP outputs), heads, "
+        "heads-by-block (head x query block) or cells (layer x the 100 cells of --block).")] = _d("what"),
+    method: Annotated[str, typer.Option("--method", metavar=one_of(*METHODS),
+                                        help="activation, attribution or both.")] = _d("method"),
     direction: Annotated[str, typer.Option(
-        "--direction", help="denoise (run corrupted, restore clean activations) or noise (run clean, insert "
-        "corrupted ones).")] = _d("direction"),
-    block: Annotated[str, typer.Option("--block", help="With --what cells: the block drawn (A, f(A), B, f(B)).")
+        "--direction", metavar=one_of(*DIRECTIONS), help="denoise (run corrupted, restore clean activations) or "
+        "noise (run clean, insert corrupted ones).")] = _d("direction"),
+    block: Annotated[str, typer.Option("--block", metavar=one_of("A", "f(A)", "B", "f(B)"),
+                                       help="With --what cells: the block drawn (A, f(A), B, f(B)).")
                      ] = _d("block"),
     layers: Annotated[Optional[list[str]], typer.Option(
         "--layers", help="Only these layers (resid / cells: 0..n_layers, n_layers = after the last block).",

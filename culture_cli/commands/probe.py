@@ -17,8 +17,10 @@ from culture_cli.common import (
     JsonOption,
     ModelSourceOption,
     NoiseOption,
+    check_min,
     check_test_set_options,
     fail,
+    one_of,
     pct_ci,
     print_table,
     progress,
@@ -66,7 +68,7 @@ def probe_command(
         "--hooks", help="resid_post (default: the embedding and each block's output), resid_pre, resid_mid, or "
         "hook names blocks.L.hook_resid_*; several after one flag.", show_default=False)] = None,
     positions: Annotated[str, typer.Option(
-        "--positions", help="Positions averaged into a quiz's feature: transform-cells (the answer's changed "
+        "--positions", metavar=one_of("transform-cells", "answer", "A", "f_A", "B", "f_B"), help="Positions averaged into a quiz's feature: transform-cells (the answer's changed "
         "cells), answer, or a grid A, f_A, B, f_B (the positions predicting its cells).")] = "transform-cells",
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Quizzes of the task.")] = 1000,
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Held-out share.")] = 0.25,
@@ -88,6 +90,9 @@ def probe_command(
     png: Annotated[Optional[Path], typer.Option("--png", help="Accuracy per layer with intervals, as PNG.",
                                                 show_default=False)] = None,
     batch_size: BatchSizeOption = 100,
+    split_draws: Annotated[int, typer.Option(
+        "--split-draws", help="Further train / test splits (and control-label shuffles), each probe refitted: the "
+        "intervals then carry their spread beside the held-out quizzes' (0: the Wilson interval of one split).")] = 0,
     device: DeviceOption = "cpu",
 ) -> None:
     """Linear probes of a world-generator parameter in the residual stream, per layer.
@@ -104,6 +109,7 @@ def probe_command(
         fail(f"--test-fraction must be in (0, 1), got {test_fraction}")
     if not causal_scale > 0:
         fail(f"--causal-scale must be > 0, got {causal_scale}")
+    check_min("--split-draws", split_draws, 0)
     if causal_hook is not None and not causal:
         fail("--causal-hook goes with --causal")
     from culture.probes import parse_target
@@ -128,7 +134,8 @@ def probe_command(
         res = run_probes(gpt, target, hooks=list(hooks) if hooks else "resid_post", positions=positions,
                          n=num_samples, seed=seed, test_fraction=test_fraction, structure=structure, noise=noise,
                          random_baseline=random_baseline, causal=causal, causal_hook=causal_hook,
-                         causal_scale=causal_scale, batch_size=batch_size, progress=report)
+                         causal_scale=causal_scale, batch_size=batch_size, split_draws=split_draws,
+                         progress=report)
     res.settings.update({"model": model, "source": src.name})
     for table in _tables(res):
         print_table(table)

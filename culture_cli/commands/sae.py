@@ -4,13 +4,21 @@ and datasets are imported inside the commands only."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import time
+from dataclasses import fields
+import shutil
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from culture.defaults import PROMPT_NOISE
+from culture.sae.common import DEFAULT_HOOK
+from culture.sae.settings import NORM_ESTIMATE_MAX_BATCHES, NORM_ESTIMATE_STEPS_PER_BATCH, SAETrainSettings
+from culture.settings import default_of
 from culture_cli.common import (
     BatchSizeOption,
     CQuizzesOption,
@@ -22,13 +30,15 @@ from culture_cli.common import (
     OutputDir,
     QuizKindsOption,
     TasksOption,
-    check_noise,
     check_test_set_options,
     command_group,
+    declare_inputs,
     err_console,
     fail,
     given_options,
+    is_stdout,
     num_ci,
+    one_of,
     option_flag,
     outputs,
     pct,
@@ -36,6 +46,7 @@ from culture_cli.common import (
     points_ci,
     print_table,
     progress,
+    write_json,
     write_json_or_fail,
 )
 
@@ -108,16 +119,12 @@ def _reporter(bar):
     return report
 
 
-def _load_model(model: int, source: str | None, device: str, sae: bool):
-    from culture import sources
-    from culture.evaluation import check_device
-    from culture.hooked import load_hooked
+def _open_model(model: int, source: str | None, device: str, sae: bool, tasks=None):
+    """(the opened source: device, source, tasks, all checked; model ``model`` as a TransformerLens model)."""
+    from culture.sources import open_source
 
-    dev = check_device(device)
-    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
-    src.check_model_id(model)
-    hooked = load_hooked(model, src, sae=sae, device=str(dev))
-    return hooked, src, dev
+    opened = open_source(source, model, device=device, tasks=tasks)
+    return opened, opened.hooked(model, sae=sae)
 
 
 def _load_sae_for(spec: str, subfolder: str | None, hooked, device, model: int | None = None):
@@ -136,12 +143,11 @@ def _load_sae_for(spec: str, subfolder: str | None, hooked, device, model: int |
     return sae
 
 
-def _test_set(src, num_samples, tasks, c_quizzes, seed, noise, quizzes="both"):
+def _test_set(opened, num_samples, c_quizzes, seed, noise, quizzes="both"):
     from culture.evaluation import source_test_set
-    from culture.world import resolve_tasks
 
-    names = resolve_tasks(list(tasks) if tasks else src.default_tasks())
-    ts = source_test_set(src, num_samples, names, c_quizzes=c_quizzes, seed=seed, noise=noise, quizzes=quizzes)
+    ts = source_test_set(opened.source, num_samples, list(opened.tasks), c_quizzes=c_quizzes, seed=seed,
+                         noise=noise, quizzes=quizzes)
     err_console.print(f"test set: {len(ts)} quizzes ({len(ts) - ts.n_c_quizzes} world, {ts.n_c_quizzes} "
                       f"c-quizzes), seed {seed}, noise {noise:g}", highlight=False)
     return ts
@@ -164,7 +170,57 @@ def _parse_options(values: list[str] | None) -> dict:
 # ------------------------------------------------------------------ train
 
 
+def _checkpoints_of(values: dict) -> list:
+    """``sae train``'s checkpoints beside --out: an input (read by --resume,
+    kept from a fresh run without --overwrite), so no output goes there."""
+    out = values.get("out")
+    if out is None:
+        return []
+    out = Path(out)
+    return [(f"the checkpoints of --out {out}", out.with_name(out.name + ".checkpoints"))]
+
+
+def _keep_interrupted_run(out: Path, resume: bool, overwrite: bool) -> None:
+    """A fresh run would delete the checkpoints of an interrupted one: only with --overwrite."""
+    from culture.sae.training import checkpoint_dir, latest_checkpoint
+
+    if not resume and not overwrite and latest_checkpoint(out) is not None:
+        fail(f"{checkpoint_dir(out)} holds an interrupted run: continue it with --resume, or start afresh "
+             "with --overwrite (its checkpoints are then deleted)")
+
+
+@contextlib.contextmanager
+def _resumable_or_gone(out: Path):
+    """A run that fails or is stopped leaves its checkpoint folder only when
+    --resume can use it (a complete checkpoint), not a run record alone (a
+    disk full or a file-size limit before the first checkpoint)."""
+    from culture.sae.training import checkpoint_dir, latest_checkpoint
+
+    try:
+        yield
+    except BaseException:
+        folder = checkpoint_dir(out)
+        if folder.is_dir() and latest_checkpoint(out) is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _d(name: str):
+    """The default of SAETrainSettings field ``name``: the one source of the defaults below."""
+    return default_of(SAETrainSettings, name)
+
+
+#: the options of `sae train` that are not SAETrainSettings fields (the run's inputs and outputs)
+TRAIN_INPUTS = ("model", "out", "resume", "source", "dataset", "push", "path_in_repo", "private", "overwrite",
+                "json_path")
+#: what --resume may change (every other option is the interrupted run's own)
+RESUMABLE = ("out", "resume", "device", "json_path", "push", "path_in_repo", "private")
+
+
+# every option but TRAIN_INPUTS is the SAETrainSettings field of the same name (its default; its bounds:
+# checked by SAETrainSettings.check); tests/test_sae_settings.py compares them
 @sae_app.command("train")
+@declare_inputs(_checkpoints_of)
 def train(
     model: Annotated[Optional[int], typer.Option(
         "--model", help="Model id (gpt_{K:03d}.pth of the source); required unless --resume.",
@@ -176,84 +232,106 @@ def train(
         "OUT.checkpoints/ (saved on Ctrl-C / SIGTERM and by --n-checkpoints; a SIGKILL loses the steps since the "
         "last one), with the run's own settings; only --device, --json and --push may be given.")] = False,
     source: ModelSourceOption = None,
-    hook: Annotated[Optional[str], typer.Option(
-        "--hook", help="TransformerLens hook point (default: the middle block's MLP output, "
-        "blocks.{n_layers // 2}.hook_mlp_out).", show_default=False)] = None,
+    hook_name: Annotated[Optional[str], typer.Option(
+        "--hook-name", "--hook", help="TransformerLens hook point (default: the middle block's MLP output, "
+        "blocks.{n_layers // 2}.hook_mlp_out; the library's SAETrainSettings default is the published SAEs' "
+        f"{DEFAULT_HOOK}).", show_default=False)] = None,
     dataset: Annotated[Optional[Path], typer.Option(
         "--dataset", help="A `culture-interp dataset build` directory (input_ids: BOS + quiz); default: "
         "quizzes generated on the fly.", show_default=False)] = None,
     num_quizzes: Annotated[Optional[int], typer.Option(
         "--num-quizzes", help="Quizzes to generate without --dataset (default: as many as the run reads).",
-        show_default=False)] = None,
+        show_default=False)] = _d("num_quizzes"),
     tasks: Annotated[Optional[list[str]], typer.Option(
-        "--tasks", "--task", help="World tasks of the generated quizzes (default: the source's training tasks when it records them, else the 8 of the published models).",
-        show_default=False)] = None,
-    noise: Annotated[float, typer.Option("--noise", help="Prompt noise of the generated quizzes.")] = 0.05,
-    steps: Annotated[int, typer.Option("--steps", help="Training steps (batches).")] = 30_000,
+        "--tasks", "--task", help="World tasks of the generated quizzes (default: the source's training tasks "
+        "when it records them, else the 8 of the published models).", show_default=False)] = _d("tasks"),
+    noise: Annotated[float, typer.Option("--noise", help="Prompt noise of the generated quizzes.")] = _d("noise"),
+    steps: Annotated[int, typer.Option("--steps", help="Training steps (batches).")] = _d("steps"),
     training_tokens: Annotated[Optional[int], typer.Option(
-        "--training-tokens", help="Training tokens (overrides --steps).", show_default=False)] = None,
-    batch_tokens: Annotated[int, typer.Option("--batch-tokens", help="Tokens per training batch.")] = 4096,
+        "--training-tokens", help="Training tokens (overrides --steps).", show_default=False)
+    ] = _d("training_tokens"),
+    train_batch_size_tokens: Annotated[int, typer.Option(
+        "--train-batch-size-tokens", "--batch-tokens", help="Tokens per training batch.")
+    ] = _d("train_batch_size_tokens"),
     architecture: Annotated[str, typer.Option(
-        "--architecture", help="SAELens architecture: standard, gated, jumprelu, topk, batchtopk...")] = "standard",
-    expansion_factor: Annotated[int, typer.Option("--expansion-factor", help="d_sae = factor x d_in.")] = 32,
+        "--architecture", help="SAELens architecture: standard, gated, jumprelu, topk, batchtopk...")
+    ] = _d("architecture"),
+    expansion_factor: Annotated[int, typer.Option("--expansion-factor", help="d_sae = factor x d_in.")
+                                ] = _d("expansion_factor"),
     d_sae: Annotated[Optional[int], typer.Option("--d-sae", help="Number of features (overrides the factor).",
-                                                 show_default=False)] = None,
-    l1_coefficient: Annotated[float, typer.Option("--l1-coefficient", help="Sparsity penalty.")] = 5.0,
-    lp_norm: Annotated[float, typer.Option("--lp-norm", help="p of the sparsity penalty.")] = 1.0,
+                                                 show_default=False)] = _d("d_sae"),
+    l1_coefficient: Annotated[float, typer.Option("--l1-coefficient", help="Sparsity penalty.")
+                              ] = _d("l1_coefficient"),
+    lp_norm: Annotated[float, typer.Option("--lp-norm", help="p of the sparsity penalty.")] = _d("lp_norm"),
     l1_warm_up_steps: Annotated[Optional[int], typer.Option(
-        "--l1-warm-up-steps", help="L1 warm-up (default: 5% of the steps).", show_default=False)] = None,
+        "--l1-warm-up-steps", help="L1 warm-up (default: 5% of the steps).", show_default=False)
+    ] = _d("l1_warm_up_steps"),
     k: Annotated[Optional[int], typer.Option("--k", help="Active features of top-k architectures.",
-                                             show_default=False)] = None,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 2e-5,
-    lr_scheduler: Annotated[str, typer.Option(
-        "--lr-scheduler", help="constant, cosineannealing or cosineannealingwarmrestarts.")] = "constant",
-    lr_warm_up_steps: Annotated[int, typer.Option("--lr-warm-up-steps", help="Linear lr warm-up steps.")] = 0,
+                                             show_default=False)] = _d("k"),
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = _d("lr"),
+    lr_scheduler_name: Annotated[str, typer.Option(
+        "--lr-scheduler-name", "--lr-scheduler", help="constant, cosineannealing or cosineannealingwarmrestarts.")
+    ] = _d("lr_scheduler_name"),
+    lr_warm_up_steps: Annotated[int, typer.Option("--lr-warm-up-steps", help="Linear lr warm-up steps.")
+                                ] = _d("lr_warm_up_steps"),
     lr_decay_steps: Annotated[Optional[int], typer.Option(
         "--lr-decay-steps", help="Linear lr decay to 0 at the end (default: 20% of the steps).",
-        show_default=False)] = None,
+        show_default=False)] = _d("lr_decay_steps"),
     lr_end: Annotated[Optional[float], typer.Option("--lr-end", help="End lr of cosine schedules (lr/10).",
-                                                    show_default=False)] = None,
-    adam_beta1: Annotated[float, typer.Option("--adam-beta1", help="Adam beta1.")] = 0.9,
-    adam_beta2: Annotated[float, typer.Option("--adam-beta2", help="Adam beta2.")] = 0.999,
+                                                    show_default=False)] = _d("lr_end"),
+    adam_beta1: Annotated[float, typer.Option("--adam-beta1", help="Adam beta1.")] = _d("adam_beta1"),
+    adam_beta2: Annotated[float, typer.Option("--adam-beta2", help="Adam beta2.")] = _d("adam_beta2"),
     context_size: Annotated[int, typer.Option("--context-size", help="Tokens per row read (405 = BOS + quiz).")
-                            ] = 405,
+                            ] = _d("context_size"),
     normalize_activations: Annotated[str, typer.Option(
         "--normalize-activations", help="none, expected_average_only_in, layer_norm, covariance_whitening.")
-    ] = "expected_average_only_in",
+    ] = _d("normalize_activations"),
     apply_b_dec_to_input: Annotated[bool, typer.Option(
-        "--apply-b-dec-to-input/--no-apply-b-dec-to-input", help="Subtract b_dec from the SAE input.")] = False,
+        "--apply-b-dec-to-input/--no-apply-b-dec-to-input", help="Subtract b_dec from the SAE input.")
+    ] = _d("apply_b_dec_to_input"),
     decoder_init_norm: Annotated[float, typer.Option(
-        "--decoder-init-norm", help="Norm of the decoder rows at init (heuristic init); 0 = off.")] = 0.1,
-    n_batches_in_buffer: Annotated[int, typer.Option("--n-batches-in-buffer", help="Activation buffer (batches).")
-                                   ] = 64,
-    store_batch_size: Annotated[int, typer.Option("--store-batch-size", help="Quizzes per model forward.")] = 16,
-    mixing_fraction: Annotated[float, typer.Option(
-        "--activations-mixing-fraction", help="Share of the buffer kept for mixing.")] = 0.5,
+        "--decoder-init-norm", help="Norm of the decoder rows at init (heuristic init); 0 = off.")
+    ] = _d("decoder_init_norm"),
+    n_batches_in_buffer: Annotated[int, typer.Option(
+        "--n-batches-in-buffer", help="Activation buffer, in rows of --context-size tokens.")
+    ] = _d("n_batches_in_buffer"),
+    store_batch_size_prompts: Annotated[int, typer.Option(
+        "--store-batch-size-prompts", "--store-batch-size", help="Quizzes per model forward.")
+    ] = _d("store_batch_size_prompts"),
+    activations_mixing_fraction: Annotated[float, typer.Option(
+        "--activations-mixing-fraction", help="Share of the buffer kept for mixing.")
+    ] = _d("activations_mixing_fraction"),
     feature_sampling_window: Annotated[int, typer.Option(
-        "--feature-sampling-window", help="Steps per window of the feature-sparsity statistics.")] = 1000,
+        "--feature-sampling-window", help="Steps per window of the feature-sparsity statistics.")
+    ] = _d("feature_sampling_window"),
     dead_feature_window: Annotated[int, typer.Option(
-        "--dead-feature-window", help="Steps without firing that make a feature dead.")] = 1000,
+        "--dead-feature-window", help="Steps without firing that make a feature dead.")] = _d("dead_feature_window"),
     dead_feature_threshold: Annotated[float, typer.Option(
-        "--dead-feature-threshold", help="Firing rate below which a feature counts as dead.")] = 1e-4,
-    norm_batches: Annotated[int, typer.Option(
-        "--n-batches-for-norm-estimate", help="Batches read to estimate the activation norm.")] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed (SAELens and the generated quizzes).")] = 42,
-    dtype: Annotated[str, typer.Option("--dtype", help="SAE dtype.")] = "float32",
-    device: DeviceOption = "cpu",
-    autocast: Annotated[bool, typer.Option("--autocast", help="bfloat16 autocast of the SAE.")] = False,
-    compile_sae: Annotated[bool, typer.Option("--compile-sae", help="torch.compile the SAE.")] = False,
+        "--dead-feature-threshold", help="Firing rate below which a feature counts as dead.")
+    ] = _d("dead_feature_threshold"),
+    n_batches_for_norm_estimate: Annotated[Optional[int], typer.Option(
+        "--n-batches-for-norm-estimate", help=f"Training batches read to estimate the activation norm before the "
+        f"first step (default: one per {NORM_ESTIMATE_STEPS_PER_BATCH} training steps, at least 1, at most "
+        f"{NORM_ESTIMATE_MAX_BATCHES}).", show_default=False)] = _d("n_batches_for_norm_estimate"),
+    seed: Annotated[int, typer.Option("--seed", help="Seed (SAELens and the generated quizzes).")] = _d("seed"),
+    dtype: Annotated[str, typer.Option("--dtype", help="SAE dtype.")] = _d("dtype"),
+    device: DeviceOption = _d("device"),
+    autocast: Annotated[bool, typer.Option("--autocast", help="bfloat16 autocast of the SAE.")] = _d("autocast"),
+    compile_sae: Annotated[bool, typer.Option("--compile-sae", help="torch.compile the SAE.")] = _d("compile_sae"),
     n_checkpoints: Annotated[int, typer.Option(
         "--n-checkpoints", help="Checkpoints during training, in OUT.checkpoints/ beside OUT (kept after "
-        "the run; --resume continues from the latest).")] = 0,
-    wandb: Annotated[bool, typer.Option("--wandb", help="Log to Weights & Biases (off by default).")] = False,
-    wandb_project: Annotated[str, typer.Option("--wandb-project", help="With --wandb: the project.")] = "culture_sae",
+        "the run; --resume continues from the latest).")] = _d("n_checkpoints"),
+    wandb: Annotated[bool, typer.Option("--wandb", help="Log to Weights & Biases (off by default).")] = _d("wandb"),
+    wandb_project: Annotated[str, typer.Option("--wandb-project", help="With --wandb: the project.")
+                             ] = _d("wandb_project"),
     wandb_log_frequency: Annotated[int, typer.Option(
-        "--wandb-log-frequency", help="With --wandb: log every this many steps.")] = 30,
+        "--wandb-log-frequency", help="With --wandb: log every this many steps.")] = _d("wandb_log_frequency"),
     eval_every_n_wandb_logs: Annotated[int, typer.Option(
-        "--eval-every-n-wandb-logs", help="With --wandb: run SAELens's evals every this many logs.")] = 20,
-    option: Annotated[Optional[list[str]], typer.Option(
-        "--option", help="Any other LanguageModelSAERunnerConfig / SAE config field: KEY=VALUE (JSON value); "
-        "repeatable.", show_default=False)] = None,
+        "--eval-every-n-wandb-logs", help="With --wandb: run SAELens's evals every this many logs.")
+    ] = _d("eval_every_n_wandb_logs"),
+    extra: Annotated[Optional[list[str]], typer.Option(
+        "--extra", "--option", help="Any other LanguageModelSAERunnerConfig / SAE config field: KEY=VALUE (JSON "
+        "value); repeatable.", show_default=False)] = None,
     push: Annotated[Optional[str], typer.Option("--push", help="Then upload to this hub model repo.",
                                                 show_default=False)] = None,
     path_in_repo: Annotated[Optional[str], typer.Option(
@@ -271,92 +349,116 @@ def train(
     with decay over the last 20%, L1 warm-up 5%, 4,096 tokens x 30,000 steps,
     context 405, activations normalised, heuristic decoder init). Writes
     cfg.json + sae_weights.safetensors (SAE.load_from_disk(OUT)) and
-    training_summary.json.
+    training_summary.json. Every setting option is the SAETrainSettings
+    field of the same name (culture.sae.settings).
     """
-    import time
-
-    from culture.sae import DEFAULT_HOOK, SAETrainSettings, train_sae
-    from culture.sae.training import default_path_in_repo, prepare_out
-
+    options = dict(locals())
     if resume:
-        given = given_options() - {"out", "resume", "device", "json_path", "push", "path_in_repo", "private"}
-        if given:
-            fail(f"--resume continues the run with its own settings: {', '.join(option_flag(n) for n in sorted(given))} "
-                 "cannot be given (only --device, --json, --push, --path-in-repo, --private)")
-        from culture.sae.training import read_run_record
-
-        record = read_run_record(out)
-        settings = record["settings"]
-        settings.device = device
-        model, source, hook = record.get("model_id"), record.get("source"), settings.hook_name
-        dataset = Path(record["dataset"]) if record.get("dataset") else None
-        tasks, noise, num_quizzes = record.get("tasks"), record.get("noise", noise), record.get("num_quizzes")
-        seed, batch_tokens, context_size = settings.seed, settings.train_batch_size_tokens, settings.context_size
-        if model is None:
-            fail(f"{out}: the run record names no model")
+        settings, model, source, dataset = _resumed_run(out, device)
     else:
         if model is None:
             fail("--model is required (the model whose activations the SAE reads)")
-        if num_quizzes is not None and num_quizzes < 1:
-            fail(f"--num-quizzes must be >= 1, got {num_quizzes}")
         if num_quizzes is not None and dataset is not None:
             fail("--num-quizzes is for generated quizzes; drop it with --dataset")
         if tasks and dataset is not None:
             fail("--tasks is for generated quizzes; a --dataset has its own tasks")
-        check_noise(noise)
-        extra = _parse_options(option)
-        if k is not None:
-            extra["k"] = k
-        settings = SAETrainSettings(
-            hook_name=hook or DEFAULT_HOOK, architecture=architecture, expansion_factor=expansion_factor,
-            d_sae=d_sae, l1_coefficient=l1_coefficient, lp_norm=lp_norm, l1_warm_up_steps=l1_warm_up_steps,
-            steps=steps, training_tokens=training_tokens, train_batch_size_tokens=batch_tokens,
-            context_size=context_size, lr=lr, lr_scheduler_name=lr_scheduler, lr_warm_up_steps=lr_warm_up_steps,
-            lr_decay_steps=lr_decay_steps, lr_end=lr_end, adam_beta1=adam_beta1, adam_beta2=adam_beta2,
-            normalize_activations=normalize_activations, apply_b_dec_to_input=apply_b_dec_to_input,
-            decoder_init_norm=decoder_init_norm or None, n_batches_in_buffer=n_batches_in_buffer,
-            store_batch_size_prompts=store_batch_size, activations_mixing_fraction=mixing_fraction,
-            feature_sampling_window=feature_sampling_window, dead_feature_window=dead_feature_window,
-            dead_feature_threshold=dead_feature_threshold, n_batches_for_norm_estimate=norm_batches, seed=seed,
-            dtype=dtype, device=device, autocast=autocast, compile_sae=compile_sae, n_checkpoints=n_checkpoints,
-            wandb=wandb, wandb_project=wandb_project, wandb_log_frequency=wandb_log_frequency,
-            eval_every_n_wandb_logs=eval_every_n_wandb_logs, extra=extra)
+        settings = _train_settings(options)
     if private and not push:
         fail("--private needs --push")
-    settings.check()
-    prepare_out(out, overwrite)
-    if tasks:
-        from culture.world import resolve_tasks
+    from culture.sae.training import prepare_out
 
-        resolve_tasks(list(tasks))
+    prepare_out(out, overwrite)
+    _keep_interrupted_run(out, resume, overwrite)
     if push:
         from culture.hub import check_push
 
         check_push("SAE", push)
-
-    hooked, src, dev = _load_model(model, source, device, sae=False)
-    settings.device = str(dev)
-    from culture.sae.common import check_hook, default_hook
-
-    if not resume:
-        hook = settings.hook_name = check_hook(hooked, hook or default_hook(hooked))
+    opened, hooked = _open_model(model, source, settings.device, sae=False, tasks=settings.tasks)
+    _fit_to_model(settings, hooked, opened, resume)
     if dataset is not None:
         from culture.sae.training import load_training_dataset
 
-        load_training_dataset(dataset, context_size)  # a bad directory: one line before any work
-    err_console.print(f"model {model} of {src.name}, hook {hook}, {settings.total_steps:,} steps x "
-                      f"{batch_tokens:,} tokens", highlight=False)
-    t0 = time.perf_counter()
-    with progress() as bar:
-        result = train_sae(hooked, out, settings, dataset=dataset,
-                           tasks=list(tasks) if tasks else src.default_tasks(),
-                           noise=noise, num_quizzes=num_quizzes, model_name=f"culture-gpt-{model}",
-                           overwrite=overwrite, progress=_reporter(bar),
-                           extra_summary={"model_id": model, "source": src.name}, summary_json=json_path,
-                           resume=resume)
-    s = result.summary
-    s["wall_seconds"] = time.perf_counter() - t0
+        load_training_dataset(dataset, settings.context_size)  # a bad directory: one line before any work
+    err_console.print(f"model {model} of {opened.source.name}, hook {settings.hook_name}, {settings.total_steps:,} "
+                      f"steps x {settings.train_batch_size_tokens:,} tokens", highlight=False)
+    result = _run_training(hooked, out, settings, dataset, model, opened, overwrite, json_path, resume)
+    print_table(_trained_table(out, result.summary, settings))
+    if is_stdout(json_path):
+        write_json(json_path, result.summary)
+    elif json_path is not None:
+        err_console.print(f"wrote {json_path}", highlight=False)
+    if push:
+        from culture.sae import push_sae
+        from culture.sae.training import default_path_in_repo
 
+        where = path_in_repo or default_path_in_repo(model, settings.hook_name)
+        url = push_sae(out, push, where, private=private)
+        err_console.print(f"pushed to {push}/{where}: {url}", highlight=False)
+
+
+def _train_settings(options: dict) -> SAETrainSettings:
+    """The SAETrainSettings of the options (same names), checked: a bound
+    broken is one line naming the option."""
+    values = {f.name: options[f.name] for f in fields(SAETrainSettings) if f.name in options}
+    values["hook_name"] = options["hook_name"] or DEFAULT_HOOK  # the model's middle block once it is loaded
+    values["extra"] = _parse_options(options["extra"])
+    values["tasks"] = tuple(options["tasks"]) if options["tasks"] else None
+    return _checked(SAETrainSettings(**values))
+
+
+def _checked(settings: SAETrainSettings) -> SAETrainSettings:
+    from culture.sae.settings import SAETrainSettingsError
+
+    try:
+        return settings.check()
+    except SAETrainSettingsError as exc:
+        fail(f"{option_flag(exc.field)}: {exc.detail}")
+
+
+def _resumed_run(out: Path, device: str):
+    """(settings, model id, source, dataset) of the interrupted run writing ``out``."""
+    given = given_options() - set(RESUMABLE)
+    if given:
+        fail(f"--resume continues the run with its own settings: {', '.join(option_flag(n) for n in sorted(given))} "
+             "cannot be given (only --device, --json, --push, --path-in-repo, --private)")
+    from culture.sae.training import read_run_record
+
+    record = read_run_record(out)
+    settings = record["settings"]
+    settings.device = device
+    if record.get("model_id") is None:
+        fail(f"{out}: the run record names no model")
+    dataset = Path(record["dataset"]) if record.get("dataset") else None
+    return settings, record["model_id"], record.get("source"), dataset
+
+
+def _fit_to_model(settings: SAETrainSettings, hooked, opened, resume: bool) -> None:
+    """The settings' device, hook (default: the model's middle block) and
+    tasks (default: the source's) for this model."""
+    from culture.sae.common import check_hook, default_hook
+
+    settings.device = str(opened.device)
+    if not resume:
+        given = "hook_name" in given_options()
+        settings.hook_name = check_hook(hooked, settings.hook_name if given else default_hook(hooked))
+        settings.tasks = tuple(opened.tasks)
+
+
+def _run_training(hooked, out, settings, dataset, model, opened, overwrite, json_path, resume):
+    from culture.sae import train_sae
+
+    t0 = time.perf_counter()
+    with progress() as bar, _resumable_or_gone(out):
+        result = train_sae(hooked, out, settings, dataset=dataset, model_name=f"culture-gpt-{model}",
+                           overwrite=overwrite, progress=_reporter(bar),
+                           extra_summary={"model_id": model, "source": opened.source.name},
+                           summary_json=None if is_stdout(json_path) else json_path,
+                           resume=resume)
+    result.summary["wall_seconds"] = time.perf_counter() - t0
+    return result
+
+
+def _trained_table(out, s: dict, settings: SAETrainSettings):
     from rich.table import Table
 
     table = Table(title=f"SAE trained: {out}", title_justify="left")
@@ -366,25 +468,18 @@ def train(
         ("hook", s["hook_name"]), ("features (d_sae)", _num(s["d_sae"])), ("d_in", _num(s["d_in"])),
         ("steps", _num(s["steps"])), ("training tokens", _num(s["training_tokens"])),
         ("tokens/s", _num(s["tokens_per_second"], 4)),
+        ("set-up seconds (data, runner, norm estimate)", _num(s.get("setup_seconds"), 3)),
         ("variance explained (last 10% of steps)", _num(s["explained_variance"])),
         ("L0 (features per token)", _num(s["l0"])),
         ("dead features", f"{_num(s['dead_features'])} ({pct(s['dead_fraction'])})"),
         ("mse loss", _num(s.get("mse_loss"))), ("l1 loss", _num(s.get("l1_loss"))),
-        ("dataset", (f"{s['dataset_rows']:,} generated quizzes (seed {seed}, noise {noise:g})"
+        ("dataset", (f"{s['dataset_rows']:,} generated quizzes (seed {settings.seed}, noise {settings.noise:g})"
                      if str(s["dataset"]).startswith("generated:")
                      else f"{s['dataset']} ({s['dataset_rows']:,} rows)")),
     ]
     for name, value in rows:
         table.add_row(name, str(value))
-    print_table(table)
-    if json_path is not None:
-        err_console.print(f"wrote {json_path}", highlight=False)
-    if push:
-        from culture.sae import push_sae
-
-        where = path_in_repo or default_path_in_repo(model, hook)
-        url = push_sae(out, push, where, private=private)
-        err_console.print(f"pushed to {push}/{where}: {url}", highlight=False)
+    return table
 
 
 # ------------------------------------------------------------------ eval
@@ -400,7 +495,7 @@ def eval_command(
     tasks: TasksOption = None,
     c_quizzes: CQuizzesOption = True,
     quizzes: QuizKindsOption = "both",
-    noise: NoiseOption = 0.05,
+    noise: NoiseOption = PROMPT_NOISE,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test set (not the training seed).")] = 0,
     dense_threshold: Annotated[float, typer.Option(
         "--dense-threshold", help="A feature firing on more than this share of positions is dense.")] = 0.1,
@@ -416,9 +511,10 @@ def eval_command(
         fail(f"--dense-threshold must be in (0, 1], got {dense_threshold}")
     from culture.sae import evaluate_sae
 
-    hooked, src, dev = _load_model(model, source, device, sae=True)
+    opened, hooked = _open_model(model, source, device, sae=True, tasks=tasks)
+    src, dev = opened.source, opened.device
     sae_obj = _load_sae_for(sae, subfolder, hooked, dev, model)
-    ts = _test_set(src, num_samples, tasks, c_quizzes, seed, noise, quizzes)
+    ts = _test_set(opened, num_samples, c_quizzes, seed, noise, quizzes)
     with progress() as bar:
         report = _reporter(bar)
         results = evaluate_sae(hooked, sae_obj, ts, batch_size=batch_size, dense_threshold=dense_threshold,
@@ -458,7 +554,7 @@ def features_command(
     features: Annotated[Optional[list[str]], typer.Option(
         "--features", help="Feature ids (several after one flag: --features 10 24).", show_default=False)] = None,
     top: Annotated[int, typer.Option("--top", help="Without --features: the top N features by --rank-by.")] = 10,
-    rank_by: Annotated[str, typer.Option("--rank-by", help="mean (activation), frequency or max.")] = "mean",
+    rank_by: Annotated[str, typer.Option("--rank-by", metavar=one_of("mean", "frequency", "max"), help="mean (activation), frequency or max.")] = "mean",
     examples: Annotated[int, typer.Option("--examples", help="Top quizzes shown per feature.")] = 8,
     steer: Annotated[Optional[list[str]], typer.Option(
         "--steer", help="FEATURE=SCALE (0 ablates) or FEATURE=@VALUE (clamp); several after one flag. "
@@ -471,7 +567,7 @@ def features_command(
     tasks: TasksOption = None,
     c_quizzes: CQuizzesOption = True,
     quizzes: QuizKindsOption = "both",
-    noise: NoiseOption = 0.05,
+    noise: NoiseOption = PROMPT_NOISE,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test set.")] = 0,
     batch_size: BatchSizeOption = 16,
     device: DeviceOption = "cpu",
@@ -498,7 +594,8 @@ def features_command(
     from culture.sae import feature_report, parse_steer, steer_accuracy
 
     specs = parse_steer(list(steer)) if steer else []  # syntax first; range once the SAE is loaded
-    hooked, src, dev = _load_model(model, source, device, sae=True)
+    opened, hooked = _open_model(model, source, device, sae=True, tasks=tasks)
+    src, dev = opened.source, opened.device
     sae_obj = _load_sae_for(sae, subfolder, hooked, dev, model)
     d_sae = int(sae_obj.cfg.d_sae)
     for f in ids:
@@ -506,7 +603,7 @@ def features_command(
             fail(f"feature {f} out of range (the SAE has {d_sae:,} features: 0..{d_sae - 1})")
     if specs:
         specs = parse_steer(list(steer), d_sae)
-    ts = _test_set(src, num_samples, tasks, c_quizzes, seed, noise, quizzes)
+    ts = _test_set(opened, num_samples, c_quizzes, seed, noise, quizzes)
     with progress() as bar:
         report = _reporter(bar)
         rep = feature_report(hooked, sae_obj, ts, features=ids or None, top=top, rank_by=rank_by,

@@ -12,7 +12,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from culture_cli.common import check_min, check_noise, console, err_console, fail, plain_output
+from culture_cli.common import check_min, check_noise, console, err_console, fail, one_of, plain_output
+
+
+#: the most quizzes one show-quiz prints / draws (a PNG of N quizzes is about N x 180 pixels tall)
+MAX_SHOWN = 10_000
+MAX_SHOWN_PNG = 250
+
+
+def _check_count(option: str, count: int, png: bool) -> None:
+    """Refuse a count of quizzes no one means to look at (memory grows with it)."""
+    limit = MAX_SHOWN_PNG if png else MAX_SHOWN
+    if count > limit:
+        where = "in one PNG" if png else "at once"
+        fail(f"{option} {count:,} is more quizzes than show-quiz shows {where} (at most {limit:,}); "
+             "use `culture-interp dataset build` for many quizzes")
 
 
 def _parse_indices(values: list[str]) -> list[int]:
@@ -70,7 +84,8 @@ def show_quiz(
     task: Annotated[Optional[list[str]], typer.Option(
         "--task", "--tasks", help="World task(s) to draw from (repeatable, or several after one flag); "
         "default: the 8 tasks of the published models.", show_default=False)] = None,
-    n: Annotated[int, typer.Option("--n", help="How many quizzes.")] = 1,
+    n: Annotated[int, typer.Option(
+        "--n", help=f"How many quizzes (at most {MAX_SHOWN:,}; {MAX_SHOWN_PNG} with --png).")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (quizzes, task order, noise).")] = 0,
     structure: Annotated[Optional[str], typer.Option(
         "--structure", help="Reconfigure to a structure: 1..5 or markers like \"f_A,A,f_B,B\".",
@@ -81,7 +96,7 @@ def show_quiz(
         "--file", help="Quizzes from a tensor file (n, 404) or a c_quizzes.pth.", show_default=False,
         dir_okay=True)] = None,
     split: Annotated[Optional[str], typer.Option(
-        "--split", help="With a c_quizzes file: train or test (default both).", show_default=False)] = None,
+        "--split", metavar=one_of("train", "test"), help="With a c_quizzes file: train or test (default both).", show_default=False)] = None,
     index: Annotated[Optional[list[str]], typer.Option(
         "--index", help="With --file: quiz index (repeatable, or \"3,7\"); default the first --n.",
         show_default=False)] = None,
@@ -104,6 +119,7 @@ def show_quiz(
     from culture.render import render_quizzes, save_quizzes_png, structure_name
 
     check_min("--n", n, 1)
+    _check_count("--n", n, png is not None)
     check_min("--seed", seed, 0)
     check_noise(noise)
     target = None
@@ -126,6 +142,7 @@ def show_quiz(
             fail(f"{file}: no quizzes{f' in the {split} split' if split else ''}")
         if index:
             picked = _parse_indices(index)
+            _check_count("--index", len(picked), png is not None)
             bad = [i for i in picked if not 0 <= i < total]
             if bad:
                 fail(f"--index {bad[0]} out of range: {file} has {total} quizzes (0..{total - 1})")

@@ -13,10 +13,18 @@ matplotlib, scipy) are imported inside the command.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Annotated, Optional
 
 import typer
 
+from culture.settings import QUIZ_KINDS, default_of
+from culture.universality_settings import (
+    MIN_QUIZZES,
+    UniversalitySettings,
+    UniversalitySettingsError,
+    check_quiz_count,
+)
 from culture_cli.common import (
     DeviceOption,
     ModelsSourceOption,
@@ -24,10 +32,11 @@ from culture_cli.common import (
     OptionalOutputFolder,
     QuizKindsOption,
     check_min,
-    check_noise,
     command_group,
     err_console,
     fail,
+    is_stdout,
+    option_flag,
     parse_ids,
     pct,
     print_table,
@@ -41,8 +50,6 @@ HELP = ("Universality across models: universal neurons (excess over a rotation b
 
 universality_app = command_group("universality", HELP)
 
-CONTROL_CHOICES = ("none", "position", "position_structure", "token")
-BASELINE_CHOICES = ("rotation", "permutation", "gaussian")
 
 
 def _f(x, digits: int = 3) -> str:
@@ -86,7 +93,7 @@ def _tables(report, top: int):
     yield _table(
         f"Universal neurons by layer (Gurnee et al.: excess = max-corr - {s['neuron_baseline']} baseline max-corr "
         f"> {thr:g}; max over every layer of each other model; control {primary}; {s['tokens']:,} tokens, "
-        f"{s['quizzes']} quizzes; models {', '.join(report.names)}; 95% bootstrap intervals over quizzes)",
+        f"{s['quizzes']} quizzes; models {', '.join(report.names)}; {_interval_note(s)})",
         ("layer", "neurons", "dead", "max-corr", "baseline", "excess", "universal", "held-out", "random-init models",
          "partner in same layer"),
         [(r["layer"], r["neurons"], pct(r["dead"]), _f(r["mean_max_corr"]), _f(r["mean_baseline"]),
@@ -157,10 +164,29 @@ def _tables(report, top: int):
                        "yes" if f["consistent"] else "no", _rates(f["rates"])) for f in fams])
 
 
+def _interval_note(settings: dict) -> str:
+    """What the neuron intervals carry, for a table title."""
+    boot = settings["bootstrap"]
+    draws = boot.get("rotation_draws", 0)
+    extra = f" and {draws} further rotation draws" if draws else ""
+    return f"{100 * boot['confidence']:g}% intervals: quiz bootstrap re-centred on the share{extra}"
+
+
 def _rates(rates: dict) -> str:
     """The highest firing rates of a family: "role:f(B) 31% [28, 35], ..."."""
     ranked = sorted(rates.items(), key=lambda kv: -kv[1]["value"])[:4]
     return ", ".join(f"{k} {_ci(v['value'], v['ci95'])}" for k, v in ranked)
+
+
+def _d(name: str):
+    """The default of UniversalitySettings field ``name``: the one source of the defaults below."""
+    return default_of(UniversalitySettings, name)
+
+
+# every option but those in CLI_ONLY is the UniversalitySettings field of the same name (its default, its
+# bounds: checked by UniversalitySettings.check); tests/test_universality.py compares them
+CLI_ONLY = ("models", "source", "quizzes", "sae", "ceiling_sae", "self_copy", "json_path", "png", "dashboard",
+            "device", "top")
 
 
 @universality_app.command("compare")
@@ -172,28 +198,31 @@ def compare_command(
     layers: Annotated[Optional[list[str]], typer.Option(
         "--layers", help="MLP layers to compare (--layers 0 2 3); default: every layer. A neuron's best match is "
         "searched in all of them. CKA then uses the residual stream at embed + these layers.",
-        show_default=False)] = None,
+        show_default=False)] = _d("layers"),
     tokens: Annotated[int, typer.Option(
-        "--tokens", help="Tokens to stream (quizzes of 404 positions; memory does not grow with it).")] = 40_000,
+        "--tokens", help=f"Tokens to stream (quizzes of 404 positions, at least {MIN_QUIZZES} quizzes; memory does "
+        "not grow with it).")] = _d("tokens"),
     tasks: Annotated[Optional[list[str]], typer.Option(
         "--tasks", "--task", help="World tasks of the quizzes (default: the source's training tasks when it records "
-        "them, else the 8 of the published models).", show_default=False)] = None,
+        "them, else the 8 of the published models).", show_default=False)] = _d("tasks"),
     quizzes: QuizKindsOption = "world",
     threshold: Annotated[float, typer.Option(
         "--threshold", help="A neuron is universal when its excess (max-corr minus baseline max-corr, averaged over "
-        "the other models) exceeds this; an SAE feature matches above it (Gurnee et al.: 0.5).")] = 0.5,
+        "the other models) exceeds this; an SAE feature matches above it (Gurnee et al.: 0.5).")] = _d("threshold"),
     baseline: Annotated[str, typer.Option(
         "--baseline", help="Null version of the other model for neurons: rotation (a random orthogonal rotation "
-        "of its activations), permutation (another quiz at the same position) or gaussian.")] = "rotation",
+        "of its activations), permutation (another quiz at the same position) or gaussian.")] = _d("baseline"),
     controls: Annotated[Optional[list[str]], typer.Option(
         "--controls", help="Confound controls, each computed (the first is the primary one): none, position, "
         "position_structure, token (per-group means removed first). Default: all four, none first.",
         show_default=False)] = None,
     within_position: Annotated[bool, typer.Option(
-        "--within-position", help="Shorthand for --controls position.")] = False,
+        "--within-position", help="Shorthand for --controls position.")] = _d("within_position"),
     positions: Annotated[str, typer.Option(
-        "--positions", help="all: the 404 positions; cells: positions whose input token is a grid cell.")] = "all",
-    noise: Annotated[float, typer.Option("--noise", help="Prompt noise probability (structures 1 and 2).")] = 0.05,
+        "--positions", help="all: the 404 positions; cells: positions whose input token is a grid cell.")
+    ] = _d("positions"),
+    noise: Annotated[float, typer.Option("--noise", help="Prompt noise probability (structures 1 and 2).")
+                     ] = _d("noise"),
     sae: Annotated[Optional[list[str]], typer.Option(
         "--sae", help="An SAE per model, repeated in --models order: a SAELens directory (cfg.json + "
         "sae_weights.safetensors) or a hub repo folder (owner/name/gpt-0/blocks_8_mlp_out); or bundled once: "
@@ -206,11 +235,16 @@ def compare_command(
         "permuted (the same function): the ceiling of the neuron measure.")] = False,
     random_init: Annotated[bool, typer.Option(
         "--random-init/--no-random-init", help="Also run random-init models of the same shapes (a second null).")
-    ] = True,
-    cka: Annotated[bool, typer.Option("--cka/--no-cka", help="Layer x layer residual CKA per model pair.")] = True,
+    ] = _d("random_init"),
+    cka: Annotated[bool, typer.Option("--cka/--no-cka", help="Layer x layer residual CKA per model pair.")
+                   ] = _d("cka"),
     cka_permutations: Annotated[int, typer.Option(
-        "--cka-permutations", help="Permutations of the CKA test (0: no test).")] = 19,
-    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples (over quizzes).")] = 1000,
+        "--cka-permutations", help="Permutations of the CKA test (0: no test).")] = _d("cka_permutations"),
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples (over quizzes).")
+                         ] = _d("resamples"),
+    rotation_draws: Annotated[int, typer.Option(
+        "--rotation-draws", help="Further random rotations of the rotation baseline (0-19): the neuron intervals "
+        "carry their spread beside the quizzes'.")] = _d("rotation_draws"),
     json_path: Annotated[OptionalOutputFile, typer.Option(
         "--json", help="Write every number to this JSON file.", show_default=False)] = None,
     png: Annotated[OptionalOutputFolder, typer.Option(
@@ -219,14 +253,18 @@ def compare_command(
         "--dashboard", help="Write the cross-model feature page (index.html) into this directory (needs --sae).",
         show_default=False)] = None,
     device: DeviceOption = "cpu",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the quizzes, baselines and bootstrap.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the quizzes, baselines and bootstrap.")] = _d("seed"),
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", help="Quizzes per forward pass (default: sized to ~128 MB of activations).",
-        show_default=False)] = None,
+        show_default=False)] = _d("batch_size"),
     precision: Annotated[str, typer.Option(
         "--precision", help="dtype of the per-batch products: float32 (fast) or float64 (accumulation is float64 "
-        "either way).")] = "float32",
+        "either way).")] = _d("precision"),
     top: Annotated[int, typer.Option("--top", help="Universal neurons / feature families listed.")] = 10,
+    max_memory: Annotated[str, typer.Option(
+        "--max-memory", help="Peak memory allowed (4.5G, 800M; available: what the system has free at the start): "
+        "the analysis reads the neuron co-moments in blocks that fit, and a comparison whose memory plan is over "
+        "it is refused before any work.")] = _d("max_memory"),
 ) -> None:
     """Compare models: universal neurons, tested residual CKA, SAE features - each beside its baselines.
 
@@ -238,31 +276,41 @@ def compare_command(
     the quizzes, measured on the other half), random-init models as a second
     null, and bootstrap intervals over quizzes.
     """
-    check_min("--tokens", tokens, 1)
-    if not (math.isfinite(threshold) and -1.0 <= threshold <= 2.0):
-        fail(f"--threshold must be in [-1, 2], got {threshold}")
-    check_noise(noise)
-    if positions not in ("all", "cells"):
-        fail(f"--positions must be all or cells, got {positions!r}")
-    if baseline not in BASELINE_CHOICES:
-        fail(f"--baseline must be one of {', '.join(BASELINE_CHOICES)}, got {baseline!r}")
-    ctl = [c for v in (controls or []) for c in str(v).replace(",", " ").split()]
-    for c in ctl:
-        if c not in CONTROL_CHOICES:
-            fail(f"--controls: unknown control {c!r} (choose from {', '.join(CONTROL_CHOICES)})")
+    check_min("--top", top, 0)
+    if quizzes not in QUIZ_KINDS:
+        fail(f"--quizzes must be world, culture or both, got {quizzes!r}")
+    ctl = tuple(c for v in (controls or []) for c in str(v).replace(",", " ").split())
     if within_position and ctl:
         fail("--within-position is --controls position: give one of them")
-    if precision not in ("float64", "float32"):
-        fail(f"--precision must be float64 or float32, got {precision!r}")
-    check_min("--seed", seed, 0)
-    check_min("--batch-size", batch_size, 1)
-    check_min("--top", top, 0)
-    check_min("--cka-permutations", cka_permutations, 0)
-    check_min("--resamples", resamples, 1)
-    if quizzes not in ("world", "culture", "both"):
-        fail(f"--quizzes must be world, culture or both, got {quizzes!r}")
-    ids = parse_ids(models, "--models")
     layer_ids = parse_ids(layers, "--layers")
+    try:
+        settings = UniversalitySettings(
+            tokens=tokens, tasks=tuple(tasks) if tasks else None, layers=tuple(layer_ids) if layer_ids else None,
+            threshold=threshold, baseline=baseline, controls=ctl or _d("controls"), within_position=within_position,
+            positions=positions, noise=noise, random_init=random_init, cka=cka, cka_permutations=cka_permutations,
+            resamples=resamples, rotation_draws=rotation_draws, seed=seed, batch_size=batch_size,
+            precision=precision, max_memory=max_memory).check()
+    except UniversalitySettingsError as exc:
+        fail(f"{option_flag(exc.field)}: {exc.detail}")
+    ids = _check_models(parse_ids(models, "--models"), sae, ceiling_sae, self_copy, dashboard)
+    run = _open(source, ids, device, settings, sae, self_copy)
+    settings = replace(settings, tasks=run.tasks)  # given, else the source's training tasks
+    saes, ceiling = _load_saes(run, sae, ceiling_sae)
+    given = _given_quizzes(run, settings, quizzes)
+    loaded, names = _load_models(run, settings, self_copy)
+    _announce(run, settings, loaded, names, saes, given)
+    report = _compare(loaded, names, settings, saes, ceiling, given, run.device)
+    report.settings.update({"source": run.source.name, "models": run.ids, "quiz_kinds": quizzes,
+                            "self_copy": self_copy,
+                            "sae_dirs": [getattr(s, "culture_path", None) for s in saes] if saes else None,
+                            "ceiling_sae_dir": getattr(ceiling, "culture_path", None) if ceiling is not None else None})
+    for table in _tables(report, top):
+        print_table(table)
+    _write_outputs(report, json_path, png, dashboard)
+
+
+def _check_models(ids, sae, ceiling_sae, self_copy: bool, dashboard) -> list[int] | None:
+    """The --models / --sae / --self-copy / --dashboard combinations, before anything is loaded."""
     if self_copy:
         if ids is None or len(ids) != 1:
             fail("--self-copy compares one model with its permuted copy: give one model id (--models 0)")
@@ -270,66 +318,99 @@ def compare_command(
             fail("--self-copy is for neurons and CKA: drop --sae")
     elif ids is not None and len(ids) < 2:
         fail(f"--models: give at least 2 models to compare, got {len(ids)}")
-    bundled_sae = bool(sae) and len(sae) == 1 and sae[0] == "bundled"
-    if sae and not bundled_sae and ids is not None and len(sae) != len(ids):
+    if sae and not _bundled(sae) and ids is not None and len(sae) != len(ids):
         fail(f"--sae: give one SAE directory per model ({len(sae)} for {len(ids)} models), or --sae bundled")
     if ceiling_sae and not sae:
         fail("--ceiling-sae needs --sae (the models' own SAEs)")
     if dashboard is not None and not sae:
         fail("--dashboard shows SAE feature families: it needs --sae")
+    return ids
 
-    import torch
 
-    from culture import sources
-    from culture.evaluation import check_device
-    from culture.universality import compare_models, estimate_memory, load_saes, plot_report
-    from culture.world import resolve_tasks
+def _bundled(sae) -> bool:
+    return bool(sae) and len(sae) == 1 and sae[0] == "bundled"
 
-    dev = check_device(device)
-    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
-    task_names = list(resolve_tasks(list(tasks) if tasks else src.default_tasks()))
+
+def _open(source, ids, device, settings, sae, self_copy: bool):
+    """The source opened (culture.sources.open_source): device, tasks, ids checked; every model by default."""
+    from culture.sources import open_source
+
+    run = open_source(source, ids, device=device, tasks=settings.tasks)
     if ids is None:
-        ids = src.model_ids()
-        if len(ids) < 2:
-            fail(f"source {src.name} has {len(ids)} model(s); universality needs at least 2")
-        if sae and not bundled_sae and len(sae) != len(ids):
-            fail(f"--sae: give one SAE directory per model ({len(sae)} for {len(ids)} models), or --sae bundled")
-    for k in ids:
-        src.check_model_id(k)
-    saes = ceiling = None
-    if sae:
-        from culture.sae import bundled_sae_folder, load_sae
+        if len(run.ids) < 2:
+            fail(f"source {run.source.name} has {len(run.ids)} model(s); universality needs at least 2")
+        if sae and not _bundled(sae) and len(sae) != len(run.ids):
+            fail(f"--sae: give one SAE directory per model ({len(sae)} for {len(run.ids)} models), "
+                 "or --sae bundled")
+    return run
 
-        if bundled_sae:
-            saes = [load_sae("bundled", bundled_sae_folder(k), device=str(dev)) for k in ids]
-        else:
-            saes = load_saes(sae, device=str(dev))
-        if ceiling_sae == "bundled":
-            ceiling = load_sae("bundled", bundled_sae_folder(ids[0], extra=True), device=str(dev))
-        elif ceiling_sae:
-            ceiling = load_sae(ceiling_sae, device=str(dev))
 
-    given = {}
-    n_quizzes = math.ceil(tokens / (404 if positions == "all" else 399))
-    if quizzes != "world":
-        from culture.evaluation import source_test_set
+def _load_saes(run, sae, ceiling_sae):
+    """(one SAE per model, the ceiling SAE), None where not asked."""
+    if not sae:
+        return None, None
+    from culture.sae import bundled_sae_folder, load_sae
+    from culture.universality import load_saes
 
-        ts = source_test_set(src, n_quizzes, task_names, seed=seed, noise=noise, quizzes=quizzes)
-        given = {"quizzes": ts.quizzes, "clean": ts.targets, "task_labels": ts.labels}
-        err_console.print(f"quizzes: {len(ts)} ({len(ts) - ts.n_c_quizzes} world, {ts.n_c_quizzes} c-quizzes)",
-                          highlight=False)
+    dev = str(run.device)
+    if _bundled(sae):
+        saes = [load_sae("bundled", bundled_sae_folder(k), device=dev) for k in run.ids]
+    else:
+        saes = load_saes(sae, device=dev)
+    ceiling = None
+    if ceiling_sae == "bundled":
+        ceiling = load_sae("bundled", bundled_sae_folder(run.ids[0], extra=True), device=dev)
+    elif ceiling_sae:
+        ceiling = load_sae(ceiling_sae, device=dev)
+    return saes, ceiling
 
-    chosen_controls = ("position",) if within_position else (tuple(ctl) or CONTROL_CHOICES)
-    loaded = sources.load_culture(ids, src, device=dev)
-    names = [str(k) for k in ids]
+
+def _given_quizzes(run, settings, quizzes: str) -> dict:
+    """The source's test set when --quizzes is culture or both (world quizzes are drawn by the library)."""
+    if quizzes == "world":
+        return {}
+    from culture.evaluation import source_test_set
+
+    ts = source_test_set(run.source, settings.n_quizzes(), list(run.tasks), seed=settings.seed, noise=settings.noise,
+                         quizzes=quizzes)
+    err_console.print(f"quizzes: {len(ts)} ({len(ts) - ts.n_c_quizzes} world, {ts.n_c_quizzes} c-quizzes)",
+                      highlight=False)
+    return {"quizzes": ts.quizzes, "clean": ts.targets, "task_labels": ts.labels}
+
+
+def _load_models(run, settings, self_copy: bool):
+    """(models, names): the source's models, and the permuted copy with --self-copy."""
+    loaded = run.load_all()
+    names = [str(k) for k in run.ids]
     if self_copy:
         from culture.universality import permuted_mlp_copy
 
-        loaded.append(permuted_mlp_copy(loaded[0], seed)[0])
-        names.append(f"{ids[0]}-copy")
-    mem = estimate_memory(loaded, layer_ids, cka, saes, random_init, chosen_controls)
-    err_console.print(f"models {', '.join(names)} from {src.name}; {n_quizzes * 404:,} tokens "
-                      f"({positions} positions), accumulators ~{mem / 2**20:,.0f} MiB float64", highlight=False)
+        loaded.append(permuted_mlp_copy(loaded[0], settings.seed)[0])
+        names.append(f"{run.ids[0]}-copy")
+    return loaded, names
+
+
+def _announce(run, settings, loaded, names, saes, given) -> None:
+    """Layers and quiz count checked (one error line), then what is compared and the accumulators' size."""
+    import torch
+
+    from culture.universality import check_memory, memory_plan
+
+    n_quizzes = len(given["quizzes"]) if given else settings.n_quizzes()
+    plan = memory_plan(loaded, settings.layers, cka=settings.cka, saes=saes, random_init=settings.random_init,
+                       controls=settings.primary_controls(), baseline=settings.baseline,
+                       cka_permutations=settings.cka_permutations, batch_size=settings.batch_size,
+                       n_quizzes=n_quizzes, max_memory=settings.max_memory,
+                       compute_dtype=getattr(torch, settings.precision))  # layers checked
+    check_quiz_count(n_quizzes, settings.positions_per_quiz)
+    check_memory(plan)
+    err_console.print(f"models {', '.join(names)} from {run.source.name}; {settings.n_quizzes() * 404:,} tokens "
+                      f"({settings.positions} positions); {plan.line()}", highlight=False)
+
+
+def _compare(loaded, names, settings, saes, ceiling, given, device):
+    """compare_models under a progress bar per pass."""
+    from culture.universality import compare_models
 
     with progress() as bar:
         ids_bar: dict[str, int] = {}
@@ -339,24 +420,19 @@ def compare_command(
                 ids_bar[description] = bar.add_task(description, total=total)
             bar.update(ids_bar[description], completed=done)
 
-        report = compare_models(
-            loaded, n_tokens=tokens, tasks=task_names, layers=layer_ids, threshold=threshold, positions=positions,
-            controls=chosen_controls, baseline=baseline,
-            random_init=random_init, noise=noise, cka=cka, cka_permutations=cka_permutations, saes=saes,
-            ceiling_sae=ceiling, names=names, batch_size=batch_size, n_resamples=resamples,
-            seed=seed, device=dev, compute_dtype=torch.float64 if precision == "float64" else torch.float32,
-            progress=report_progress, **given)
-    report.settings.update({"source": src.name, "models": ids, "quiz_kinds": quizzes, "self_copy": self_copy,
-                            "sae_dirs": [getattr(s, "culture_path", None) for s in saes] if saes else None,
-                            "ceiling_sae_dir": getattr(ceiling, "culture_path", None) if ceiling is not None else None})
+        return compare_models(loaded, settings=settings, saes=saes, ceiling_sae=ceiling, names=names, device=device,
+                              progress=report_progress, **given)
 
-    for table in _tables(report, top):
-        print_table(table)
-    with outputs(announce=False) as staged:  # --json and --png all or nothing
+
+def _write_outputs(report, json_path, png, dashboard) -> None:
+    """--json and --png (all or nothing), then --dashboard."""
+    from culture.universality import plot_report
+
+    with outputs(announce=False) as staged:
         if json_path is not None:
             write_json(staged.file(json_path), report.to_dict(), announce=False)
         paths = plot_report(report, staged.dir(png, merge=True)) if png is not None else []
-    if json_path is not None:
+    if json_path is not None and not is_stdout(json_path):
         err_console.print(f"wrote {json_path}", highlight=False)
     if png is not None:
         err_console.print(f"wrote {len(paths)} figure(s) into {png}", highlight=False)

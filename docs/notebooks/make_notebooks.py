@@ -144,8 +144,10 @@ Which components of a zoo model carry each task's rule? Model 0 of the **bundled
 control pairs for patching, a random-init model for the logit lens, random circuits for circuit discovery.
 
 Sizes are **small for speed** (a few dozen quizzes and pairs, one task for circuit discovery), so the
-intervals are wide; the `culture-interp ablate`, `patch`, `logit-lens` and `circuit` commands (README,
-section *Circuits*) give the full-size figures. Every number is printed by a cell.
+intervals are wide; the `culture-interp ablate`, `patch`, `logit-lens`, `circuit find` and `circuit compare`
+commands (documentation: guide *Circuits*, `docs/guides/circuits.md`) give the full-size figures, and the
+results page *Circuits of the bundled models* (`docs/results/circuits.md`) shows them. Every number is printed
+by a cell.
 """),
         code("""
 import tempfile
@@ -329,6 +331,51 @@ save_circuit_png(circ, pictures / "circuit.png", title=f"model 0, replace_color 
 display(Image(pictures / "circuit.png", width=900))
 """),
         md("""
+## Across models: do they share the circuit?
+
+Heads are unordered, so "head 3.3" of model 0 need not be head 3.3 of model 1. Every model of the zoo runs
+the same pairs; each head gets a *role* (its patching recovery over the task's factors, its attention by
+offset, its direct effect on the logits per target colour), and heads are matched within each layer by role
+similarity — against a null of shuffled role vectors. Model j's circuit (its top edges) is then carried to
+model k through the matching and patched in k alone: *cross-model faithfulness*, with intervals that
+resample the pairs *and* redo the matching, beside circuits carried by random head permutations. Last,
+the bundled SAEs: do features matched across models (activation correlation) both sit among their model's
+top features by effect on the answer? Sizes here are tiny (3 pairs per profile condition: the matching is
+noisy); `culture-interp circuit compare` gives the zoo run (results page *Circuits of the bundled models*,
+`docs/results/circuits.md`, section *Do the four models share these circuits?*).
+"""),
+        code("""
+from culture.circuits.compare import compare_circuits
+from culture.sae import bundled_sae_folder, load_sae
+
+zoo = load_hooked([0, 1, 2, 3], source="bundled")
+saes = [load_sae("bundled", bundled_sae_folder(k)) for k in range(4)]
+cmp = compare_circuits(zoo, "replace_color", "dst", profile_tasks=list(TASKS), n_pairs=8, profile_pairs=3,
+                       circuit_edges=30, ig_steps=1,
+                       n_resamples=300, match_resamples=2, null_draws=30, null_circuits=2, saes=saes,
+                       top_k_features=10, feature_quizzes=6, batch_size=8, seed=0)
+layer, head = cmp.reference
+print(f"reference: head {layer}.{head} of model 0 (its highest recovery)")
+for r in cmp.reference_rows()[1:]:
+    print(f"model {r['model']}: plays its role: head {r['matched']} (similarity {r['similarity']:.2f}, "
+          f"null q95 {r['null_q95']:.2f}; best anywhere {r['best_anywhere']}); its recovery "
+          f"{ci(r['matched_recovery'], False, 2)}; the model's own top head {r['top_head']}")
+for (a, b), m in cmp.matchings.items():
+    if a == 0:
+        n = m.null_summary()
+        print(f"matching 0 -> {b}: mean similarity {m.mean_similarity:.2f} (shuffled null {n['null_mean']:.2f}, "
+              f"q95 {n['null_q95']:.2f}, p {n['p_value']:.2f})")
+print("cross-model faithfulness (row: circuit of model j; column: patched in model k) [null: random matching]")
+for j in range(4):
+    print(f"  {j}: " + " | ".join(ci(cmp.faithfulness[j][k], digits=0) +
+                                  ("" if j == k else f" [{100 * cmp.null_faithfulness[j][k]['mean']:.0f}%]")
+                                  for k in range(4)))
+for key, sh in cmp.features["shared"].items():
+    if key.startswith("0->"):
+        print(f"SAE features {key}: {ci(sh, digits=0)} of model 0's top 10 with a partner have it in the other "
+              f"model's top 10 (shuffled-match null {100 * sh['null_mean']:.1f}%)")
+"""),
+        md("""
 ## Reading these results
 
 A component matters for the rule when patching it recovers much of the logit difference **and** its
@@ -337,7 +384,9 @@ than the factor. Attribution patching is a cheap first-order estimate: compare i
 patching head by head before trusting it (the rows above show where the two part). The logit lens shows at which
 layer the answer becomes readable; the circuit is only as good as its faithfulness against random
 circuits. None of this shows *how* a head computes the rule, only where its effect goes; at these sizes
-the intervals, not the point values, say what holds.
+the intervals, not the point values, say what holds. Across models, a match means a head plays a similar
+role, not that it computes the same way; read cross-model faithfulness against the model's own and the
+random-matching null.
 """),
     ]
 
@@ -438,13 +487,14 @@ The bundled zoo's models 0–3 were trained side by side on the same tasks. Do t
 MLP neurons (Gurnee et al. 2024: a neuron's best correlation with another model, minus the same against a
 randomly rotated copy of that model), residual-stream CKA (permutation test, random-init models), and SAE
 features (matched between models, between a shuffled-quiz floor and a ceiling: model 0's second SAE,
-trained with another seed).
+trained with another seed). Last, attention heads: matched across models by the role they play, against
+shuffled roles.
 
 The token budget is **small for speed** (a few thousand tokens, one confound control besides the raw
 activations, few bootstrap resamples), so read the intervals; the full figures come from
 `culture-interp universality compare --models 0 1 2 3 --source bundled --tokens 40000 --sae bundled
---ceiling-sae bundled` (README, section `culture-interp universality compare`). Every number is printed by
-a cell.
+--ceiling-sae bundled` (documentation: guide *Universality*, `docs/guides/universality.md`). Every number is
+printed by a cell.
 """),
         code("""
 import warnings
@@ -581,13 +631,48 @@ if fams:
         display(Image(png.getvalue()))
 """),
         md("""
+## Heads: the same role in every model?
+
+Heads of a layer are unordered, so "head 3.3" of model 0 need not be head 3.3 of model 1. Each head gets a
+*role* (`culture.circuits.head_roles`): its activation-patching recovery on counterfactual pairs of every
+factor of the three tasks, its attention by offset, and its direct effect on the logits per target colour —
+positions and vocabulary are shared by every model, residual bases are not. Heads are matched one to one
+within each layer by role similarity (`culture.circuits.matching`), against matchings of shuffled role
+vectors (the null). The pairs and seeds are those of `culture-interp circuit compare` with
+`--profile-pairs 6`, so this matching is the one of the zoo run on the results page *Circuits of the bundled
+models* (`docs/results/circuits.md`), which also carries each model's circuit to the others through it
+(cross-model faithfulness) and compares SAE features on the circuits; notebook 02 ends with a small version.
+"""),
+        code("""
+from culture import load_hooked
+from culture.circuits.head_roles import head_role_data, role_conditions
+from culture.circuits.matching import match_heads
+from culture.circuits.pairs import make_pairs
+
+hooked = load_hooked(ids, source="bundled")
+conditions = role_conditions(["replace_color", "frame", "detect"])   # every (task, factor) that changes f(B)
+pair_sets = {f"{t}/{f}": make_pairs(6, t, f, seed=1 + i) for i, (t, f) in enumerate(conditions)}  # same for all
+roles = [head_role_data(h, pair_sets, batch_size=16).vectors() for h in hooked]
+L, H = hooked[0].cfg.n_layers, hooked[0].cfg.n_heads
+ref = divmod(int(roles[0]["profile"][:, 0].argmax()), H)            # model 0's top head on the first condition
+print(f"{len(conditions)} conditions x 6 pairs; model 0's top head on {'/'.join(conditions[0])}: {ref[0]}.{ref[1]}")
+for b in ids[1:]:
+    m = match_heads(roles[0], roles[b], L, H, null_draws=100, seed=b)
+    c, n = m.counterpart(*ref), m.null_summary()
+    print(f"model {b}: head {c['matched']} plays its role (similarity {c['similarity']:.2f}, null q95 "
+          f"{c['null_q95']:.2f}; most similar anywhere {c['best_anywhere']}); all heads: mean matched similarity "
+          f"{n['observed']:.2f} vs shuffled {n['null_mean']:.2f} (q95 {n['null_q95']:.2f}, p {n['p_value']:.2f})")
+"""),
+        md("""
 ## Reading these results
 
 A unit is shared only as far as it beats its null: neurons against the rotation baseline and random-init
 models, CKA against random-init models (a shared positional code makes even untrained models alike, which
 the position control removes), SAE matches between the shuffled-quiz floor and the second-seed ceiling —
 a cross-model match rate near the ceiling means the models share features about as much as one model's
-two SAEs do. A family drawn on the grids shows where its members fire, not what they compute. With this
+two SAEs do. A family drawn on the grids shows where its members fire, not what they compute. Matched heads
+play a similar role (patching profile, attention pattern, logit output), which is not proof that they compute
+the same way; with 100 shuffled draws, p cannot go below 0.01. With this
 small budget the intervals are wide; `--dashboard DIR` on the full command writes every family's page.
 """),
     ]

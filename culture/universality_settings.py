@@ -1,0 +1,194 @@
+"""The settings of a universality comparison, each default and bound once.
+
+Torch-free: ``culture-interp universality compare`` takes its option
+defaults from :class:`UniversalitySettings` (the options carry the field
+names) and the library (:func:`culture.universality.compare_models`) checks
+them once, with :meth:`UniversalitySettings.check`.
+
+    >>> from culture.universality_settings import UniversalitySettings
+    >>> s = UniversalitySettings(tokens=20 * 404, controls=("position",), cka=False).check()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from culture.defaults import PROMPT_NOISE
+from culture.errors import CultureError
+from culture.settings import SettingsError, check_settings, setting
+
+#: confound controls (:mod:`culture.universality.controls`): per-group means removed first
+CONTROLS = ("none", "position", "position_structure", "token")
+#: null versions of the other model for neurons (:mod:`culture.universality.neurons`)
+BASELINES = ("rotation", "permutation", "gaussian")
+#: which of a quiz's 404 positions are tokens (:func:`culture.universality.position_index`)
+POSITIONS = ("all", "cells")
+#: dtypes of the per-batch products (accumulation is float64 either way)
+PRECISIONS = ("float32", "float64")
+#: positions per quiz under each ``positions`` setting (BOS + 403 inputs; minus BOS and the 4 markers)
+POSITIONS_PER_QUIZ = {"all": 404, "cells": 399}
+
+#: The fewest quizzes a comparison accepts. Its intervals resample quizzes and
+#: its held-out replication splits them into even- and odd-index halves: with
+#: 8, each half has 4 quizzes, the fewest for which a bootstrap over them has
+#: more than a handful of distinct resamples (C(7, 4) = 35). With fewer, the
+#: intervals collapse and a neuron silent on one quiz reads as "dead".
+MIN_QUIZZES = 8
+
+#: The most further rotation draws: with d draws the reported share provably
+#: lies inside its 95% interval while d + 1 <= 20 (:mod:`culture.universality.intervals`).
+MAX_ROTATION_DRAWS = 19
+
+#: earlier keyword names :func:`~culture.universality.compare_models` still takes
+ALIASES = {"n_tokens": "tokens", "n_resamples": "resamples"}
+
+
+class UniversalityError(CultureError, ValueError):
+    """Bad input to a universality comparison (one-line message)."""
+
+
+#: --max-memory's default: the memory the system has available when the comparison starts
+DEFAULT_MAX_MEMORY = "available"
+
+
+class UniversalitySettingsError(UniversalityError, SettingsError):
+    """A universality setting out of its bounds (``field`` names it)."""
+
+
+class QuizCountError(UniversalityError):
+    """Too few quizzes for the statistics a comparison prints (one line)."""
+
+
+def check_quiz_count(n_quizzes: int, positions_per_quiz: int, error: type[Exception] = QuizCountError) -> None:
+    """Raise ``error`` when ``n_quizzes`` < :data:`MIN_QUIZZES`, saying why and
+    how many tokens that takes at ``positions_per_quiz`` positions per quiz."""
+    if n_quizzes < MIN_QUIZZES:
+        raise error(f"universality needs at least {MIN_QUIZZES} quizzes ({MIN_QUIZZES * positions_per_quiz:,} "
+                    f"tokens at {positions_per_quiz} positions per quiz), got {n_quizzes}: its intervals resample "
+                    f"quizzes and its held-out half is the odd-index quizzes, so with fewer the intervals collapse "
+                    f"and a neuron silent on so few tokens would read as dead")
+
+
+@dataclass
+class UniversalitySettings:
+    """How models are compared (:func:`culture.universality.compare_models`).
+
+    tokens: tokens of world quizzes streamed (``ceil(tokens / positions per
+        quiz)`` quizzes of ``tasks``, structures drawn from ``seed``, prompt
+        ``noise``); ignored when quizzes are given.
+    layers: MLP layers compared (None: every layer all models have).
+    threshold: universal = excess (max-corr - baseline max-corr) > threshold;
+        an SAE feature matches above it.
+    baseline: the null version of the other model for neurons.
+    controls: confound controls, each computed; the first is the primary one.
+        ``within_position`` is ``controls=("position",)``.
+    positions: "all" 404 positions or "cells" (input token a grid cell).
+    random_init: also run random-init models of the same shapes.
+    cka, cka_permutations: residual CKA and its permutation test's size (0: none).
+    resamples, n_blocks, confidence: the bootstrap over quizzes (in
+        ``n_blocks`` blocks by index); ``bootstrap_margin``: units further
+        than this from the threshold keep their side in every resample.
+    rotation_draws: further random rotations of the rotation baseline (at
+        most 19); the neuron intervals carry their spread
+        (:mod:`culture.universality.intervals`).
+    batch_size: quizzes per forward pass (None: sized to the activations).
+    precision: dtype of the per-batch products.
+    max_memory: peak memory allowed ("4.5G", "800M", bytes, or "available":
+        what the system has free at the start); a comparison whose memory plan
+        (:func:`culture.universality.memory.memory_plan`) is over it is refused
+        before any work.
+    """
+
+    tokens: int = setting(40_000, min=1)
+    tasks: tuple[str, ...] | None = None
+    layers: tuple[int, ...] | None = None
+    threshold: float = setting(0.5, min=-1.0, max=2.0)
+    baseline: str = setting("rotation", choices=BASELINES)
+    controls: tuple[str, ...] = CONTROLS
+    within_position: bool = False
+    positions: str = setting("all", choices=POSITIONS)
+    noise: float = setting(PROMPT_NOISE, min=0.0, max=1.0)
+    random_init: bool = True
+    cka: bool = True
+    cka_permutations: int = setting(19, min=0)
+    resamples: int = setting(1000, min=1)
+    n_blocks: int = setting(32, min=2)
+    confidence: float = setting(0.95, above=0.0)
+    bootstrap_margin: float = setting(0.15, min=0.0)
+    rotation_draws: int = setting(4, min=0, max=MAX_ROTATION_DRAWS)
+    seed: int = setting(0, min=0)
+    batch_size: int | None = setting(None, min=1)
+    precision: str = setting("float64", choices=PRECISIONS)
+    max_memory: str = DEFAULT_MAX_MEMORY
+
+    def check(self) -> "UniversalitySettings":
+        """Every setting in its bounds; a one-line UniversalitySettingsError otherwise."""
+        for name in ("tokens", "cka_permutations", "resamples", "n_blocks", "rotation_draws", "seed", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise UniversalitySettingsError(name, f"must be an integer, got {value!r}")
+        check_settings(self, UniversalitySettingsError)
+        self.primary_controls()
+        from culture.universality.memory import parse_memory  # noqa: PLC0415 - torch-free module, read when checked
+
+        try:
+            parse_memory(self.max_memory)
+        except UniversalityError as exc:
+            raise UniversalitySettingsError("max_memory", str(exc)) from None
+        if self.n_blocks % 2:
+            raise UniversalitySettingsError("n_blocks", f"must be even (even blocks hold the even quizzes), got "
+                                                        f"{self.n_blocks}")
+        if not self.confidence < 1.0:
+            raise UniversalitySettingsError("confidence", f"must be in (0, 1), got {self.confidence}")
+        return self
+
+    def primary_controls(self) -> tuple[str, ...]:
+        """The controls computed, the primary one first (``("position",)`` with ``within_position``)."""
+        controls = (self.controls,) if isinstance(self.controls, str) else tuple(self.controls)
+        if self.within_position:
+            return ("position",)
+        out = tuple(dict.fromkeys(str(c) for c in controls))
+        if not out:
+            raise UniversalitySettingsError("controls", "give at least one control")
+        for c in out:
+            if c not in CONTROLS:
+                raise UniversalitySettingsError("controls", f"unknown control {c!r} (choose from "
+                                                            f"{', '.join(CONTROLS)})")
+        return out
+
+    @property
+    def positions_per_quiz(self) -> int:
+        return POSITIONS_PER_QUIZ[self.positions]
+
+    def n_quizzes(self) -> int:
+        """World quizzes streamed for ``tokens`` tokens."""
+        return -(-self.tokens // self.positions_per_quiz)
+
+    @classmethod
+    def of(cls, settings: "UniversalitySettings | None" = None, **options) -> "UniversalitySettings":
+        """``settings`` (default: the defaults) with ``options`` replacing fields;
+        also the earlier names ``n_tokens``, ``n_resamples`` and
+        ``compute_dtype`` (a torch dtype). Checked; an error names the option
+        as it was given."""
+        given = {}
+        for key, value in options.items():
+            if key == "compute_dtype":
+                key, value = "precision", str(value).removeprefix("torch.")
+            given[ALIASES.get(key, key)] = (key, value)
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(k for k, _ in given.values() if ALIASES.get(k, k) not in names and k != "compute_dtype")
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+        out = replace(settings if settings is not None else cls(), **{f: v for f, (_, v) in given.items()})
+        try:
+            return out.check()
+        except UniversalitySettingsError as exc:
+            as_given = given.get(exc.field, (exc.field, None))[0]
+            if as_given == exc.field:
+                raise
+            raise UniversalitySettingsError(as_given, exc.detail) from None
+
+
+__all__ = ["UniversalitySettings", "UniversalityError", "UniversalitySettingsError", "QuizCountError",
+           "check_quiz_count", "MIN_QUIZZES", "CONTROLS", "BASELINES", "POSITIONS", "PRECISIONS",
+           "POSITIONS_PER_QUIZ", "ALIASES", "MAX_ROTATION_DRAWS"]

@@ -1,0 +1,130 @@
+"""Universality memory: the analysis read in row blocks gives the same bits as
+unblocked, the printed plan is close to the measured peak, and a plan over
+the limit is refused before any work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from culture.mygpt import GPTConfig, MyGPT
+from culture.universality import UniversalityError, compare_models, memory_plan, parse_memory
+from tests.cli import error_line
+from tests.helpers_sources import make_local_source
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = GPTConfig(64, 16, 256, 4, 4)  # the bundled zoo's shape (culture/zoo/zoo.json)
+
+
+def _models(cfg, n=2):
+    out = []
+    for k in range(n):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(50 + k)
+            out.append(MyGPT(cfg).eval())
+    return out
+
+
+def _numbers(report) -> str:
+    d = report.to_dict()
+    d["settings"].pop("seconds")
+    d["settings"].pop("memory_plan")
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+@pytest.mark.parametrize("baseline", ["rotation", "permutation"])
+def test_row_blocked_analysis_is_bit_identical(baseline):
+    """Zoo shape, all 4 layers: the analysis read one layer of rows at a time
+    (tile_rows 256) gives exactly the numbers of the unblocked one."""
+    models = _models(ZOO)
+    kw = dict(n_tokens=3232, baseline=baseline, controls=("position", "none"), cka=False, n_resamples=50,
+              compute_dtype=torch.float32, random_init=False)
+    unblocked = compare_models(models, **kw)
+    from culture.universality import neurons
+
+    original = neurons.NeuronMoments.analyse
+
+    def blocked(self, control, threshold, tile_rows=None):
+        return original(self, control, threshold, 256)
+
+    neurons.NeuronMoments.analyse = blocked
+    try:
+        rows = compare_models(models, **kw)
+    finally:
+        neurons.NeuronMoments.analyse = original
+    assert unblocked.settings["memory_plan"]["tile_rows"] is None
+    assert _numbers(rows) == _numbers(unblocked)
+    a, b = unblocked.neurons[2], rows.neurons[2]
+    assert np.array_equal(a.pair_max[(1, 0)], b.pair_max[(1, 0)]) and a.pair_max[(1, 0)].std() > 0
+
+
+def test_the_limit_sets_the_analysis_block():
+    """The analysis block is the largest (whole layers) that keeps the plan
+    under the limit: all rows when there is room, one layer when tight; the
+    peak is the persistent buffers plus the largest phase."""
+    models = _models(ZOO)
+    kw = dict(cka=False, random_init=False, controls=("none",), n_quizzes=2, process=0)
+    free = memory_plan(models, max_memory="1T", **kw)
+    assert free.tile_rows is None and free.fits()
+    assert free.total == sum(free.items.values())
+    tight = memory_plan(models, max_memory=1, **kw)
+    assert tight.tile_rows == 256 and not tight.fits()
+    all_rows, one_layer = free.items["analysis temporaries"], tight.items["analysis temporaries"]
+    per_row = (all_rows - one_layer) / (1024 - 256)
+    fixed = one_layer - per_row * 256
+    for rows, expect in ((300, 256), (600, 512), (1100, None)):
+        rest = free.buffers - all_rows
+        plan = memory_plan(models, max_memory=int(rest + fixed + per_row * rows) + 1, **kw)
+        assert plan.tile_rows == expect, (rows, plan.tile_rows)
+
+
+def test_plan_is_within_20_percent_of_the_measured_peak():
+    """Zoo shape, 2 models, default settings: the plan (RSS before + every
+    buffer) against the process's peak RSS, in a fresh process."""
+    code = textwrap.dedent("""
+        import json, resource, torch
+        torch.set_num_threads(1)
+        import culture.hooked, scipy.optimize  # noqa: F401 (libraries before the plan measures the process)
+        from culture.mygpt import GPTConfig, MyGPT
+        from culture.universality import compare_models
+        models = []
+        for k in range(2):
+            torch.manual_seed(50 + k)
+            models.append(MyGPT(GPTConfig(64, 16, 256, 4, 4)).eval())
+        r = compare_models(models, n_tokens=4040, cka_permutations=9, n_resamples=100, compute_dtype=torch.float32,
+                           max_memory="4G")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps({"plan": r.settings["memory_plan"]["total_bytes"], "peak": peak}))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout.strip().splitlines()[-1])
+    assert abs(d["plan"] - d["peak"]) <= 0.2 * d["peak"], d
+
+
+def test_refusal_before_any_work():
+    models = _models(GPTConfig(32, 16, 64, 2, 2))
+    calls = []
+    with pytest.raises(UniversalityError, match=r"memory plan .* \(limit 100 MiB\).*over the limit"):
+        compare_models(models, n_tokens=3232, max_memory="100M", progress=lambda *a: calls.append(a))
+    assert calls == []  # refused before the first batch
+    with pytest.raises(UniversalityError, match="memory limit"):
+        compare_models(models, n_tokens=3232, max_memory="lots")
+    assert parse_memory("4.5G") == int(4.5 * 2**30) and parse_memory("800M") == 800 * 2**20
+    assert parse_memory("available") is None  # the default: what the system has free
+
+
+def test_cli_refuses_with_one_line(tmp_path, capsys):
+    root = make_local_source(tmp_path, (32, 16, 64, 2, 2), n_models=2, with_c_quizzes=False)
+    msg = error_line(capsys, "universality", "compare", "--models", "0", "1", "--source", str(root), "--tokens",
+                     "3232", "--max-memory", "100M")
+    assert "memory plan" in msg and "over the limit" in msg and "--max-memory" in msg
+    assert "--max-memory" in error_line(capsys, "universality", "compare", "--models", "0", "1", "--source",
+                                        str(root), "--tokens", "3232", "--max-memory", "lots")
