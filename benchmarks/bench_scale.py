@@ -142,7 +142,7 @@ def run_universality(source, device, sizes):
 def sizes_for(args) -> dict:
     if args.tiny:
         return {"models": 2, "eval_samples": 20, "pairs": 4, "control_pairs": 2, "sae_hook": "blocks.1.hook_mlp_out",
-                "sae_tokens": 4096, "sae_batch_tokens": 1024, "sae_expansion": 2, "sae_buffer": 4, "univ_tokens": 2000,
+                "sae_tokens": 4096, "sae_batch_tokens": 1024, "sae_expansion": 2, "sae_buffer": 4, "univ_tokens": 3232,
                 "univ_layers": None}
     return {"models": 4, "eval_samples": args.eval_samples, "pairs": args.pairs, "control_pairs": args.control_pairs,
             "sae_hook": "blocks.8.hook_mlp_out", "sae_tokens": args.sae_tokens, "sae_batch_tokens": 4096,

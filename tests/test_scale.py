@@ -161,8 +161,8 @@ def test_sae_eval_and_features(source_37m, sae_37m, tmp_path, capsys):
 
 def test_universality(source_37m, capsys):
     check(["universality", "compare", "--models", "0", "1", "--source", source_37m, "--layers", "0",
-           "--tokens", "404", "--no-random-init", "--no-cka", "--resamples", "10", "--controls", "none",
-           "--batch-size", "1"], 1600, capsys)
+           "--tokens", "3232", "--no-random-init", "--no-cka", "--resamples", "10", "--controls", "none",
+           "--rotation-draws", "0", "--batch-size", "1"], 1600, capsys)
 
 
 def test_fixture_is_the_published_shape(source_37m):
