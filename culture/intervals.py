@@ -26,9 +26,10 @@ Z95 = 1.959963984540054
 
 
 def _z(confidence: float) -> float:
-    from scipy.stats import norm
+    """The normal quantile of a two-sided ``confidence`` interval (statistics.NormalDist: no scipy)."""
+    from statistics import NormalDist
 
-    return Z95 if confidence == 0.95 else float(norm.ppf(0.5 + confidence / 2))
+    return Z95 if confidence == 0.95 else NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
 def wilson_interval(successes, n, confidence: float = 0.95):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from culture_cli.common import check_min, err_console, fail
+from culture_cli.common import err_console, fail
 
 ModelOption = Annotated[int, typer.Option("--model", help="Model id (gpt_{K:03d}.pth of the source).")]
 TaskOption = Annotated[str, typer.Option("--task", help="World task of the pairs (e.g. replace_color).")]
@@ -16,12 +16,6 @@ VaryOption = Annotated[str, typer.Option(
     "example comes from another task).")]
 NumPairsOption = Annotated[int, typer.Option("--num-pairs", "-n", help="Counterfactual pairs.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the pairs.")]
-
-
-def check_pair_options(num_pairs: int, batch_size: int, seed: int) -> None:
-    check_min("--num-pairs", num_pairs, 2)
-    check_min("--batch-size", batch_size, 1)
-    check_min("--seed", seed, 0)
 
 
 def load_model_and_pairs(model: int, source, task: str, vary: str, num_pairs: int, seed: int, device: str):

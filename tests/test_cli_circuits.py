@@ -82,3 +82,47 @@ def test_circuit_commands_help_imports_nothing_heavy():
     heavy, out, err = heavy_imports([["patch", "--help"], ["circuit", "--help"], ["logit-lens", "--help"]],
                                     ("transformer_lens", "sae_lens", "matplotlib"))
     assert heavy == [], heavy
+
+
+def test_patch_and_circuit_options_default_to_the_settings_dataclasses():
+    import inspect
+    from dataclasses import fields
+
+    from culture.circuit_settings import CircuitSettings, CircuitSettingsError, PatchSettings
+    from culture.settings import default_of
+    from culture_cli.commands.circuit import circuit_command
+    from culture_cli.commands.patch import patch_command
+
+    for command, cls, others in ((patch_command, PatchSettings, {"model", "task", "vary", "source", "png",
+                                                                  "json_path", "device"}),
+                                 (circuit_command, CircuitSettings, {"model", "task", "vary", "source", "png",
+                                                                     "json_path", "device"})):
+        params = inspect.signature(command).parameters
+        names = [f.name for f in fields(cls)]
+        assert set(params) - set(names) == others, command.__name__
+        for name in names:
+            assert params[name].default == default_of(cls, name), (command.__name__, name)
+    # the bounds live in the dataclasses: the library checks them
+    with pytest.raises(CircuitSettingsError, match="num_pairs: must be in"):
+        PatchSettings(num_pairs=10**6).check()
+    with pytest.raises(CircuitSettingsError, match="control_pairs"):
+        PatchSettings(control_pairs=1).check()
+    with pytest.raises(CircuitSettingsError, match="threshold: must be > 0"):
+        CircuitSettings(threshold=0.0).check()
+    PatchSettings().check(), CircuitSettings().check()
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["patch", "--task", "frame", "--vary", "color", "--num-pairs", 10**6], "--num-pairs"),
+    (["patch", "--task", "frame", "--vary", "color", "--batch-size", 10**6], "--batch-size"),
+    (["circuit", "--task", "frame", "--vary", "color", "--ig-steps", 10**4], "--ig-steps"),
+])
+def test_size_options_have_upper_bounds(capsys, argv, flag):
+    assert flag in error_line(capsys, *argv[:1], "--model", 0, "--source", "bundled", *argv[1:])
+
+
+def test_circuit_sizes_are_checked_before_the_edge_scores(capsys):
+    # the bound depends on the model (its edges): checked once it is loaded, before any pass over the pairs
+    code, out, err = run_cli(capsys, "circuit", "--model", 0, "--source", "bundled", "--task", "frame",
+                             "--vary", "color", "--sizes", 10**9)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: circuit sizes must be in 0..")

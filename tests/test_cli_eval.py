@@ -155,3 +155,13 @@ def test_test_set_options_default_to_the_settings_dataclass():
     base = TestSetSettings()
     assert (ablate.TEST_SET.noise, ablate.TEST_SET.seed, ablate.TEST_SET.quizzes) == (base.noise, base.seed, "both")
     assert base.num_samples == 2000 and base.noise == 0.05
+
+
+def test_help_show_quiz_and_eval_do_not_import_scipy():
+    from tests.cli import heavy_imports
+
+    heavy, out, err = heavy_imports([["--help"], ["eval", "--help"], ["show-quiz", "--task", "frame"],
+                                     ["eval", "--models", "0", "--source", "bundled", "--num-samples", "10"]],
+                                    ("scipy", "scipy.stats", "transformer_lens", "sae_lens"))
+    assert heavy == [], heavy
+    assert "accuracy" in out.lower(), out[-500:] + err[-500:]

@@ -33,6 +33,7 @@ from culture.circuits.runs import (
     run_cached,
 )
 from culture.circuits.sites import Site
+from culture.hooks import act_name
 
 __all__ = ["attribution_patching", "activations_and_gradients"]
 
@@ -51,7 +52,7 @@ def activations_and_gradients(hooked, tokens: torch.Tensor, names, metric, embed
     grads: dict[str, torch.Tensor] = {}
 
     def start(act, hook):  # the leaf the backward starts from
-        if embed is not None and hook.name == "hook_embed":
+        if embed is not None and hook.name == act_name("embed"):
             act = embed.to(act)
         return act.detach().requires_grad_(True)
 
@@ -61,7 +62,7 @@ def activations_and_gradients(hooked, tokens: torch.Tensor, names, metric, embed
     def keep_grad(grad, hook):
         grads[hook.name] = grad.detach()
 
-    fwd = [("hook_embed", start), ("hook_pos_embed", start)] + [(n, keep) for n in names]
+    fwd = [(act_name("embed"), start), (act_name("pos_embed"), start)] + [(n, keep) for n in names]
     bwd = [(n, keep_grad) for n in names]
     with frozen_parameters(hooked), hooked.hooks(fwd_hooks=fwd, bwd_hooks=bwd), warnings.catch_warnings():
         # torch notes that full backward hooks fire on module outputs when no input needs a gradient:

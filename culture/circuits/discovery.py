@@ -49,13 +49,24 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from culture.circuits.metric import Baseline, CircuitError, QuizPairs, recovery, recovery_interval
-from culture.circuits.runs import BaselineBuilder, Progress, frozen_parameters, n_batches, pair_batches
+from culture.circuits.metric import Baseline, CircuitError, QuizPairs, recovery, recovery_interval, require_gap
+from culture.circuits.runs import (
+    BaselineBuilder,
+    Progress,
+    check_batch_size,
+    check_hook_names,
+    frozen_parameters,
+    n_batches,
+    pair_batches,
+)
+from culture.hooks import act_name
 
 __all__ = ["Graph", "CircuitReport", "edge_scores", "circuit_logit_diffs", "discover_circuit", "size_grid",
            "split_hooks"]
 
 DEFAULT_BATCH_SIZE = 25
+#: the per-head query / key / value inputs of a block (``blocks.L.hook_q_input``...)
+QKV_INPUTS = ("q_input", "k_input", "v_input")
 
 
 @dataclass
@@ -139,14 +150,25 @@ def split_hooks(hooked):
 
 
 def _output_hooks(n_layers: int) -> list[str]:
-    return ["hook_embed"] + [f"blocks.{L}.{n}" for L in range(n_layers) for n in ("attn.hook_result", "hook_mlp_out")]
+    return [act_name("embed")] + [act_name(k, L) for L in range(n_layers) for k in ("result", "mlp_out")]
+
+
+def _input_hooks(n_layers: int) -> list[str]:
+    """The hooks where downstream nodes read: per-head q / k / v inputs, MLP inputs, the readout."""
+    return [act_name(k, L) for L in range(n_layers) for k in (*QKV_INPUTS, "mlp_in")] + \
+        [act_name("resid_post", n_layers - 1)]
+
+
+def graph_hooks(n_layers: int) -> list[str]:
+    """Every hook the graph's edges need (written to and read from)."""
+    return _output_hooks(n_layers) + _input_hooks(n_layers)
 
 
 def _stack_outputs(acts: dict[str, torch.Tensor], n_layers: int) -> torch.Tensor:
     """(b, pos, upstream, d) node outputs in Graph.upstream order."""
-    parts = [acts["hook_embed"].unsqueeze(2)]
+    parts = [acts[act_name("embed")].unsqueeze(2)]
     for L in range(n_layers):
-        parts += [acts[f"blocks.{L}.attn.hook_result"], acts[f"blocks.{L}.hook_mlp_out"].unsqueeze(2)]
+        parts += [acts[act_name("result", L)], acts[act_name("mlp_out", L)].unsqueeze(2)]
     return torch.cat(parts, 2)
 
 
@@ -164,16 +186,14 @@ def _input_grads(hooked, tokens, metric, embed=None) -> tuple[torch.Tensor, torc
     from culture.circuits.attribution import activations_and_gradients
 
     n = hooked.cfg.n_layers
-    ins = [f"blocks.{L}.{k}" for L in range(n) for k in ("hook_q_input", "hook_k_input", "hook_v_input",
-                                                          "hook_mlp_in")]
-    ins.append(f"blocks.{n - 1}.hook_resid_post")
+    ins = _input_hooks(n)
     outs = _output_hooks(n)
     acts, grads, logits = activations_and_gradients(hooked, tokens, ins + outs, metric, embed=embed)
     parts = []
     for L in range(n):
-        g = sum(grads[f"blocks.{L}.{k}"] for k in ("hook_q_input", "hook_k_input", "hook_v_input"))
-        parts += [g, grads[f"blocks.{L}.hook_mlp_in"].unsqueeze(2)]
-    parts.append(grads[f"blocks.{n - 1}.hook_resid_post"].unsqueeze(2))
+        g = sum(grads[act_name(k, L)] for k in QKV_INPUTS)
+        parts += [g, grads[act_name("mlp_in", L)].unsqueeze(2)]
+    parts.append(grads[act_name("resid_post", n - 1)].unsqueeze(2))
     return logits, _stack_outputs(acts, n), torch.cat(parts, 2)
 
 
@@ -255,12 +275,12 @@ def _circuit_logits(hooked, tokens, corr_out: torch.Tensor, keep: torch.Tensor, 
     def on_readout(act, hook):
         return act - correction(len(outs), slice(len(graph.downstream) - 1, len(graph.downstream)))[:, :, 0]
 
-    hooks = [("hook_embed", on_embed)]
+    hooks = [(act_name("embed"), on_embed)]
     for L in range(n):
-        hooks += [(f"blocks.{L}.hook_{k}_input", on_qkv) for k in "qkv"]
-        hooks += [(f"blocks.{L}.attn.hook_result", on_result), (f"blocks.{L}.hook_mlp_in", on_mlp_in),
-                  (f"blocks.{L}.hook_mlp_out", on_mlp_out)]
-    hooks.append((f"blocks.{n - 1}.hook_resid_post", on_readout))
+        hooks += [(act_name(k, L), on_qkv) for k in QKV_INPUTS]
+        hooks += [(act_name("result", L), on_result), (act_name("mlp_in", L), on_mlp_in),
+                  (act_name("mlp_out", L), on_mlp_out)]
+    hooks.append((act_name("resid_post", n - 1), on_readout))
     with torch.inference_mode():
         return hooked.run_with_hooks(tokens, fwd_hooks=hooks, return_type="logits")
 
@@ -370,15 +390,26 @@ def discover_circuit(hooked, pairs: QuizPairs, *, threshold: float = 0.8, sizes=
         raise CircuitError(f"threshold must be in (0, 1], got {threshold}")
     if random_circuits < 0:
         raise CircuitError(f"random circuits must be >= 0, got {random_circuits}")
-    scores, baseline, graph = edge_scores(hooked, pairs, ig_steps=ig_steps, batch_size=batch_size,
-                                          progress=progress)
-    if baseline.mean_gap <= 0:
-        raise CircuitError(f"the clean run does not prefer the clean answer over the corrupted one (mean logit "
-                           f"difference gap {baseline.mean_gap:.3g}): no circuit to find")
+    if not (isinstance(ig_steps, int) and ig_steps >= 0):
+        raise CircuitError(f"ig_steps must be an integer >= 0, got {ig_steps!r}")
+    check_batch_size(batch_size)
+    # preconditions that cost a forward pass or less, before the loops: sizes, hooks, the clean run
+    # prefers the clean answer (else there is no circuit to find)
+    graph = Graph(hooked.cfg.n_layers, hooked.cfg.n_heads)
     n_edges = len(graph.edges)
     grid = size_grid(n_edges) if sizes is None else sorted({int(s) for s in sizes})
     if not grid or grid[0] < 0 or grid[-1] > n_edges:
         raise CircuitError(f"circuit sizes must be in 0..{n_edges}, got {sizes}")
+    check_hook_names(hooked, graph_hooks(hooked.cfg.n_layers))
+    if progress is not None:
+        progress("unpatched runs", 0, 1)
+    from culture.circuits.activation import baseline_runs
+
+    require_gap(baseline_runs(hooked, pairs, batch_size=batch_size), "no circuit to find")
+    if progress is not None:
+        progress("unpatched runs", 1, 1)
+    scores, baseline, graph = edge_scores(hooked, pairs, ig_steps=ig_steps, batch_size=batch_size,
+                                          progress=progress)
     order = [int(i) for i in np.argsort(-np.abs(scores), kind="stable")]
     rng = np.random.default_rng(seed)
     picks = [grid[int(i)] for i in np.unique(np.linspace(0, len(grid) - 1, min(random_sizes, len(grid))).round())]

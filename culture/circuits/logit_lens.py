@@ -38,6 +38,7 @@ import torch
 
 from culture.circuits.metric import CircuitError
 from culture.circuits.runs import Progress, check_batch_size
+from culture.hooks import act_name
 from culture.quiz import N_COLORS, ar_mask, transform_mask
 
 __all__ = ["LogitLensReport", "logit_lens", "random_model_like", "ALL"]
@@ -140,9 +141,8 @@ def _lens_pass(hooked, seq: torch.Tensor, targets: torch.Tensor, batch_size: int
     _check_no_final_ln(hooked)
     cfg = hooked.cfg
     n = cfg.n_layers
-    names = [f"blocks.{L}.hook_resid_pre" for L in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
-    extra = ["hook_embed", "hook_pos_embed"] + [f"blocks.{L}.{k}" for L in range(n)
-                                                  for k in ("attn.hook_z", "hook_mlp_out")]
+    names = [act_name("resid_pre", L) for L in range(n)] + [act_name("resid_post", n - 1)]
+    extra = [act_name("embed"), act_name("pos_embed")] + [act_name(k, L) for L in range(n) for k in ("z", "mlp_out")]
     wanted = set(names) | (set(extra) if dla else set())
     acc = _Accumulator(n + 1)
     W_U = hooked.W_U.detach()
@@ -159,14 +159,14 @@ def _lens_pass(hooked, seq: torch.Tensor, targets: torch.Tensor, batch_size: int
                 acc.add(L, hooked.unembed(hooked.ln_final(cache[name])), x, pred, tmask)
             if dla:
                 U = W_U_centred.T[x]  # (b, pos, d): centred unembedding direction of the correct token
-                parts = [torch.einsum("bpd,bpd->bp", cache["hook_embed"], U),
-                         torch.einsum("bpd,bpd->bp", cache["hook_pos_embed"], U)]
+                parts = [torch.einsum("bpd,bpd->bp", cache[act_name("embed")], U),
+                         torch.einsum("bpd,bpd->bp", cache[act_name("pos_embed")], U)]
                 bias = torch.zeros_like(parts[0])
                 for L in range(n):
                     attn = hooked.blocks[L].attn
-                    z = cache[f"blocks.{L}.attn.hook_z"]
+                    z = cache[act_name("z", L)]
                     parts += list(torch.einsum("bphe,hed,bpd->bph", z, attn.W_O, U).unbind(2))
-                    parts.append(torch.einsum("bpd,bpd->bp", cache[f"blocks.{L}.hook_mlp_out"], U))
+                    parts.append(torch.einsum("bpd,bpd->bp", cache[act_name("mlp_out", L)], U))
                     bias = bias + U @ attn.b_O
                 centred_b = hooked.b_U - hooked.b_U[:N_COLORS].mean()
                 parts.append(bias + centred_b[x])
@@ -193,12 +193,12 @@ def logit_lens(hooked, test_set, *, baseline: bool = True, seed: int = 0, batch_
     """Logit lens accuracy by layer and task, and direct logit attribution, on
     a :class:`culture.evaluation.TestSet` (see the module docstring);
     ``baseline``: also the random-init model (seeded by ``seed``)."""
-    from culture.evaluation import teacher_forced as test_sequences
+    from culture.evaluation import teacher_forced
     from culture.intervals import mean_with_interval
 
     check_batch_size(batch_size)
     hooked.eval()
-    seq = test_sequences(test_set)
+    seq = teacher_forced(test_set)
     labels = list(test_set.labels)
     groups = [*test_set.label_names, ALL]
     index = {g: np.array([lab == g for lab in labels]) if g != ALL else np.ones(len(labels), bool) for g in groups}

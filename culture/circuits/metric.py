@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from culture.errors import CultureError
+from culture.circuit_settings import DIRECTIONS, CircuitError
 from culture.quiz import QUIZ_LEN, ar_mask, block_markers, transform_mask, validate_quizzes
 
 __all__ = [
@@ -46,16 +46,9 @@ __all__ = [
     "answer_scores",
     "recovery",
     "recovery_interval",
+    "require_gap",
     "control_effect",
 ]
-
-#: denoise: run the corrupted pair, restore clean activations; noise: run the clean one, insert corrupted ones
-DIRECTIONS = ("denoise", "noise")
-
-
-class CircuitError(CultureError, ValueError):
-    """Bad patching / circuit arguments (pairs, sites, sizes...)."""
-
 
 def check_direction(direction: str) -> str:
     if direction not in DIRECTIONS:
@@ -197,6 +190,18 @@ class Baseline:
                 m = cell_metrics(self.cells(side))
                 out[f"{side}_run"] = {"all_cells": m["all_cells"], "transform_cells": m["transform_cells"]}
         return out
+
+
+def require_gap(baseline: Baseline, what: str = "nothing to recover") -> Baseline:
+    """``baseline`` when its clean run prefers the clean answer over the
+    corrupted one on average (mean gap > 0); a CircuitError otherwise, since
+    recovery is then undefined or meaningless. Checked on the unpatched runs
+    before any patching loop (:func:`culture.circuits.activation.baseline_runs`)."""
+    if not baseline.mean_gap > 0:
+        raise CircuitError(f"the clean run does not prefer the clean answer over the corrupted one "
+                           f"(mean logit difference gap {baseline.mean_gap:.3g} over {len(baseline.gap)} pairs): "
+                           f"{what}")
+    return baseline
 
 
 def recovery(patched_ld, baseline: Baseline) -> np.ndarray:

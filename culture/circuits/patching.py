@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from culture.circuit_settings import METHODS
 from culture.circuits.metric import (
     Baseline,
     CircuitError,
@@ -23,13 +24,13 @@ from culture.circuits.metric import (
     control_effect,
     recovery,
     recovery_interval,
+    require_gap,
 )
-from culture.circuits.runs import DEFAULT_BATCH_SIZE, Progress
+from culture.circuits.runs import DEFAULT_BATCH_SIZE, Progress, check_batch_size, check_hook_names
 from culture.circuits.sites import SiteTable, block_names, site_table
 
 __all__ = ["METHODS", "MethodResult", "PatchReport", "run_patching", "agreement"]
 
-METHODS = ("activation", "attribution", "both")
 TOP_K = 5
 
 
@@ -187,7 +188,7 @@ def run_patching(hooked, pairs: QuizPairs, *, what: str = "heads", method: str =
     with activation and / or attribution patching (``method``), denoising or
     noising; ``control``: pairs whose answers coincide (factor ``example``),
     scanned the same way for the control row."""
-    from culture.circuits.activation import activation_patching
+    from culture.circuits.activation import activation_patching, baseline_runs
     from culture.circuits.attribution import attribution_patching
 
     check_direction(direction)
@@ -197,9 +198,18 @@ def run_patching(hooked, pairs: QuizPairs, *, what: str = "heads", method: str =
                            "pass them as control=")
     if control is not None and not control.is_control:
         raise CircuitError("control pairs must have equal answers (factor 'example')")
+    check_batch_size(batch_size)
     cfg = hooked.cfg
     table = site_table(what, cfg.n_layers, cfg.n_heads, block=block, layers=layers,
                        names=block_names(pairs.clean[0]))
+    # preconditions that cost a forward pass or less, before the loops: the hooks exist, the clean run
+    # prefers the clean answer (else the recovery is meaningless)
+    check_hook_names(hooked, [s.hook_name(cfg.n_layers) for s in table.sites])
+    if progress is not None:
+        progress("unpatched runs", 0, 1)
+    require_gap(baseline_runs(hooked, pairs, batch_size=batch_size))
+    if progress is not None:
+        progress("unpatched runs", 1, 1)
     results: dict[str, MethodResult] = {}
     baseline = control_base = None
     control_progress = None if progress is None else (lambda p, d, t: progress(f"{p} (control pairs)", d, t))
@@ -223,9 +233,6 @@ def run_patching(hooked, pairs: QuizPairs, *, what: str = "heads", method: str =
                                                                   progress=control_progress)
                 control_base = control_base or c_base
         results[m] = res
-    if baseline.mean_gap <= 0:
-        raise CircuitError(f"the clean run does not prefer the clean answer over the corrupted one "
-                           f"(mean logit difference gap {baseline.mean_gap:.3g}): nothing to recover")
     settings = {"n_pairs": len(pairs), "n_control_pairs": 0 if control is None else len(control),
                 "task": pairs.task, "vary": pairs.vary, "block": table.block,
                 "metric": "logit difference clean vs corrupted answer over the predicted cells where they differ; "

@@ -50,6 +50,16 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
+def check_hook_names(hooked, names) -> None:
+    """Every hook name in ``names`` exists in ``hooked`` (a CircuitError
+    naming the first that does not): checked before a long loop."""
+    hook_dict = hooked.hook_dict
+    missing = sorted(n for n in set(names) if n not in hook_dict)
+    if missing:
+        raise CircuitError(f"the model has no hook {missing[0]!r} ({len(hook_dict)} hooks, e.g. "
+                           f"{next(iter(hook_dict), '-')})")
+
+
 def pair_batches(hooked, pairs: QuizPairs, direction: str, batch_size: int) -> Iterator[PairBatch]:
     from culture.hooked import to_hooked_tokens
 

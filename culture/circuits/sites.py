@@ -26,13 +26,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from culture.circuits.metric import CircuitError
+from culture.circuit_settings import WHAT, CircuitError
+from culture.hooks import act_name
 from culture.quiz import BLOCK_LEN, GRID, N_BLOCKS, N_CELLS, QUIZ_LEN
 
 __all__ = ["Site", "SiteTable", "WHAT", "BLOCK_NAMES", "block_names", "block_positions", "cell_position",
            "site_table"]
 
-WHAT = ("resid", "layers", "heads", "heads-by-block", "cells")
 #: canonical block names (the predicted block of the canonical structure is f(B))
 BLOCK_NAMES = ("A", "f(A)", "B", "f(B)")
 KINDS = ("resid", "attn", "mlp", "head")
@@ -77,13 +77,13 @@ class Site:
     def hook_name(self, n_layers: int) -> str:
         if self.kind == "resid":
             if self.layer == n_layers:
-                return f"blocks.{n_layers - 1}.hook_resid_post"
-            return f"blocks.{self.layer}.hook_resid_pre"
+                return act_name("resid_post", n_layers - 1)
+            return act_name("resid_pre", self.layer)
         if self.kind == "attn":
-            return f"blocks.{self.layer}.hook_attn_out"
+            return act_name("attn_out", self.layer)
         if self.kind == "mlp":
-            return f"blocks.{self.layer}.hook_mlp_out"
-        return f"blocks.{self.layer}.attn.hook_z"
+            return act_name("mlp_out", self.layer)
+        return act_name("z", self.layer)
 
     def component(self) -> str:
         """Name of the component alone (no positions): ``head 1.2``, ``mlp 0``, ``resid 3``."""

@@ -165,6 +165,10 @@ def ablate_command(
     --pooled-mean by the mean over all quizzes. Loss = cross-entropy per
     predicted cell (teacher-forced); 95% intervals, paired against clean.
     --attention L.H averages a head's attention over the test quizzes.
+
+    Memory grows linearly with --num-samples x components (a few scores per
+    quiz and component); --resample also holds one component's activation for
+    every test quiz (404 x d_model floats a quiz: 0.8 MB at the 37M shape).
     """
     check_test_set_options(num_samples, batch_size, seed, noise)
     if attention is not None:

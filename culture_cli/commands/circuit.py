@@ -11,15 +11,17 @@ from typing import Annotated, Optional
 
 import typer
 
+from culture.circuit_settings import CircuitSettings, CircuitSettingsError
+from culture.settings import default_of
 from culture_cli.common import (
     BatchSizeOption,
     DeviceOption,
     JsonOption,
     ModelSourceOption,
-    check_min,
     console,
     err_console,
     fail,
+    option_flag,
     pct_ci,
     phase_progress,
     print_table,
@@ -32,9 +34,13 @@ from culture_cli.pair_options import (
     SeedOption,
     TaskOption,
     VaryOption,
-    check_pair_options,
     load_model_and_pairs,
 )
+
+
+def _d(name: str):
+    """The default of CircuitSettings field ``name``: the one source of the defaults below."""
+    return default_of(CircuitSettings, name)
 
 
 def curve_table(report):
@@ -68,23 +74,23 @@ def circuit_command(
     task: TaskOption,
     vary: VaryOption,
     source: ModelSourceOption = None,
-    num_pairs: NumPairsOption = 100,
+    num_pairs: NumPairsOption = _d("num_pairs"),
     threshold: Annotated[float, typer.Option("--threshold", help="Faithfulness the circuit must reach (0..1).")
-                         ] = 0.8,
+                         ] = _d("threshold"),
     sizes: Annotated[Optional[list[str]], typer.Option(
         "--sizes", help="Circuit sizes (edges) of the curve (default: about 12, geometric).", show_default=False)
-    ] = None,
+    ] = _d("sizes"),
     random_circuits: Annotated[int, typer.Option(
-        "--random-circuits", help="Random edge sets per size for the baseline curve (0: none).")] = 2,
+        "--random-circuits", help="Random edge sets per size for the baseline curve (0: none).")] = _d("random_circuits"),
     ig_steps: Annotated[int, typer.Option(
         "--ig-steps", help="Edge scores: gradients averaged over this many interpolations from the corrupted to the "
-        "clean embeddings (EAP-IG); 0: the gradient at the clean run (EAP).")] = 5,
-    top: Annotated[int, typer.Option("--top", help="Rows of the table of top edges.")] = 12,
-    seed: SeedOption = 0,
+        "clean embeddings (EAP-IG); 0: the gradient at the clean run (EAP).")] = _d("ig_steps"),
+    top: Annotated[int, typer.Option("--top", help="Rows of the table of top edges.")] = _d("top"),
+    seed: SeedOption = _d("seed"),
     png: Annotated[Optional[Path], typer.Option(
         "--png", help="Circuit graph and faithfulness curve as PNG.", show_default=False)] = None,
     json_path: JsonOption = None,
-    batch_size: BatchSizeOption = 25,
+    batch_size: BatchSizeOption = _d("batch_size"),
     device: DeviceOption = "cpu",
 ) -> None:
     """Find a circuit for a task: edge attribution patching, then faithfulness by edge patching.
@@ -92,18 +98,25 @@ def circuit_command(
     Nodes: embed, heads, MLPs, readout. Faithfulness: the clean run with every
     edge outside the circuit patched from the corrupted run (not mean-ablated),
     as recovery of the logit difference (0 = corrupted run, 1 = clean run).
+
+    Memory grows with --batch-size (one batch's node outputs and input
+    gradients, about 2 GB a pair at the 37M shape) and linearly with
+    --num-pairs x circuits evaluated (one number per circuit and pair). The
+    sizes, the hooks and the unpatched runs (one forward of each side) are
+    checked first: a clean run that does not prefer the clean answer is
+    refused before the edge scores.
     """
-    check_pair_options(num_pairs, batch_size, seed)
-    if not 0 < threshold <= 1:
-        fail(f"--threshold must be in (0, 1], got {threshold}")
-    check_min("--random-circuits", random_circuits, 0)
-    check_min("--top", top, 1)
-    check_min("--ig-steps", ig_steps, 0)
     size_list = None
     if sizes:
         from culture_cli.common import parse_ids
 
         size_list = parse_ids(sizes, "--sizes")
+    try:
+        CircuitSettings(num_pairs=num_pairs, threshold=threshold,
+                        sizes=None if size_list is None else tuple(size_list), random_circuits=random_circuits,
+                        ig_steps=ig_steps, top=top, seed=seed, batch_size=batch_size).check()
+    except CircuitSettingsError as exc:
+        fail(f"{option_flag(exc.field)}: {exc.detail}")
 
     from culture.circuits.discovery import discover_circuit
     from culture.circuits.plots import save_circuit_png

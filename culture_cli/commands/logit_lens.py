@@ -91,6 +91,10 @@ def logit_lens_command(
 
     No final LayerNorm in these models: decoding the residual with W_U + b_U
     is exact at the last layer. In brackets: the random-init model.
+
+    Memory grows linearly with --num-samples (the direct logit attribution
+    keeps two numbers per component and quiz: 1.8 kB a quiz at the 37M
+    shape); the lens itself keeps running sums.
     """
     check_test_set_options(num_samples, batch_size, seed, noise)
     check_min("--top", top, 1)

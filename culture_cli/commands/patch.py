@@ -10,16 +10,18 @@ from typing import Annotated, Optional
 
 import typer
 
+from culture.circuit_settings import DIRECTIONS, METHODS, WHAT, CircuitSettingsError, PatchSettings
+from culture.settings import default_of
 from culture_cli.common import (
     BatchSizeOption,
     DeviceOption,
     JsonOption,
     ModelSourceOption,
-    check_min,
     console,
     err_console,
     fail,
     one_of,
+    option_flag,
     pct_ci,
     phase_progress,
     print_table,
@@ -32,20 +34,13 @@ from culture_cli.pair_options import (
     SeedOption,
     TaskOption,
     VaryOption,
-    check_pair_options,
     load_model_and_pairs,
 )
 
-BLOCKS = {"A": 0, "f(A)": 1, "f_A": 1, "fA": 1, "B": 2, "f(B)": 3, "f_B": 3, "fB": 3}
 
-
-def _block(spec: str) -> int:
-    text = str(spec).strip()
-    if text.isdigit() and 0 <= int(text) <= 3:
-        return int(text)
-    if text in BLOCKS:
-        return BLOCKS[text]
-    fail(f"--block must be A, f(A), B, f(B) or 0..3, got {spec!r}")
+def _d(name: str):
+    """The default of PatchSettings field ``name``: the one source of the defaults below."""
+    return default_of(PatchSettings, name)
 
 
 def _ci(v: float, lo: float, hi: float) -> str:
@@ -113,32 +108,37 @@ def top_table(report, top: int):
     return t
 
 
+# every option but --model, --task, --vary, --source, --png, --json and --device is the PatchSettings field of
+# the same name (its default, its bounds: checked by PatchSettings.check); tests/test_cli_circuits.py compares them
 def patch_command(
     model: ModelOption,
     task: TaskOption,
     vary: VaryOption,
     source: ModelSourceOption = None,
-    num_pairs: NumPairsOption = 200,
+    num_pairs: NumPairsOption = _d("num_pairs"),
     what: Annotated[str, typer.Option(
-        "--what", metavar=one_of("resid", "layers", "heads", "heads-by-block", "cells"), help="resid (layer x block), layers (attn / MLP outputs), heads, heads-by-block (head x query "
-        "block) or cells (layer x the 100 cells of --block).")] = "heads",
-    method: Annotated[str, typer.Option("--method", metavar=one_of("activation", "attribution", "both"), help="activation, attribution or both.")] = "both",
+        "--what", metavar=one_of(*WHAT), help="resid (layer x block), layers (attn / MLP outputs), heads, "
+        "heads-by-block (head x query block) or cells (layer x the 100 cells of --block).")] = _d("what"),
+    method: Annotated[str, typer.Option("--method", metavar=one_of(*METHODS),
+                                        help="activation, attribution or both.")] = _d("method"),
     direction: Annotated[str, typer.Option(
-        "--direction", metavar=one_of("denoise", "noise"), help="denoise (run corrupted, restore clean activations) or noise (run clean, insert "
-        "corrupted ones).")] = "denoise",
-    block: Annotated[str, typer.Option("--block", metavar=one_of("A", "f(A)", "B", "f(B)"), help="With --what cells: the block drawn (A, f(A), B, f(B)).")
-                     ] = "B",
+        "--direction", metavar=one_of(*DIRECTIONS), help="denoise (run corrupted, restore clean activations) or "
+        "noise (run clean, insert corrupted ones).")] = _d("direction"),
+    block: Annotated[str, typer.Option("--block", metavar=one_of("A", "f(A)", "B", "f(B)"),
+                                       help="With --what cells: the block drawn (A, f(A), B, f(B)).")
+                     ] = _d("block"),
     layers: Annotated[Optional[list[str]], typer.Option(
         "--layers", help="Only these layers (resid / cells: 0..n_layers, n_layers = after the last block).",
-        show_default=False)] = None,
-    control: Annotated[int, typer.Option(
-        "--control-pairs", help="Control pairs (factor 'example': f(B) unchanged) scanned beside; 0: none.")] = 50,
-    top: Annotated[int, typer.Option("--top", help="Rows of the table of top sites.")] = 10,
-    seed: SeedOption = 0,
+        show_default=False)] = _d("layers"),
+    control_pairs: Annotated[int, typer.Option(
+        "--control-pairs", help="Control pairs (factor 'example': f(B) unchanged) scanned beside; 0: none.")
+    ] = _d("control_pairs"),
+    top: Annotated[int, typer.Option("--top", help="Rows of the table of top sites.")] = _d("top"),
+    seed: SeedOption = _d("seed"),
     png: Annotated[Optional[Path], typer.Option("--png", help="Heatmaps (and scatter) as PNG.", show_default=False)
                    ] = None,
     json_path: JsonOption = None,
-    batch_size: BatchSizeOption = 50,
+    batch_size: BatchSizeOption = _d("batch_size"),
     device: DeviceOption = "cpu",
 ) -> None:
     """Activation / attribution patching between clean and corrupted quizzes of one task.
@@ -146,34 +146,34 @@ def patch_command(
     Pairs share B; the corrupted example changes --vary so f(B) differs. The
     metric is the logit difference clean vs corrupted answer over the cells
     where they differ, normalised: 0 = corrupted run, 1 = clean run.
-    """
-    from culture.circuits import DIRECTIONS, METHODS, WHAT
 
-    check_pair_options(num_pairs, batch_size, seed)
-    if what not in WHAT:
-        fail(f"--what must be one of {', '.join(WHAT)}, got {what!r}")
-    if method not in METHODS:
-        fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if direction not in DIRECTIONS:
-        fail(f"--direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
-    if control < 0 or control == 1:
-        fail(f"--control-pairs must be 0 or at least 2, got {control}")
-    check_min("--top", top, 1)
-    block_index = _block(block)
+    Memory grows with --batch-size (one batch's activations and, for
+    attribution, its backward pass: about 250 MB a pair at the 37M shape) and
+    linearly with --num-pairs x sites (a few numbers per site and pair).
+    The unpatched runs come first (one forward of each side): a clean run
+    that does not prefer the clean answer is refused before the scan.
+    """
     layer_ids = None
     if layers:
         from culture_cli.common import parse_ids
 
-        layer_ids = parse_ids(layers, "--layers")
+        layer_ids = tuple(parse_ids(layers, "--layers"))
+    try:
+        settings = PatchSettings(num_pairs=num_pairs, what=what, method=method, direction=direction, block=block,
+                                 layers=layer_ids, control_pairs=control_pairs, top=top, seed=seed,
+                                 batch_size=batch_size).check()
+    except CircuitSettingsError as exc:
+        fail(f"{option_flag(exc.field)}: {exc.detail}")
 
-    from culture.circuits import control_pairs, run_patching
+    from culture.circuits import control_pairs as make_control_pairs
+    from culture.circuits import run_patching
     from culture.circuits.plots import save_patch_png
 
     src, hooked, pairs = load_model_and_pairs(model, source, task, vary, num_pairs, seed, device)
-    ctrl = control_pairs(control, task, seed=seed) if control else None
+    ctrl = make_control_pairs(control_pairs, task, seed=seed) if control_pairs else None
     with progress() as bar:
         report = run_patching(hooked, pairs, what=what, method=method, direction=direction, control=ctrl,
-                              block=block_index, layers=layer_ids, batch_size=batch_size,
+                              block=settings.block_index, layers=layer_ids, batch_size=batch_size,
                               progress=phase_progress(bar))
     report.settings.update({"model": model, "source": src.name, "seed": seed})
     print_table(baseline_table(report))

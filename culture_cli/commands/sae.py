@@ -574,7 +574,11 @@ def features_command(
 ) -> None:
     """Study SAE features: where they fire (grids with the cell highlighted),
     how often per task, the colours they promote (W_dec @ W_U), and optional
-    steering; writes a static HTML dashboard."""
+    steering; writes a static HTML dashboard.
+
+    Memory grows linearly with --num-samples (a few scores per quiz for the
+    clean and steered runs); activations are read one batch at a time and the
+    top examples kept as a running top --examples per feature."""
     check_test_set_options(num_samples, batch_size, seed, noise)
     if examples < 1:
         fail(f"--examples must be >= 1, got {examples}")
