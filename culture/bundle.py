@@ -210,10 +210,13 @@ def _culture_lines(info: dict) -> list[str]:
 # --------------------------------------------------------------- SAEs
 
 
-#: options of ``culture-interp sae train`` rebuilt from a training summary's settings, in order
-_SAE_OPTIONS = (("steps", "--steps"), ("expansion_factor", "--expansion-factor"),
-                ("l1_coefficient", "--l1-coefficient"), ("lr", "--lr"),
-                ("n_batches_for_norm_estimate", "--n-batches-for-norm-estimate"), ("seed", "--seed"))
+#: SAETrainSettings fields the bundled SAEs set, in order; ``sae train``'s option of a field is
+#: the field's name (``lr`` is ``--lr``, ``n_batches_for_norm_estimate`` is ``--n-batches-for-norm-estimate``)
+_SAE_OPTIONS = ("steps", "expansion_factor", "l1_coefficient", "lr", "n_batches_for_norm_estimate", "seed")
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
 
 
 def sae_train_command(summary: dict, out: str) -> str:
@@ -221,9 +224,9 @@ def sae_train_command(summary: dict, out: str) -> str:
     ``training_summary.json`` (model, hook and the settings the bundled SAEs set)."""
     st = summary.get("settings") or {}
     parts = ["culture-interp sae train", f"--model {summary.get('model_id', '?')}", "--source bundled",
-             f"--hook {summary.get('hook_name') or st.get('hook_name')}", f"--out {out}"]
-    parts += [f"{flag} {st[key]:g}" if isinstance(st.get(key), float) else f"{flag} {st[key]}"
-              for key, flag in _SAE_OPTIONS if st.get(key) is not None]
+             f"--hook-name {summary.get('hook_name') or st.get('hook_name')}", f"--out {out}"]
+    parts += [f"{_flag(key)} {st[key]:g}" if isinstance(st.get(key), float) else f"{_flag(key)} {st[key]}"
+              for key in _SAE_OPTIONS if st.get(key) is not None]
     return " ".join(parts)
 
 

@@ -65,7 +65,7 @@ def _refresh_card_with_saes(dest):
     assert all(0 <= e["heldout"]["dead_features"] <= 64 and e["heldout"]["l0"] >= 0 for e in info["saes"])
     card = (dest / "MODEL_CARD.md").read_text()
     assert "## SAEs" in card and "| `sae/gpt-0-seed43/blocks_1_mlp_out` | 0 | 43 |" in card and "MiB in" in card
-    assert ("culture-interp sae train --model 1 --source bundled --hook blocks.1.hook_mlp_out --out "
+    assert ("culture-interp sae train --model 1 --source bundled --hook-name blocks.1.hook_mlp_out --out "
             "culture/zoo/sae/gpt-1/blocks_1_mlp_out --steps 2000 --expansion-factor 16 --l1-coefficient 2.5 --lr "
             "0.001 --n-batches-for-norm-estimate 100 --seed 43") in card
     assert json.loads((dest / "zoo.json").read_text())["saes"][0]["model"] == 1
