@@ -14,12 +14,14 @@ activations grow with ``batch_size`` (see the commands' help for how much).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
+from typing import ClassVar
 
 from culture.errors import CultureError
 from culture.settings import SettingsError, check_settings, setting
 
-__all__ = ["CircuitError", "CircuitSettingsError", "PatchSettings", "CircuitSettings", "DIRECTIONS", "METHODS",
+__all__ = ["CircuitError", "CircuitSettingsError", "PatchSettings", "CircuitSettings", "CircuitCompareSettings",
+           "DIRECTIONS", "METHODS",
            "WHAT", "BLOCKS", "MAX_PAIRS", "MAX_IG_STEPS", "MAX_RANDOM_CIRCUITS", "parse_block"]
 
 #: denoise: run the corrupted pair, restore clean activations; noise: run the clean one, insert corrupted ones
@@ -118,3 +120,50 @@ class CircuitSettings:
         d = asdict(self)
         d["sizes"] = None if self.sizes is None else list(self.sizes)
         return d
+
+
+@dataclass
+class CircuitCompareSettings:
+    """One cross-model circuit comparison (:func:`culture.circuits.compare.compare_circuits`,
+    ``culture-interp circuit compare``): ``num_pairs`` pairs of seed ``seed``
+    patched in every model; the heads' patching profile over ``profile_pairs``
+    pairs per (task, factor); each model's circuit: its top ``edges`` edges by
+    EAP(-IG, ``ig_steps`` interpolations) score; ``head``: the reference head
+    ``L.H`` of the first model (None: its head of highest recovery);
+    ``resamples`` bootstrap draws of the pairs, each with one of
+    ``match_resamples`` matchings re-done on resampled role data;
+    ``null_draws`` shuffled role vectors / matches, ``null_circuits`` circuits
+    carried by random head permutations; SAE features: each model's top
+    ``top_features`` by |effect|, matched on ``feature_quizzes`` quizzes;
+    ``batch_size`` pairs a batch."""
+
+    num_pairs: int = setting(50, min=2, max=MAX_PAIRS)
+    profile_pairs: int = setting(20, min=2, max=MAX_PAIRS)
+    edges: int = setting(30, min=1)
+    ig_steps: int = setting(2, min=0, max=MAX_IG_STEPS)
+    head: str | None = None
+    resamples: int = setting(1000, min=1)
+    match_resamples: int = setting(20, min=1)
+    null_draws: int = setting(100, min=0)
+    null_circuits: int = setting(10, min=0)
+    top_features: int = setting(10, min=1)
+    feature_quizzes: int = setting(20, min=1)
+    seed: int = setting(0, min=0)
+    batch_size: int = setting(25, min=1, max=MAX_PAIRS)
+
+    #: the library's earlier keyword names of these fields (still accepted by ``of``)
+    ALIASES: ClassVar[dict[str, str]] = {"n_pairs": "num_pairs", "circuit_edges": "edges", "reference": "head",
+                                         "n_resamples": "resamples", "top_k_features": "top_features"}
+
+    @classmethod
+    def of(cls, settings: "CircuitCompareSettings | None" = None, **options) -> "CircuitCompareSettings":
+        """``settings`` (default: the defaults) with ``options`` replacing fields by name, checked."""
+        return replace(settings or cls(), **{cls.ALIASES.get(k, k): v for k, v in options.items()}).check()
+
+    def check(self) -> "CircuitCompareSettings":
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "head" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise CircuitSettingsError(f.name, f"must be an integer, got {value!r}")
+        check_settings(self, CircuitSettingsError)
+        return self

@@ -188,3 +188,30 @@ def test_circuit_compare_help_imports_nothing_heavy():
     heavy, out, err = heavy_imports([["circuit", "compare", "--help"], ["circuit", "find", "--help"]],
                                     ("transformer_lens", "sae_lens", "matplotlib"))
     assert heavy == [], heavy
+
+
+def test_cli_defaults_are_the_settings_dataclass():
+    """Every option of `circuit compare` but its inputs and outputs is the
+    CircuitCompareSettings field of the same name, with its default; the library
+    takes the same dataclass (and its earlier keyword names) and the same checks."""
+    import inspect
+    from dataclasses import fields
+
+    from culture.circuit_settings import CircuitCompareSettings, CircuitSettingsError
+    from culture.settings import default_of
+    from culture_cli.commands.circuit_compare import COMPARE_INPUTS, compare_command
+
+    params = inspect.signature(compare_command).parameters
+    names = {f.name for f in fields(CircuitCompareSettings)}
+    assert set(params) - names == set(COMPARE_INPUTS)
+    assert names <= set(params)
+    for name in names:
+        assert params[name].default == default_of(CircuitCompareSettings, name), name
+    legacy = CircuitCompareSettings.of(n_pairs=4, circuit_edges=12, reference="3.3", n_resamples=200,
+                                       top_k_features=5)
+    assert (legacy.num_pairs, legacy.edges, legacy.head, legacy.resamples, legacy.top_features) == (
+        4, 12, "3.3", 200, 5)
+    with pytest.raises(CircuitSettingsError, match="edges: must be >= 1"):
+        CircuitCompareSettings(edges=0).check()
+    with pytest.raises(CircuitSettingsError, match="null_draws: must be an integer"):
+        CircuitCompareSettings.of(null_draws=2.5)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from culture.circuit_settings import CircuitCompareSettings
 from culture.circuits.cross_faithfulness import circuit_heads, evaluate_mapped, interval, map_circuit, replicates
 from culture.circuits.head_roles import head_labels, head_role_data, role_conditions
 from culture.circuits.matching import HeadMatching, match_heads, parse_head
@@ -111,34 +112,33 @@ def _draws(rng, n: int, r: int) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1.0 / n), size=r) / n
 
 
-def compare_circuits(models: list, task: str, vary: str, *, names=None, profile_tasks=None, n_pairs: int = 50,
-                     profile_pairs: int = 20, circuit_edges: int = 30, ig_steps: int = 2, reference=None,
-                     n_resamples: int = 1000, match_resamples: int = 20, null_draws: int = 100,
-                     null_circuits: int = 10, saes=None, top_k_features: int = 10, feature_quizzes: int = 20,
-                     seed: int = 0, batch_size: int = 25, progress: Progress | None = None) -> CircuitComparison:
+def compare_circuits(models: list, task: str, vary: str, *, settings: CircuitCompareSettings | None = None,
+                     names=None, profile_tasks=None, saes=None, progress: Progress | None = None,
+                     **options) -> CircuitComparison:
     """Compare the circuits of ``models`` (hooked, same shape) on ``task`` /
-    ``vary`` pairs; see the module docstring. ``profile_tasks``: tasks whose
-    factors make the patching profile of the head roles (default ``[task]``);
-    ``reference``: "L.H" of model 0 (default its head of highest recovery);
-    ``saes``: one SAE per model (or None) for the feature part."""
+    ``vary`` pairs; see the module docstring. ``settings``: a
+    :class:`~culture.circuit_settings.CircuitCompareSettings` (default: its
+    defaults); ``options`` replace its fields by name (the earlier keywords
+    ``n_pairs``, ``circuit_edges``, ``reference``, ``n_resamples`` and
+    ``top_k_features`` still work). ``profile_tasks``: tasks whose factors make
+    the patching profile of the head roles (default ``[task]``); ``saes``: one
+    SAE per model (or None) for the feature part."""
     from culture.circuits.activation import activation_patching
     from culture.circuits.discovery import edge_scores
     from culture.circuits.pairs import make_pairs
     from culture.circuits.sites import site_table
 
+    cs = CircuitCompareSettings.of(settings, **options)
+    n_pairs, profile_pairs, circuit_edges, ig_steps = cs.num_pairs, cs.profile_pairs, cs.edges, cs.ig_steps
+    reference, n_resamples, match_resamples, null_draws = cs.head, cs.resamples, cs.match_resamples, cs.null_draws
+    null_circuits, top_k_features, feature_quizzes = cs.null_circuits, cs.top_features, cs.feature_quizzes
+    seed, batch_size = cs.seed, cs.batch_size
     if len(models) < 2:
         raise CircuitError("compare needs at least two models")
     shapes = {(m.cfg.n_layers, m.cfg.n_heads) for m in models}
     if len(shapes) != 1:
         raise CircuitError(f"the models differ in shape (layers, heads): {sorted(shapes)}")
     (L, H), = shapes
-    for key, v, lo in (("n_pairs", n_pairs, 2), ("profile_pairs", profile_pairs, 2),
-                       ("circuit_edges", circuit_edges, 1),
-                       ("n_resamples", n_resamples, 1), ("match_resamples", match_resamples, 1),
-                       ("null_draws", null_draws, 0), ("null_circuits", null_circuits, 0),
-                       ("top_k_features", top_k_features, 1), ("feature_quizzes", feature_quizzes, 1)):
-        if not (isinstance(v, int) and v >= lo):
-            raise CircuitError(f"{key} must be an integer >= {lo}, got {v!r}")
     ref = parse_head(reference, L, H) if reference is not None else None
     names = [str(k) for k in range(len(models))] if names is None else [str(n) for n in names]
     if saes is not None and len(saes) != len(models):

@@ -16,10 +16,10 @@ from culture_cli.common import (
     DeviceOption,
     JsonOption,
     ModelsSourceOption,
-    check_min,
     console,
     err_console,
     fail,
+    option_flag,
     parse_ids,
     pct_ci,
     phase_progress,
@@ -119,6 +119,19 @@ def features_table(cmp):
     return t
 
 
+def _d(name: str):
+    """The default of CircuitCompareSettings field ``name``: the one source of the defaults below."""
+    from culture.circuit_settings import CircuitCompareSettings
+    from culture.settings import default_of
+
+    return default_of(CircuitCompareSettings, name)
+
+
+#: the options of `circuit compare` that are not CircuitCompareSettings fields (the run's inputs and outputs);
+#: every other option is the field of the same name (tests/test_cross_circuits.py compares the defaults)
+COMPARE_INPUTS = ("models", "task", "vary", "source", "profile_tasks", "sae", "png", "json_path", "device")
+
+
 @circuit_app.command("compare")
 def compare_command(
     models: Annotated[list[str], typer.Option(
@@ -126,36 +139,43 @@ def compare_command(
     task: TaskOption,
     vary: VaryOption,
     source: ModelsSourceOption = None,
-    num_pairs: NumPairsOption = 50,
+    num_pairs: NumPairsOption = _d("num_pairs"),
     profile_tasks: Annotated[Optional[list[str]], typer.Option(
         "--profile-tasks", help="Tasks whose factors make the heads' patching profile (default: the source's "
         "training tasks when it records them, else --task).", show_default=False)] = None,
     profile_pairs: Annotated[int, typer.Option(
-        "--profile-pairs", help="Pairs per (task, factor) of the patching profile.")] = 20,
-    edges: Annotated[int, typer.Option("--edges", help="Circuit size: each model's top edges by score.")] = 30,
+        "--profile-pairs", help="Pairs per (task, factor) of the patching profile.")] = _d("profile_pairs"),
+    edges: Annotated[int, typer.Option("--edges", help="Circuit size: each model's top edges by score.")] = _d(
+        "edges"),
     ig_steps: Annotated[int, typer.Option(
-        "--ig-steps", help="Edge scores: gradients averaged over this many interpolations (EAP-IG); 0: EAP.")] = 2,
+        "--ig-steps", help="Edge scores: gradients averaged over this many interpolations (EAP-IG); 0: EAP.")] = _d(
+        "ig_steps"),
     head: Annotated[Optional[str], typer.Option(
         "--head", help="Reference head L.H of the first model (default: its head of highest recovery).",
-        show_default=False)] = None,
-    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap draws of the pairs.")] = 1000,
+        show_default=False)] = _d("head"),
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap draws of the pairs.")] = _d("resamples"),
     match_resamples: Annotated[int, typer.Option(
-        "--match-resamples", help="Matchings re-done on resampled role data (each bootstrap draw uses one).")] = 20,
+        "--match-resamples", help="Matchings re-done on resampled role data (each bootstrap draw uses one).")] = _d(
+        "match_resamples"),
     null_draws: Annotated[int, typer.Option(
-        "--null-draws", help="Shuffled role vectors (head matching null) and shuffled matches (feature null).")] = 100,
+        "--null-draws", help="Shuffled role vectors (head matching null) and shuffled matches (feature null).")] = _d(
+        "null_draws"),
     null_circuits: Annotated[int, typer.Option(
-        "--null-circuits", help="Circuits carried by random head permutations (faithfulness null).")] = 10,
+        "--null-circuits", help="Circuits carried by random head permutations (faithfulness null).")] = _d(
+        "null_circuits"),
     sae: Annotated[Optional[list[str]], typer.Option(
         "--sae", help="SAE features on the circuit: 'bundled' (each model's SAE in the zoo) or one SAELens "
         "directory per model, in --models order; default: none.", show_default=False)] = None,
     top_features: Annotated[int, typer.Option(
-        "--top-features", help="A model's causal features: its top features by |effect|.")] = 10,
-    seed: SeedOption = 0,
+        "--top-features", help="A model's causal features: its top features by |effect|.")] = _d("top_features"),
+    feature_quizzes: Annotated[int, typer.Option(
+        "--feature-quizzes", help="Quizzes on which the models' SAE features are matched.")] = _d("feature_quizzes"),
+    seed: SeedOption = _d("seed"),
     png: Annotated[Optional[Path], typer.Option(
         "--png", help="Role of the reference head per model and the faithfulness matrix as PNG.",
         show_default=False)] = None,
     json_path: JsonOption = None,
-    batch_size: BatchSizeOption = 25,
+    batch_size: BatchSizeOption = _d("batch_size"),
     device: DeviceOption = "cpu",
 ) -> None:
     """Do the models share circuits? Heads matched by role, cross-model faithfulness, SAE features.
@@ -165,66 +185,49 @@ def compare_command(
     model j's circuit (top --edges edges) is carried to model k through the
     matching and patched in k alone (rest patched from the corrupted run).
     """
+    settings = _compare_settings(dict(locals()))
     ids = parse_ids(models, "--models")
     if ids is None or len(ids) < 2:
         fail("--models: give at least 2 model ids")
-    check_min("--num-pairs", num_pairs, 2)
-    check_min("--profile-pairs", profile_pairs, 2)
-    check_min("--edges", edges, 1)
-    check_min("--ig-steps", ig_steps, 0)
-    check_min("--resamples", resamples, 1)
-    check_min("--match-resamples", match_resamples, 1)
-    check_min("--null-draws", null_draws, 0)
-    check_min("--null-circuits", null_circuits, 0)
-    check_min("--top-features", top_features, 1)
-    check_min("--batch-size", batch_size, 1)
-    check_min("--seed", seed, 0)
     bundled_sae = bool(sae) and list(sae) == ["bundled"]
     if sae and not bundled_sae and len(sae) != len(ids):
         fail(f"--sae: give one SAE directory per model ({len(sae)} for {len(ids)} models), or --sae bundled")
 
-    from culture import sources
     from culture.circuits import pair_factors
     from culture.circuits.pairs import CONTROL_FACTOR
-    from culture.evaluation import check_device
+    from culture.sources import open_source
 
     factors = pair_factors(task)
     if vary not in factors or vary == CONTROL_FACTOR:
         fail(f"--vary must be a factor of {task} that changes f(B): "
              f"{', '.join(f for f in factors if f != CONTROL_FACTOR)}; got {vary!r}")
-    src = sources.resolve_source(source if source is not None else sources.DEFAULT_SOURCE)
-    for k in ids:
-        src.check_model_id(k)
-    tasks = list(profile_tasks) if profile_tasks else (src.default_tasks() or [task])
+    run = open_source(source, ids, device=device)
+    tasks = list(profile_tasks) if profile_tasks else (run.source.default_tasks() or [task])
     for t in tasks:
         pair_factors(t)
     if head is not None:
         from culture.circuits.matching import parse_head
 
         parse_head(head, 10**9, 10**9)  # the form now; the model's shape once loaded
-    dev = check_device(device)
 
     from culture.circuits.compare import compare_circuits
     from culture.circuits.compare_plots import save_comparison_png
     from culture.hooked import load_hooked
 
-    hooked = load_hooked(ids, src, device=str(dev))
+    dev = str(run.device)
+    hooked = load_hooked(ids, run.source, device=dev)
     saes = None
     if sae:
         from culture.sae import bundled_sae_folder, load_sae
 
-        saes = ([load_sae("bundled", bundled_sae_folder(k), device=str(dev)) for k in ids] if bundled_sae
-                else [load_sae(p, device=str(dev)) for p in sae])
-    err_console.print(f"models {', '.join(map(str, ids))} of {src.name}: {num_pairs} pairs of {task}, varying {vary} "
-                      f"(seed {seed}); profile over {', '.join(tasks)}", highlight=False)
+        saes = ([load_sae("bundled", bundled_sae_folder(k), device=dev) for k in ids] if bundled_sae
+                else [load_sae(p, device=dev) for p in sae])
+    err_console.print(f"models {', '.join(map(str, ids))} of {run.source.name}: {num_pairs} pairs of {task}, varying "
+                      f"{vary} (seed {seed}); profile over {', '.join(tasks)}", highlight=False)
     with progress() as bar:
-        cmp = compare_circuits(hooked, task, vary, names=[str(k) for k in ids], profile_tasks=tasks,
-                               n_pairs=num_pairs, profile_pairs=profile_pairs, circuit_edges=edges,
-                               ig_steps=ig_steps, reference=head, n_resamples=resamples,
-                               match_resamples=match_resamples, null_draws=null_draws, null_circuits=null_circuits,
-                               saes=saes, top_k_features=top_features, seed=seed, batch_size=batch_size,
-                               progress=phase_progress(bar))
-    cmp.settings.update({"models": ids, "source": src.name})
+        cmp = compare_circuits(hooked, task, vary, settings=settings, names=[str(k) for k in ids],
+                               profile_tasks=tasks, saes=saes, progress=phase_progress(bar))
+    cmp.settings.update({"models": ids, "source": run.source.name})
     print_table(reference_table(cmp))
     print_table(matching_table(cmp))
     print_table(faithfulness_table(cmp))
@@ -238,6 +241,20 @@ def compare_command(
         err_console.print(f"wrote {png}", highlight=False)
     if json_path is not None:
         write_json_or_fail(json_path, cmp.to_dict())
+
+
+def _compare_settings(options: dict):
+    """The CircuitCompareSettings of the options (same names), checked: a bound
+    broken is one line naming the option."""
+    from dataclasses import fields
+
+    from culture.circuit_settings import CircuitCompareSettings, CircuitSettingsError
+
+    values = {f.name: options[f.name] for f in fields(CircuitCompareSettings) if f.name in options}
+    try:
+        return CircuitCompareSettings(**values).check()
+    except CircuitSettingsError as exc:
+        fail(f"{option_flag(exc.field)}: {exc.detail}")
 
 
 def register(app: typer.Typer) -> None:
