@@ -48,6 +48,7 @@ def main() -> None:
     from culture.circuits.attribution import activations_and_gradients
     from culture.circuits.metric import readouts
     from culture.circuits.sites import Site
+    from culture.hooks import act_name
     from culture.hooked import load_hooked, to_hooked_tokens
     from culture.quiz import QUIZ_LEN
 
@@ -56,8 +57,8 @@ def main() -> None:
     L, H = cfg.n_layers, cfg.n_heads
     pairs = make_pairs(args.pairs, args.task, args.vary, seed=args.seed)
     clean_t, corr_t = to_hooked_tokens(pairs.clean), to_hooked_tokens(pairs.corrupted)
-    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(L)]
-    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(L)]
+    z_names = [act_name("z", layer) for layer in range(L)]
+    resid_names = [act_name("resid_pre", layer) for layer in range(L)]
 
     def ld(logits):
         return readouts(logits, pairs.clean, pairs.corrupted)["ld"]

@@ -39,6 +39,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import torch  # noqa: E402
 
 from culture.mygpt import PRESETS, MyGPT  # noqa: E402
+from culture.hooks import act_name  # noqa: E402
 
 
 def forward_bound(hooked, hook: str, store_batch: int, device: str, batches: int = 4) -> float:
@@ -101,7 +102,7 @@ def main(argv=None) -> None:
     from culture.hooks import hook_layer
 
     cfg = PRESETS[args.preset]
-    hook = args.hook or f"blocks.{cfg.nb_blocks // 2}.hook_mlp_out"
+    hook = args.hook or act_name("mlp_out", cfg.nb_blocks // 2)
     fwd_flops, sae_flops = flops_per_token(cfg, hook_layer(hook), args.expansion * cfg.dim_model)
     flop_line = (f"FLOPs per token: forward to the hook {fwd_flops / 1e6:.1f}M, SAE step {sae_flops / 1e6:.1f}M; at "
                  f"equal FLOP/s, steady SAE training / forward bound <= {fwd_flops / (fwd_flops + sae_flops):.2f}")

@@ -123,8 +123,10 @@ def bound_seconds(models, report, args) -> float:
     groups = [runners] + ([[r.random_like(baseline_seed(1, k)) for k, r in enumerate(runners)]]
                           if args.baseline else [])
     n_layers = runners[0].n_layers
-    neuron_hooks = [f"blocks.{k}.mlp.hook_post" for k in layers]
-    rows = ["blocks.0.hook_resid_pre"] + [f"blocks.{k}.hook_resid_post"
+    from culture.hooks import act_name
+
+    neuron_hooks = [act_name("post", k) for k in layers]
+    rows = [act_name("resid_pre", 0)] + [act_name("resid_post", k)
                                           for k in (range(n_layers) if args.layers is None else layers)]
     hooks = neuron_hooks + (rows if args.cka else [])
     total = 0.0
