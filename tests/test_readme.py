@@ -118,7 +118,9 @@ def _command_of(argv: list[str]):
 
 
 def shrink(argv: list[str]) -> list[str]:
-    """``argv`` offline and small (see the module docstring)."""
+    """``argv`` offline and small (see the module docstring); ``--help`` as written."""
+    if "--help" in argv:
+        return list(argv)
     path, command = _command_of(argv)
     params = {o: p for p in command.params for o in getattr(p, "opts", [])}
     out = list(argv)
