@@ -131,7 +131,8 @@ class CircuitCompareSettings:
     EAP(-IG, ``ig_steps`` interpolations) score; ``head``: the reference head
     ``L.H`` of the first model (None: its head of highest recovery);
     ``resamples`` bootstrap draws of the pairs, each with one of
-    ``match_resamples`` matchings re-done on resampled role data;
+    ``match_resamples`` head matchings re-done on resampled role data (and
+    as many SAE-feature matchings on resampled matching quizzes);
     ``null_draws`` shuffled role vectors / matches, ``null_circuits`` circuits
     carried by random head permutations; SAE features: each model's top
     ``top_features`` by |effect|, matched on ``feature_quizzes`` quizzes;

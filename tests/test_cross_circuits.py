@@ -140,6 +140,29 @@ def test_shared_causal_share_and_null():
     assert rev["value"] == 0.0 and rev["null_mean"] is None
 
 
+def test_feature_share_interval_carries_the_matching():
+    """Re-done matchings: a set matched with itself gives the identity whatever
+    quizzes are drawn; an interval over replicates that use a matching which
+    disagrees reaches below the fixed-matching one (the matching's chance is in it)."""
+    from culture.circuits.feature_roles import FeatureEffects, rematched_partners, shared_causal_share
+    from culture.circuits.metric import CircuitError
+
+    rng = np.random.default_rng(1)
+    acts = np.abs(rng.normal(size=(6 * 7, 20))).astype(np.float32)  # 6 quizzes of 7 positions, 20 features
+    maps = rematched_partners(acts, acts, 6, 4, seed=0)
+    assert len(maps) == 4 and all(m == {f: f for f in range(20)} for m in maps)
+    with pytest.raises(CircuitError):
+        rematched_partners(acts, acts[:-1], 6, 2)
+    e = FeatureEffects(rng.normal(size=(20, 8)) + np.linspace(5, 0, 20)[:, None], np.ones(8))
+    ident = np.arange(20)
+    fixed = shared_causal_share(e, e, ident, ident, top_k=5, n_resamples=200, null_draws=0)
+    mixed = shared_causal_share(e, e, ident, ident, top_k=5, n_resamples=200, null_draws=0,
+                                rematched=[dict(zip(ident.tolist(), ident.tolist())),
+                                           dict(zip(ident.tolist(), ident[::-1].tolist()))])
+    assert fixed["value"] == mixed["value"] == 1.0
+    assert fixed["ci95"][0] == 1.0 and mixed["ci95"][0] < 0.5 <= mixed["ci95"][1]
+
+
 def test_circuit_compare_cli(tmp_path, capsys):
     out_json, out_png = tmp_path / "c.json", tmp_path / "c.png"
     code, out, err = run_cli(capsys, "circuit", "compare", "--models", 0, 1, "--source", "bundled", "--task", "detect",

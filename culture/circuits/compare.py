@@ -233,7 +233,7 @@ def compare_circuits(models: list, task: str, vary: str, *, settings: CircuitCom
     features = None
     if saes is not None:
         features = _feature_part(models, saes, pairs, names, top_k_features, feature_quizzes, n_resamples,
-                                 null_draws, seed, batch_size)
+                                 null_draws, seed, batch_size, match_resamples)
         say("SAE features", 1, 1)
 
     comparison = CircuitComparison(
@@ -255,11 +255,13 @@ def compare_circuits(models: list, task: str, vary: str, *, settings: CircuitCom
     return comparison
 
 
-def _feature_part(models, saes, pairs, names, top_k, n_quizzes, n_resamples, null_draws, seed, batch_size) -> dict:
+def _feature_part(models, saes, pairs, names, top_k, n_quizzes, n_resamples, null_draws, seed, batch_size,
+                  match_resamples) -> dict:
     from culture.circuits.feature_roles import (
         feature_activations,
         feature_effects,
         match_sae_features,
+        rematched_partners,
         shared_causal_share,
     )
 
@@ -275,9 +277,12 @@ def _feature_part(models, saes, pairs, names, top_k, n_quizzes, n_resamples, nul
             if a == b:
                 continue
             mt = match_sae_features(acts[a], acts[b])
+            rematched = rematched_partners(acts[a], acts[b], len(quizzes), match_resamples, seed=seed + 1 + a * 97 + b)
             shares[f"{names[a]}->{names[b]}"] = shared_causal_share(
                 effects[a], effects[b], mt.a_index, mt.b_index, top_k=top_k, n_resamples=n_resamples,
-                null_draws=null_draws, seed=seed)
+                null_draws=null_draws, seed=seed, rematched=rematched)
     return {"top_features": top, "shared": shares, "top_k": top_k, "matching_quizzes": int(len(quizzes)),
+            "interval": "95% percentile bootstrap over pairs; each replicate uses one of the "
+                        f"{match_resamples} matchings re-done on resampled matching quizzes",
             "effect": "attribution through the SAE: sum over positions of (f_clean - f_corrupted) * (W_dec[f] . "
                       "dLD/dx), divided by the mean gap"}

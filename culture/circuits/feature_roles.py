@@ -16,8 +16,10 @@ quizzes, every position, no control.
 
 **Shared causal role** (model a -> b): of a's causal features that have a
 partner in b, the share whose partner is among b's causal features. Its
-interval resamples the pairs (effects, hence both causal sets, recomputed;
-the matching is held fixed). **Null**: the same share with the partners
+interval resamples the pairs (effects, hence both causal sets, recomputed)
+and, given re-done matchings (:func:`rematched_partners`: the quizzes of
+the matching resampled, the features matched again), each replicate uses one
+of them, so the interval carries the matching's chance too. **Null**: the same share with the partners
 drawn at random (a random one-to-one matching of the same features).
 """
 
@@ -31,7 +33,7 @@ import torch
 from culture.circuits.metric import CircuitError, QuizPairs
 from culture.circuits.runs import BaselineBuilder, pair_batches
 
-__all__ = ["feature_effects", "feature_activations", "match_sae_features", "shared_causal_share",
+__all__ = ["feature_effects", "feature_activations", "match_sae_features", "rematched_partners", "shared_causal_share",
            "FeatureEffects"]
 
 
@@ -119,6 +121,24 @@ def match_sae_features(fa: np.ndarray, fb: np.ndarray):
     return match_features(corr, alive_a, alive_b)
 
 
+def rematched_partners(fa: np.ndarray, fb: np.ndarray, n_quizzes: int, draws: int, seed: int = 0) -> list[dict]:
+    """``draws`` matchings of the features of ``fa`` / ``fb`` ((tokens, d_sae)
+    activations of the same ``n_quizzes`` quizzes, quiz after quiz), each on
+    the quizzes resampled with replacement: the matching's own chance, for
+    :func:`shared_causal_share`'s interval. Partner maps ``{a: b}``."""
+    if len(fa) != len(fb) or n_quizzes < 1 or len(fa) % n_quizzes:
+        raise CircuitError("feature activations must be of the same quizzes, whole quizzes each")
+    rows = len(fa) // n_quizzes
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(draws):
+        pick = rng.integers(0, n_quizzes, n_quizzes)
+        idx = (pick[:, None] * rows + np.arange(rows)[None, :]).ravel()
+        mt = match_sae_features(fa[idx], fb[idx])
+        out.append({int(a): int(b) for a, b in zip(mt.a_index, mt.b_index)})
+    return out
+
+
 def _share(top_a: np.ndarray, top_b: np.ndarray, partner: dict) -> tuple[int, int]:
     mine = [int(f) for f in top_a if int(f) in partner]
     b_set = {int(f) for f in top_b}
@@ -127,9 +147,11 @@ def _share(top_a: np.ndarray, top_b: np.ndarray, partner: dict) -> tuple[int, in
 
 def shared_causal_share(ea: FeatureEffects, eb: FeatureEffects, a_index: np.ndarray, b_index: np.ndarray, *,
                         top_k: int = 10, n_resamples: int = 1000, null_draws: int = 200, seed: int = 0,
-                        confidence: float = 0.95) -> dict:
+                        confidence: float = 0.95, rematched: list[dict] | None = None) -> dict:
     """Share of a's causal features whose matched partner is causal in b,
-    with its bootstrap interval over pairs and the shuffled-match null."""
+    with its bootstrap interval over pairs (replicate r using matching
+    ``rematched[r % len(rematched)]`` when given: :func:`rematched_partners`)
+    and the shuffled-match null."""
     if top_k < 1:
         raise CircuitError(f"top_k must be >= 1, got {top_k}")
     partner = {int(a): int(b) for a, b in zip(a_index, b_index)}
@@ -138,9 +160,9 @@ def shared_causal_share(ea: FeatureEffects, eb: FeatureEffects, a_index: np.ndar
     rng = np.random.default_rng(seed)
     n_pairs = ea.effects.shape[1]
     stats = []
-    for _ in range(n_resamples):
+    for r in range(n_resamples):
         w = rng.multinomial(n_pairs, np.full(n_pairs, 1.0 / n_pairs)) / n_pairs
-        kk, nn = _share(ea.top(top_k, w), eb.top(top_k, w), partner)
+        kk, nn = _share(ea.top(top_k, w), eb.top(top_k, w), rematched[r % len(rematched)] if rematched else partner)
         if nn:
             stats.append(kk / nn)
     null = []

@@ -155,7 +155,8 @@ def compare_command(
         show_default=False)] = _d("head"),
     resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap draws of the pairs.")] = _d("resamples"),
     match_resamples: Annotated[int, typer.Option(
-        "--match-resamples", help="Matchings re-done on resampled role data (each bootstrap draw uses one).")] = _d(
+        "--match-resamples", help="Head matchings re-done on resampled role data, and SAE-feature matchings on "
+        "resampled quizzes (each bootstrap draw uses one of each).")] = _d(
         "match_resamples"),
     null_draws: Annotated[int, typer.Option(
         "--null-draws", help="Shuffled role vectors (head matching null) and shuffled matches (feature null).")] = _d(
