@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import ClassVar
 
 from culture.errors import CultureError
-from culture.settings import SettingsError, check_settings, setting
+from culture.settings import SettingsError, check_integers, check_settings, setting
 
 __all__ = ["CircuitError", "CircuitSettingsError", "PatchSettings", "CircuitSettings", "CircuitCompareSettings",
            "DIRECTIONS", "METHODS",
@@ -162,9 +162,6 @@ class CircuitCompareSettings:
         return replace(settings or cls(), **{cls.ALIASES.get(k, k): v for k, v in options.items()}).check()
 
     def check(self) -> "CircuitCompareSettings":
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name != "head" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise CircuitSettingsError(f.name, f"must be an integer, got {value!r}")
+        check_integers(self, [f.name for f in fields(self) if f.name != "head"], CircuitSettingsError, none_ok=False)
         check_settings(self, CircuitSettingsError)
         return self

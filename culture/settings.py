@@ -75,6 +75,16 @@ def check_settings(obj, error: type[SettingsError] = SettingsError) -> None:
                 raise error(f.name, detail)
 
 
+def check_integers(obj, names, error: type[SettingsError] = SettingsError, *, none_ok: bool = True) -> None:
+    """Raise ``error(field, "must be an integer, got ...")`` for the first of
+    ``names`` whose value is not an int (bool is not one; None passes when
+    ``none_ok``)."""
+    for name in names:
+        value = getattr(obj, name)
+        if not (value is None and none_ok) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise error(name, f"must be an integer, got {value!r}")
+
+
 def default_of(cls, name: str):
     """The default of field ``name`` of dataclass ``cls`` (what the CLI option defaults to)."""
     for f in fields(cls):
@@ -123,4 +133,4 @@ class TestSetSettings:
                                noise=self.noise, quizzes=self.quizzes)
 
 
-__all__ = ["SettingsError", "setting", "check_settings", "default_of", "TestSetSettings", "QUIZ_KINDS"]
+__all__ = ["SettingsError", "setting", "check_settings", "check_integers", "default_of", "TestSetSettings", "QUIZ_KINDS"]

@@ -11,11 +11,12 @@ them once, with :meth:`UniversalitySettings.check`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 
 from culture.defaults import PROMPT_NOISE
 from culture.errors import CultureError
-from culture.settings import SettingsError, check_settings, setting
+from culture.settings import SettingsError, check_integers, check_settings, setting
 
 #: confound controls (:mod:`culture.universality.controls`): per-group means removed first
 CONTROLS = ("none", "position", "position_structure", "token")
@@ -49,6 +50,22 @@ class UniversalityError(CultureError, ValueError):
 
 #: --max-memory's default: the memory the system has available when the comparison starts
 DEFAULT_MAX_MEMORY = "available"
+_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
+          "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
+
+
+def parse_memory(value) -> int | None:
+    """Bytes from 4.5G, 800M, 512MiB, 1e9 (binary units); None for "available"."""
+    if str(value).strip().lower() == DEFAULT_MAX_MEMORY:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value <= 0:
+            raise UniversalityError(f"memory limit must be positive, got {value!r}")
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+    if not m or m.group(2).upper() not in _UNITS or float(m.group(1)) <= 0:
+        raise UniversalityError(f"memory limit must be a size such as 4.5G or 800M, got {value!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 class UniversalitySettingsError(UniversalityError, SettingsError):
@@ -123,14 +140,10 @@ class UniversalitySettings:
 
     def check(self) -> "UniversalitySettings":
         """Every setting in its bounds; a one-line UniversalitySettingsError otherwise."""
-        for name in ("tokens", "cka_permutations", "resamples", "n_blocks", "rotation_draws", "seed", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise UniversalitySettingsError(name, f"must be an integer, got {value!r}")
+        check_integers(self, ("tokens", "cka_permutations", "resamples", "n_blocks", "rotation_draws", "seed",
+                              "batch_size"), UniversalitySettingsError)
         check_settings(self, UniversalitySettingsError)
         self.primary_controls()
-        from culture.universality.memory import parse_memory  # noqa: PLC0415 - torch-free module, read when checked
-
         try:
             parse_memory(self.max_memory)
         except UniversalityError as exc:

@@ -24,33 +24,15 @@ system has available).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 
 from culture.universality.controls import check_controls, n_groups
 from culture.universality.runner import UniversalityError
+from culture.universality_settings import CONTROLS, DEFAULT_MAX_MEMORY, parse_memory
 
-#: the default limit (--max-memory): the memory the system has available when the comparison starts
-from culture.universality_settings import DEFAULT_MAX_MEMORY  # noqa: E402 - "available"
 #: working copies of one batch of activations (float32 activations, centred copy,
 #: float64 copies of pass 2, null units), in units of the float32 batch
 BATCH_COPIES = 6
-_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
-          "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
-
-
-def parse_memory(value) -> int | None:
-    """Bytes from 4.5G, 800M, 512MiB, 1e9 (binary units); None for "available"."""
-    if str(value).strip().lower() == DEFAULT_MAX_MEMORY:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value <= 0:
-            raise UniversalityError(f"memory limit must be positive, got {value!r}")
-        return int(value)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
-    if not m or m.group(2).upper() not in _UNITS or float(m.group(1)) <= 0:
-        raise UniversalityError(f"memory limit must be a size such as 4.5G or 800M, got {value!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 def format_memory(n: int) -> str:
@@ -147,7 +129,7 @@ def _dims(model) -> tuple[int, int, int, int]:
 
 
 def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init: bool = True,
-                controls=("none", "position", "position_structure", "token"), positions: int = 404,
+                controls=CONTROLS, positions: int = 404,
                 n_blocks: int = 32, baseline: str = "rotation", cka_permutations: int = 0,
                 batch_size: int | None = None, n_quizzes: int | None = None, n_tasks: int = 15,
                 compute_dtype=None, max_memory=None, process: int | None = None) -> MemoryPlan:
