@@ -114,6 +114,11 @@ class UniversalitySettings:
         what the system has free at the start); a comparison whose memory plan
         (:func:`culture.universality.memory.memory_plan`) is over it is refused
         before any work.
+    block_layers: pass 1 accumulates the neuron co-moments of this many layers
+        of each model (rows, against every neuron of the other model) per
+        sweep over the quizzes, writing each finished block to a temporary
+        file; None: one sweep in memory when the memory plan fits, else the
+        largest block that fits. Same results, to the bit, whatever the block.
     """
 
     tokens: int = setting(40_000, min=1)
@@ -137,11 +142,12 @@ class UniversalitySettings:
     batch_size: int | None = setting(None, min=1)
     precision: str = setting("float64", choices=PRECISIONS)
     max_memory: str = DEFAULT_MAX_MEMORY
+    block_layers: int | None = setting(None, min=1)
 
     def check(self) -> "UniversalitySettings":
         """Every setting in its bounds; a one-line UniversalitySettingsError otherwise."""
         check_integers(self, ("tokens", "cka_permutations", "resamples", "n_blocks", "rotation_draws", "seed",
-                              "batch_size"), UniversalitySettingsError)
+                              "batch_size", "block_layers"), UniversalitySettingsError)
         check_settings(self, UniversalitySettingsError)
         self.primary_controls()
         try:

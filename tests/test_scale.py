@@ -160,9 +160,10 @@ def test_sae_eval_and_features(source_37m, sae_37m, tmp_path, capsys):
 
 
 def test_universality(source_37m, capsys):
-    check(["universality", "compare", "--models", "0", "1", "--source", source_37m, "--layers", "0",
+    # two layers, pass 1 in row blocks of one (two sweeps, the co-moment rows spilled to disk and read back)
+    check(["universality", "compare", "--models", "0", "1", "--source", source_37m, "--layers", "0", "1",
            "--tokens", "3232", "--no-random-init", "--no-cka", "--resamples", "10", "--controls", "none",
-           "--rotation-draws", "0", "--batch-size", "1"], 1600, capsys)
+           "--rotation-draws", "0", "--batch-size", "1", "--block-layers", "1"], 1600, capsys)
 
 
 def test_fixture_is_the_published_shape(source_37m):

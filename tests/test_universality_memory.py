@@ -131,3 +131,48 @@ def test_cli_refuses_with_one_line(tmp_path, capsys):
     assert "memory plan" in msg and "over the limit" in msg and "--max-memory" in msg
     assert "--max-memory" in error_line(capsys, "universality", "compare", "--models", "0", "1", "--source",
                                         str(root), "--tokens", "3232", "--max-memory", "lots")
+
+
+@pytest.mark.parametrize("baseline", ["rotation", "gaussian"])
+def test_pass1_in_row_blocks_is_bit_identical(baseline, tmp_path, monkeypatch):
+    """Zoo shape, all 4 layers, random-init models too: pass 1 in row blocks
+    of one layer (4 sweeps, the co-moment rows spilled to disk and read back)
+    gives exactly the numbers of one sweep in memory; its files are removed."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    models = _models(ZOO, n=3)
+    kw = dict(n_tokens=3232, baseline=baseline, controls=("position", "none"), cka=False, n_resamples=50,
+              rotation_draws=1)
+    whole = compare_models(models, **kw)
+    sweeps = []
+    blocked = compare_models(models, block_layers=1, progress=lambda kind, *_: sweeps.append(kind), **kw)
+    assert whole.settings["memory_plan"]["block_layers"] is None
+    plan = blocked.settings["memory_plan"]
+    assert plan["block_layers"] == 1 and plan["sweeps"] == 4 and plan["disk_bytes"] > 0
+    assert {k for k in sweeps if k.startswith("pass 1")} == {f"pass 1: moments (rows {b}/4)" for b in range(1, 5)}
+    assert _numbers(blocked) == _numbers(whole)
+    a = blocked.neurons[1]
+    assert a.pair_max[(2, 0)].std() > 0 and a.held_corr[(0, 1)].std() > 0
+    assert list(tmp_path.iterdir()) == []  # the spilled rows are gone
+
+
+def test_plan_chooses_row_blocks_when_the_whole_does_not_fit():
+    """The co-moments of all rows would not fit: the plan takes the largest
+    row block that does, counts one block in memory and the rest on disk."""
+    models = _models(ZOO)
+    kw = dict(cka=False, random_init=False, controls=("none",), n_quizzes=2, process=0)
+    whole = memory_plan(models, max_memory="1T", **kw)
+    assert whole.block_layers is None and whole.sweeps == 1 and whole.disk == 0
+    co = whole.items["neuron co-moments"]
+    # the analysis read one layer at a time first (no extra sweep); then room for half the co-moment rows
+    one_layer = memory_plan(models, max_memory=1, **kw).items["analysis temporaries"]
+    smallest_whole = whole.total - whole.items["analysis temporaries"] + one_layer
+    assert memory_plan(models, max_memory=smallest_whole, **kw).block_layers is None
+    limit = smallest_whole - co // 2 + 1
+    half = memory_plan(models, max_memory=limit, **kw)
+    assert half.block_layers == 2 and half.sweeps == 2 and half.fits()
+    assert half.items["neuron co-moments"] == co // 2 and half.disk == co
+    assert "2 row blocks of 2 layer(s)" in half.line()
+    assert memory_plan(models, max_memory="1T", block_layers=3, **kw).sweeps == 2

@@ -33,7 +33,7 @@ from culture.universality.compare import (
 )
 from culture.universality.controls import CONTROLS, TokenLabels, check_controls
 from culture.universality.features import FeatureFamily, SAEEntry, SAEPair, find_families
-from culture.universality.memory import MemoryPlan, check_memory, memory_plan, parse_memory
+from culture.universality.memory import MemoryPlan, check_memory, memory_plan, parse_memory, settings_memory_plan
 from culture.universality.neurons import BASELINES, NeuronAnalysis, NeuronMoments, QuizRoller
 from culture.universality.plots import plot_report
 from culture.universality.report import CKAResult, NeuronLayer, SAEComparison, UniversalityReport
@@ -78,6 +78,6 @@ __all__ = [
     "UniversalityError", "StreamingCorrelation", "StreamingCKA", "GroupSums", "Centered", "linear_cka",
     "cka_from_comoments", "hsic_linear", "max_correlations", "match_features", "FeatureMatching", "plot_report",
     "load_saes", "load_sae", "world_quiz_stream", "position_index", "ModelRunner",
-    "baseline_seed", "resolve_layers", "estimate_memory", "memory_plan", "check_memory", "MemoryPlan",
+    "baseline_seed", "resolve_layers", "estimate_memory", "memory_plan", "settings_memory_plan", "check_memory", "MemoryPlan",
     "parse_memory", "NEURON_HOOK", "EMBED_HOOK", "RESID_HOOK", "POSITIONS",
 ]

@@ -60,7 +60,7 @@ from culture.universality.features import (
 from culture.universality.intervals import METHOD as INTERVAL_METHOD
 from culture.universality.intervals import feature_intervals, neuron_intervals, rotation_draw_shares
 from culture.universality.neurons import NeuronBlockSums, NeuronMoments, QuizRoller, null_units
-from culture.universality.memory import check_memory, memory_plan
+from culture.universality.memory import check_memory, memory_plan, settings_memory_plan
 from culture.universality.report import CKAResult, NeuronLayer, SAEComparison, UniversalityReport
 from culture.universality.runner import (
     ModelRunner,
@@ -247,8 +247,9 @@ class _Group:
 
     # ---------------------------------------------------------- batches
 
-    def _run(self, tokens, pos):
-        return [r.run(tokens, names, pos) for r, names in zip(self.runners, self.hooks)]
+    def _run(self, tokens, pos, neurons_only: bool = False):
+        hooks = self.neuron_names if neurons_only else self.hooks
+        return [r.run(tokens, names, pos) for r, names in zip(self.runners, hooks)]
 
     def _neuron_acts(self, acts):
         return [torch.cat([acts[i][name].float() for name in self.neuron_names[i]], -1) for i in range(len(acts))]
@@ -277,10 +278,15 @@ class _Group:
         return [null_units(self.baseline, ("neurons", i), a, roller, g) for i, a in enumerate(neuron)]
 
     def pass1(self, tokens, pos, labels, quiz_tasks, index, roller, batch_index):
-        acts = self._run(tokens, pos)
+        """One batch of pass 1; after the first sweep over the quizzes (row blocks,
+        :meth:`NeuronMoments.use_row_blocks`) only the neuron co-moments' rows."""
+        later = self.neurons.sweep > 0
+        acts = self._run(tokens, pos, neurons_only=later)
         neuron = self._neuron_acts(acts)
         half = index % 2
         self.neurons.update(neuron, labels, half, self._nulls(neuron, roller, batch_index))
+        if later:
+            return
         if self.with_tasks:
             for i, a in enumerate(neuron):
                 self.task_fire[i] = _task_add(self.task_fire[i], (a > 0).sum(1, dtype=torch.float64), quiz_tasks,
@@ -477,9 +483,35 @@ def compare_models(models: Sequence, quizzes: torch.Tensor | None = None, *,
     batch_size = _batch_size(s.batch_size, groups, len(plan.pos))
     stream = _Stream(source.chunks, source.n_quizzes)
 
+    row_blocks = None
+    if memory.block_layers is not None:
+        from culture.universality.spill import RowBlocks
+
+        row_blocks = RowBlocks.make(len(plan.layers), memory.block_layers)
+    try:
+        return _run_passes(groups, plan, s, source, stream, batch_size, memory, row_blocks, progress, started)
+    finally:
+        if row_blocks is not None:
+            row_blocks.close()
+
+
+def _run_passes(groups, plan, s, source, stream, batch_size, memory, row_blocks, progress, started):
+    """The two passes of :func:`compare_models` (pass 1 once per row block
+    when ``row_blocks`` is given), and the report."""
     # pass 1: moments, then every analysis; the SAE families before pass 2, which records their examples
-    task_counts = _stream(stream, groups, plan, batch_size, "pass 1: moments", progress, _Pass1(len(source.task_names)))
-    release_buffers()
+    task_counts = None
+    sweeps = 1 if row_blocks is None else len(row_blocks.blocks)
+    for g in groups:
+        g.neurons.use_row_blocks(row_blocks)
+    for sweep in range(sweeps):
+        for g in groups:
+            g.neurons.begin_sweep(sweep)
+        kind = "pass 1: moments" + (f" (rows {sweep + 1}/{sweeps})" if sweeps > 1 else "")
+        counts = _stream(stream, groups, plan, batch_size, kind, progress, _Pass1(len(source.task_names)))
+        task_counts = counts if task_counts is None else task_counts
+        for g in groups:
+            g.neurons.end_sweep()
+        release_buffers()
     for g in groups:
         g.analyse(s.threshold, s.seed, source.task_names)
     trained = groups[0]
@@ -615,11 +647,7 @@ def _quiz_source(s: UniversalitySettings, quizzes, clean, task_labels, pos) -> _
 def _memory_plan(plan: _Plan, s: UniversalitySettings, source: _QuizSource):
     """The comparison's memory plan, refused (one line, before any work) when
     it is over ``s.max_memory`` or the memory available."""
-    memory = memory_plan(plan.runners, None if plan.all_layers else plan.layers, cka=s.cka,
-                         saes=[e.sae for e in plan.entries] or None, random_init=s.random_init,
-                         controls=plan.controls, positions=len(plan.pos), n_blocks=s.n_blocks, baseline=s.baseline,
-                         cka_permutations=s.cka_permutations, batch_size=s.batch_size, n_quizzes=source.n_quizzes,
-                         compute_dtype=_dtype(s.precision), max_memory=s.max_memory)
+    memory = settings_memory_plan(plan.runners, s, source.n_quizzes, saes=[e.sae for e in plan.entries] or None)
     check_memory(memory)
     return memory
 

@@ -84,6 +84,12 @@ class MemoryPlan:
     limit_source: str = ""
     process: int = 0
     notes: list[str] = field(default_factory=list)
+    #: layers per row block of pass 1 (None: one sweep, co-moments in memory)
+    block_layers: int | None = None
+    #: sweeps over the quizzes in pass 1
+    sweeps: int = 1
+    #: bytes of co-moment rows written to the temporary folder (row blocks)
+    disk: int = 0
 
     @property
     def buffers(self) -> int:
@@ -103,12 +109,17 @@ class MemoryPlan:
         top = sorted(self.items.items(), key=lambda kv: -kv[1])[:4]
         parts = ", ".join(f"{k} {format_memory(v)}" for k, v in top if v > 0)
         limit = "" if self.limit is None else f" (limit {format_memory(self.limit)}{self.limit_source})"
+        blocks = ""
+        if self.block_layers is not None:
+            blocks = (f"; pass 1 in {self.sweeps} row blocks of {self.block_layers} layer(s), "
+                      f"{format_memory(self.disk)} of co-moments on disk")
         return (f"memory plan {format_memory(self.total)}{limit}: process now {format_memory(self.process)}, "
-                f"{parts}")
+                f"{parts}{blocks}")
 
     def to_dict(self) -> dict:
         return {"total_bytes": self.total, "process_bytes": self.process, "items": dict(self.items),
-                "tile_rows": self.tile_rows, "limit_bytes": self.limit}
+                "tile_rows": self.tile_rows, "limit_bytes": self.limit, "block_layers": self.block_layers,
+                "sweeps": self.sweeps, "disk_bytes": self.disk}
 
 
 def _dims(model) -> tuple[int, int, int, int]:
@@ -132,14 +143,42 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
                 controls=CONTROLS, positions: int = 404,
                 n_blocks: int = 32, baseline: str = "rotation", cka_permutations: int = 0,
                 batch_size: int | None = None, n_quizzes: int | None = None, n_tasks: int = 15,
-                compute_dtype=None, max_memory=None, process: int | None = None) -> MemoryPlan:
+                compute_dtype=None, max_memory=None, process: int | None = None,
+                block_layers: int | None = None) -> MemoryPlan:
     """The memory plan of :func:`~culture.universality.compare_models` with
     these arguments (8 bytes per accumulated number; ``compute_dtype``: that
     of the batch products, float32 adds a product scratch). ``max_memory``: a size
     (4.5G, bytes), or None / "available" for the memory available now; ``process``: the
     resident memory to start from (default: this process now, which holds the
     models already); ``n_quizzes``: quizzes streamed (a batch holds no more).
-    The analysis block is the largest that fits."""
+    The analysis block is the largest that fits.
+
+    ``block_layers``: pass 1 accumulates the neuron co-moments of this many
+    layers of rows per sweep over the quizzes, writing each finished block to
+    disk (:mod:`~culture.universality.spill`); None: one sweep in memory when
+    that fits the limit, else the largest block that does."""
+    from culture.universality.compare import resolve_layers
+
+    dims = [_dims(m) for m in models]
+    n_layers = len(resolve_layers([d[0] for d in dims], layers))
+    process = process_memory() if process is None else int(process)
+    args = (models, layers, cka, saes, random_init, controls, positions, n_blocks, baseline, cka_permutations,
+            batch_size, n_quizzes, n_tasks, compute_dtype, max_memory, process)
+    if block_layers is not None:
+        return _plan(*args, block_layers=min(int(block_layers), n_layers))
+    whole = _plan(*args, block_layers=None)
+    if whole.fits() or n_layers < 2:
+        return whole
+    for b in range(n_layers - 1, 0, -1):
+        blocked = _plan(*args, block_layers=b)
+        if blocked.fits() or b == 1:
+            return blocked
+    return whole
+
+
+def _plan(models, layers, cka, saes, random_init, controls, positions, n_blocks, baseline, cka_permutations,
+          batch_size, n_quizzes, n_tasks, compute_dtype, max_memory, process, block_layers) -> MemoryPlan:
+    """:func:`memory_plan` with pass 1 in row blocks of ``block_layers`` layers (None: not)."""
     from culture.universality.compare import BATCH_FLOATS, resolve_layers
 
     dims = [_dims(m) for m in models]
@@ -160,12 +199,19 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
     def add(name, n):
         items[name] = items.get(name, 0) + int(n)
 
+    # rows of model i's co-moments held at once: all, or one row block (the rest on disk)
+    rows_of = W if block_layers is None else [min(block_layers, L) * h for h in H]
+    disk = 0
     for h in groups:
-        add("neuron co-moments", h * f8 * sum(W[i] * W[j] for i, j in pairs))
+        add("neuron co-moments", h * f8 * sum(rows_of[i] * W[j] for i, j in pairs))
+        if block_layers is not None:
+            disk += h * f8 * sum(W[i] * W[j] for i, j in pairs)
         if baseline == "rotation":
             add("rotated unit moments", h * f8 * 2 * sum(W))
         else:
-            add("null co-moments", h * f8 * sum(W[i] * W[j] for i, j in ordered))
+            add("null co-moments", h * f8 * sum(rows_of[i] * W[j] for i, j in ordered))
+            if block_layers is not None:
+                disk += h * f8 * sum(W[i] * W[j] for i, j in ordered)
             add("group sums", h * f8 * sum(g * W[j] for _, j in ordered for g in G))
         add("group sums", h * f8 * sum(g * W[i] for i in range(m) for g in G))
         # pass 2: block sums of the resampled neurons (at most every neuron), per control
@@ -217,7 +263,6 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
     # merged group sums of both models, the deviations made when a view is built, and the 3 views kept
     fixed = f8 * 7 * gmax * max(W)
     per_row = f8 * 3 * 5 * max(W)  # 3 splits x (co-moment, corr, baseline, j's baseline columns, slack)
-    process = process_memory() if process is None else int(process)
     limit, source = None, ""
     if max_memory is not None and str(max_memory).strip().lower() != DEFAULT_MAX_MEMORY:
         limit, source = parse_memory(max_memory), ""
@@ -234,17 +279,42 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
             tile_rows = int(max(layer_rows, rows // layer_rows * layer_rows))
     rows_used = max(W) if tile_rows is None else min(tile_rows, max(W))
     add("analysis temporaries", fixed + per_row * rows_used)
-    return MemoryPlan(items, tile_rows, limit, source, process)
+    sweeps = 1 if block_layers is None else -(-L // min(block_layers, L))
+    return MemoryPlan(items, tile_rows, limit, source, process, block_layers=block_layers, sweeps=sweeps, disk=disk)
+
+
+def settings_memory_plan(models, settings, n_quizzes: int | None = None, saes=None,
+                         process: int | None = None) -> MemoryPlan:
+    """The memory plan of ``compare_models(models, settings=settings, saes=saes)``
+    over ``n_quizzes`` quizzes (default: those ``settings.tokens`` asks for):
+    what the command prints and what the comparison checks."""
+    import torch
+
+    return memory_plan(models, settings.layers, cka=settings.cka, saes=saes, random_init=settings.random_init,
+                       controls=settings.primary_controls(), positions=settings.positions_per_quiz,
+                       n_blocks=settings.n_blocks, baseline=settings.baseline,
+                       cka_permutations=settings.cka_permutations, batch_size=settings.batch_size,
+                       n_quizzes=settings.n_quizzes() if n_quizzes is None else n_quizzes,
+                       compute_dtype=getattr(torch, settings.precision), max_memory=settings.max_memory,
+                       process=process, block_layers=settings.block_layers)
 
 
 def check_memory(plan: MemoryPlan) -> None:
-    """Raise :class:`UniversalityError` (one line) when the plan exceeds its limit."""
-    if plan.fits():
-        return
-    raise UniversalityError(
-        f"{plan.line()}; over the limit by {format_memory(plan.total - plan.limit)}: compare fewer --layers or "
-        f"models, drop --cka or --no-random-init, or raise --max-memory")
+    """Raise :class:`UniversalityError` (one line) when the plan exceeds its
+    limit, or its row blocks need more disk than the temporary folder has free."""
+    if not plan.fits():
+        raise UniversalityError(
+            f"{plan.line()}; over the limit by {format_memory(plan.total - plan.limit)}: compare fewer --layers or "
+            f"models, drop --cka or --no-random-init, or raise --max-memory")
+    if plan.disk:
+        from culture.universality.spill import disk_free
+
+        free = disk_free()
+        if plan.disk > free:
+            raise UniversalityError(
+                f"{plan.line()}; the temporary folder has {format_memory(free)} free: set TMPDIR to a folder with "
+                f"room, or compare fewer --layers or models")
 
 
-__all__ = ["memory_plan", "check_memory", "MemoryPlan", "parse_memory", "format_memory", "available_memory",
+__all__ = ["memory_plan", "settings_memory_plan", "check_memory", "MemoryPlan", "parse_memory", "format_memory", "available_memory",
            "process_memory", "DEFAULT_MAX_MEMORY"]

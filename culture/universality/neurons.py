@@ -117,11 +117,16 @@ class NeuronMoments:
         self.pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
         self.heldout = heldout
         self.tile_rows = None  # rows of the co-moments analysed at once (None: all; see memory_plan)
+        self.row_blocks = None  # pass 1 in row blocks spilled to disk (None: one sweep, in memory)
+        self.sweep = 0
+        self._spilled: dict = {}
         h = 2 if heldout else 1  # accumulators per pair: even / odd quizzes, or all
+        self.n_halves = h
 
         def acc():
             return StreamingCorrelation(compute_dtype=compute_dtype)
 
+        self._acc = acc
         self.cross = {p: [acc() for _ in range(h)] for p in self.pairs}
         self.groups = {c: [[GroupSums(n_groups(c, n_positions)) for _ in range(h)] for _ in range(m)]
                        for c in self.controls if c != "none"}
@@ -138,10 +143,78 @@ class NeuronMoments:
             self.null_groups = {c: {p: [GroupSums(n_groups(c, n_positions)) for _ in range(h)]
                                     for p in self.ordered} for c in self.controls if c != "none"}
 
+    # ------------------------------------------------------ row blocks
+
+    def use_row_blocks(self, row_blocks) -> None:
+        """Accumulate pass 1's cross co-moments a :class:`~culture.universality.spill.RowBlocks`
+        block of rows per sweep over the quizzes (:meth:`begin_sweep` /
+        :meth:`end_sweep`), each finished block written to disk; everything
+        else is accumulated in the first sweep. None: one sweep, in memory."""
+        self.row_blocks = row_blocks
+
+    @property
+    def n_sweeps(self) -> int:
+        return 1 if self.row_blocks is None else len(self.row_blocks.blocks)
+
+    def _block_rows(self, i: int) -> tuple[int, int]:
+        """Model i's rows accumulated in this sweep."""
+        if self.row_blocks is None:
+            return 0, self.widths[i]
+        k0, k1 = self.row_blocks.blocks[self.sweep]
+        return int(self.offsets[i][k0]), int(self.offsets[i][k1])
+
+    def _row_accumulators(self):
+        """(kind, ordered pair, accumulators per half) of the co-moments kept in row blocks."""
+        out = [("cross", p, a) for p, a in self.cross.items()]
+        if self.null is not None:
+            out += [("null", p, a) for p, a in self.null.items()]
+        return out
+
+    def begin_sweep(self, sweep: int) -> None:
+        """Start sweep ``sweep`` (fresh accumulators for its block of rows)."""
+        self.sweep = int(sweep)
+        if self.row_blocks is None or self.sweep == 0:
+            return
+        for _, _, accs in self._row_accumulators():
+            for h in range(len(accs)):
+                accs[h] = self._acc()
+
+    def end_sweep(self) -> None:
+        """Write this sweep's rows to disk; after the last sweep, put back
+        accumulators whose co-moment is the whole spilled matrix (read by row
+        blocks) and whose x moments are the blocks' joined."""
+        if self.row_blocks is None:
+            return
+        from culture.universality.spill import SpilledRows
+
+        last = self.sweep == len(self.row_blocks.blocks) - 1
+        for kind, (i, j), accs in self._row_accumulators():
+            start, stop = self._block_rows(i)
+            for h, acc in enumerate(accs):
+                if acc.comoment is None:
+                    continue
+                key = (kind, i, j, h)
+                if key not in self._spilled:
+                    path = self.row_blocks.new_path(f"{kind}-{i}-{j}-{h}")
+                    self._spilled[key] = (SpilledRows(path, (self.widths[i], acc.comoment.shape[1]),
+                                                      acc.comoment.device, acc.comoment.dtype), [], [])
+                rows, means, m2s = self._spilled[key]
+                rows.write(start, acc.comoment)
+                means.append(acc.mean_x)
+                m2s.append(acc.m2_x)
+                acc.comoment = None
+                if last:
+                    acc.comoment = rows
+                    acc.mean_x, acc.m2_x = torch.cat(means), torch.cat(m2s)
+        if last:
+            self._spilled = {}
+
     def update(self, acts: list[torch.Tensor], labels, half: torch.Tensor, nulls: list[torch.Tensor] | None) -> None:
-        """acts: per model (n, P, W_i); half: (n,) 0/1; nulls: per model the null units (n, P, W_i)."""
+        """acts: per model (n, P, W_i); half: (n,) 0/1; nulls: per model the null units (n, P, W_i).
+        In row blocks: this sweep's rows of the co-moments only, the rest in the first sweep."""
         if not self.heldout:
             half = torch.zeros_like(half)
+        first = self.sweep == 0
         for h in ((0, 1) if self.heldout else (0,)):
             rows = half == h
             if not bool(rows.any()):
@@ -149,25 +222,30 @@ class NeuronMoments:
             sub = [a[rows] for a in acts]
             flat = [s.reshape(-1, s.shape[-1]) for s in sub]
             prepared = [Centered.of(f, compute_dtype=self.compute_dtype) for f in flat]
+            block = [prepared[i] if self.row_blocks is None else prepared[i].columns(*self._block_rows(i))
+                     for i in range(self.m)]
             for (i, j) in self.pairs:
-                self.cross[(i, j)][h].update(prepared[i], prepared[j])
-            for c, per_model in self.groups.items():
-                for i in range(self.m):
-                    add_to_groups(per_model[i][h], sub[i], labels, c, rows, subset=True)
+                self.cross[(i, j)][h].update(block[i], prepared[j])
+            if first:
+                for c, per_model in self.groups.items():
+                    for i in range(self.m):
+                        add_to_groups(per_model[i][h], sub[i], labels, c, rows, subset=True)
             if self.rotated is not None:
-                for i in range(self.m):
-                    off = self.offsets[i]
-                    for k in range(len(self.layer_sizes[i])):
-                        self.rotated[i][k][h].update(self._rotate(prepared[i], i, k, off))
+                if first:
+                    for i in range(self.m):
+                        off = self.offsets[i]
+                        for k in range(len(self.layer_sizes[i])):
+                            self.rotated[i][k][h].update(self._rotate(prepared[i], i, k, off))
             else:
                 null_flat = [nl[rows].reshape(-1, nl.shape[-1]) for nl in nulls]
                 null_prep = [Centered.of(f, compute_dtype=self.compute_dtype) for f in null_flat]
                 for (i, j) in self.ordered:
-                    self.null[(i, j)][h].update(prepared[i], null_prep[j])
-                for c, per_pair in self.null_groups.items():
-                    for (i, j) in self.ordered:
-                        add_to_groups(per_pair[(i, j)][h], nulls[j], labels, c, rows)
-            del prepared
+                    self.null[(i, j)][h].update(block[i], null_prep[j])
+                if first:
+                    for c, per_pair in self.null_groups.items():
+                        for (i, j) in self.ordered:
+                            add_to_groups(per_pair[(i, j)][h], nulls[j], labels, c, rows)
+            del prepared, block
 
     # ------------------------------------------------------------ results
 

@@ -265,6 +265,11 @@ def compare_command(
         "--max-memory", help="Peak memory allowed (4.5G, 800M; available: what the system has free at the start): "
         "the analysis reads the neuron co-moments in blocks that fit, and a comparison whose memory plan is over "
         "it is refused before any work.")] = _d("max_memory"),
+    block_layers: Annotated[Optional[int], typer.Option(
+        "--block-layers", help="Pass 1 accumulates the neuron co-moments of this many layers per sweep over the "
+        "quizzes, each finished block written to a temporary file (TMPDIR); default: one sweep in memory when the "
+        "plan fits, else the largest block that does. Same results whatever the block.",
+        show_default=False)] = _d("block_layers"),
 ) -> None:
     """Compare models: universal neurons, tested residual CKA, SAE features - each beside its baselines.
 
@@ -289,7 +294,7 @@ def compare_command(
             threshold=threshold, baseline=baseline, controls=ctl or _d("controls"), within_position=within_position,
             positions=positions, noise=noise, random_init=random_init, cka=cka, cka_permutations=cka_permutations,
             resamples=resamples, rotation_draws=rotation_draws, seed=seed, batch_size=batch_size,
-            precision=precision, max_memory=max_memory).check()
+            precision=precision, max_memory=max_memory, block_layers=block_layers).check()
     except UniversalitySettingsError as exc:
         fail(f"{option_flag(exc.field)}: {exc.detail}")
     ids = _check_models(parse_ids(models, "--models"), sae, ceiling_sae, self_copy, dashboard)
@@ -392,16 +397,10 @@ def _load_models(run, settings, self_copy: bool):
 
 def _announce(run, settings, loaded, names, saes, given) -> None:
     """Layers and quiz count checked (one error line), then what is compared and the accumulators' size."""
-    import torch
-
-    from culture.universality import check_memory, memory_plan
+    from culture.universality import check_memory, settings_memory_plan
 
     n_quizzes = len(given["quizzes"]) if given else settings.n_quizzes()
-    plan = memory_plan(loaded, settings.layers, cka=settings.cka, saes=saes, random_init=settings.random_init,
-                       controls=settings.primary_controls(), baseline=settings.baseline,
-                       cka_permutations=settings.cka_permutations, batch_size=settings.batch_size,
-                       n_quizzes=n_quizzes, max_memory=settings.max_memory,
-                       compute_dtype=getattr(torch, settings.precision))  # layers checked
+    plan = settings_memory_plan(loaded, settings, n_quizzes, saes=saes)  # layers checked
     check_quiz_count(n_quizzes, settings.positions_per_quiz)
     check_memory(plan)
     err_console.print(f"models {', '.join(names)} from {run.source.name}; {settings.n_quizzes() * 404:,} tokens "
