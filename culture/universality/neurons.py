@@ -359,118 +359,119 @@ class NeuronMoments:
         return self._self_cache[key]
 
     def _analyse_pair(self, out, control, i, j, views, dead, gs, held, tile_rows) -> None:
-        """Model pair i < j, row blocks of i: both directions' max-corr (rows of
-        the block; running maxima over blocks for j's neurons), same-layer
-        maxima, held-out, and the rotation baseline."""
+        """Model pair i < j, read in blocks of (rows of i: whole layers, at most
+        ``tile_rows``) x (one layer of j): both directions' max-corr (running
+        maxima over j's layers for i's neurons, over i's row blocks for j's),
+        same-layer maxima, held-out (partner chosen on split 0, measured on
+        split 1) and the rotation baseline. Temporaries: a few (rows x d_mlp)
+        blocks."""
         oi, oj = self.offsets[i], self.offsets[j]
-        wi, wj = self.widths[i], self.widths[j]
         splits = ("full", 0, 1) if held else ("full",)
         rot = self.baseline == "rotation"
         dev = views[("full", i, j)].m2_x.device
-        pair_max = torch.zeros(wi, dtype=torch.float64, device=dev)
-        pair_arg = torch.zeros(wi, dtype=torch.long, device=dev)
-        same_ij = torch.zeros(wi, dtype=torch.float64, device=dev)
-        same_ji = torch.zeros(wj, dtype=torch.float64, device=dev)
-        base_max = torch.zeros(wi, dtype=torch.float64, device=dev)
-        base_arg = torch.zeros(wi, dtype=torch.long, device=dev)
-        held_arg, held_corr, held_barg, held_base = (torch.zeros(wi, dtype=t, device=dev) for t in
-                                                     (torch.long, torch.float64, torch.long, torch.float64))
-        run_pair, run_held, run_base, run_held_base = _Running(), _Running(), _Running(), _Running()
+        same_ij = torch.zeros(self.widths[i], dtype=torch.float64, device=dev)
+        same_ji = torch.zeros(self.widths[j], dtype=torch.float64, device=dev)
+        layers_j = range(len(self.layer_sizes[j]))
         n_same = min(len(self.layer_sizes[i]), len(self.layer_sizes[j]))
+        # j's neurons: running maxima over i's row blocks, one per layer of j
+        col_pair, col_held, col_base, col_held_base = ([_Running() for _ in layers_j] for _ in range(4))
+        rows_pair, rows_held, rows_base, rows_held_base = [], [], [], []  # i's neurons, per row block
         for start, stop, layers in self.row_tiles(i, tile_rows):
             rows = slice(start, stop)
-            corr = {}
-            base = {}
-            comoments = {}
-            for split in splits:
-                v = views[(split, i, j)]
-                comoments[split] = v.tile(start, stop)
-                corr[split] = v.corr_tile(start, stop, comoments[split])
-            c = corr["full"]
-            _row_best(corr, rows, held, pair_max, pair_arg, held_arg, held_corr)
-            col = c.max(0)
-            run_pair.add(col.values, col.indices + start)
-            for k in layers:
-                if k < n_same:
-                    blk = c[oi[k] - start:oi[k + 1] - start, oj[k]:oj[k + 1]]
-                    same_ij[oi[k]:oi[k + 1]] = blk.max(1).values
-                    same_ji[oj[k]:oj[k + 1]] = blk.max(0).values
-            if held:
-                col0 = corr[0].max(0)
-                run_held.add(col0.values, col0.indices + start,
-                             corr[1].gather(0, col0.indices[None, :])[0])
-            if not rot:
-                continue
-            for split in splits:
-                v = views[(split, i, j)]
-                parts = [rotated_correlation(comoments[split][:, oj[k]:oj[k + 1]], v.m2_x[rows],
-                                             self._rotated_var(control, split, j, k, gs), self.rotations[j][k],
-                                             dead[(split, i)][rows], self.compute_dtype)
-                         for k in range(len(self.layer_sizes[j]))]
-                base[split] = torch.cat(parts, 1)
-                for k in layers:  # j's neurons against i's rotated layer k (columns of the (j, i) baseline)
-                    cols = rotated_correlation(comoments[split][oi[k] - start:oi[k + 1] - start].t(), v.m2_y,
-                                               self._rotated_var(control, split, i, k, gs), self.rotations[i][k],
-                                               dead[(split, j)], self.compute_dtype)
-                    base.setdefault(("ji", split), []).append((int(oi[k]), cols))
-            _row_best(base, rows, held, base_max, base_arg, held_barg, held_base)
-            for n_part, (offset, cols) in enumerate(base[("ji", "full")]):
-                r = cols.max(1)
-                run_base.add(r.values, r.indices + offset)
-                if held:
-                    c0 = base[("ji", 0)][n_part][1]
-                    c1 = base[("ji", 1)][n_part][1]
-                    r0 = c0.max(1)
-                    run_held_base.add(r0.values, r0.indices + offset, c1.gather(1, r0.indices[:, None])[:, 0])
-        out.pair_max[(i, j)], out.pair_arg[(i, j)] = pair_max, pair_arg
-        out.pair_max[(j, i)], out.pair_arg[(j, i)] = run_pair.value, run_pair.index
+            pair, held_r, base, held_base = _Running(), _Running(), _Running(), _Running()
+            for kj in layers_j:
+                cols = (int(oj[kj]), int(oj[kj + 1]))
+                comoment, corr = {}, {}
+                for split in splits:
+                    v = views[(split, i, j)]
+                    comoment[split] = v.tile(start, stop, cols)
+                    corr[split] = v.corr_tile(start, stop, comoment[split], cols)
+                c = corr["full"]
+                _best_along(pair, held_r, corr, 1, cols[0], held)
+                _best_along(col_pair[kj], col_held[kj], corr, 0, start, held)
+                for k in layers:
+                    if k == kj and k < n_same:
+                        blk = c[oi[k] - start:oi[k + 1] - start]
+                        same_ij[oi[k]:oi[k + 1]] = blk.max(1).values
+                        same_ji[oj[k]:oj[k + 1]] = blk.max(0).values
+                if not rot:
+                    continue
+                rotated = {split: rotated_correlation(
+                    comoment[split], views[(split, i, j)].m2_x[rows], self._rotated_var(control, split, j, kj, gs),
+                    self.rotations[j][kj], dead[(split, i)][rows], self.compute_dtype) for split in splits}
+                _best_along(base, held_base, rotated, 1, cols[0], held)
+                for k in layers:  # j's neurons against i's rotated layer k (the (j, i) baseline)
+                    rotated = {split: rotated_correlation(
+                        comoment[split][oi[k] - start:oi[k + 1] - start].t(), views[(split, i, j)].m2_y[cols[0]:cols[1]],
+                        self._rotated_var(control, split, i, k, gs), self.rotations[i][k],
+                        dead[(split, j)][cols[0]:cols[1]], self.compute_dtype) for split in splits}
+                    _best_along(col_base[kj], col_held_base[kj], rotated, 1, int(oi[k]), held)
+            rows_pair.append(pair)
+            rows_held.append(held_r)
+            rows_base.append(base)
+            rows_held_base.append(held_base)
+        out.pair_max[(i, j)], out.pair_arg[(i, j)], _ = _joined(rows_pair)
+        out.pair_max[(j, i)], out.pair_arg[(j, i)], _ = _joined(col_pair)
         out.same_layer_max[(i, j)], out.same_layer_max[(j, i)] = same_ij, same_ji
         if held:
-            out.held_arg[(i, j)], out.held_corr[(i, j)] = held_arg, held_corr
-            out.held_arg[(j, i)], out.held_corr[(j, i)] = run_held.index, run_held.extra
+            _, out.held_arg[(i, j)], out.held_corr[(i, j)] = _joined(rows_held)
+            _, out.held_arg[(j, i)], out.held_corr[(j, i)] = _joined(col_held)
         if rot:
-            out.base_max[(i, j)], out.base_arg[(i, j)] = base_max, base_arg
-            out.base_max[(j, i)], out.base_arg[(j, i)] = run_base.value, run_base.index
+            out.base_max[(i, j)], out.base_arg[(i, j)], _ = _joined(rows_base)
+            out.base_max[(j, i)], out.base_arg[(j, i)], _ = _joined(col_base)
             if held:
-                out.held_base_arg[(i, j)], out.held_base[(i, j)] = held_barg, held_base
-                out.held_base_arg[(j, i)], out.held_base[(j, i)] = run_held_base.index, run_held_base.extra
+                _, out.held_base_arg[(i, j)], out.held_base[(i, j)] = _joined(rows_held_base)
+                _, out.held_base_arg[(j, i)], out.held_base[(j, i)] = _joined(col_held_base)
 
     def _null_rows(self, out, control, i, j, dead, gs, held, tile_rows) -> None:
         """Permutation / gaussian baseline of ordered pair (i, j): model i's
-        correlations with j's null units, row blocks of i."""
+        correlations with j's null units, in blocks of (rows of i) x (one layer of j)."""
         splits = ("full", 0, 1) if held else ("full",)
         views = {}
         for split in splits:
             gy = None if control == "none" else self._split(self.null_groups[control][(i, j)], split)
             views[split] = self.views(self.null[(i, j)], split, gs[split][i], gy)
-        wi = self.widths[i]
-        dev = views["full"].m2_x.device
-        base_max = torch.zeros(wi, dtype=torch.float64, device=dev)
-        base_arg = torch.zeros(wi, dtype=torch.long, device=dev)
-        held_barg = torch.zeros(wi, dtype=torch.long, device=dev)
-        held_base = torch.zeros(wi, dtype=torch.float64, device=dev)
+        oj = self.offsets[j]
+        rows_base, rows_held_base = [], []
         for start, stop, _ in self.row_tiles(i, tile_rows):
             rows = slice(start, stop)
-            base = {}
-            for split in splits:
-                b = views[split].corr_tile(start, stop)
-                b[dead[(split, i)][rows]] = 0.0
-                base[split] = b
-            _row_best(base, rows, held, base_max, base_arg, held_barg, held_base)
-        out.base_max[(i, j)], out.base_arg[(i, j)] = base_max, base_arg
+            base, held_base = _Running(), _Running()
+            for kj in range(len(self.layer_sizes[j])):
+                cols = (int(oj[kj]), int(oj[kj + 1]))
+                corr = {}
+                for split in splits:
+                    b = views[split].corr_tile(start, stop, cols=cols)
+                    b[dead[(split, i)][rows]] = 0.0
+                    corr[split] = b
+                _best_along(base, held_base, corr, 1, cols[0], held)
+            rows_base.append(base)
+            rows_held_base.append(held_base)
+        out.base_max[(i, j)], out.base_arg[(i, j)], _ = _joined(rows_base)
         if held:
-            out.held_base_arg[(i, j)], out.held_base[(i, j)] = held_barg, held_base
+            _, out.held_base_arg[(i, j)], out.held_base[(i, j)] = _joined(rows_held_base)
 
 
-def _row_best(blocks: dict, rows: slice, held: bool, best, arg, held_arg, held_value) -> None:
-    """Rows ``rows`` of the results from full-width row blocks {"full", 0, 1}:
-    max and argmax on "full"; held out: argmax on split 0, value on split 1."""
-    b = blocks["full"].max(1)
-    best[rows], arg[rows] = b.values, b.indices
+def _best_along(best: "_Running", held_best: "_Running", blocks: dict, dim: int, offset: int, held: bool) -> None:
+    """Fold one block {"full", 0, 1} of correlations into running maxima along
+    ``dim`` (1: each row's best column; 0: each column's best row), indices
+    shifted by ``offset``: max and argmax on "full"; held out: argmax on split
+    0, its value on split 1."""
+    b = blocks["full"].max(dim)
+    best.add(b.values, b.indices + offset)
     if held:
-        a = blocks[0].max(1).indices
-        held_arg[rows] = a
-        held_value[rows] = blocks[1].gather(1, a[:, None])[:, 0]
+        m0 = blocks[0].max(dim)
+        value = blocks[1].gather(dim, m0.indices.unsqueeze(dim)).squeeze(dim)
+        held_best.add(m0.values, m0.indices + offset, value)
+
+
+def _joined(parts: list["_Running"]) -> tuple:
+    """(value, index, extra) of running maxima over consecutive blocks, joined."""
+    parts = [p for p in parts if p.value is not None]
+    if not parts:
+        return None, None, None
+    cat = [torch.cat([getattr(p, name) for p in parts]) if getattr(parts[0], name) is not None else None
+           for name in ("value", "index", "extra")]
+    return tuple(cat)
 
 
 class _Running:

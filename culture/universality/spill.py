@@ -10,9 +10,9 @@ analysis already reads the co-moments a block of rows at a time
 file instead, with the same bits: a row block's products are the same
 operations as the same rows of the whole product.
 
-Written here rather than with ``numpy.memmap``: the pages of a mapped file
+Written here rather than as one ``numpy.memmap``: the pages of a mapped file
 count in the process's resident set, which is what the memory plan bounds;
-explicit reads keep only the rows asked for in memory.
+rows are read explicitly, and a block is mapped only while it is copied out.
 """
 
 from __future__ import annotations
@@ -48,15 +48,23 @@ class SpilledRows:
             f.seek(start * self.shape[1] * self._np.itemsize)
             f.write(rows.detach().cpu().contiguous().numpy().tobytes())
 
-    def __getitem__(self, rows: slice) -> torch.Tensor:
-        start, stop, step = rows.indices(self.shape[0])
-        if step != 1:
-            raise IndexError("SpilledRows: contiguous row slices only")
-        n = max(stop - start, 0)
-        with open(self.path, "rb") as f:
-            f.seek(start * self.shape[1] * self._np.itemsize)
-            data = np.fromfile(f, dtype=self._np, count=n * self.shape[1])
-        return torch.from_numpy(data.reshape(n, self.shape[1])).to(self.device)
+    def __getitem__(self, key) -> torch.Tensor:
+        """``m[a:b]`` (rows) or ``m[a:b, c:d]`` (a block): a new tensor on ``device``."""
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        r0, r1, rs = rows.indices(self.shape[0])
+        c0, c1, cs = cols.indices(self.shape[1])
+        if rs != 1 or cs != 1:
+            raise IndexError("SpilledRows: contiguous slices only")
+        n, w = max(r1 - r0, 0), max(c1 - c0, 0)
+        if w == self.shape[1]:
+            with open(self.path, "rb") as f:
+                f.seek(r0 * self.shape[1] * self._np.itemsize)
+                data = np.fromfile(f, dtype=self._np, count=n * w).reshape(n, w)
+        else:  # a block: mapped only while it is copied out
+            mapped = np.memmap(self.path, dtype=self._np, mode="r", shape=self.shape)
+            data = np.array(mapped[r0:r1, c0:c1])
+            del mapped
+        return torch.from_numpy(data).to(self.device)
 
     @property
     def nbytes(self) -> int:

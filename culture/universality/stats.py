@@ -454,6 +454,7 @@ class CrossTiles:
             self.mean_y = first.mean_y + dy * (nb / total)
             self.n = total
         self._between = None
+        self._row_dev = None  # the between-group rows of the last row block asked for
         if groups_x is not None:
             gx, gy = groups_x, groups_y
             dev = first.comoment.device
@@ -478,28 +479,39 @@ class CrossTiles:
     def shape(self) -> tuple[int, int]:
         return tuple(self.parts[0].comoment.shape)
 
-    def tile(self, start: int, stop: int) -> torch.Tensor:
-        """Rows start..stop-1 of the (merged, within-group) co-moment (a new tensor)."""
+    def tile(self, start: int, stop: int, cols: tuple[int, int] | None = None) -> torch.Tensor:
+        """Rows start..stop-1, columns ``cols`` (start, stop; default all) of the
+        (merged, within-group) co-moment (a new tensor). Within groups, the
+        between-group product is made for exactly these columns: the
+        analysis always asks for the same column blocks (one layer of the
+        other model), so its numbers do not depend on its row blocks."""
         rows = slice(start, stop)
+        cs = slice(*(cols or (0, self.shape[1])))
         if self._merge is None:
-            out = self.parts[0].comoment[rows]
+            out = self.parts[0].comoment[rows, cs]
         else:
             f, dx, dy = self._merge
-            out = self.parts[0].comoment[rows] + self.parts[1].comoment[rows] + f * torch.outer(dx[rows], dy)
+            out = self.parts[0].comoment[rows, cs] + self.parts[1].comoment[rows, cs] + f * torch.outer(dx[rows],
+                                                                                                          dy[cs])
         if self._between is not None:
             gx, used, counts, mean_x, dy = self._between
-            dx = gx.sums[:, rows].to(dy.device)[used] / counts[:, None] - mean_x[rows]
-            out = out - ((dx * counts[:, None]).to(self.compute_dtype).t() @ dy).to(self.dtype)
+            if self._row_dev is None or self._row_dev[0] != (start, stop):
+                dx = gx.sums[:, rows].to(dy.device)[used] / counts[:, None] - mean_x[rows]
+                self._row_dev = ((start, stop), (dx * counts[:, None]).to(self.compute_dtype).t())
+            out = out - (self._row_dev[1] @ dy[:, cs]).to(self.dtype)
         return out
 
-    def corr_tile(self, start: int, stop: int, comoment: torch.Tensor | None = None) -> torch.Tensor:
-        """Rows start..stop-1 of :meth:`StreamingCorrelation.corr` of these moments."""
-        c = self.tile(start, stop) if comoment is None else comoment
+    def corr_tile(self, start: int, stop: int, comoment: torch.Tensor | None = None,
+                  cols: tuple[int, int] | None = None) -> torch.Tensor:
+        """Rows start..stop-1 (columns ``cols``) of :meth:`StreamingCorrelation.corr` of these moments."""
+        c = self.tile(start, stop, cols) if comoment is None else comoment
+        cs = slice(*(cols or (0, self.shape[1])))
         alive_x = ~self.dead_x[start:stop]
-        alive_y = ~self.dead_y
+        alive_y = ~self.dead_y[cs]
         m2x = self.m2_x[start:stop]
+        m2y = self.m2_y[cs]
         sx = torch.where(alive_x, m2x, torch.ones_like(m2x)).sqrt()
-        sy = torch.where(alive_y, self.m2_y, torch.ones_like(self.m2_y)).sqrt()
+        sy = torch.where(alive_y, m2y, torch.ones_like(m2y)).sqrt()
         out = (c / sx[:, None] / sy[None, :]).clamp_(-1.0, 1.0)
         out[~alive_x] = 0.0
         out[:, ~alive_y] = 0.0
