@@ -572,7 +572,8 @@ class NeuronBlockSums:
     null group means of each pair's baseline partners; float64, (G, c) and
     (2, G, c) per view, so 8 G (1 + 2 held-out) bytes per kept column, plus
     the block sums, 8 K per candidate and sum. Nothing scales with all the
-    neurons W (the full tables, transient, are (2, G, W) at most)."""
+    neurons W (the full tables, transient: one (G, W) table per split of the
+    view being cut, one model or null pair at a time)."""
 
     SETS = ("pair", "base", "held", "held_base")
     VIEWS = {"full": ("pair", "base"), "half": ("held", "held_base")}
@@ -630,13 +631,14 @@ class NeuronBlockSums:
         plan = self._rotation_plan() if rotation else None
         self.means = {v: [None] * m for v in self.views}
         for i in range(m):
+            parts = plan[i][0] if rotation else []
             for v in self.views:
-                table = self._means(v, i)  # (G, W) or (2, G, W), dropped below
-                self.means[v][i] = table.index_select(-1, need[i].to(table.device))
-                if rotation:
-                    for block, rows, means in plan[i][0]:
-                        means[v] = table.index_select(-1, block.to(table.device)).double() @ rows.t().to(table.device)
-                del table
+                tables = self._split_tables(v, lambda split: self._means(i, split))  # dropped below
+                self.means[v][i] = self._columns(v, tables, need[i])
+                for block, rows, means in parts:
+                    table = self._columns(v, tables, block)
+                    means[v] = table.double() @ rows.t().to(table.device)
+                del tables
         if rotation:
             self._rot = [[((int(block[0]), int(block[-1]) + 1), rows, means) for block, rows, means in parts]
                          for parts, _ in plan]
@@ -652,38 +654,39 @@ class NeuronBlockSums:
             for v in self.views:
                 cols = self.index[((i, j), self.VIEWS[v][1])]
                 units = torch.unique(cols)  # sorted
-                table = self._null_means(v, (i, j))
-                self._null[(v, (i, j))] = table.index_select(-1, units.to(table.device))
+                tables = self._split_tables(v, lambda split: self._null_means((i, j), split))
+                self._null[(v, (i, j))] = self._columns(v, tables, units)
                 self._cols[(v, (i, j))] = torch.searchsorted(units, cols)
-                del table
+                del tables
 
     @staticmethod
-    def _view_table(view: str, per_split) -> torch.Tensor:
-        """The means of a view: ``per_split("full")`` (G, W), or the two halves stacked (2, G, W)."""
-        return per_split("full") if view == "full" else torch.stack([per_split(0), per_split(1)])
+    def _split_tables(view: str, per_split) -> list[torch.Tensor]:
+        """The full means tables of a view: ``[per_split("full")]`` or
+        ``[per_split(0), per_split(1)]``, (G, W) each."""
+        return [per_split("full")] if view == "full" else [per_split(0), per_split(1)]
 
-    def _means(self, view: str, i: int) -> torch.Tensor:
-        """Model i's means to remove: (G, W) per group ("full") or (2, G, W) per
-        half and group ("half"); G = 1 (the global mean) without a control."""
+    @staticmethod
+    def _columns(view: str, tables: list[torch.Tensor], cols: torch.Tensor) -> torch.Tensor:
+        """Columns ``cols`` of a view's means: (G, c) ("full"), or the two halves stacked (2, G, c) ("half")."""
+        picked = [t.index_select(-1, cols.to(t.device)) for t in tables]
+        return picked[0] if view == "full" else torch.stack(picked)
+
+    def _means(self, i: int, split) -> torch.Tensor:
+        """Model i's means to remove on one split (0, 1 or "full"): (G, W) per
+        group; G = 1 (the global mean) without a control."""
         mom, control = self.mom, self.a.control
+        if control != "none":
+            return mom._split(mom.groups[control][i], split).means()
+        p = next(p for p in mom.pairs if i in p)
+        acc = mom.views(mom.cross[p], split)
+        return (acc.mean_x if p[0] == i else acc.mean_y)[None, :]
 
-        def per_split(split):
-            if control != "none":
-                return mom._split(mom.groups[control][i], split).means()
-            p = next(p for p in mom.pairs if i in p)
-            acc = mom.views(mom.cross[p], split)
-            return (acc.mean_x if p[0] == i else acc.mean_y)[None, :]
-        return self._view_table(view, per_split)
-
-    def _null_means(self, view: str, pair) -> torch.Tensor:
+    def _null_means(self, pair, split) -> torch.Tensor:
         """The same for the null units of model pair[1] beside pair[0]."""
         mom, control = self.mom, self.a.control
-
-        def per_split(split):
-            if control != "none":
-                return mom._split(mom.null_groups[control][pair], split).means()
-            return mom.views(mom.null[pair], split).mean_y[None, :]
-        return self._view_table(view, per_split)
+        if control != "none":
+            return mom._split(mom.null_groups[control][pair], split).means()
+        return mom.views(mom.null[pair], split).mean_y[None, :]
 
     @staticmethod
     def _token_means(table: torch.Tensor, groups, halves, cols=None) -> torch.Tensor:
