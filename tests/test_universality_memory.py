@@ -176,3 +176,74 @@ def test_plan_chooses_row_blocks_when_the_whole_does_not_fit():
     assert half.items["neuron co-moments"] == co // 2 and half.disk == co
     assert "2 row blocks of 2 layer(s)" in half.line()
     assert memory_plan(models, max_memory="1T", block_layers=3, **kw).sweeps == 2
+
+
+# ------------------------------------------------ pass 2 keeps only the columns it reads (NeuronBlockSums)
+
+# sha256 of _numbers(report) for the two runs of test_block_sums_numbers_unchanged, computed with the code
+# before NeuronBlockSums kept only its needed columns (main at 365c417, which held the full (G, W) means
+# tables): the change must not move a bit. Fixed because the old code is gone; the runs are deterministic
+# (seeded models and quizzes, CPU, float64 sums) on this platform (torch 2.13 CPU). If the analysis itself
+# is changed on purpose, recompute them with the same calls.
+_BLOCK_SUMS_SHA256 = {
+    "rotation": "379cb942de04fef0b3b8073493ca712185c0595a4653cc2a321605595388cece",
+    "gaussian": "8ca27a6b9413e22f3eb4d569297cea6d7900962aba799dd2df359fb117bbebd4",
+}
+
+
+@pytest.mark.parametrize("baseline, random_init", [("rotation", True), ("gaussian", False)])
+def test_block_sums_numbers_unchanged(baseline, random_init):
+    """Zoo shape, position_structure and none: a comparison's numbers (the
+    bootstrap intervals included) are bit for bit those of the full-table pass 2."""
+    import hashlib
+
+    report = compare_models(_models(ZOO), n_tokens=3232, baseline=baseline, controls=("position_structure", "none"),
+                            cka=False, n_resamples=50, compute_dtype=torch.float32, random_init=random_init)
+    assert report.neurons[1].intervals["resampled_neurons"] > 0
+    assert hashlib.sha256(_numbers(report).encode()).hexdigest() == _BLOCK_SUMS_SHA256[baseline]
+
+
+def _held_arrays(obj, out):
+    """Every tensor / array held directly or through dicts, lists and tuples (not through other objects)."""
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        out.append(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _held_arrays(v, out)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _held_arrays(v, out)
+    return out
+
+
+def test_block_sums_hold_only_the_needed_columns(monkeypatch):
+    """position_structure (G groups), few resampled neurons: after construction
+    no table of the pass-2 block sums has W (all neurons) columns, the bytes
+    held are far below one (G, W) float64 table, and the kept means are the
+    needed columns of the full tables, exactly."""
+    from culture.universality import neurons
+    from culture.universality.controls import n_groups
+
+    made = []
+    original = neurons.NeuronBlockSums.__init__
+
+    def record(self, *args, **kw):
+        original(self, *args, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(neurons.NeuronBlockSums, "__init__", record)
+    compare_models(_models(ZOO), n_tokens=3232, baseline="rotation", controls=("position_structure",), cka=False,
+                   n_resamples=20, random_init=False, bootstrap_margin=0.01)
+    (sums,) = made
+    W = ZOO.nb_blocks * ZOO.dim_hidden  # the MLP neurons of all 4 layers
+    assert sums.mom.widths == [W, W]
+    G = n_groups("position_structure", sums.mom.n_positions)
+    held = _held_arrays(sums.__dict__, [])
+    assert all(t.shape[-1] < W for t in held if t.ndim), [tuple(t.shape) for t in held]
+    total = sum(t.numel() * t.element_size() if isinstance(t, torch.Tensor) else t.nbytes for t in held)
+    assert 0 < total < G * W * 8 / 4, total
+    for view, tables in sums.means.items():
+        for i, kept in enumerate(tables):
+            full = sums._means(i, "full") if view == "full" else torch.stack([sums._means(i, 0), sums._means(i, 1)])
+            assert torch.equal(kept, full[..., sums._need[i]])
+    assert sum(len(c) for c in sums.candidates) > 0

@@ -563,7 +563,18 @@ class NeuronBlockSums:
     within ``margin`` of the threshold. The others keep their side of the
     threshold in every resample: a bootstrap moves a correlation by a few
     hundredths, far less than the margin (``intervals["max_excess_sd"]``: the
-    largest bootstrap standard deviation of a resampled neuron's excess)."""
+    largest bootstrap standard deviation of a resampled neuron's excess).
+
+    Memory: only what :meth:`update` reads, built at construction one model
+    (and null pair) at a time from its full means table, which is dropped:
+    the group means of each model's needed columns (:meth:`_needed`:
+    candidates and their pair / held-out partners), the rotated group means
+    of the rotation baseline's units (with their rows of the rotation), or the
+    null group means of each pair's baseline partners; float64, (G, c) and
+    (2, G, c) per view, so 8 G (1 + 2 held-out) bytes per kept column, plus
+    the block sums, 8 K per candidate and sum. Nothing scales with all the
+    neurons W (the full tables, transient: one (G, W) table per split of the
+    view being cut, one model or null pair at a time)."""
 
     SETS = ("pair", "base", "held", "held_base")
     VIEWS = {"full": ("pair", "base"), "half": ("held", "held_base")}
@@ -598,71 +609,113 @@ class NeuronBlockSums:
                "held": analysis.held_arg or analysis.pair_arg, "held_base": analysis.held_base_arg or analysis.base_arg}
         self.index = {(p, s): torch.as_tensor(arg[s][p][self.candidates[p[0]]], dtype=torch.long)
                       for p in self.ordered for s in self.sets}
-        self.means = {v: [self._means(v, i) for i in range(m)] for v in self.views}
-        self._need = None
-        self._rot = None
+        self._prepare_tables()
+
+    # ------------------------------------------------- what update reads
+
+    def _prepare_tables(self) -> None:
+        """Everything :meth:`update` reads, built once, one model (and null
+        pair) at a time from its full means table, which is then dropped:
+        ``means[view][i]`` the means of model i's needed columns (:meth:`_needed`),
+        ``_rot`` the rotated means of the rotation baseline's units,
+        ``_null`` the null means of each pair's baseline partners, and
+        ``_cols`` where each resampled correlation's columns lie in them."""
+        m = self.a.n_models
+        need = self._needed()
+        # where each correlation's columns lie among the kept ones (sorted, so a search finds them)
+        self._cols = {("x", i): torch.searchsorted(need[i], self.cand_t[i]) for i in range(m)}
+        for (i, j) in self.ordered:
+            for s in self.sets:
+                if s in ("pair", "held"):
+                    self._cols[((i, j), s)] = torch.searchsorted(need[j], self.index[((i, j), s)])
+        rotation = self.mom.baseline == "rotation"
+        plan = self._rotation_plan() if rotation else None
+        self.means = {v: [None] * m for v in self.views}
+        for i in range(m):
+            parts = plan[i][0] if rotation else []
+            for v in self.views:
+                tables = self._split_tables(v, lambda split: self._means(i, split))  # dropped below
+                self.means[v][i] = self._columns(v, tables, need[i])
+                for block, rows, means in parts:
+                    table = self._columns(v, tables, block)
+                    means[v] = table.double() @ rows.t().to(table.device)
+                del tables
+        if rotation:
+            self._rot = [[((int(block[0]), int(block[-1]) + 1), rows, means) for block, rows, means in parts]
+                         for parts, _ in plan]
+            for (i, j) in self.ordered:
+                for s in ("base", "held_base"):
+                    if s in self.sets:
+                        self._cols[((i, j), s)] = torch.searchsorted(plan[j][1], self.index[((i, j), s)])
+            return
+        self._null = {}
+        for (i, j) in self.ordered:
+            if not len(self.candidates[i]):
+                continue
+            for v in self.views:
+                cols = self.index[((i, j), self.VIEWS[v][1])]
+                units = torch.unique(cols)  # sorted
+                tables = self._split_tables(v, lambda split: self._null_means((i, j), split))
+                self._null[(v, (i, j))] = self._columns(v, tables, units)
+                self._cols[(v, (i, j))] = torch.searchsorted(units, cols)
+                del tables
 
     @staticmethod
-    def _view_table(view: str, per_split) -> torch.Tensor:
-        """The means of a view: ``per_split("full")`` (G, W), or the two halves stacked (2, G, W)."""
-        return per_split("full") if view == "full" else torch.stack([per_split(0), per_split(1)])
+    def _split_tables(view: str, per_split) -> list[torch.Tensor]:
+        """The full means tables of a view: ``[per_split("full")]`` or
+        ``[per_split(0), per_split(1)]``, (G, W) each."""
+        return [per_split("full")] if view == "full" else [per_split(0), per_split(1)]
 
-    def _means(self, view: str, i: int) -> torch.Tensor:
-        """Model i's means to remove: (G, W) per group ("full") or (2, G, W) per
-        half and group ("half"); G = 1 (the global mean) without a control."""
+    @staticmethod
+    def _columns(view: str, tables: list[torch.Tensor], cols: torch.Tensor) -> torch.Tensor:
+        """Columns ``cols`` of a view's means: (G, c) ("full"), or the two halves stacked (2, G, c) ("half")."""
+        picked = [t.index_select(-1, cols.to(t.device)) for t in tables]
+        return picked[0] if view == "full" else torch.stack(picked)
+
+    def _means(self, i: int, split) -> torch.Tensor:
+        """Model i's means to remove on one split (0, 1 or "full"): (G, W) per
+        group; G = 1 (the global mean) without a control."""
         mom, control = self.mom, self.a.control
+        if control != "none":
+            return mom._split(mom.groups[control][i], split).means()
+        p = next(p for p in mom.pairs if i in p)
+        acc = mom.views(mom.cross[p], split)
+        return (acc.mean_x if p[0] == i else acc.mean_y)[None, :]
 
-        def per_split(split):
-            if control != "none":
-                return mom._split(mom.groups[control][i], split).means()
-            p = next(p for p in mom.pairs if i in p)
-            acc = mom.views(mom.cross[p], split)
-            return (acc.mean_x if p[0] == i else acc.mean_y)[None, :]
-        return self._view_table(view, per_split)
-
-    def _null_means(self, view: str, pair) -> torch.Tensor:
-        """The same for the null units of model pair[1] beside pair[0] (cached)."""
-        cache = self.__dict__.setdefault("_null_cache", {})
-        if (view, pair) not in cache:
-            mom, control = self.mom, self.a.control
-
-            def per_split(split):
-                if control != "none":
-                    return mom._split(mom.null_groups[control][pair], split).means()
-                return mom.views(mom.null[pair], split).mean_y[None, :]
-            cache[(view, pair)] = self._view_table(view, per_split)
-        return cache[(view, pair)]
+    def _null_means(self, pair, split) -> torch.Tensor:
+        """The same for the null units of model pair[1] beside pair[0]."""
+        mom, control = self.mom, self.a.control
+        if control != "none":
+            return mom._split(mom.null_groups[control][pair], split).means()
+        return mom.views(mom.null[pair], split).mean_y[None, :]
 
     @staticmethod
-    def _token_means(table: torch.Tensor, cols, groups, halves) -> torch.Tensor:
-        """(T, c): each token's means for columns ``cols`` from a (G, W) or (2, G, W) table."""
-        t = table.index_select(-1, cols.to(table.device))
-        if table.dim() == 2:
+    def _token_means(table: torch.Tensor, groups, halves, cols=None) -> torch.Tensor:
+        """(T, c): each token's means from a (G, c) or (2, G, c) table (its
+        columns ``cols`` when given)."""
+        t = table if cols is None else table.index_select(-1, cols.to(table.device))
+        if t.dim() == 2:
             return t[groups]
         return t[halves, groups]
 
     def _needed(self) -> list[torch.Tensor]:
-        """Per model, the columns any resampled correlation reads (as x or as a partner)."""
-        if self._need is None:
-            cols = [set(c.tolist()) for c in self.candidates]
-            for (i, j) in self.ordered:
-                for s in ("pair", "held"):
-                    if s in self.sets:
-                        cols[j].update(self.index[((i, j), s)].tolist())
-            self._need = [torch.as_tensor(sorted(c), dtype=torch.long) for c in cols]
-            self._where = []
-            for i, c in enumerate(self._need):
-                lookup = torch.full((self.mom.widths[i],), -1, dtype=torch.long)
-                lookup[c] = torch.arange(len(c))
-                self._where.append(lookup)
+        """Per model, the columns any resampled correlation reads (as x or as a partner), sorted."""
+        cols = [set(c.tolist()) for c in self.candidates]
+        for (i, j) in self.ordered:
+            for s in ("pair", "held"):
+                if s in self.sets:
+                    cols[j].update(self.index[((i, j), s)].tolist())
+        self._need = [torch.as_tensor(sorted(c), dtype=torch.long) for c in cols]
         return self._need
 
-    def _rotation_plan(self) -> None:
+    def _rotation_plan(self) -> list:
         """Per model j, the rotated units the baseline partners read, by layer:
-        their rows of the rotation, and the rotated means of each view
-        (rotation is linear: R (x - m_g) = R x - R m_g)."""
+        (parts, units), parts: (the layer's columns, its rows of the rotation
+        (c, H), {view: rotated means}, filled by :meth:`_prepare_tables`);
+        units: the units, sorted (the order of the parts' columns joined).
+        Rotation is linear: R (x - m_g) = R x - R m_g."""
         mom = self.mom
-        self._rot = []
+        plan = []
         for j in range(self.a.n_models):
             units = set()
             for (i, jj) in self.ordered:
@@ -677,15 +730,9 @@ class NeuronBlockSums:
             for k in np.unique(layer_of):
                 sel = units[layer_of == k]
                 rows = mom.rotations[j][k][torch.as_tensor(sel - off[k])].double()  # (c, H)
-                block = torch.arange(off[k], off[k + 1])
-                means = {}
-                for v in self.views:
-                    table = self.means[v][j]
-                    means[v] = table.index_select(-1, block.to(table.device)).double() @ rows.t().to(table.device)
-                parts.append((block, rows, means))
-            lookup = torch.full((mom.widths[j],), -1, dtype=torch.long)
-            lookup[torch.as_tensor(units)] = torch.arange(len(units))
-            self._rot.append((parts, lookup))
+                parts.append((torch.arange(off[k], off[k + 1]), rows, {}))
+            plan.append((parts, torch.as_tensor(units)))
+        return plan
 
     def update(self, acts: list[torch.Tensor], labels, blocks: torch.Tensor, nulls, halves: torch.Tensor) -> None:
         """acts: per model (n, P, W); blocks, halves: (n,) block and half (0/1) of each quiz."""
@@ -704,24 +751,21 @@ class NeuronBlockSums:
             return out.cpu().numpy()
 
         self.n += np.bincount(blk.cpu().numpy(), minlength=self.k)
-        need = self._needed()
-        if self.mom.baseline == "rotation" and self._rot is None:
-            self._rotation_plan()
+        need = self._need
         picked = [flat[i].index_select(1, need[i].to(dev)).double() for i in range(m)]
         raw_rot = {}
         if self.mom.baseline == "rotation":  # the rotated units this batch needs, before removing means
             for j in range(m):
-                raw_rot[j] = [(flat[j][:, int(block[0]):int(block[-1]) + 1] @ rows.t().to(flat[j])).double()
-                              for block, rows, _ in self._rot[j][0]]
+                raw_rot[j] = [(flat[j][:, a:b] @ rows.t().to(flat[j])).double() for (a, b), rows, _ in self._rot[j]]
         for view in self.views:
-            res = [picked[i] - self._token_means(self.means[view][i], need[i], groups, half_t) for i in range(m)]
+            res = [picked[i] - self._token_means(self.means[view][i], groups, half_t) for i in range(m)]
 
-            def cols_of(i, cols):
-                return res[i].index_select(1, self._where[i][cols].to(dev))
+            def cols_of(i, key):
+                return res[i].index_select(1, self._cols[key].to(dev))
 
             xs = []
             for i in range(m):
-                x = cols_of(i, self.cand_t[i])
+                x = cols_of(i, ("x", i))
                 self.x1[(view, i)] += block_sum(x)
                 self.x2[(view, i)] += block_sum(x * x)
                 xs.append(x)
@@ -729,7 +773,7 @@ class NeuronBlockSums:
             if self.mom.baseline == "rotation":
                 for j in range(m):
                     cols = []
-                    for (_, _, means), units in zip(self._rot[j][0], raw_rot[j]):
+                    for (_, _, means), units in zip(self._rot[j], raw_rot[j]):
                         mean = means[view]
                         mean = mean[groups] if mean.dim() == 2 else mean[half_t, groups]
                         cols.append(units - mean)
@@ -739,14 +783,15 @@ class NeuronBlockSums:
                 if not len(self.candidates[i]):
                     continue
                 for s in (pair_set, base_set):
-                    cols = self.index[((i, j), s)]
                     if s == pair_set:
-                        y = cols_of(j, cols)
+                        y = cols_of(j, ((i, j), s))
                     elif self.mom.baseline == "rotation":
-                        y = rotated[j].index_select(1, self._rot[j][1][cols].to(dev))
+                        y = rotated[j].index_select(1, self._cols[((i, j), s)].to(dev))
                     else:
+                        cols = self.index[((i, j), s)]
                         raw = nulls[j].reshape(n * p, -1).index_select(1, cols.to(dev)).double()
-                        y = raw - self._token_means(self._null_means(view, (i, j)), cols, groups, half_t)
+                        y = raw - self._token_means(self._null[(view, (i, j))], groups, half_t,
+                                                    self._cols[(view, (i, j))])
                     self.y1[((i, j), s)] += block_sum(y)
                     self.y2[((i, j), s)] += block_sum(y * y)
                     self.xy[((i, j), s)] += block_sum(xs[i] * y)
