@@ -189,14 +189,7 @@ class _Group:
         self.cka_labels = cka_labels
         self.margin = margin
         m = len(runners)
-        self.neuron_names = [[act_name("post", k) for k in layers] for _ in runners]
-        self.hooks = []
-        for i in range(m):
-            names = list(self.neuron_names[i])
-            if cka_hooks:
-                names += cka_hooks[i]
-            names += [e.hook for e in self.entries if e.model == i]
-            self.hooks.append(list(dict.fromkeys(names)))
+        self.neuron_names, self.hooks = _group_hooks(m, layers, cka_hooks, self.entries)
         sizes = [[r.d_mlp] * len(layers) for r in runners]
         self.neurons = NeuronMoments(sizes, controls, n_positions, baseline, compute_dtype, seed, heldout=heldout)
         self.task_fire = [None] * m
@@ -235,15 +228,6 @@ class _Group:
         if ea.model == eb.model:
             return primary[ea.model] in (a, b)
         return primary[ea.model] == a and primary[eb.model] == b
-
-    def width(self) -> int:
-        total = 0
-        for r, names in zip(self.runners, self.hooks):
-            for name in names:
-                w = r.hook_width(name)
-                total += w if w is not None else r.d_model
-        total += sum(e.d_sae for e in self.entries)
-        return total
 
     # ---------------------------------------------------------- batches
 
@@ -429,6 +413,30 @@ class _Group:
         return out
 
 
+def _group_hooks(m: int, layers, cka_hooks, entries) -> tuple[list[list[str]], list[list[str]]]:
+    """Per model of a group: the neuron hooks, and every hook a batch reads
+    (neurons, CKA rows, the SAEs' inputs)."""
+    neuron_names = [[act_name("post", k) for k in layers] for _ in range(m)]
+    hooks = []
+    for i in range(m):
+        names = list(neuron_names[i])
+        if cka_hooks:
+            names += cka_hooks[i]
+        names += [e.hook for e in entries if e.model == i]
+        hooks.append(list(dict.fromkeys(names)))
+    return neuron_names, hooks
+
+
+def _hooks_width(runners, hooks, entries) -> int:
+    """Floats per token a group's batch reads: its hooks' widths and the SAE features."""
+    total = 0
+    for r, names in zip(runners, hooks):
+        for name in names:
+            w = r.hook_width(name)
+            total += w if w is not None else r.d_model
+    return total + sum(e.d_sae for e in entries)
+
+
 def _task_add(acc, per_quiz: torch.Tensor, quiz_labels: torch.Tensor, n_tasks: int):
     """Add per-quiz sums (n, H) into per-task sums (K, H)."""
     if acc is None:
@@ -463,9 +471,10 @@ def compare_models(models: Sequence, quizzes: torch.Tensor | None = None, *,
     progress: ``progress(description, done_tokens, total_tokens)``.
 
     The steps: :func:`_prepare` (inputs checked, hooks chosen), :func:`_quiz_source`,
-    :func:`_make_groups`, :func:`_stream` twice (pass 1: moments, then the
-    analysis and the SAE families; pass 2: block sums and CKA), then
-    :func:`_results` and :func:`_settings_record`.
+    then :func:`_run_group` for the trained models and after them for the
+    random-init ones (one group at a time: pass 1, the analysis and the SAE
+    families, pass 2, the group's results; its accumulators are dropped before
+    the next group starts), then :func:`_assemble` and :func:`_settings_record`.
     ``max_memory`` (a setting): the peak memory allowed; the comparison refuses
     before any work when its :func:`~culture.universality.memory.memory_plan` is over it.
     """
@@ -477,61 +486,145 @@ def compare_models(models: Sequence, quizzes: torch.Tensor | None = None, *,
     plan = _prepare(models, s, names, device, saes, ceiling_sae)
     source = _quiz_source(s, quizzes, clean, task_labels, plan.pos)
     memory = _memory_plan(plan, s, source)
-    groups = _make_groups(plan, s, len(source.task_names))
-    for g in groups:
-        g.neurons.tile_rows = memory.tile_rows
-    batch_size = _batch_size(s.batch_size, groups, len(plan.pos))
-    stream = _Stream(source.chunks, source.n_quizzes)
+    run = _Run(plan, s, source, _Stream(source.chunks, source.n_quizzes), memory,
+               _batch_size(s.batch_size, plan), progress)
+    trained = _run_group(run, 0)
+    results = [trained] + ([_run_group(run, 1)] if s.random_init else [])
+    neuron_controls, cka_result = _assemble(results, plan, s)
+    record = _settings_record(s, plan, source, run.batch_size, time.perf_counter() - started, memory)
+    return UniversalityReport(plan.names, record, list(source.task_names), trained.task_counts.numpy(),
+                              neuron_controls, cka_result, trained.sae)
 
+
+#: the groups' names in progress descriptions: trained models, random-init copies
+GROUP_NAMES = ("trained", "random init")
+
+
+@dataclass
+class _Run:
+    """What every group of a comparison shares: the plan, the settings, the
+    replayable quizzes, the memory plan, the batch size, the progress callback."""
+
+    plan: "_Plan"
+    s: UniversalitySettings
+    source: "_QuizSource"
+    stream: _Stream
+    memory: object
+    batch_size: int
+    progress: ProgressFn | None
+
+    def kind(self, what: str, k: int, extra: str = "") -> str:
+        """A pass's progress description, naming the group when there are two."""
+        tags = ([GROUP_NAMES[k]] if self.s.random_init else []) + ([extra] if extra else [])
+        return what + (f" ({', '.join(tags)})" if tags else "")
+
+
+@dataclass
+class _GroupResult:
+    """Everything the report takes from one group, computed before its
+    accumulators are dropped: neuron layers per control (with intervals), the
+    CKA matrices (and the permutation test: trained group), the tokens per
+    task (first sweep of pass 1) and the SAE comparison (trained group)."""
+
+    layers: dict[str, list[NeuronLayer]]
+    task_counts: torch.Tensor
+    cka_linear: dict | None = None
+    cka_debiased: dict | None = None
+    cka_tests: dict | None = None
+    sae: SAEComparison | None = None
+
+
+def _run_group(run: _Run, k: int) -> _GroupResult:
+    """Group ``k`` (0: the trained models; 1: random-init copies, made now) from
+    start to results: pass 1 (in its own row-block folder, removed at the
+    end), the analysis and the SAE families, pass 2, its results. The group
+    and its accumulators are dropped on return."""
+    s, plan = run.s, run.plan
+    group = _make_group(plan, s, len(run.source.task_names), k)
+    group.neurons.tile_rows = run.memory.tile_rows
     row_blocks = None
-    if memory.block_layers is not None:
+    if run.memory.block_layers is not None:
         from culture.universality.spill import RowBlocks
 
-        row_blocks = RowBlocks.make(len(plan.layers), memory.block_layers)
+        row_blocks = RowBlocks.make(len(plan.layers), run.memory.block_layers)
     try:
-        return _run_passes(groups, plan, s, source, stream, batch_size, memory, row_blocks, progress, started)
+        counts = _pass1(run, group, k, row_blocks)
+        group.analyse(s.threshold, s.seed, run.source.task_names)
+        sae_result = example_store = None
+        if k == 0 and plan.entries:
+            sae_result = _sae_comparison(group, plan.entries, s.threshold, plan.controls[0], run.source.task_names)
+            if sae_result.families:
+                example_store = _ExampleStore(sae_result, EXAMPLE_QUIZZES, plan.pos, EXAMPLE_FAMILIES)
+        # pass 2: per-block sums (intervals) and the residualised CKA
+        group.start_pass2(s.n_blocks)
+        _stream(run, group, run.kind("pass 2: intervals, CKA", k), _Pass2(example_store))
+        result = _group_result(run, group, k, counts)
+        if sae_result is not None:
+            _sae_intervals(group, sae_result, s, example_store)
+            result.sae = sae_result
+        return result
     finally:
         if row_blocks is not None:
             row_blocks.close()
+        release_buffers()
 
 
-def _run_passes(groups, plan, s, source, stream, batch_size, memory, row_blocks, progress, started):
-    """The two passes of :func:`compare_models` (pass 1 once per row block
-    when ``row_blocks`` is given), and the report."""
-    # pass 1: moments, then every analysis; the SAE families before pass 2, which records their examples
+def _pass1(run: _Run, group: "_Group", k: int, row_blocks) -> torch.Tensor:
+    """Pass 1 of one group (once per row block when ``row_blocks`` is given);
+    the tokens per task, counted in its first sweep."""
     task_counts = None
     sweeps = 1 if row_blocks is None else len(row_blocks.blocks)
-    for g in groups:
-        g.neurons.use_row_blocks(row_blocks)
+    group.neurons.use_row_blocks(row_blocks)
     for sweep in range(sweeps):
-        for g in groups:
-            g.neurons.begin_sweep(sweep)
-        kind = "pass 1: moments" + (f" (rows {sweep + 1}/{sweeps})" if sweeps > 1 else "")
-        counts = _stream(stream, groups, plan, batch_size, kind, progress, _Pass1(len(source.task_names)))
+        group.neurons.begin_sweep(sweep)
+        kind = run.kind("pass 1: moments", k, f"rows {sweep + 1}/{sweeps}" if sweeps > 1 else "")
+        counts = _stream(run, group, kind, _Pass1(len(run.source.task_names)))
         task_counts = counts if task_counts is None else task_counts
-        for g in groups:
-            g.neurons.end_sweep()
+        group.neurons.end_sweep()
         release_buffers()
-    for g in groups:
-        g.analyse(s.threshold, s.seed, source.task_names)
-    trained = groups[0]
-    sae_result = example_store = None
-    if plan.entries:
-        sae_result = _sae_comparison(trained, plan.entries, s.threshold, plan.controls[0], source.task_names)
-        if sae_result.families:
-            example_store = _ExampleStore(sae_result, EXAMPLE_QUIZZES, plan.pos, EXAMPLE_FAMILIES)
+    return task_counts
 
-    # pass 2: per-block sums (intervals) and the residualised CKA
-    for g in groups:
-        g.start_pass2(s.n_blocks)
-    _stream(stream, groups, plan, batch_size, "pass 2: intervals, CKA", progress, _Pass2(example_store))
 
-    neuron_controls, cka_result = _results(groups, plan, s, task_counts)
-    if sae_result is not None:
-        _sae_intervals(trained, sae_result, s, example_store)
-    record = _settings_record(s, plan, source, batch_size, time.perf_counter() - started, memory)
-    return UniversalityReport(plan.names, record, list(source.task_names), task_counts.numpy(), neuron_controls,
-                              cka_result, sae_result)
+def _group_result(run: _Run, g: "_Group", k: int, task_counts) -> _GroupResult:
+    """One group's neuron layers under every control, with their intervals
+    (bootstrap seed ``seed + 17 k``; the trained group's with the tokens per
+    task), and its CKA matrices."""
+    s, plan = run.s, run.plan
+    for c in plan.controls:
+        g.block_sums[c].intervals(s.resamples, s.confidence, s.seed + 17 * k)
+        draws = rotation_draw_shares(g.neurons, c, s.threshold, len(plan.layers), s.rotation_draws, g.seed)
+        neuron_intervals(g.block_sums[c], g.analyses[c], draws, s.confidence)
+    counts = task_counts if k == 0 else None
+    layers = {c: g.neuron_layers(c, s.threshold, plan.layers, counts) for c in plan.controls}
+    result = _GroupResult(layers, task_counts)
+    if s.cka:
+        first = plan.controls[0]
+        result.cka_linear = g.cka_linear
+        result.cka_debiased = {first: g.cka_moments[first].matrices(True)}
+        result.cka_tests = g.cka_moments[first].p_values() if k == 0 else None
+    return result
+
+
+def _assemble(results: list[_GroupResult], plan: "_Plan", s: UniversalitySettings):
+    """Neuron layers under every control (the random models' layers beside
+    the trained ones) and the CKA result."""
+    trained = results[0]
+    rand = results[1] if len(results) > 1 else None
+    neuron_controls = {}
+    for c in plan.controls:
+        layers_c = trained.layers[c]
+        if rand is not None:
+            for nl, rl in zip(layers_c, rand.layers[c]):
+                nl.random = rl
+        neuron_controls[c] = layers_c
+    cka_result = None
+    if s.cka:
+        cka_result = CKAResult(
+            plan.cka_labels, plan.cka_hooks, linear=trained.cka_linear, debiased=trained.cka_debiased,
+            random_linear=rand.cka_linear if rand is not None else None,
+            random_debiased=rand.cka_debiased if rand is not None else None,
+            tests=trained.cka_tests, primary=plan.controls[0], permutations=s.cka_permutations)
+    return neuron_controls, cka_result
 
 
 # -------------------------------------------------------------- the steps
@@ -652,112 +745,83 @@ def _memory_plan(plan: _Plan, s: UniversalitySettings, source: _QuizSource):
     return memory
 
 
-def _make_groups(plan: _Plan, s: UniversalitySettings, n_tasks: int) -> list[_Group]:
-    """The trained models' group, and the random-init models' (``s.random_init``)."""
+def _make_group(plan: _Plan, s: UniversalitySettings, n_tasks: int, k: int) -> _Group:
+    """Group ``k``: the trained models (0), or random-init models of their
+    shapes (1, ``s.random_init``; made here)."""
     common = dict(layers=plan.layers, controls=plan.controls, baseline=s.baseline, cka_hooks=plan.cka_hooks,
                   n_tasks=n_tasks, n_positions=len(plan.pos), n_blocks=s.n_blocks,
                   compute_dtype=_dtype(s.precision), permutations=s.cka_permutations, cka_labels=plan.cka_labels,
                   margin=s.bootstrap_margin)
-    groups = [_Group(plan.runners, entries=plan.entries, seed=s.seed, with_tasks=True, heldout=True, **common)]
-    if s.random_init:
-        base = [r.random_like(baseline_seed(s.seed, k)) for k, r in enumerate(plan.runners)]
-        groups.append(_Group(base, entries=None, seed=s.seed + 1, with_tasks=False, heldout=False,
-                             **{**common, "permutations": 0}))
-    return groups
+    if k == 0:
+        return _Group(plan.runners, entries=plan.entries, seed=s.seed, with_tasks=True, heldout=True, **common)
+    base = [r.random_like(baseline_seed(s.seed, i)) for i, r in enumerate(plan.runners)]
+    return _Group(base, entries=None, seed=s.seed + 1, with_tasks=False, heldout=False,
+                  **{**common, "permutations": 0})
 
 
 def _dtype(precision: str) -> torch.dtype:
     return getattr(torch, precision)
 
 
-def _batch_size(given: int | None, groups, n_positions: int) -> int:
+def _batch_size(given: int | None, plan: _Plan) -> int:
     """Quizzes per forward pass: ``given``, else as many as keep one batch's
-    activations under :data:`BATCH_FLOATS`."""
+    activations under :data:`BATCH_FLOATS` (the trained group's: the random
+    models have the same shapes and read a subset of its hooks, no SAE)."""
     if given is not None:
         return given
-    width = max(g.width() for g in groups) or 1
-    return int(max(1, min(256, BATCH_FLOATS // (n_positions * width))))
+    _, hooks = _group_hooks(len(plan.runners), plan.layers, plan.cka_hooks, plan.entries)
+    width = _hooks_width(plan.runners, hooks, plan.entries) or 1
+    return int(max(1, min(256, BATCH_FLOATS // (len(plan.pos) * width))))
 
 
 class _Pass1:
-    """Pass 1 on one batch: every group's moments; counts tokens per task."""
+    """Pass 1 on one batch: the group's moments; counts tokens per task."""
 
     def __init__(self, n_tasks: int):
         self.task_counts = torch.zeros(n_tasks, dtype=torch.long)
 
-    def __call__(self, groups, b, q, tokens, pos, labels, t, idx, rollers):
+    def __call__(self, group, b, q, tokens, pos, labels, t, idx, roller):
         self.task_counts.add_(torch.bincount(t.cpu(), minlength=len(self.task_counts)) * len(pos))
-        for g, roller in zip(groups, rollers):
-            g.pass1(tokens, pos, labels, t, idx, roller, b)
+        group.pass1(tokens, pos, labels, t, idx, roller, b)
 
     def result(self):
         return self.task_counts
 
 
 class _Pass2:
-    """Pass 2 on one batch: block sums, CKA, family examples (trained group)."""
+    """Pass 2 on one batch: block sums, CKA, family examples (given an example store: trained group)."""
 
     def __init__(self, example_store):
         self.example_store = example_store
 
-    def __call__(self, groups, b, q, tokens, pos, labels, t, idx, rollers):
-        for k, (g, roller) in enumerate(zip(groups, rollers)):
-            slots = self.example_store.collector(q) if k == 0 and self.example_store is not None else None
-            g.pass2(tokens, pos, labels, idx, roller, b, slots)
+    def __call__(self, group, b, q, tokens, pos, labels, t, idx, roller):
+        slots = self.example_store.collector(q) if self.example_store is not None else None
+        group.pass2(tokens, pos, labels, idx, roller, b, slots)
 
     def result(self):
         return None
 
 
-def _stream(stream: _Stream, groups, plan: _Plan, batch_size: int, kind: str, progress, step):
-    """One pass over the quizzes: ``step`` on every batch (one shuffled-quiz
-    roller per group, so both passes pair the same quizzes); ``step.result()``."""
+def _stream(run: _Run, group: _Group, kind: str, step):
+    """One pass of one group over the quizzes: ``step`` on every batch (a fresh
+    shuffled-quiz roller, so both passes pair the same quizzes); ``step.result()``."""
     from culture.hooked import to_hooked_tokens
 
-    device = plan.device
-    pos = plan.pos.to(device)
-    total = stream.n_quizzes * len(pos)
+    device = run.plan.device
+    pos = run.plan.pos.to(device)
+    total = run.stream.n_quizzes * len(pos)
     done = 0
-    rollers = [QuizRoller() for _ in groups]
-    if progress:
-        progress(kind, 0, total)
-    for b, (q, c, t, idx) in enumerate(stream.batches(batch_size)):
+    roller = QuizRoller()
+    if run.progress:
+        run.progress(kind, 0, total)
+    for b, (q, c, t, idx) in enumerate(run.stream.batches(run.batch_size)):
         tokens = to_hooked_tokens(q).to(device)
         labels = TokenLabels(q.to(device), tokens, pos, c.to(device))
-        step(groups, b, q, tokens, pos, labels, t.to(device), idx.to(device), rollers)
+        step(group, b, q, tokens, pos, labels, t.to(device), idx.to(device), roller)
         done += q.shape[0] * len(pos)
-        if progress:
-            progress(kind, done, total)
+        if run.progress:
+            run.progress(kind, done, total)
     return step.result()
-
-
-def _results(groups, plan: _Plan, s: UniversalitySettings, task_counts):
-    """Neuron layers under every control (with their intervals and the random
-    models beside them) and the CKA result."""
-    trained = groups[0]
-    for k, g in enumerate(groups):
-        for c in plan.controls:
-            g.block_sums[c].intervals(s.resamples, s.confidence, s.seed + 17 * k)
-            draws = rotation_draw_shares(g.neurons, c, s.threshold, len(plan.layers), s.rotation_draws, g.seed)
-            neuron_intervals(g.block_sums[c], g.analyses[c], draws, s.confidence)
-    neuron_controls = {}
-    for c in plan.controls:
-        layers_c = trained.neuron_layers(c, s.threshold, plan.layers, task_counts)
-        if s.random_init:
-            for nl, rl in zip(layers_c, groups[1].neuron_layers(c, s.threshold, plan.layers, None)):
-                nl.random = rl
-        neuron_controls[c] = layers_c
-    cka_result = None
-    if s.cka:
-        first = plan.controls[0]
-        rand = groups[1] if s.random_init else None
-        cka_result = CKAResult(
-            plan.cka_labels, plan.cka_hooks, linear=trained.cka_linear,
-            debiased={first: trained.cka_moments[first].matrices(True)},
-            random_linear=rand.cka_linear if rand is not None else None,
-            random_debiased={first: rand.cka_moments[first].matrices(True)} if rand is not None else None,
-            tests=trained.cka_moments[first].p_values(), primary=first, permutations=s.cka_permutations)
-    return neuron_controls, cka_result
 
 
 def _sae_intervals(trained: _Group, sae_result: SAEComparison, s: UniversalitySettings, example_store) -> None:
