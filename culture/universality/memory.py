@@ -90,6 +90,10 @@ class MemoryPlan:
     sweeps: int = 1
     #: bytes of co-moment rows written to the temporary folder (row blocks)
     disk: int = 0
+    #: the size the blocks were chosen for (None: none)
+    target: int | None = None
+    #: per group, bytes kept throughout and added by each phase
+    phases: dict = field(default_factory=dict)
 
     @property
     def buffers(self) -> int:
@@ -119,7 +123,8 @@ class MemoryPlan:
     def to_dict(self) -> dict:
         return {"total_bytes": self.total, "process_bytes": self.process, "items": dict(self.items),
                 "tile_rows": self.tile_rows, "limit_bytes": self.limit, "block_layers": self.block_layers,
-                "sweeps": self.sweeps, "disk_bytes": self.disk}
+                "sweeps": self.sweeps, "disk_bytes": self.disk, "target_bytes": self.target,
+                "phases": self.phases}
 
 
 def _dims(model) -> tuple[int, int, int, int]:
@@ -139,6 +144,16 @@ def _dims(model) -> tuple[int, int, int, int]:
     return c.nb_blocks, c.dim_hidden, c.dim_model, n
 
 
+#: the memory a comparison aims at when ``max_memory`` is left at "available":
+#: blocks and tiles are sized to stay under it where they can (under the memory
+#: available, if less); a comparison that needs more even with the smallest
+#: blocks still runs when the memory available allows
+DEFAULT_TARGET = 6 * 2**30
+
+#: the phases of one group of models, after what it keeps throughout
+PHASES = ("pass 1", "analysis", "pass 2")
+
+
 def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init: bool = True,
                 controls=CONTROLS, positions: int = 404,
                 n_blocks: int = 32, baseline: str = "rotation", cka_permutations: int = 0,
@@ -151,136 +166,220 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
     (4.5G, bytes), or None / "available" for the memory available now; ``process``: the
     resident memory to start from (default: this process now, which holds the
     models already); ``n_quizzes``: quizzes streamed (a batch holds no more).
-    The analysis block is the largest that fits.
 
-    ``block_layers``: pass 1 accumulates the neuron co-moments of this many
-    layers of rows per sweep over the quizzes, writing each finished block to
-    disk (:mod:`~culture.universality.spill`); None: one sweep in memory when
-    that fits the limit, else the largest block that does."""
+    The groups (trained models, then random-init copies) run one after
+    another, each through its phases (:data:`PHASES`): the peak is the
+    process, plus the largest group's kept buffers and its largest phase.
+    Two sizes are chosen here, largest first (fewest sweeps, then fewest
+    tiles): ``block_layers``, the layers of rows pass 1 accumulates per sweep
+    over the quizzes, the rest written to disk (:mod:`~culture.universality.spill`;
+    None: one sweep in memory), unless given; and ``tile_rows``, the rows the
+    analysis reads at once (whole layers). They are the largest that keep the
+    plan under ``max_memory``, or, when it is "available", under
+    :data:`DEFAULT_TARGET` where they can."""
     from culture.universality.compare import resolve_layers
 
     dims = [_dims(m) for m in models]
     n_layers = len(resolve_layers([d[0] for d in dims], layers))
     process = process_memory() if process is None else int(process)
-    args = (models, layers, cka, saes, random_init, controls, positions, n_blocks, baseline, cka_permutations,
-            batch_size, n_quizzes, n_tasks, compute_dtype, max_memory, process)
-    if block_layers is not None:
-        return _plan(*args, block_layers=min(int(block_layers), n_layers))
-    whole = _plan(*args, block_layers=None)
-    if whole.fits() or n_layers < 2:
-        return whole
-    for b in range(n_layers - 1, 0, -1):
-        blocked = _plan(*args, block_layers=b)
-        if blocked.fits() or b == 1:
-            return blocked
-    return whole
+    limit, source, target = _limits(max_memory, process)
+    shape = _Shape(models, dims, layers, cka, saes, random_init, check_controls(controls), positions, n_blocks,
+                   baseline, cka_permutations, batch_size, n_quizzes, n_tasks, compute_dtype)
+    blocks = [min(int(block_layers), n_layers)] if block_layers is not None else [None] + list(
+        range(n_layers - 1, 0, -1))
+    plan = None
+    for b in blocks:
+        for t in range(n_layers, 0, -1):
+            plan = _plan(shape, b, None if t == n_layers else t, process, limit, source)
+            if target is None or plan.total <= target:
+                plan.target = target
+                return plan
+    plan.target = target
+    return plan
 
 
-def _plan(models, layers, cka, saes, random_init, controls, positions, n_blocks, baseline, cka_permutations,
-          batch_size, n_quizzes, n_tasks, compute_dtype, max_memory, process, block_layers) -> MemoryPlan:
-    """:func:`memory_plan` with pass 1 in row blocks of ``block_layers`` layers (None: not)."""
-    from culture.universality.compare import BATCH_FLOATS, resolve_layers
+def _limits(max_memory, process: int) -> tuple[int | None, str, int | None]:
+    """(limit, its source, the size blocks aim at)."""
+    if max_memory is not None and str(max_memory).strip().lower() != DEFAULT_MAX_MEMORY:
+        limit = parse_memory(max_memory)
+        return limit, "", limit
+    avail = available_memory()
+    if avail is None:
+        return None, "", DEFAULT_TARGET
+    return process + avail, ", memory available", min(DEFAULT_TARGET, process + avail)
 
-    dims = [_dims(m) for m in models]
-    chosen = resolve_layers([d[0] for d in dims], layers)
-    controls = check_controls(controls)
-    m = len(dims)
-    L = len(chosen)
+
+@dataclass
+class _Shape:
+    """What sizes a comparison's buffers (the arguments of :func:`memory_plan`)."""
+
+    models: list
+    dims: list
+    layers: object
+    cka: bool
+    saes: object
+    random_init: bool
+    controls: tuple
+    positions: int
+    n_blocks: int
+    baseline: str
+    cka_permutations: int
+    batch_size: int | None
+    n_quizzes: int | None
+    n_tasks: int
+    compute_dtype: object
+
+
+def _plan(shape: _Shape, block_layers: int | None, tile_layers: int | None, process: int, limit, source
+          ) -> MemoryPlan:
+    """The plan with pass 1 in row blocks of ``block_layers`` layers (None: in
+    memory) and analysis tiles of ``tile_layers`` layers (None: all rows)."""
+    groups = [_group_phases(shape, 0, block_layers, tile_layers)]
+    if shape.random_init:
+        groups.append(_group_phases(shape, 1, block_layers, tile_layers))
+    peaks = []
+    for kept, phases, _ in groups:
+        name = max(phases, key=lambda p: sum(phases[p].values()))
+        peaks.append((sum(kept.values()) + sum(phases[name].values()), kept, phases[name]))
+    _, kept, phase = max(peaks, key=lambda x: x[0])
+    items: dict[str, int] = {}
+    for part in (kept, phase):
+        for k, v in part.items():
+            items[k] = items.get(k, 0) + int(v)
+    L = len(_chosen(shape))
+    H = max(d[1] for d in shape.dims)
+    plan = MemoryPlan(items, None if tile_layers is None else tile_layers * H, limit, source, process,
+                      block_layers=block_layers, sweeps=1 if block_layers is None else -(-L // block_layers),
+                      disk=max(d for _, _, d in groups))
+    plan.phases = {("trained", "random init")[k]: {"kept": sum(kept.values()),
+                                                    **{p: sum(v.values()) for p, v in phases.items()}}
+                   for k, (kept, phases, _) in enumerate(groups)}
+    return plan
+
+
+def _chosen(shape: _Shape) -> list[int]:
+    from culture.universality.compare import resolve_layers
+
+    return resolve_layers([d[0] for d in shape.dims], shape.layers)
+
+
+def _group_phases(shape: _Shape, k: int, block_layers, tile_layers) -> tuple[dict, dict, int]:
+    """(kept, {phase: items}, disk bytes) of group k (0: trained, with its
+    held-out halves, task sums, CKA test and SAEs; 1: random-init copies)."""
+    dims, m = shape.dims, len(shape.dims)
+    L = len(_chosen(shape))
     H = [d[1] for d in dims]
     D = [d[2] for d in dims]
     W = [L * h for h in H]
-    G = [n_groups(c, positions) for c in controls if c != "none"]
+    G = [n_groups(c, shape.positions) for c in shape.controls if c != "none"]
+    gmax = max(G, default=0)
     pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
     ordered = [(i, j) for i in range(m) for j in range(m) if i != j]
-    groups = [2] + ([1] if random_init else [])  # halves per group: trained (held-out), random-init
+    h = 2 if k == 0 else 1  # halves: held-out replication (trained), all quizzes (random init)
     f8 = 8
-    items: dict[str, int] = {}
+    kept: dict[str, int] = {}
+    phases: dict[str, dict[str, int]] = {p: {} for p in PHASES}
 
-    def add(name, n):
-        items[name] = items.get(name, 0) + int(n)
+    def add(where: dict, name: str, n) -> None:
+        where[name] = where.get(name, 0) + int(n)
 
-    # rows of model i's co-moments held at once: all, or one row block (the rest on disk)
-    rows_of = W if block_layers is None else [min(block_layers, L) * h for h in H]
+    # neuron co-moments (and the null baselines'): kept in memory, or one row block in pass 1 and the rest on disk
+    rows_of = W if block_layers is None else [min(block_layers, L) * x for x in H]
+    co = [("neuron co-moments", pairs)] + ([] if shape.baseline == "rotation" else [("null co-moments", ordered)])
     disk = 0
-    for h in groups:
-        add("neuron co-moments", h * f8 * sum(rows_of[i] * W[j] for i, j in pairs))
-        if block_layers is not None:
-            disk += h * f8 * sum(W[i] * W[j] for i, j in pairs)
-        if baseline == "rotation":
-            add("rotated unit moments", h * f8 * 2 * sum(W))
+    for name, which in co:
+        whole = h * f8 * sum(W[i] * W[j] for i, j in which)
+        if block_layers is None:
+            add(kept, name, whole)
         else:
-            add("null co-moments", h * f8 * sum(rows_of[i] * W[j] for i, j in ordered))
-            if block_layers is not None:
-                disk += h * f8 * sum(W[i] * W[j] for i, j in ordered)
-            add("group sums", h * f8 * sum(g * W[j] for _, j in ordered for g in G))
-        add("group sums", h * f8 * sum(g * W[i] for i in range(m) for g in G))
-        # pass 2: block sums of the resampled neurons (at most every neuron), per control
-        sets = 4 if h == 2 else 2
-        add("bootstrap block sums", len(controls) * f8 * n_blocks * (
-            sum(2 * (sets // 2) * W[i] for i in range(m)) + sum(3 * sets * W[i] for i, _ in ordered)))
-        if cka:
-            R = [(1 + (d[0] if layers is None else L)) * D[i] for i, d in enumerate(dims)]
-            rows = [1 + (d[0] if layers is None else L) for d in dims]
-            add("CKA co-moments", f8 * (sum(R[i] * R[j] for i, j in pairs)
-                                        + sum(rows[i] * D[i] ** 2 for i in range(m))))
-            add("CKA co-moments", f8 * sum((g if g else 1) * R[i] for i in range(m) for g in G + [1]))
-            # pass 2 (primary control): x^T x, a^T x per model, x^T y, a^T y, b^T x per pair
-            add("CKA sums", f8 * (sum(R[i] ** 2 + rows[i] * R[i] for i in range(m))
-                                  + sum(R[i] * R[j] + rows[i] * R[j] + rows[j] * R[i] for i, j in pairs)))
-            if h == 2 and cka_permutations:
-                add("CKA permutation sums", f8 * cka_permutations * sum(
-                    min(rows[i], rows[j]) * (D[i] * D[j] + D[i] + D[j]) for i, j in pairs))
-        if h == 2:
-            add("task sums", 2 * f8 * n_tasks * sum(W))
-    if saes:
-        d = [int(s.cfg.d_sae) for s in saes if s is not None]
-        sae_pairs = [(a, b) for a in range(len(d)) for b in range(a + 1, len(d))]
-        add("SAE co-moments", f8 * sum(2 * d[a] * d[b] for a, b in sae_pairs))
-        add("SAE co-moments", f8 * (max(G) if G else 1) * (sum(d) + 2 * sum(d[a] + d[b] for a, b in sae_pairs)))
-        # the correlation matrices of the analysis (within groups, corr, null) and the Hungarian copy
-        add("SAE analysis", f8 * 4 * max((d[a] * d[b] for a, b in sae_pairs), default=0))
-    # the scratch of the batch products when they run in a lower dtype than the accumulators
-    if compute_dtype is not None and getattr(compute_dtype, "itemsize", 8) < 8:
-        largest = max((W[i] * W[j] for i, j in pairs), default=0)
-        if cka:
-            rws = [(1 + (d[0] if layers is None else L)) * D[i] for i, d in enumerate(dims)]
-            largest = max([largest] + [rws[i] * rws[j] for i, j in pairs])
-        add("product scratch", compute_dtype.itemsize * largest)
-    # one forward batch (float32) with its working copies
-    cka_rows = [1 + (d[0] if layers is None else L) for d in dims]
-    width = sum(W) + (sum(r * D[i] for i, r in enumerate(cka_rows)) if cka else 0)
-    width += sum(int(s.cfg.d_sae) for s in saes or [] if s is not None)
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        batch_size = int(max(1, min(256, BATCH_FLOATS // (positions * max(width, 1)))))
-    if n_quizzes is not None:
-        batch_size = max(1, min(batch_size, int(n_quizzes)))
-    add("activations of one batch", 4 * BATCH_COPIES * batch_size * positions * width)
-    if random_init:
-        add("random-init models", 4 * sum(d[3] for d in dims))
-    # analysis temporaries: merged group sums and the within-group deviations of one control,
-    # and the row blocks of the co-moments
-    gmax = max(G, default=0)
-    # merged group sums of both models, the deviations made when a view is built, and the 3 views kept
-    fixed = f8 * 7 * gmax * max(W)
-    per_row = f8 * 3 * 5 * max(W)  # 3 splits x (co-moment, corr, baseline, j's baseline columns, slack)
-    limit, source = None, ""
-    if max_memory is not None and str(max_memory).strip().lower() != DEFAULT_MAX_MEMORY:
-        limit, source = parse_memory(max_memory), ""
+            add(phases["pass 1"], name, h * f8 * sum(rows_of[i] * W[j] for i, j in which))
+            disk += whole
+    if shape.baseline == "rotation":
+        add(kept, "rotated unit moments", h * f8 * 2 * sum(W))
     else:
-        avail = available_memory()
-        if avail is not None:
-            limit, source = process + avail, ", memory available"
-    tile_rows = None
-    if limit is not None:
-        room = limit - process - sum(items.values()) - fixed
-        layer_rows = max(H)
-        rows = max(room // per_row, 0) if per_row else 0
-        if rows < max(W):
-            tile_rows = int(max(layer_rows, rows // layer_rows * layer_rows))
-    rows_used = max(W) if tile_rows is None else min(tile_rows, max(W))
-    add("analysis temporaries", fixed + per_row * rows_used)
-    sweeps = 1 if block_layers is None else -(-L // min(block_layers, L))
-    return MemoryPlan(items, tile_rows, limit, source, process, block_layers=block_layers, sweeps=sweeps, disk=disk)
+        add(kept, "group sums", h * f8 * sum(g * W[j] for _, j in ordered for g in G))
+    add(kept, "group sums", h * f8 * sum(g * W[i] for i in range(m) for g in G))
+    if k == 0:
+        add(kept, "task sums", 2 * f8 * shape.n_tasks * sum(W))
+    else:
+        add(kept, "random-init models", 4 * sum(d[3] for d in dims))
+    # pass 2: block sums of the resampled neurons (at most every neuron), per control
+    sets = 4 if h == 2 else 2
+    block_sums = len(shape.controls) * f8 * shape.n_blocks * (
+        sum(2 * (sets // 2) * W[i] for i in range(m)) + sum(3 * sets * W[i] for i, _ in ordered))
+    add(phases["pass 2"], "bootstrap block sums", block_sums)
+    if shape.cka:
+        _cka_items(shape, k, kept, phases, G, D, pairs)
+    if k == 0 and shape.saes:
+        _sae_items(shape, kept, phases, G, pairs)
+    batch = _batch_items(shape, k, W, D, pairs, rows_of)
+    for p in ("pass 1", "pass 2"):
+        for name, v in batch.items():
+            if name != "product scratch" or p == "pass 1":
+                add(phases[p], name, v)
+    # the analysis (and the rotation draws, before pass 2): blocks of (tile rows) x (one layer of j) in 3 splits,
+    # the group deviations of a row tile per split, and the (G, block) temporaries of the within-group moments
+    from culture.universality.stats import GROUP_BLOCK
+
+    rows = max(W) if tile_layers is None else min(tile_layers * max(H), max(W))
+    analysis = f8 * (rows * (3 * 4 * max(H) + 3 * gmax) + 6 * max(H) ** 2 + 3 * gmax * GROUP_BLOCK)
+    add(phases["analysis"], "analysis temporaries", analysis)
+    return kept, phases, disk
+
+
+def _cka_items(shape: _Shape, k: int, kept: dict, phases: dict, G, D, pairs) -> None:
+    """CKA: pass-1 co-moments and group sums (kept), pass-2 sums and the permutation test's."""
+    f8 = 8
+    dims = shape.dims
+    rows = [1 + (d[0] if shape.layers is None else len(_chosen(shape))) for d in dims]
+    R = [r * D[i] for i, r in enumerate(rows)]
+    m = len(dims)
+    kept["CKA co-moments"] = f8 * (sum(R[i] * R[j] for i, j in pairs) + sum(rows[i] * D[i] ** 2 for i in range(m))
+                                  + sum((g if g else 1) * R[i] for i in range(m) for g in G + [1]))
+    sums = f8 * (sum(R[i] ** 2 + rows[i] * R[i] for i in range(m))
+                 + sum(R[i] * R[j] + rows[i] * R[j] + rows[j] * R[i] for i, j in pairs))
+    for p in ("pass 2",):
+        phases[p]["CKA sums"] = sums
+        if k == 0 and shape.cka_permutations:
+            phases[p]["CKA permutation sums"] = f8 * shape.cka_permutations * sum(
+                min(rows[i], rows[j]) * (D[i] * D[j] + D[i] + D[j]) for i, j in pairs)
+
+
+def _sae_items(shape: _Shape, kept: dict, phases: dict, G, pairs) -> None:
+    """SAE features (trained group): co-moments (kept) and the analysis's correlation matrices."""
+    f8 = 8
+    d = [int(s.cfg.d_sae) for s in shape.saes if s is not None]
+    sae_pairs = [(a, b) for a in range(len(d)) for b in range(a + 1, len(d))]
+    kept["SAE co-moments"] = f8 * sum(2 * d[a] * d[b] for a, b in sae_pairs) + f8 * (max(G) if G else 1) * (
+        sum(d) + 2 * sum(d[a] + d[b] for a, b in sae_pairs))
+    # within groups, corr, null and the Hungarian copy
+    phases["analysis"]["SAE analysis"] = f8 * 4 * max((d[a] * d[b] for a, b in sae_pairs), default=0)
+
+
+def _batch_items(shape: _Shape, k: int, W, D, pairs, rows_of) -> dict:
+    """One forward batch (float32) with its working copies, and the product
+    scratch when the batch products run in a lower dtype than the accumulators."""
+    from culture.universality.compare import BATCH_FLOATS
+
+    dims = shape.dims
+    cka_rows = [1 + (d[0] if shape.layers is None else len(_chosen(shape))) for d in dims]
+    width = sum(W) + (sum(r * D[i] for i, r in enumerate(cka_rows)) if shape.cka else 0)
+    if k == 0:
+        width += sum(int(s.cfg.d_sae) for s in shape.saes or [] if s is not None)
+    batch_size = shape.batch_size
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        batch_size = int(max(1, min(256, BATCH_FLOATS // (shape.positions * max(width, 1)))))
+    if shape.n_quizzes is not None:
+        batch_size = max(1, min(batch_size, int(shape.n_quizzes)))
+    out = {"activations of one batch": 4 * BATCH_COPIES * batch_size * shape.positions * width}
+    c = shape.compute_dtype
+    if c is not None and getattr(c, "itemsize", 8) < 8:
+        largest = max((rows_of[i] * W[j] for i, j in pairs), default=0)
+        if shape.cka:
+            R = [r * D[i] for i, r in enumerate(cka_rows)]
+            largest = max([largest] + [R[i] * R[j] for i, j in pairs])
+        out["product scratch"] = c.itemsize * largest
+    return out
 
 
 def settings_memory_plan(models, settings, n_quizzes: int | None = None, saes=None,

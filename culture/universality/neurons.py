@@ -46,6 +46,7 @@ from culture.universality.stats import (
     Centered,
     CrossTiles,
     GroupSums,
+    MergedGroupSums,
     StreamingCorrelation,
     block_weights,
     corr_from_sums,
@@ -254,7 +255,11 @@ class NeuronMoments:
         accumulators only, e.g. one layer's self co-moments: cross
         co-moments are read through :meth:`views`)."""
         if split == "full":
-            return items[0].merged(items[1]) if len(items) == 2 else items[0]
+            if len(items) == 1:
+                return items[0]
+            if isinstance(items[0], GroupSums) and items[0].sums is not None and items[1].sums is not None:
+                return MergedGroupSums(items[0], items[1])  # read a block at a time, no (G, W) copy
+            return items[0].merged(items[1])
         return items[split]
 
     def views(self, items, split, groups_x=None, groups_y=None) -> CrossTiles | None:
@@ -351,7 +356,7 @@ class NeuronMoments:
                 counts = g.counts
                 used = torch.nonzero(counts > 0).flatten()
                 c = counts[used]
-                sums = g.sums[used, oj[k]:oj[k + 1]]
+                sums = g.block(oj[k], oj[k + 1])[used]
                 dm = sums / c[:, None] - sums.sum(0) / c.sum()
                 dr = dm @ self.rotations[j][k].to(dm).t()
                 m2 = (m2 - (c[:, None] * dr * dr).sum(0)).clamp(min=0)
@@ -472,6 +477,19 @@ def _joined(parts: list["_Running"]) -> tuple:
     cat = [torch.cat([getattr(p, name) for p in parts]) if getattr(parts[0], name) is not None else None
            for name in ("value", "index", "extra")]
     return tuple(cat)
+
+
+def _group_means_reader(groups):
+    """``cols -> (G, c)``: the per-group means of variables ``cols`` (the
+    same numbers as ``groups.means()[:, cols]``, from those columns' sums)."""
+    counts = groups.counts.clamp(min=1)[:, None]
+    parts = groups.parts if isinstance(groups, MergedGroupSums) else (groups,)
+
+    def read(cols: torch.Tensor) -> torch.Tensor:
+        picked = [g.sums.index_select(-1, cols.to(g.sums.device)) for g in parts]
+        total = picked[0] if len(picked) == 1 else picked[0] + picked[1]
+        return total / counts
+    return read
 
 
 class _Running:
@@ -661,33 +679,37 @@ class NeuronBlockSums:
                 del tables
 
     @staticmethod
-    def _split_tables(view: str, per_split) -> list[torch.Tensor]:
-        """The full means tables of a view: ``[per_split("full")]`` or
-        ``[per_split(0), per_split(1)]``, (G, W) each."""
+    def _split_tables(view: str, per_split) -> list:
+        """The means of a view, as column readers (``cols -> (G, c)``):
+        ``[per_split("full")]`` or ``[per_split(0), per_split(1)]``."""
         return [per_split("full")] if view == "full" else [per_split(0), per_split(1)]
 
     @staticmethod
-    def _columns(view: str, tables: list[torch.Tensor], cols: torch.Tensor) -> torch.Tensor:
+    def _columns(view: str, tables: list, cols: torch.Tensor) -> torch.Tensor:
         """Columns ``cols`` of a view's means: (G, c) ("full"), or the two halves stacked (2, G, c) ("half")."""
-        picked = [t.index_select(-1, cols.to(t.device)) for t in tables]
+        picked = [t(cols) for t in tables]
         return picked[0] if view == "full" else torch.stack(picked)
 
-    def _means(self, i: int, split) -> torch.Tensor:
-        """Model i's means to remove on one split (0, 1 or "full"): (G, W) per
-        group; G = 1 (the global mean) without a control."""
+    def _means(self, i: int, split):
+        """Model i's means to remove on one split (0, 1 or "full"), read by
+        columns (``cols -> (G, c)``: per-group means from the group sums of
+        those columns alone, never the (G, W) table); G = 1 (the global mean)
+        without a control."""
         mom, control = self.mom, self.a.control
         if control != "none":
-            return mom._split(mom.groups[control][i], split).means()
+            return _group_means_reader(mom._split(mom.groups[control][i], split))
         p = next(p for p in mom.pairs if i in p)
         acc = mom.views(mom.cross[p], split)
-        return (acc.mean_x if p[0] == i else acc.mean_y)[None, :]
+        mean = (acc.mean_x if p[0] == i else acc.mean_y)[None, :]
+        return lambda cols: mean.index_select(-1, cols.to(mean.device))
 
-    def _null_means(self, pair, split) -> torch.Tensor:
+    def _null_means(self, pair, split):
         """The same for the null units of model pair[1] beside pair[0]."""
         mom, control = self.mom, self.a.control
         if control != "none":
-            return mom._split(mom.null_groups[control][pair], split).means()
-        return mom.views(mom.null[pair], split).mean_y[None, :]
+            return _group_means_reader(mom._split(mom.null_groups[control][pair], split))
+        mean = mom.views(mom.null[pair], split).mean_y[None, :]
+        return lambda cols: mean.index_select(-1, cols.to(mean.device))
 
     @staticmethod
     def _token_means(table: torch.Tensor, groups, halves, cols=None) -> torch.Tensor:

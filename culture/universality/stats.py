@@ -113,6 +113,10 @@ class GroupSums:
         """(G, a) per-group means (0 for an empty group)."""
         return self.sums / self.counts.clamp(min=1)[:, None]
 
+    def block(self, start: int, stop: int) -> torch.Tensor:
+        """(G, stop - start) sums of variables start..stop-1."""
+        return self.sums[:, start:stop]
+
     @staticmethod
     def cat(parts: list["GroupSums"]) -> "GroupSums":
         """The group sums of the concatenated variables (same groups, same tokens)."""
@@ -120,6 +124,55 @@ class GroupSums:
         out.sums = torch.cat([p.sums for p in parts], 1)
         out.counts = parts[0].counts
         return out
+
+
+class MergedGroupSums:
+    """The group sums of two token sets (e.g. the two halves of the quizzes)
+    added a block of variables at a time when read, instead of a merged
+    (G, a) copy: the same sums as :meth:`GroupSums.merged`, element for element."""
+
+    def __init__(self, a: GroupSums, b: GroupSums):
+        self.parts = (a, b)
+        self.n_groups, self.dtype = a.n_groups, a.dtype
+        self.counts = a.counts + b.counts
+
+    def block(self, start: int, stop: int) -> torch.Tensor:
+        return self.parts[0].sums[:, start:stop] + self.parts[1].sums[:, start:stop]
+
+    @property
+    def sums(self) -> torch.Tensor:
+        """All the merged sums (a (G, a) tensor made now)."""
+        return self.block(0, self.parts[0].sums.shape[1])
+
+    def means(self) -> torch.Tensor:
+        return self.sums / self.counts.clamp(min=1)[:, None]
+
+    def columns(self, start: int, stop: int) -> GroupSums:
+        out = GroupSums(self.n_groups, dtype=self.dtype)
+        out.sums, out.counts = self.block(start, stop), self.counts
+        return out
+
+
+#: variables per block when the analysis walks group sums (bounds its (G, block) temporaries)
+GROUP_BLOCK = 2048
+
+
+def group_deviations(groups, used: torch.Tensor, counts: torch.Tensor, mean: torch.Tensor, start: int, stop: int,
+                     device) -> torch.Tensor:
+    """(used groups, stop - start): each group's mean less the overall mean,
+    variables start..stop-1 (``groups``: GroupSums or MergedGroupSums)."""
+    return groups.block(start, stop).to(device)[used] / counts[:, None] - mean[start:stop]
+
+
+def between_group_m2(groups, used, counts, mean, device) -> torch.Tensor:
+    """(a,) the between-group part of each variable's m2, sum_g n_g (mean_g -
+    mean)^2, :data:`GROUP_BLOCK` variables at a time (the same sums as in one go)."""
+    width = mean.shape[0]
+    parts = []
+    for start in range(0, width, GROUP_BLOCK):
+        d = group_deviations(groups, used, counts, mean, start, min(start + GROUP_BLOCK, width), device)
+        parts.append((counts[:, None] * d * d).sum(0))
+    return torch.cat(parts) if parts else mean.new_zeros(0)
 
 
 @dataclass
@@ -463,15 +516,11 @@ class CrossTiles:
                 raise ValueError(f"group sums cover {float(counts.sum()):.0f} tokens, the accumulator {self.n}")
             used = torch.nonzero(counts > 0).flatten()
             counts = counts[used]
-            dx = gx.sums.to(dev)[used] / counts[:, None] - self.mean_x
-            dy = gy.sums.to(dev)[used] / counts[:, None] - self.mean_y
-            c = self.compute_dtype
             self.ref_m2_x, self.ref_m2_y = self.m2_x, self.m2_y
-            self.m2_x = (self.m2_x - (counts[:, None] * dx * dx).sum(0)).clamp(min=0)
-            self.m2_y = (self.m2_y - (counts[:, None] * dy * dy).sum(0)).clamp(min=0)
-            # kept for the tiles: y's deviations (G, b) in the compute dtype; x's rows are made per tile
-            self._between = (gx, used, counts, self.mean_x, dy.to(c))
-            del dx, dy
+            self.m2_x = (self.m2_x - between_group_m2(gx, used, counts, self.mean_x, dev)).clamp(min=0)
+            self.m2_y = (self.m2_y - between_group_m2(gy, used, counts, self.mean_y, dev)).clamp(min=0)
+            # the group deviations are made per tile from the group sums (rows of x, columns of y)
+            self._between = (gx, gy, used, counts, self.mean_x, self.mean_y)
         self.dead_x = _dead(self.m2_x, self.mean_x, self.n, self.ref_m2_x)
         self.dead_y = _dead(self.m2_y, self.mean_y, self.n, self.ref_m2_y)
 
@@ -494,11 +543,13 @@ class CrossTiles:
             out = self.parts[0].comoment[rows, cs] + self.parts[1].comoment[rows, cs] + f * torch.outer(dx[rows],
                                                                                                           dy[cs])
         if self._between is not None:
-            gx, used, counts, mean_x, dy = self._between
+            gx, gy, used, counts, mean_x, mean_y = self._between
+            c = self.compute_dtype
             if self._row_dev is None or self._row_dev[0] != (start, stop):
-                dx = gx.sums[:, rows].to(dy.device)[used] / counts[:, None] - mean_x[rows]
-                self._row_dev = ((start, stop), (dx * counts[:, None]).to(self.compute_dtype).t())
-            out = out - (self._row_dev[1] @ dy[:, cs]).to(self.dtype)
+                dx = group_deviations(gx, used, counts, mean_x, start, stop, counts.device)
+                self._row_dev = ((start, stop), (dx * counts[:, None]).to(c).t())
+            dy = group_deviations(gy, used, counts, mean_y, cs.start, cs.stop, counts.device).to(c)
+            out = out - (self._row_dev[1] @ dy).to(self.dtype)
         return out
 
     def corr_tile(self, start: int, stop: int, comoment: torch.Tensor | None = None,
