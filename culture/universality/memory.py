@@ -296,6 +296,7 @@ def _group_phases(shape: _Shape, k: int, block_layers, tile_layers) -> tuple[dic
             disk += whole
     if shape.baseline == "rotation":
         add(kept, "rotated unit moments", h * f8 * 2 * sum(W))
+        add(kept, "rotations", f8 * L * sum(x * x for x in H))  # one (d_mlp, d_mlp) float64 per model and layer
     else:
         add(kept, "group sums", h * f8 * sum(g * W[j] for _, j in ordered for g in G))
     add(kept, "group sums", h * f8 * sum(g * W[i] for i in range(m) for g in G))
