@@ -550,6 +550,9 @@ def _run_group(run: _Run, k: int) -> _GroupResult:
     try:
         counts = _pass1(run, group, k, row_blocks)
         group.analyse(s.threshold, s.seed, run.source.task_names)
+        # the rotation draws re-analyse the moments now, before pass 2's sums exist
+        draws = {c: rotation_draw_shares(group.neurons, c, s.threshold, len(plan.layers), s.rotation_draws,
+                                         group.seed) for c in plan.controls}
         sae_result = example_store = None
         if k == 0 and plan.entries:
             sae_result = _sae_comparison(group, plan.entries, s.threshold, plan.controls[0], run.source.task_names)
@@ -558,7 +561,7 @@ def _run_group(run: _Run, k: int) -> _GroupResult:
         # pass 2: per-block sums (intervals) and the residualised CKA
         group.start_pass2(s.n_blocks)
         _stream(run, group, run.kind("pass 2: intervals, CKA", k), _Pass2(example_store))
-        result = _group_result(run, group, k, counts)
+        result = _group_result(run, group, k, counts, draws)
         if sae_result is not None:
             _sae_intervals(group, sae_result, s, example_store)
             result.sae = sae_result
@@ -585,15 +588,14 @@ def _pass1(run: _Run, group: "_Group", k: int, row_blocks) -> torch.Tensor:
     return task_counts
 
 
-def _group_result(run: _Run, g: "_Group", k: int, task_counts) -> _GroupResult:
+def _group_result(run: _Run, g: "_Group", k: int, task_counts, draws) -> _GroupResult:
     """One group's neuron layers under every control, with their intervals
-    (bootstrap seed ``seed + 17 k``; the trained group's with the tokens per
-    task), and its CKA matrices."""
+    (bootstrap seed ``seed + 17 k``, widened by the rotation ``draws`` of each
+    control; the trained group's with the tokens per task), and its CKA matrices."""
     s, plan = run.s, run.plan
     for c in plan.controls:
         g.block_sums[c].intervals(s.resamples, s.confidence, s.seed + 17 * k)
-        draws = rotation_draw_shares(g.neurons, c, s.threshold, len(plan.layers), s.rotation_draws, g.seed)
-        neuron_intervals(g.block_sums[c], g.analyses[c], draws, s.confidence)
+        neuron_intervals(g.block_sums[c], g.analyses[c], draws[c], s.confidence)
     counts = task_counts if k == 0 else None
     layers = {c: g.neuron_layers(c, s.threshold, plan.layers, counts) for c in plan.controls}
     result = _GroupResult(layers, task_counts)
