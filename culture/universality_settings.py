@@ -113,7 +113,8 @@ class UniversalitySettings:
     max_memory: peak memory allowed ("4.5G", "800M", bytes, or "available":
         what the system has free at the start); a comparison whose memory plan
         (:func:`culture.universality.memory.memory_plan`) is over it is refused
-        before any work.
+        before any work. Pass 1's row blocks and the analysis tiles are the
+        largest under it (left at "available": under 6 GiB where they can).
     block_layers: pass 1 accumulates the neuron co-moments of this many layers
         of each model (rows, against every neuron of the other model) per
         sweep over the quizzes, writing each finished block to a temporary

@@ -113,6 +113,9 @@ class MemoryPlan:
         top = sorted(self.items.items(), key=lambda kv: -kv[1])[:4]
         parts = ", ".join(f"{k} {format_memory(v)}" for k, v in top if v > 0)
         limit = "" if self.limit is None else f" (limit {format_memory(self.limit)}{self.limit_source})"
+        if self.target is not None and self.target != self.limit and (self.limit is None or self.target < self.limit):
+            limit = limit[:-1] + f"; blocks sized for {format_memory(self.target)})" if limit else \
+                f" (blocks sized for {format_memory(self.target)})"
         blocks = ""
         if self.block_layers is not None:
             blocks = (f"; pass 1 in {self.sweeps} row blocks of {self.block_layers} layer(s), "
