@@ -11,8 +11,9 @@ The workloads of the published analyses (issue #22), on random 37M models
   batch, for 1M tokens, extrapolated to the published 30,000 x 4,096 tokens
   (the activation-norm estimate shortened to 10 batches: see ``run_sae``);
 * ``universality``: 4 models, 1M tokens, MLP layer 8 (``--univ-layers``; all
-  12 layers at once need about 152 GiB of float64 accumulators at this shape,
-  by ``culture.universality.compare.estimate_memory``: more than one GPU machine has).
+  12 layers at once run pass 1 in row blocks at this shape: the memory plan
+  is about 20 GiB for 4 models, with 54 GiB of co-moment rows on disk, and the
+  analysis alone is hours of CPU -- see docs/guides/scale.md).
 
 Each workload runs in this process: its wall time and its peak memory (GPU:
 ``torch.cuda.max_memory_allocated``; CPU: the process's peak RSS, reset
@@ -164,8 +165,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--sae-buffer", type=int, default=64, help="n_batches_in_buffer of the SAE's activation store")
     ap.add_argument("--univ-tokens", type=int, default=1_000_000)
     ap.add_argument("--univ-layers", type=int, nargs="*", default=[8],
-                    help="MLP layers universality compares (none given: all -- at the 37M shape its float64 "
-                         "accumulators need about 152 GiB for 4 models, one layer about 3 GiB)")
+                    help="MLP layers universality compares (none given: all -- at the 37M shape 4 models plan "
+                         "about 20 GiB with pass 1 in row blocks and 54 GiB on disk; one layer about 3 GiB)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     sizes = sizes_for(args)

@@ -5,8 +5,8 @@
 #   2. runs the `cuda` tests (tests/test_cuda.py: CUDA result = CPU result on the zoo);
 #   3. times the published workloads at the 37M shape (benchmarks/bench_scale.py: eval 2,000
 #      quizzes x 4 models; patch heads, both methods, 200 pairs; SAE 1M tokens extrapolated to
-#      30,000 x 4,096; universality 4 models, 1M tokens, one MLP layer: all 12 layers at once need
-#      about 152 GiB of accumulators at this shape).
+#      30,000 x 4,096; universality 4 models, 1M tokens, one MLP layer: all 12 layers plan about
+#      20 GiB with pass 1 in row blocks and 54 GiB of disk at this shape, too long for the check).
 # Time limits: the tests 180 s, the workloads 270 s (each workload's numbers are written as it
 # ends, so a run cut by the limit keeps what it measured).
 #
