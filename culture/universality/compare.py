@@ -60,7 +60,7 @@ from culture.universality.features import (
 from culture.universality.intervals import METHOD as INTERVAL_METHOD
 from culture.universality.intervals import feature_intervals, neuron_intervals, rotation_draw_shares
 from culture.universality.neurons import NeuronBlockSums, NeuronMoments, QuizRoller, null_units
-from culture.universality.memory import check_memory, memory_plan, settings_memory_plan
+from culture.universality.memory import check_memory, limit_heap_growth, memory_plan, settings_memory_plan
 from culture.universality.report import CKAResult, NeuronLayer, SAEComparison, UniversalityReport
 from culture.universality.runner import (
     ModelRunner,
@@ -483,6 +483,7 @@ def compare_models(models: Sequence, quizzes: torch.Tensor | None = None, *,
     if len(models) < 2:
         raise UniversalityError(f"need at least 2 models to compare, got {len(models)}")
     s = UniversalitySettings.of(settings, **options)
+    limit_heap_growth()  # freed temporaries go back to the system (the plan counts live buffers)
     plan = _prepare(models, s, names, device, saes, ceiling_sae)
     source = _quiz_source(s, quizzes, clean, task_labels, plan.pos)
     memory = _memory_plan(plan, s, source)

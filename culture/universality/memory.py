@@ -55,6 +55,25 @@ def available_memory() -> int | None:
     return None
 
 
+#: glibc's mmap threshold while a comparison runs: temporaries of this size or more are mapped and
+#: handed back when freed (glibc's own threshold grows to 32 MiB after the first frees, and the heap
+#: then keeps and fragments the many (rows x d_mlp) blocks of the analysis: at the 37M shape the
+#: peak grew about 0.5 GiB per 3 GiB past the plan)
+MMAP_THRESHOLD = 8 * 2**20
+
+
+def limit_heap_growth() -> None:
+    """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD` for this process
+    (``mallopt(M_MMAP_THRESHOLD)``; nothing where glibc is not the allocator).
+    Written by hand: no library exposes glibc's ``mallopt``."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, MMAP_THRESHOLD)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def process_memory() -> int:
     """Resident set size of this process now (bytes; 0 where unknown), after
     handing freed heap memory back to the system (glibc ``malloc_trim``), so
@@ -419,5 +438,5 @@ def check_memory(plan: MemoryPlan) -> None:
                 f"room, or compare fewer --layers or models")
 
 
-__all__ = ["memory_plan", "settings_memory_plan", "check_memory", "MemoryPlan", "parse_memory", "format_memory", "available_memory",
-           "process_memory", "DEFAULT_MAX_MEMORY"]
+__all__ = ["memory_plan", "settings_memory_plan", "limit_heap_growth", "check_memory", "MemoryPlan",
+           "parse_memory", "format_memory", "available_memory", "process_memory", "DEFAULT_MAX_MEMORY"]
