@@ -78,6 +78,7 @@ __all__ = [
     "UniversalityError", "StreamingCorrelation", "StreamingCKA", "GroupSums", "Centered", "linear_cka",
     "cka_from_comoments", "hsic_linear", "max_correlations", "match_features", "FeatureMatching", "plot_report",
     "load_saes", "load_sae", "world_quiz_stream", "position_index", "ModelRunner",
-    "baseline_seed", "resolve_layers", "estimate_memory", "memory_plan", "settings_memory_plan", "check_memory", "MemoryPlan",
+    "baseline_seed", "resolve_layers", "estimate_memory", "memory_plan", "settings_memory_plan", "check_memory",
+    "MemoryPlan",
     "parse_memory", "NEURON_HOOK", "EMBED_HOOK", "RESID_HOOK", "POSITIONS",
 ]

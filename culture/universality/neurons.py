@@ -406,10 +406,11 @@ class NeuronMoments:
                     self.rotations[j][kj], dead[(split, i)][rows], self.compute_dtype) for split in splits}
                 _best_along(base, held_base, rotated, 1, cols[0], held)
                 for k in layers:  # j's neurons against i's rotated layer k (the (j, i) baseline)
+                    c0, c1 = cols
                     rotated = {split: rotated_correlation(
-                        comoment[split][oi[k] - start:oi[k + 1] - start].t(), views[(split, i, j)].m2_y[cols[0]:cols[1]],
+                        comoment[split][oi[k] - start:oi[k + 1] - start].t(), views[(split, i, j)].m2_y[c0:c1],
                         self._rotated_var(control, split, i, k, gs), self.rotations[i][k],
-                        dead[(split, j)][cols[0]:cols[1]], self.compute_dtype) for split in splits}
+                        dead[(split, j)][c0:c1], self.compute_dtype) for split in splits}
                     _best_along(col_base[kj], col_held_base[kj], rotated, 1, int(oi[k]), held)
             rows_pair.append(pair)
             rows_held.append(held_r)
