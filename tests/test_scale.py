@@ -161,10 +161,12 @@ def test_sae_eval_and_features(source_37m, sae_37m, tmp_path, capsys):
 
 def test_universality(source_37m, capsys):
     # two layers, pass 1 in row blocks of one (two sweeps, the co-moment rows spilled to disk and read back),
-    # the analysis tiles sized by --max-memory
+    # the analysis tiles sized by --max-memory: this process's memory now (what earlier tests left) + 1.2 GiB
+    limit = _vm_kib("VmRSS") * 1024 + int(1.2 * 2**30)
     check(["universality", "compare", "--models", "0", "1", "--source", source_37m, "--layers", "0", "1",
            "--tokens", "3232", "--no-random-init", "--no-cka", "--resamples", "10", "--controls", "none",
-           "--rotation-draws", "0", "--batch-size", "1", "--block-layers", "1", "--max-memory", "1.5G"], 1600, capsys)
+           "--rotation-draws", "0", "--batch-size", "1", "--block-layers", "1", "--max-memory", str(limit)], 1600,
+          capsys)
 
 
 def test_fixture_is_the_published_shape(source_37m):
