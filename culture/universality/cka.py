@@ -27,7 +27,7 @@ import torch
 
 from culture.universality.stats import unbiased_hsic
 
-#: permutations computed together (memory: chunk x batch tokens x d_model)
+#: permutations computed together (memory: chunk x batch tokens x d_model, one residual row at a time)
 _PERM_CHUNK = 25
 
 
@@ -111,15 +111,15 @@ class CKAMoments:
         for start in range(0, self.permutations, _PERM_CHUNK):
             pk = perms[start:start + _PERM_CHUNK].to(xs[0].device)
             stop = start + len(pk)
-            shuffled = {}  # model j -> (rows (P, T, D_j), norms (P, T, R_j)): shared by its pairs
+            shuffled = {}  # (model j, row s) -> the row's shuffled tokens (P, T, D_j), shared by j's pairs
             for (i, j), rows in self.diagonal.items():
-                if j not in shuffled:
-                    shuffled[j] = (low[j][pk], norms[j][pk])
-                yp_all, bp_all = shuffled[j]
                 oi, oj = self.offsets[i], self.offsets[j]
+                bp_all = norms[j][pk]  # (P, T, R_j)
                 for (r, s) in rows:
+                    if (j, s) not in shuffled:  # one row at a time: (P, T, D_j), not (P, T, all rows)
+                        shuffled = {(j, s): low[j][:, oj[s]:oj[s + 1]][pk]}
                     xl = low[i][:, oi[r]:oi[r + 1]]
-                    yp = yp_all[:, :, oj[s]:oj[s + 1]]
+                    yp = shuffled[(j, s)]
                     a, bp = norms[i][:, r], bp_all[:, :, s]
                     key = ((i, j), r, s)
                     if key not in self.perm:

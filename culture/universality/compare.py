@@ -308,6 +308,7 @@ class _Group:
     def start_pass2(self, n_blocks: int) -> None:
         for c in self.controls:
             self.block_sums[c] = NeuronBlockSums(self.analyses[c], self.neurons, n_blocks, self.margin)
+        self.neurons.release()  # pass 2 reads none of pass 1's neuron moments
         if self.cka_hooks:
             diagonal = {}
             if self.permutations:

@@ -299,7 +299,8 @@ def _group_phases(shape: _Shape, k: int, block_layers, tile_layers) -> tuple[dic
     ordered = [(i, j) for i in range(m) for j in range(m) if i != j]
     h = 2 if k == 0 else 1  # halves: held-out replication (trained), all quizzes (random init)
     f8 = 8
-    kept: dict[str, int] = {}
+    kept: dict[str, int] = {}  # from the group's first batch to its results
+    moments: dict[str, int] = {}  # pass 1's neuron moments: through pass 1 and the analysis, dropped for pass 2
     phases: dict[str, dict[str, int]] = {p: {} for p in PHASES}
 
     def add(where: dict, name: str, n) -> None:
@@ -312,16 +313,16 @@ def _group_phases(shape: _Shape, k: int, block_layers, tile_layers) -> tuple[dic
     for name, which in co:
         whole = h * f8 * sum(W[i] * W[j] for i, j in which)
         if block_layers is None:
-            add(kept, name, whole)
+            add(moments, name, whole)
         else:
             add(phases["pass 1"], name, h * f8 * sum(rows_of[i] * W[j] for i, j in which))
             disk += whole
     if shape.baseline == "rotation":
-        add(kept, "rotated unit moments", h * f8 * 2 * sum(W))
-        add(kept, "rotations", f8 * L * sum(x * x for x in H))  # one (d_mlp, d_mlp) float64 per model and layer
+        add(moments, "rotated unit moments", h * f8 * 2 * sum(W))
+        add(moments, "rotations", f8 * L * sum(x * x for x in H))  # one (d_mlp, d_mlp) float64 per model and layer
     else:
-        add(kept, "group sums", h * f8 * sum(g * W[j] for _, j in ordered for g in G))
-    add(kept, "group sums", h * f8 * sum(g * W[i] for i in range(m) for g in G))
+        add(moments, "group sums", h * f8 * sum(g * W[j] for _, j in ordered for g in G))
+    add(moments, "group sums", h * f8 * sum(g * W[i] for i in range(m) for g in G))
     if k == 0:
         add(kept, "task sums", 2 * f8 * shape.n_tasks * sum(W))
     else:
@@ -347,6 +348,9 @@ def _group_phases(shape: _Shape, k: int, block_layers, tile_layers) -> tuple[dic
     rows = max(W) if tile_layers is None else min(tile_layers * max(H), max(W))
     analysis = f8 * (rows * (3 * 4 * max(H) + 3 * gmax) + 6 * max(H) ** 2 + 3 * gmax * GROUP_BLOCK)
     add(phases["analysis"], "analysis temporaries", analysis)
+    for p in ("pass 1", "analysis"):
+        for name, v in moments.items():
+            add(phases[p], name, v)
     return kept, phases, disk
 
 
@@ -363,6 +367,11 @@ def _cka_items(shape: _Shape, k: int, kept: dict, phases: dict, G, D, pairs) -> 
                  + sum(R[i] * R[j] + rows[i] * R[j] + rows[j] * R[i] for i, j in pairs))
     for p in ("pass 2",):
         phases[p]["CKA sums"] = sums
+        # a batch's (R_i, R_j) product before it is added, and the permutation test's shuffled row (P, T, d_model)
+        tokens = _batch_size(shape, k, len(_chosen(shape))) * shape.positions
+        perms = min(shape.cka_permutations, 25) if k == 0 else 0
+        phases[p]["CKA batch products"] = f8 * (max((R[i] * R[j] for i, j in pairs), default=0)
+                                               + perms * tokens * max(D))
         if k == 0 and shape.cka_permutations:
             phases[p]["CKA permutation sums"] = f8 * shape.cka_permutations * sum(
                 min(rows[i], rows[j]) * (D[i] * D[j] + D[i] + D[j]) for i, j in pairs)
@@ -379,26 +388,40 @@ def _sae_items(shape: _Shape, kept: dict, phases: dict, G, pairs) -> None:
     phases["analysis"]["SAE analysis"] = f8 * 4 * max((d[a] * d[b] for a, b in sae_pairs), default=0)
 
 
-def _batch_items(shape: _Shape, k: int, W, D, pairs, rows_of) -> dict:
-    """One forward batch (float32) with its working copies, and the product
-    scratch when the batch products run in a lower dtype than the accumulators."""
-    from culture.universality.compare import BATCH_FLOATS
-
-    dims = shape.dims
-    cka_rows = [1 + (d[0] if shape.layers is None else len(_chosen(shape))) for d in dims]
+def _batch_width(shape: _Shape, k: int, W, D) -> int:
+    """Numbers per token a forward batch holds (neurons, CKA rows, SAE features)."""
+    cka_rows = [1 + (d[0] if shape.layers is None else len(_chosen(shape))) for d in shape.dims]
     width = sum(W) + (sum(r * D[i] for i, r in enumerate(cka_rows)) if shape.cka else 0)
     if k == 0:
         width += sum(int(s.cfg.d_sae) for s in shape.saes or [] if s is not None)
+    return width
+
+
+def _batch_size(shape: _Shape, k: int, n_layers: int) -> int:
+    """Quizzes per forward batch: given, else as many as keep the batch under ``BATCH_FLOATS``."""
+    from culture.universality.compare import BATCH_FLOATS
+
     batch_size = shape.batch_size
     if not (isinstance(batch_size, int) and batch_size >= 1):
+        W = [n_layers * d[1] for d in shape.dims]
+        width = _batch_width(shape, k, W, [d[2] for d in shape.dims])
         batch_size = int(max(1, min(256, BATCH_FLOATS // (shape.positions * max(width, 1)))))
     if shape.n_quizzes is not None:
         batch_size = max(1, min(batch_size, int(shape.n_quizzes)))
+    return batch_size
+
+
+def _batch_items(shape: _Shape, k: int, W, D, pairs, rows_of) -> dict:
+    """One forward batch (float32) with its working copies, and the product
+    scratch when the batch products run in a lower dtype than the accumulators."""
+    width = _batch_width(shape, k, W, D)
+    batch_size = _batch_size(shape, k, len(_chosen(shape)))
     out = {"activations of one batch": 4 * BATCH_COPIES * batch_size * shape.positions * width}
     c = shape.compute_dtype
     if c is not None and getattr(c, "itemsize", 8) < 8:
         largest = max((rows_of[i] * W[j] for i, j in pairs), default=0)
         if shape.cka:
+            cka_rows = [1 + (d[0] if shape.layers is None else len(_chosen(shape))) for d in shape.dims]
             R = [r * D[i] for i, r in enumerate(cka_rows)]
             largest = max([largest] + [R[i] * R[j] for i, j in pairs])
         out["product scratch"] = c.itemsize * largest

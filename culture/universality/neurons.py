@@ -248,6 +248,13 @@ class NeuronMoments:
                             add_to_groups(per_pair[(i, j)][h], nulls[j], labels, c, rows)
             del prepared, block
 
+    def release(self) -> None:
+        """Drop pass 1's accumulators (co-moments, group sums, rotations):
+        once the analysis, the rotation draws and pass 2's block sums are
+        made, nothing reads them (the block sums keep the columns they need)."""
+        self.cross = self.null = self.groups = self.null_groups = self.rotated = self.rotations = None
+        self._self_cache = {}
+
     # ------------------------------------------------------------ results
 
     def _split(self, items, split):
