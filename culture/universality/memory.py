@@ -205,8 +205,8 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
     n_layers = len(resolve_layers([d[0] for d in dims], layers))
     process = process_memory() if process is None else int(process)
     limit, source, target = _limits(max_memory, process)
-    shape = _Shape(models, dims, layers, cka, saes, random_init, check_controls(controls), positions, n_blocks,
-                   baseline, cka_permutations, batch_size, n_quizzes, n_tasks, compute_dtype)
+    shape = _Shape(models, dims, layers, n_layers, cka, saes, random_init, check_controls(controls), positions,
+                   n_blocks, baseline, cka_permutations, batch_size, n_quizzes, n_tasks, compute_dtype)
     blocks = [min(int(block_layers), n_layers)] if block_layers is not None else [None] + list(
         range(n_layers - 1, 0, -1))
     plan = None
@@ -238,6 +238,7 @@ class _Shape:
     models: list
     dims: list
     layers: object
+    n_layers: int  # the layers compared (resolved once)
     cka: bool
     saes: object
     random_init: bool
@@ -250,6 +251,11 @@ class _Shape:
     n_quizzes: int | None
     n_tasks: int
     compute_dtype: object
+
+    @property
+    def cka_rows(self) -> list[int]:
+        """Residual rows CKA stacks per model: the embedding and every block (all layers) or the compared ones."""
+        return [1 + (d[0] if self.layers is None else self.n_layers) for d in self.dims]
 
 
 def _plan(shape: _Shape, block_layers: int | None, tile_layers: int | None, process: int, limit, source
@@ -268,7 +274,7 @@ def _plan(shape: _Shape, block_layers: int | None, tile_layers: int | None, proc
     for part in (kept, phase):
         for k, v in part.items():
             items[k] = items.get(k, 0) + int(v)
-    L = len(_chosen(shape))
+    L = shape.n_layers
     H = max(d[1] for d in shape.dims)
     plan = MemoryPlan(items, None if tile_layers is None else tile_layers * H, limit, source, process,
                       block_layers=block_layers, sweeps=1 if block_layers is None else -(-L // block_layers),
@@ -279,17 +285,11 @@ def _plan(shape: _Shape, block_layers: int | None, tile_layers: int | None, proc
     return plan
 
 
-def _chosen(shape: _Shape) -> list[int]:
-    from culture.universality.compare import resolve_layers
-
-    return resolve_layers([d[0] for d in shape.dims], shape.layers)
-
-
 def _group_phases(shape: _Shape, k: int, block_layers, tile_layers) -> tuple[dict, dict, int]:
     """(kept, {phase: items}, disk bytes) of group k (0: trained, with its
     held-out halves, task sums, CKA test and SAEs; 1: random-init copies)."""
     dims, m = shape.dims, len(shape.dims)
-    L = len(_chosen(shape))
+    L = shape.n_layers
     H = [d[1] for d in dims]
     D = [d[2] for d in dims]
     W = [L * h for h in H]
@@ -358,7 +358,7 @@ def _cka_items(shape: _Shape, k: int, kept: dict, phases: dict, G, D, pairs) -> 
     """CKA: pass-1 co-moments and group sums (kept), pass-2 sums and the permutation test's."""
     f8 = 8
     dims = shape.dims
-    rows = [1 + (d[0] if shape.layers is None else len(_chosen(shape))) for d in dims]
+    rows = shape.cka_rows
     R = [r * D[i] for i, r in enumerate(rows)]
     m = len(dims)
     kept["CKA co-moments"] = f8 * (sum(R[i] * R[j] for i, j in pairs) + sum(rows[i] * D[i] ** 2 for i in range(m))
@@ -368,7 +368,7 @@ def _cka_items(shape: _Shape, k: int, kept: dict, phases: dict, G, D, pairs) -> 
     for p in ("pass 2",):
         phases[p]["CKA sums"] = sums
         # a batch's (R_i, R_j) product before it is added, and the permutation test's shuffled row (P, T, d_model)
-        tokens = _batch_size(shape, k, len(_chosen(shape))) * shape.positions
+        tokens = _batch_size(shape, k) * shape.positions
         perms = min(shape.cka_permutations, 25) if k == 0 else 0
         phases[p]["CKA batch products"] = f8 * (max((R[i] * R[j] for i, j in pairs), default=0)
                                                + perms * tokens * max(D))
@@ -390,20 +390,19 @@ def _sae_items(shape: _Shape, kept: dict, phases: dict, G, pairs) -> None:
 
 def _batch_width(shape: _Shape, k: int, W, D) -> int:
     """Numbers per token a forward batch holds (neurons, CKA rows, SAE features)."""
-    cka_rows = [1 + (d[0] if shape.layers is None else len(_chosen(shape))) for d in shape.dims]
-    width = sum(W) + (sum(r * D[i] for i, r in enumerate(cka_rows)) if shape.cka else 0)
+    width = sum(W) + (sum(r * D[i] for i, r in enumerate(shape.cka_rows)) if shape.cka else 0)
     if k == 0:
         width += sum(int(s.cfg.d_sae) for s in shape.saes or [] if s is not None)
     return width
 
 
-def _batch_size(shape: _Shape, k: int, n_layers: int) -> int:
+def _batch_size(shape: _Shape, k: int) -> int:
     """Quizzes per forward batch: given, else as many as keep the batch under ``BATCH_FLOATS``."""
     from culture.universality.compare import BATCH_FLOATS
 
     batch_size = shape.batch_size
     if not (isinstance(batch_size, int) and batch_size >= 1):
-        W = [n_layers * d[1] for d in shape.dims]
+        W = [shape.n_layers * d[1] for d in shape.dims]
         width = _batch_width(shape, k, W, [d[2] for d in shape.dims])
         batch_size = int(max(1, min(256, BATCH_FLOATS // (shape.positions * max(width, 1)))))
     if shape.n_quizzes is not None:
@@ -415,14 +414,13 @@ def _batch_items(shape: _Shape, k: int, W, D, pairs, rows_of) -> dict:
     """One forward batch (float32) with its working copies, and the product
     scratch when the batch products run in a lower dtype than the accumulators."""
     width = _batch_width(shape, k, W, D)
-    batch_size = _batch_size(shape, k, len(_chosen(shape)))
+    batch_size = _batch_size(shape, k)
     out = {"activations of one batch": 4 * BATCH_COPIES * batch_size * shape.positions * width}
     c = shape.compute_dtype
     if c is not None and getattr(c, "itemsize", 8) < 8:
         largest = max((rows_of[i] * W[j] for i, j in pairs), default=0)
         if shape.cka:
-            cka_rows = [1 + (d[0] if shape.layers is None else len(_chosen(shape))) for d in shape.dims]
-            R = [r * D[i] for i, r in enumerate(cka_rows)]
+            R = [r * D[i] for i, r in enumerate(shape.cka_rows)]
             largest = max([largest] + [R[i] * R[j] for i, j in pairs])
         out["product scratch"] = c.itemsize * largest
     return out
