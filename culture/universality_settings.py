@@ -50,6 +50,10 @@ class UniversalityError(CultureError, ValueError):
 
 #: --max-memory's default: the memory the system has available when the comparison starts
 DEFAULT_MAX_MEMORY = "available"
+#: the peak a comparison's blocks and tiles are sized for when ``max_memory`` is
+#: left at "available" (or the memory available, if less); a comparison that
+#: needs more even with the smallest blocks still runs when the memory available allows
+MEMORY_TARGET = 5 * 2**30
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
           "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
 
@@ -114,7 +118,8 @@ class UniversalitySettings:
         what the system has free at the start); a comparison whose memory plan
         (:func:`culture.universality.memory.memory_plan`) is over it is refused
         before any work. Pass 1's row blocks and the analysis tiles are the
-        largest under it (left at "available": under 6 GiB where they can).
+        largest under it (left at "available": under :data:`MEMORY_TARGET`,
+        5 GiB, where they can).
     block_layers: pass 1 accumulates the neuron co-moments of this many layers
         of each model (rows, against every neuron of the other model) per
         sweep over the quizzes, writing each finished block to a temporary

@@ -149,11 +149,12 @@ def test_pass1_in_row_blocks_is_bit_identical(baseline, tmp_path, monkeypatch):
     kw = dict(n_tokens=3232, baseline=baseline, controls=("position", "none"), cka=False, n_resamples=50,
               rotation_draws=1)
     whole = compare_models(models, **kw)
-    sweeps, folders = [], []
+    sweeps, folders, files = [], [], set()
 
     def progress(kind, *_):
         sweeps.append(kind)
         folders.append(len(list(tmp_path.glob("culture-universality-*"))))
+        files.update(f.name.rsplit("-", 1)[0] for f in tmp_path.glob("culture-universality-*/*"))
 
     blocked = compare_models(models, block_layers=1, progress=progress, **kw)
     assert whole.settings["memory_plan"]["block_layers"] is None
@@ -162,6 +163,7 @@ def test_pass1_in_row_blocks_is_bit_identical(baseline, tmp_path, monkeypatch):
     assert [k for k in dict.fromkeys(sweeps) if k.startswith("pass 1")] == [
         f"pass 1: moments ({group}, rows {b}/4)" for group in ("trained", "random init") for b in range(1, 5)]
     assert max(folders) == 1  # one group at a time: the trained group's rows are gone before the random group's
+    assert {"groups-position-0-0", "groups-position-1-1", "cross-0-1-1"} <= files  # group sums on disk too
     assert _numbers(blocked) == _numbers(whole)
     a = blocked.neurons[1]
     assert a.pair_max[(2, 0)].std() > 0 and a.held_corr[(0, 1)].std() > 0
@@ -192,9 +194,11 @@ def test_plan_chooses_row_blocks_when_the_whole_does_not_fit():
 # before NeuronBlockSums kept only its needed columns (main at 365c417, which held the full (G, W) means
 # tables): the change must not move a bit. Fixed because the old code is gone; the runs are deterministic
 # (seeded models and quizzes, CPU, float64 sums) on this platform (torch 2.13 CPU). If the analysis itself
-# is changed on purpose, recompute them with the same calls.
+# is changed on purpose, recompute them with the same calls. Changed on purpose once: "rotation" was
+# 0ec6e962... until the further rotation draws got their own rotated variances (diag(R C R^T)); with the
+# old draws emulated, the new code still gives 0ec6e962..., and with rotation_draws=0 both codes give 52fde224...
 _BLOCK_SUMS_SHA256 = {
-    "rotation": "0ec6e9621947e7f26eb2099c936c372982e9646c7f9d2b5bc0774b34fa2b6e21",
+    "rotation": "5cf950289cf4a9e1a91dc921cc371f474c2043306ace9b9a9b215eea211e8261",
     "gaussian": "b91eff17493e3f554e050aacdcf7bcd42c353d22c42db7643cbd1f37d74c6781",
 }
 
@@ -269,8 +273,11 @@ def test_block_sums_hold_only_the_needed_columns(monkeypatch):
 #: fixed on purpose: running the groups one after another (to hold one group's accumulators at a time) must
 #: move no bit, since each group reads the same batches with its own rollers and seeds. A change that moves
 #: the numbers on purpose recomputes them (and says so); the memory plan's byte counts are left out.
+#: Recomputed once: "rotation, SAEs, row blocks" was 218f6738... until the further rotation draws got their
+#: own rotated variances; the new code with the old draws emulated still gives 218f6738... (the group sums
+#: on disk in row blocks moved no bit).
 _GROUP_HASHES = {
-    "rotation, SAEs, row blocks": "218f67383b568855a3764c4effc27f057516f98af8b16240ffebb7fd89f0e2ef",
+    "rotation, SAEs, row blocks": "7f7c1b574ffe686e49dee8852f2a7fc25524b49b35c4c25553d1ea721cbd6600",
     "permutation": "88e0f6ae5f990e79d588e4119c9b841a30602633aa35c98774a574ecd555d77a",
 }
 _GROUP_CASES = {
@@ -334,3 +341,54 @@ def test_groups_one_after_another_give_the_numbers_of_groups_side_by_side(case, 
     assert order[-1] == "pass 2: intervals, CKA (random init)" and report.cka.random_linear
     assert _group_numbers(report) == _GROUP_HASHES[case]
     assert list(tmp_path.glob("culture-universality-*")) == []  # (importing sae_lens may leave its own folders)
+
+
+# ------------------------------------------------ further rotation draws: their own rotated variances
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_a_further_rotation_draw_equals_the_dense_rotation(blocked, tmp_path):
+    """The rotation baseline under a further draw (not the rotation pass 1
+    streamed) equals the dense computation with that draw's rotation: each
+    rotated unit's variance is its own, diag(R C R^T), not the reported
+    rotation's (they differ by factors of 2-3 on anisotropic units). In one
+    sweep and in row blocks (the layers' self co-moments on disk)."""
+    from culture.universality.neurons import NeuronMoments, rotations_for
+    from culture.universality.spill import RowBlocks
+
+    gen = torch.Generator().manual_seed(5)
+    sizes = [[12, 12], [12, 12]]
+    n, p = 24, 10
+    scale = torch.logspace(0, -1.5, 24, dtype=torch.float64)  # anisotropic: rotations change unit variances
+    z = torch.randn(n, p, 24, generator=gen, dtype=torch.float64)
+    acts = [(z @ torch.randn(24, 24, generator=gen, dtype=torch.float64) * scale).float(),
+            (z @ torch.randn(24, 24, generator=gen, dtype=torch.float64) * scale
+             + 0.5 * torch.randn(n, p, 24, generator=gen, dtype=torch.float64)).float()]
+    mom = NeuronMoments(sizes, ("none",), p, "rotation", torch.float64, seed=3, heldout=True, rotation_draws=1)
+    blocks = RowBlocks.make(2, 1, str(tmp_path)) if blocked else None
+    mom.use_row_blocks(blocks)
+    half = torch.arange(n) % 2
+    for sweep in range(mom.n_sweeps):
+        mom.begin_sweep(sweep)
+        for b in range(0, n, 8):
+            mom.update([a[b:b + 8] for a in acts], None, half[b:b + 8], None)
+        mom.end_sweep()
+    if blocked:
+        assert mom.layer_comoments[0][1][0].comoment.__class__.__name__ == "SpilledRows"
+
+    def baseline_max(rot):
+        x = acts[0].double().reshape(-1, 24).numpy()
+        y = acts[1].double().reshape(-1, 24)
+        yr = torch.cat([y[:, :12] @ rot[1][0].t(), y[:, 12:] @ rot[1][1].t()], 1).numpy()
+        return np.corrcoef(x.T, yr.T)[:24, 24:].max(1)
+
+    own = mom.analyse("none", 0.5).base_max[(0, 1)]
+    np.testing.assert_allclose(own, baseline_max(rotations_for(sizes, 3)), atol=1e-9)
+    mom.use_rotations(77)
+    drawn = mom.analyse("none", 0.5).base_max[(0, 1)]
+    np.testing.assert_allclose(drawn, baseline_max(rotations_for(sizes, 77)), atol=1e-9)
+    assert np.abs(drawn - own).max() > 1e-3  # another rotation, another baseline
+    mom.use_rotations(None)
+    np.testing.assert_array_equal(mom.analyse("none", 0.5).base_max[(0, 1)], own)  # the reported rotation, bit for bit
+    if blocks is not None:
+        blocks.close()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from culture.universality.neurons import NeuronAnalysis, rotations_for
+from culture.universality.neurons import NeuronAnalysis
 from culture.universality.stats import percentile_interval
 from culture.universality_settings import MAX_ROTATION_DRAWS
 
@@ -89,20 +89,24 @@ def rotation_draw_shares(moments, control: str, threshold: float, n_layers: int,
                          seed: int) -> dict[str, np.ndarray] | None:
     """(draws + 1, layers) shares per name under the reported rotation (row 0)
     and ``draws`` further rotations of the baseline, from the pass-1 moments
-    (None unless the baseline is the rotation). The moments keep their own
-    rotation afterwards."""
+    (None unless the baseline is the rotation). A further draw's rotated
+    units have their own variances, from the layers' self co-moments
+    (:meth:`~culture.universality.neurons.NeuronMoments.use_rotations`). The
+    moments keep their own rotation afterwards: made again from its seed,
+    so that one set of rotations is held at a time (768 MiB at the 37M
+    shape, two models)."""
     if moments.baseline != "rotation" or draws <= 0:
         return None
-    own = moments.rotations
     rows = {}
     try:
         for d in range(draws + 1):
             if d:
-                moments.rotations = rotations_for(moments.layer_sizes, rotation_seed(seed, d))
+                moments.use_rotations(rotation_seed(seed, d))
             for name, v in layer_shares(moments.analyse(control, threshold), n_layers).items():
                 rows.setdefault(name, []).append(v)
     finally:
-        moments.rotations = own
+        if not moments.own_rotation:
+            moments.use_rotations(None)
     return {name: np.stack(v) for name, v in rows.items()}
 
 

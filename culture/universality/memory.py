@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from culture.universality.controls import check_controls, n_groups
 from culture.universality.runner import UniversalityError
-from culture.universality_settings import CONTROLS, DEFAULT_MAX_MEMORY, parse_memory
+from culture.universality_settings import CONTROLS, DEFAULT_MAX_MEMORY, MEMORY_TARGET, parse_memory
 
 #: working copies of one batch of activations (float32 activations, centred copy,
 #: float64 copies of pass 2, null units), in units of the float32 batch
@@ -107,7 +107,7 @@ class MemoryPlan:
     block_layers: int | None = None
     #: sweeps over the quizzes in pass 1
     sweeps: int = 1
-    #: bytes of co-moment rows written to the temporary folder (row blocks)
+    #: bytes written to the temporary folder (row blocks: co-moment rows and group sums)
     disk: int = 0
     #: the size the blocks were chosen for (None: none)
     target: int | None = None
@@ -138,7 +138,7 @@ class MemoryPlan:
         blocks = ""
         if self.block_layers is not None:
             blocks = (f"; pass 1 in {self.sweeps} row blocks of {self.block_layers} layer(s), "
-                      f"{format_memory(self.disk)} of co-moments on disk")
+                      f"{format_memory(self.disk)} of co-moments and group sums on disk")
         return (f"memory plan {format_memory(self.total)}{limit}: process now {format_memory(self.process)}, "
                 f"{parts}{blocks}")
 
@@ -166,11 +166,8 @@ def _dims(model) -> tuple[int, int, int, int]:
     return c.nb_blocks, c.dim_hidden, c.dim_model, n
 
 
-#: the memory a comparison aims at when ``max_memory`` is left at "available":
-#: blocks and tiles are sized to stay under it where they can (under the memory
-#: available, if less); a comparison that needs more even with the smallest
-#: blocks still runs when the memory available allows
-DEFAULT_TARGET = 6 * 2**30
+#: the memory a comparison aims at when ``max_memory`` is left at "available"
+DEFAULT_TARGET = MEMORY_TARGET
 
 #: the phases of one group of models, after what it keeps throughout
 PHASES = ("pass 1", "analysis", "pass 2")
@@ -181,7 +178,7 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
                 n_blocks: int = 32, baseline: str = "rotation", cka_permutations: int = 0,
                 batch_size: int | None = None, n_quizzes: int | None = None, n_tasks: int = 15,
                 compute_dtype=None, max_memory=None, process: int | None = None,
-                block_layers: int | None = None) -> MemoryPlan:
+                block_layers: int | None = None, rotation_draws: int = 0) -> MemoryPlan:
     """The memory plan of :func:`~culture.universality.compare_models` with
     these arguments (8 bytes per accumulated number; ``compute_dtype``: that
     of the batch products, float32 adds a product scratch). ``max_memory``: a size
@@ -206,7 +203,8 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
     process = process_memory() if process is None else int(process)
     limit, source, target = _limits(max_memory, process)
     shape = _Shape(models, dims, layers, n_layers, cka, saes, random_init, check_controls(controls), positions,
-                   n_blocks, baseline, cka_permutations, batch_size, n_quizzes, n_tasks, compute_dtype)
+                   n_blocks, baseline, cka_permutations, batch_size, n_quizzes, n_tasks, compute_dtype,
+                   rotation_draws)
     blocks = [min(int(block_layers), n_layers)] if block_layers is not None else [None] + list(
         range(n_layers - 1, 0, -1))
     plan = None
@@ -251,6 +249,7 @@ class _Shape:
     n_quizzes: int | None
     n_tasks: int
     compute_dtype: object
+    rotation_draws: int
 
     @property
     def cka_rows(self) -> list[int]:
@@ -320,9 +319,20 @@ def _group_phases(shape: _Shape, k: int, block_layers, tile_layers) -> tuple[dic
     if shape.baseline == "rotation":
         add(moments, "rotated unit moments", h * f8 * 2 * sum(W))
         add(moments, "rotations", f8 * L * sum(x * x for x in H))  # one (d_mlp, d_mlp) float64 per model and layer
+        if shape.rotation_draws > 0:  # each layer's self co-moment, for the further draws' rotated variances
+            layer_co = h * f8 * sum(x * x for x in H)
+            if block_layers is None:
+                add(moments, "layer co-moments", L * layer_co)
+            else:
+                add(phases["pass 1"], "layer co-moments", min(block_layers, L) * layer_co)
+                disk += L * layer_co
+    # group sums per control: in memory, or this row block's columns in pass 1 and the rest on disk
+    units = list(range(m)) + ([] if shape.baseline == "rotation" else [j for _, j in ordered])
+    if block_layers is None:
+        add(moments, "group sums", h * f8 * sum(g * W[i] for i in units for g in G))
     else:
-        add(moments, "group sums", h * f8 * sum(g * W[j] for _, j in ordered for g in G))
-    add(moments, "group sums", h * f8 * sum(g * W[i] for i in range(m) for g in G))
+        add(phases["pass 1"], "group sums", h * f8 * sum(g * rows_of[i] for i in units for g in G))
+        disk += h * f8 * sum(g * W[i] for i in units for g in G)
     if k == 0:
         add(kept, "task sums", 2 * f8 * shape.n_tasks * sum(W))
     else:
@@ -346,7 +356,8 @@ def _group_phases(shape: _Shape, k: int, block_layers, tile_layers) -> tuple[dic
     from culture.universality.stats import GROUP_BLOCK
 
     rows = max(W) if tile_layers is None else min(tile_layers * max(H), max(W))
-    analysis = f8 * (rows * (3 * 4 * max(H) + 3 * gmax) + 6 * max(H) ** 2 + 3 * gmax * GROUP_BLOCK)
+    draws = 3 if shape.baseline == "rotation" and shape.rotation_draws > 0 else 0  # a draw's C, R C, R C * R
+    analysis = f8 * (rows * (3 * 4 * max(H) + 3 * gmax) + (6 + draws) * max(H) ** 2 + 3 * gmax * GROUP_BLOCK)
     add(phases["analysis"], "analysis temporaries", analysis)
     for p in ("pass 1", "analysis"):
         for name, v in moments.items():
@@ -439,7 +450,7 @@ def settings_memory_plan(models, settings, n_quizzes: int | None = None, saes=No
                        cka_permutations=settings.cka_permutations, batch_size=settings.batch_size,
                        n_quizzes=settings.n_quizzes() if n_quizzes is None else n_quizzes,
                        compute_dtype=getattr(torch, settings.precision), max_memory=settings.max_memory,
-                       process=process, block_layers=settings.block_layers)
+                       process=process, block_layers=settings.block_layers, rotation_draws=settings.rotation_draws)
 
 
 def check_memory(plan: MemoryPlan) -> None:

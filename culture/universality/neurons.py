@@ -36,6 +36,7 @@ conditional on the matching; the held-out figures have no selection in them.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,7 +106,7 @@ class NeuronMoments:
     (permutation / gaussian)."""
 
     def __init__(self, layer_sizes: list[list[int]], controls, n_positions: int, baseline: str,
-                 compute_dtype: torch.dtype, seed: int, heldout: bool = True):
+                 compute_dtype: torch.dtype, seed: int, heldout: bool = True, rotation_draws: int = 0):
         self.layer_sizes = layer_sizes  # per model: neurons of each chosen layer
         self.widths = [int(sum(s)) for s in layer_sizes]
         self.offsets = [np.concatenate([[0], np.cumsum(s)]).astype(int) for s in layer_sizes]
@@ -132,12 +133,19 @@ class NeuronMoments:
         self.groups = {c: [[GroupSums(n_groups(c, n_positions)) for _ in range(h)] for _ in range(m)]
                        for c in self.controls if c != "none"}
         self.rotated = None
+        self.layer_comoments = None
         self.null = None
         self.null_groups = None
         if baseline == "rotation":
             # the rotated units' means and m2 per layer (their variances are all the baseline needs)
             self.rotated = [[[StreamingMoments() for _ in range(h)] for _ in sizes] for sizes in layer_sizes]
+            self.rotation_seed = seed
             self.rotations = rotations_for(layer_sizes, seed)
+            self.own_rotation = True  # False while the rotations are a further draw (:meth:`use_rotations`)
+            # further rotation draws need each rotated unit's m2 under rotations pass 1 never saw:
+            # diag(R C R^T) from the layer's self co-moment C (H x H per model, layer and half)
+            self.layer_comoments = None if rotation_draws <= 0 else [
+                [[acc() for _ in range(h)] for _ in sizes] for sizes in layer_sizes]
         else:
             self.ordered = [(i, j) for i in range(m) for j in range(m) if i != j]
             self.null = {p: [acc() for _ in range(h)] for p in self.ordered}
@@ -149,8 +157,9 @@ class NeuronMoments:
     def use_row_blocks(self, row_blocks) -> None:
         """Accumulate pass 1's cross co-moments a :class:`~culture.universality.spill.RowBlocks`
         block of rows per sweep over the quizzes (:meth:`begin_sweep` /
-        :meth:`end_sweep`), each finished block written to disk; everything
-        else is accumulated in the first sweep. None: one sweep, in memory."""
+        :meth:`end_sweep`), each finished block written to disk, and the group
+        sums of that block's layers likewise; everything else is accumulated
+        in the first sweep. None: one sweep, in memory."""
         self.row_blocks = row_blocks
 
     @property
@@ -171,6 +180,77 @@ class NeuronMoments:
             out += [("null", p, a) for p, a in self.null.items()]
         return out
 
+    def _sweep_columns(self, a: torch.Tensor, i: int) -> torch.Tensor:
+        """Model i's units (..., W_i) whose group sums this sweep adds: all of
+        them in one sweep, this row block's layers in row blocks."""
+        return a if self.row_blocks is None else a[..., slice(*self._block_rows(i))]
+
+    def _sweep_layers(self) -> range:
+        """The compared layers whose per-layer accumulators this sweep adds to."""
+        if self.row_blocks is None:
+            return range(len(self.layer_sizes[0]))
+        return range(*self.row_blocks.blocks[self.sweep])
+
+    def _spill_layer_comoments(self, last: bool) -> None:
+        """Write this sweep's layers' self co-moments to their files (read back
+        one layer at a time by :meth:`_rotated_var`)."""
+        from culture.universality.spill import SpilledRows
+
+        if self.layer_comoments is None:
+            return
+        for i, per_layer in enumerate(self.layer_comoments):
+            for k in self._sweep_layers():
+                for h, acc in enumerate(per_layer[k]):
+                    if isinstance(acc.comoment, torch.Tensor):
+                        store = SpilledRows(self.row_blocks.new_path(f"layer-{i}-{k}-{h}"), tuple(acc.comoment.shape),
+                                            acc.comoment.device, acc.comoment.dtype)
+                        store.write(0, acc.comoment)
+                        acc.comoment = store
+
+    def _group_accumulators(self):
+        """(name, holder, half, model) of every group sums: ``holder[half]`` is
+        one, over model ``model``'s units (its neurons or its null units)."""
+        for c, per_model in (self.groups or {}).items():
+            for i, holder in enumerate(per_model):
+                for h in range(len(holder)):
+                    yield f"groups-{c}-{i}-{h}", holder, h, i
+        for c, per_pair in (self.null_groups or {}).items():
+            for (i, j), holder in per_pair.items():
+                for h in range(len(holder)):
+                    yield f"null-groups-{c}-{i}-{j}-{h}", holder, h, j
+
+    def _spill_groups(self, last: bool) -> None:
+        """Write this sweep's columns of the group sums to their files; after
+        the last sweep the group sums read from the files (one block of
+        columns at a time), until then fresh sums for the next block."""
+        from culture.universality.spill import SpilledColumns
+
+        for name, holder, h, model in self._group_accumulators():
+            gs = holder[h]
+            if gs.sums is None:
+                continue
+            if name not in self._spilled:
+                self._spilled[name] = SpilledColumns(self.row_blocks.new_path(name),
+                                                     (gs.n_groups, self.widths[model]), gs.sums.device, gs.dtype)
+            store = self._spilled[name]
+            store.write(self._block_rows(model)[0], gs.sums)
+            if last:
+                gs.sums = store
+            else:
+                holder[h] = GroupSums(gs.n_groups, dtype=gs.dtype)
+
+    def use_rotations(self, seed: int | None) -> None:
+        """Set the baseline's rotations: a further draw from ``seed`` (its
+        rotated units' m2 then comes from the layers' self co-moments), or the
+        reported rotation (None: made again from its own seed)."""
+        self.rotations = None  # one set of rotations held at a time
+        own = seed is None
+        if not own and self.layer_comoments is None:
+            raise ValueError("further rotation draws need the layers' self co-moments: "
+                             "make the NeuronMoments with rotation_draws > 0")
+        self.rotations = rotations_for(self.layer_sizes, self.rotation_seed if own else seed)
+        self.own_rotation = own
+
     def begin_sweep(self, sweep: int) -> None:
         """Start sweep ``sweep`` (fresh accumulators for its block of rows)."""
         self.sweep = int(sweep)
@@ -181,9 +261,9 @@ class NeuronMoments:
                 accs[h] = self._acc()
 
     def end_sweep(self) -> None:
-        """Write this sweep's rows to disk; after the last sweep, put back
-        accumulators whose co-moment is the whole spilled matrix (read by row
-        blocks) and whose x moments are the blocks' joined."""
+        """Write this sweep's rows (and group sums' columns) to disk; after the
+        last sweep, put back accumulators whose co-moment is the whole spilled
+        matrix (read by row blocks) and whose x moments are the blocks' joined."""
         if self.row_blocks is None:
             return
         from culture.universality.spill import SpilledRows
@@ -207,12 +287,15 @@ class NeuronMoments:
                 if last:
                     acc.comoment = rows
                     acc.mean_x, acc.m2_x = torch.cat(means), torch.cat(m2s)
+        self._spill_groups(last)
+        self._spill_layer_comoments(last)
         if last:
             self._spilled = {}
 
     def update(self, acts: list[torch.Tensor], labels, half: torch.Tensor, nulls: list[torch.Tensor] | None) -> None:
         """acts: per model (n, P, W_i); half: (n,) 0/1; nulls: per model the null units (n, P, W_i).
-        In row blocks: this sweep's rows of the co-moments only, the rest in the first sweep."""
+        In row blocks: this sweep's rows of the co-moments and columns of the
+        group sums only, the rest in the first sweep."""
         if not self.heldout:
             half = torch.zeros_like(half)
         first = self.sweep == 0
@@ -227,25 +310,30 @@ class NeuronMoments:
                      for i in range(self.m)]
             for (i, j) in self.pairs:
                 self.cross[(i, j)][h].update(block[i], prepared[j])
-            if first:
+            if first or self.row_blocks is not None:
                 for c, per_model in self.groups.items():
                     for i in range(self.m):
-                        add_to_groups(per_model[i][h], sub[i], labels, c, rows, subset=True)
+                        add_to_groups(per_model[i][h], self._sweep_columns(sub[i], i), labels, c, rows, subset=True)
             if self.rotated is not None:
                 if first:
                     for i in range(self.m):
                         off = self.offsets[i]
                         for k in range(len(self.layer_sizes[i])):
                             self.rotated[i][k][h].update(self._rotate(prepared[i], i, k, off))
+                if self.layer_comoments is not None:
+                    for i in range(self.m):
+                        off = self.offsets[i]
+                        for k in self._sweep_layers():
+                            self.layer_comoments[i][k][h].update(prepared[i].columns(int(off[k]), int(off[k + 1])))
             else:
                 null_flat = [nl[rows].reshape(-1, nl.shape[-1]) for nl in nulls]
                 null_prep = [Centered.of(f, compute_dtype=self.compute_dtype) for f in null_flat]
                 for (i, j) in self.ordered:
                     self.null[(i, j)][h].update(block[i], null_prep[j])
-                if first:
+                if first or self.row_blocks is not None:
                     for c, per_pair in self.null_groups.items():
                         for (i, j) in self.ordered:
-                            add_to_groups(per_pair[(i, j)][h], nulls[j], labels, c, rows)
+                            add_to_groups(per_pair[(i, j)][h], self._sweep_columns(nulls[j], j), labels, c, rows)
             del prepared, block
 
     def release(self) -> None:
@@ -253,6 +341,7 @@ class NeuronMoments:
         once the analysis, the rotation draws and pass 2's block sums are
         made, nothing reads them (the block sums keep the columns they need)."""
         self.cross = self.null = self.groups = self.null_groups = self.rotated = self.rotations = None
+        self.layer_comoments = None
         self._self_cache = {}
 
     # ------------------------------------------------------------ results
@@ -355,8 +444,14 @@ class NeuronMoments:
         rotated group means R (mean_g - mean)."""
         key = (control, split, j, k)
         if key not in self._self_cache:
-            mom = self._split(self.rotated[j][k], split)
-            m2 = mom.m2
+            if self.own_rotation:
+                m2 = self._split(self.rotated[j][k], split).m2
+            else:  # a further draw: diag(R C R^T) from the layer's self co-moment
+                r = self.rotations[j][k].to(torch.float64)
+                comoment = self._split([_in_memory(a) for a in self.layer_comoments[j][k]], split).comoment
+                r = r.to(comoment.device)
+                m2 = ((r @ comoment) * r).sum(1)
+                del comoment
             if control != "none":
                 oj = self.offsets[j]
                 g = gs[split][j]
@@ -462,6 +557,15 @@ class NeuronMoments:
         out.base_max[(i, j)], out.base_arg[(i, j)], _ = _joined(rows_base)
         if held:
             _, out.held_base_arg[(i, j)], out.held_base[(i, j)] = _joined(rows_held_base)
+
+
+def _in_memory(acc):
+    """``acc`` with its co-moment read back from disk (a copy), or ``acc``."""
+    if isinstance(acc.comoment, torch.Tensor) or acc.comoment is None:
+        return acc
+    out = copy.copy(acc)
+    out.comoment = acc.comoment[0:acc.comoment.shape[0]]
+    return out
 
 
 def _best_along(best: "_Running", held_best: "_Running", blocks: dict, dim: int, offset: int, held: bool) -> None:

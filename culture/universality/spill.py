@@ -4,7 +4,8 @@ When the neuron co-moments of every model pair (pairs x (layers x d_mlp)^2
 float64 numbers, 4.5 GiB per pair and half at the 37M shape) do not fit the
 memory plan, pass 1 streams the quizzes once per **row block** (a few of
 model i's layers against all of model j's neurons, :class:`RowBlocks`), and
-writes each finished block's rows to a :class:`SpilledRows` file. The
+writes each finished block's rows to a :class:`SpilledRows` file (and the
+group sums of its layers' neurons to a :class:`SpilledColumns` file). The
 analysis already reads the co-moments a block of rows at a time
 (:class:`~culture.universality.stats.CrossTiles`), so it reads them from the
 file instead, with the same bits: a row block's products are the same
@@ -71,6 +72,45 @@ class SpilledRows:
         return self.shape[0] * self.shape[1] * self._np.itemsize
 
 
+class SpilledColumns:
+    """A (rows, cols) float64 matrix in a file, written a block of columns at
+    a time (:meth:`write`) and read back by column slices (``m[:, a:b]``) or
+    picked columns (:meth:`index_select`): the group sums of pass 1 in row
+    blocks. Stored transposed, so that a block of columns is one contiguous
+    read; what it returns is row-major, as the in-memory group sums were (a
+    reduction over its rows then adds in the same order)."""
+
+    def __init__(self, path: str, shape: tuple[int, int], device, dtype: torch.dtype = torch.float64):
+        self._t = SpilledRows(path, (shape[1], shape[0]), device, dtype)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.device, self.dtype = self._t.device, dtype
+
+    def write(self, start: int, cols: torch.Tensor) -> None:
+        """Store columns start..start+cols.shape[1]-1 of a (rows, k) block."""
+        self._t.write(start, cols.t())
+
+    def __getitem__(self, key) -> torch.Tensor:
+        """``m[:, a:b]``: a new (rows, b - a) row-major tensor on ``device``."""
+        rows, cols = key
+        if rows != slice(None):
+            raise IndexError("SpilledColumns: m[:, a:b] only")
+        return self._t[cols].t().contiguous()
+
+    def index_select(self, dim: int, cols: torch.Tensor) -> torch.Tensor:
+        """The columns ``cols`` (dim -1 or 1): a new (rows, len(cols)) tensor."""
+        if dim not in (-1, 1):
+            raise IndexError("SpilledColumns: columns only")
+        picked = np.asarray(cols.cpu(), dtype=np.int64)
+        mapped = np.memmap(self._t.path, dtype=self._t._np, mode="r", shape=self._t.shape)
+        data = np.array(mapped[picked])  # mapped only while it is copied out
+        del mapped
+        return torch.from_numpy(data).to(self.device).t().contiguous()
+
+    @property
+    def nbytes(self) -> int:
+        return self._t.nbytes
+
+
 @dataclass
 class RowBlocks:
     """Pass 1 in row blocks: ``blocks`` ranges (k0, k1) of the compared layers
@@ -103,4 +143,4 @@ def disk_free(parent: str | None = None) -> int:
     return shutil.disk_usage(parent or tempfile.gettempdir()).free
 
 
-__all__ = ["SpilledRows", "RowBlocks", "disk_free"]
+__all__ = ["SpilledRows", "SpilledColumns", "RowBlocks", "disk_free"]

@@ -95,7 +95,7 @@ class GroupSums:
         out = GroupSums(self.n_groups, dtype=self.dtype)
         if self.sums is None or other.sums is None:
             src = self if other.sums is None else other
-            out.sums = None if src.sums is None else src.sums.clone()
+            out.sums = src.sums.clone() if isinstance(src.sums, torch.Tensor) else src.sums  # None, or on disk
             out.counts = None if src.counts is None else src.counts.clone()
             return out
         out.sums = self.sums + other.sums

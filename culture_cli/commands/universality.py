@@ -20,6 +20,7 @@ import typer
 
 from culture.settings import QUIZ_KINDS, default_of
 from culture.universality_settings import (
+    MEMORY_TARGET,
     MIN_QUIZZES,
     UniversalitySettings,
     UniversalitySettingsError,
@@ -263,8 +264,8 @@ def compare_command(
     top: Annotated[int, typer.Option("--top", help="Universal neurons / feature families listed.")] = 10,
     max_memory: Annotated[str, typer.Option(
         "--max-memory", help="Peak memory allowed (4.5G, 800M; available: what the system has free at the start): "
-        "pass 1 and the analysis work in the largest blocks that fit (left at available: that fit 6 GiB where they "
-        "can), and a comparison whose memory plan is over it is refused before any work.")] = _d("max_memory"),
+        "pass 1 and the analysis work in the largest blocks that fit (left at available: that fit "
+        f"{MEMORY_TARGET / 2**30:g} GiB where they can), and a comparison whose memory plan is over it is refused before any work.")] = _d("max_memory"),
     block_layers: Annotated[Optional[int], typer.Option(
         "--block-layers", help="Pass 1 accumulates the neuron co-moments of this many layers per sweep over the "
         "quizzes, each finished block written to a temporary file (TMPDIR); default: one sweep in memory when the "
