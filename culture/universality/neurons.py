@@ -55,6 +55,7 @@ from culture.universality.stats import (
     random_orthogonal,
     StreamingMoments,
     rotated_correlation,
+    rotated_variances,
 )
 from culture.universality_settings import BASELINES
 
@@ -447,10 +448,8 @@ class NeuronMoments:
             if self.own_rotation:
                 m2 = self._split(self.rotated[j][k], split).m2
             else:  # a further draw: diag(R C R^T) from the layer's self co-moment
-                r = self.rotations[j][k].to(torch.float64)
                 comoment = self._split([_in_memory(a) for a in self.layer_comoments[j][k]], split).comoment
-                r = r.to(comoment.device)
-                m2 = ((r @ comoment) * r).sum(1)
+                m2 = rotated_variances(comoment, self.rotations[j][k])
                 del comoment
             if control != "none":
                 oj = self.offsets[j]

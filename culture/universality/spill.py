@@ -13,7 +13,7 @@ operations as the same rows of the whole product.
 
 Written here rather than as one ``numpy.memmap``: the pages of a mapped file
 count in the process's resident set, which is what the memory plan bounds;
-rows are read explicitly, and a block is mapped only while it is copied out.
+rows and blocks are read explicitly into new arrays.
 """
 
 from __future__ import annotations
@@ -61,11 +61,27 @@ class SpilledRows:
             with open(self.path, "rb") as f:
                 f.seek(r0 * self.shape[1] * self._np.itemsize)
                 data = np.fromfile(f, dtype=self._np, count=n * w).reshape(n, w)
-        else:  # a block: mapped only while it is copied out
-            mapped = np.memmap(self.path, dtype=self._np, mode="r", shape=self.shape)
-            data = np.array(mapped[r0:r1, c0:c1])
-            del mapped
+        else:
+            data = self.read_rows(np.arange(r0, r1), c0, w)
         return torch.from_numpy(data).to(self.device)
+
+    def read_rows(self, rows, start: int, width: int) -> np.ndarray:
+        """Columns start..start+width-1 of the given rows, one ``pread`` per row
+        into the result. Not a mapping: the kernel maps pages around each
+        fault (64 KiB), which would put several times the block in the
+        resident set while it is copied. Written by hand: numpy reads whole
+        records only."""
+        item = self._np.itemsize
+        out = np.empty((len(rows), width), dtype=self._np)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for k, r in enumerate(rows):
+                want = width * item
+                if os.preadv(fd, [memoryview(out[k]).cast("B")], (int(r) * self.shape[1] + start) * item) != want:
+                    raise OSError(f"{self.path}: short read at row {int(r)}")
+        finally:
+            os.close(fd)
+        return out
 
     @property
     def nbytes(self) -> int:
@@ -100,10 +116,7 @@ class SpilledColumns:
         """The columns ``cols`` (dim -1 or 1): a new (rows, len(cols)) tensor."""
         if dim not in (-1, 1):
             raise IndexError("SpilledColumns: columns only")
-        picked = np.asarray(cols.cpu(), dtype=np.int64)
-        mapped = np.memmap(self._t.path, dtype=self._t._np, mode="r", shape=self._t.shape)
-        data = np.array(mapped[picked])  # mapped only while it is copied out
-        del mapped
+        data = self._t.read_rows(np.asarray(cols.cpu(), dtype=np.int64), 0, self.shape[0])
         return torch.from_numpy(data).to(self.device).t().contiguous()
 
     @property
