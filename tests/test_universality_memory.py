@@ -136,12 +136,18 @@ def test_cli_refuses_with_one_line(tmp_path, capsys):
                                         str(root), "--tokens", "3232", "--max-memory", "lots")
 
 
-@pytest.mark.parametrize("baseline", ["rotation", "gaussian"])
-def test_pass1_in_row_blocks_is_bit_identical(baseline, tmp_path, monkeypatch):
+@pytest.mark.parametrize("baseline, groups_on_disk", [("rotation", True), ("gaussian", True), ("rotation", False)])
+def test_pass1_in_row_blocks_is_bit_identical(baseline, groups_on_disk, tmp_path, monkeypatch):
     """Zoo shape, all 4 layers, random-init models too: pass 1 in row blocks
-    of one layer (4 sweeps, the co-moment rows spilled to disk and read back)
-    gives exactly the numbers of one sweep in memory; its files are removed."""
+    of one layer (4 sweeps, the co-moment rows - and the group sums and layer
+    co-moments, or not - spilled to disk and read back) gives exactly the
+    numbers of one sweep in memory; its files are removed."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))
+    if not groups_on_disk:  # as the plan chooses when they fit memory
+        from culture.universality.neurons import NeuronMoments
+
+        use = NeuronMoments.use_row_blocks
+        monkeypatch.setattr(NeuronMoments, "use_row_blocks", lambda self, blocks, _=True: use(self, blocks, False))
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)
@@ -163,7 +169,8 @@ def test_pass1_in_row_blocks_is_bit_identical(baseline, tmp_path, monkeypatch):
     assert [k for k in dict.fromkeys(sweeps) if k.startswith("pass 1")] == [
         f"pass 1: moments ({group}, rows {b}/4)" for group in ("trained", "random init") for b in range(1, 5)]
     assert max(folders) == 1  # one group at a time: the trained group's rows are gone before the random group's
-    assert {"groups-position-0-0", "groups-position-1-1", "cross-0-1-1"} <= files  # group sums on disk too
+    assert "cross-0-1-1" in files and ("groups-position-1-1" in files) == groups_on_disk
+    assert ("layer-1-3-0" in files) == (groups_on_disk and baseline == "rotation")  # for the rotation draws
     assert _numbers(blocked) == _numbers(whole)
     a = blocked.neurons[1]
     assert a.pair_max[(2, 0)].std() > 0 and a.held_corr[(0, 1)].std() > 0
@@ -392,3 +399,29 @@ def test_a_further_rotation_draw_equals_the_dense_rotation(blocked, tmp_path):
     np.testing.assert_array_equal(mom.analyse("none", 0.5).base_max[(0, 1)], own)  # the reported rotation, bit for bit
     if blocks is not None:
         blocks.close()
+
+
+def test_the_plan_keeps_group_sums_in_memory_first_and_weighs_the_disk(monkeypatch):
+    """Row blocks are tried with the group sums (and layer co-moments) in
+    memory before on disk; a plan whose files do not fit the temporary folder
+    is not chosen when another fits, and is refused naming TMPDIR otherwise."""
+    import culture.universality.spill as spill
+    from culture.universality.memory import check_memory
+
+    models = _models(ZOO)
+    kw = dict(cka=False, random_init=False, controls=("position",), n_quizzes=2, process=0, rotation_draws=2)
+    whole = memory_plan(models, max_memory="1T", **kw)
+    assert whole.block_layers is None and whole.disk == 0
+    squeezed = whole
+    while squeezed.block_layers is None and squeezed.fits():  # smaller tiles first, then row blocks
+        limit = squeezed.total - 1
+        squeezed = memory_plan(models, max_memory=limit, **kw)
+    assert squeezed.block_layers is not None and not squeezed.groups_on_disk and squeezed.fits()
+    given = memory_plan(models, max_memory="1T", block_layers=squeezed.block_layers, **kw)
+    assert given.groups_on_disk and given.disk > squeezed.disk  # --block-layers: everything per block on disk
+    assert "co-moments and group sums on disk" in given.line() and "group sums on disk" not in squeezed.line()
+    monkeypatch.setattr(spill, "disk_free", lambda parent=None: 0)
+    assert memory_plan(models, max_memory="1T", **kw).block_layers is None  # in memory fits, no files
+    refused = memory_plan(models, max_memory=limit, **kw)
+    with pytest.raises(UniversalityError, match="TMPDIR"):
+        check_memory(refused)

@@ -580,7 +580,7 @@ def _pass1(run: _Run, group: "_Group", k: int, row_blocks) -> torch.Tensor:
     the tokens per task, counted in its first sweep."""
     task_counts = None
     sweeps = 1 if row_blocks is None else len(row_blocks.blocks)
-    group.neurons.use_row_blocks(row_blocks)
+    group.neurons.use_row_blocks(row_blocks, run.memory.groups_on_disk)
     for sweep in range(sweeps):
         group.neurons.begin_sweep(sweep)
         kind = run.kind("pass 1: moments", k, f"rows {sweep + 1}/{sweeps}" if sweeps > 1 else "")

@@ -109,6 +109,8 @@ class MemoryPlan:
     sweeps: int = 1
     #: bytes written to the temporary folder (row blocks: co-moment rows and group sums)
     disk: int = 0
+    #: in row blocks, the group sums (and layer co-moments) on disk a block at a time too
+    groups_on_disk: bool = False
     #: the size the blocks were chosen for (None: none)
     target: int | None = None
     #: per group, bytes kept throughout and added by each phase
@@ -137,15 +139,16 @@ class MemoryPlan:
                 f" (blocks sized for {format_memory(self.target)})"
         blocks = ""
         if self.block_layers is not None:
+            what = "co-moments and group sums" if self.groups_on_disk else "co-moments"
             blocks = (f"; pass 1 in {self.sweeps} row blocks of {self.block_layers} layer(s), "
-                      f"{format_memory(self.disk)} of co-moments and group sums on disk")
+                      f"{format_memory(self.disk)} of {what} on disk")
         return (f"memory plan {format_memory(self.total)}{limit}: process now {format_memory(self.process)}, "
                 f"{parts}{blocks}")
 
     def to_dict(self) -> dict:
         return {"total_bytes": self.total, "process_bytes": self.process, "items": dict(self.items),
                 "tile_rows": self.tile_rows, "limit_bytes": self.limit, "block_layers": self.block_layers,
-                "sweeps": self.sweeps, "disk_bytes": self.disk, "target_bytes": self.target,
+                "sweeps": self.sweeps, "disk_bytes": self.disk, "groups_on_disk": self.groups_on_disk, "target_bytes": self.target,
                 "phases": self.phases}
 
 
@@ -189,13 +192,18 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
     The groups (trained models, then random-init copies) run one after
     another, each through its phases (:data:`PHASES`): the peak is the
     process, plus the largest group's kept buffers and its largest phase.
-    Two sizes are chosen here, largest first (fewest sweeps, then fewest
-    tiles): ``block_layers``, the layers of rows pass 1 accumulates per sweep
-    over the quizzes, the rest written to disk (:mod:`~culture.universality.spill`;
-    None: one sweep in memory), unless given; and ``tile_rows``, the rows the
-    analysis reads at once (whole layers). They are the largest that keep the
-    plan under ``max_memory``, or, when it is "available", under
-    :data:`DEFAULT_TARGET` where they can."""
+    Three things are chosen here, largest first (fewest sweeps, then the
+    group sums in memory, then fewest tiles): ``block_layers``, the layers of
+    rows pass 1 accumulates per sweep over the quizzes, the rest written to
+    disk (:mod:`~culture.universality.spill`; None: one sweep in memory),
+    unless given; ``groups_on_disk``, whether the control group sums (and the
+    layers' self co-moments) follow the row blocks to disk too (always, when
+    ``block_layers`` is given); and ``tile_rows``, the rows the analysis
+    reads at once (whole layers). They are the first that keep the plan under
+    ``max_memory`` (when it is "available": under :data:`DEFAULT_TARGET`) with
+    files that fit the temporary folder; if none does, the smallest plan under
+    the limit whose files fit, else the smallest under the limit, else the
+    smallest (:func:`check_memory` then refuses, saying which)."""
     from culture.universality.compare import resolve_layers
 
     dims = [_dims(m) for m in models]
@@ -205,17 +213,24 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
     shape = _Shape(models, dims, layers, n_layers, cka, saes, random_init, check_controls(controls), positions,
                    n_blocks, baseline, cka_permutations, batch_size, n_quizzes, n_tasks, compute_dtype,
                    rotation_draws)
-    blocks = [min(int(block_layers), n_layers)] if block_layers is not None else [None] + list(
-        range(n_layers - 1, 0, -1))
-    plan = None
-    for b in blocks:
+    if block_layers is not None:
+        options = [(min(int(block_layers), n_layers), True)]
+    else:
+        options = [(None, False)] + [(b, g) for b in range(n_layers - 1, 0, -1) for g in (False, True)]
+    from culture.universality.spill import disk_free
+
+    free = disk_free()
+    plans = []
+    for b, on_disk in options:
         for t in range(n_layers, 0, -1):
-            plan = _plan(shape, b, None if t == n_layers else t, process, limit, source)
-            if target is None or plan.total <= target:
-                plan.target = target
+            plan = _plan(shape, b, None if t == n_layers else t, process, limit, source, on_disk)
+            plan.target = target
+            if plan.disk <= free and (target is None or plan.total <= target):
                 return plan
-    plan.target = target
-    return plan
+            plans.append(plan)
+    fit = [p for p in plans if p.fits()]
+    # the smallest; among equals the last tried (the smallest blocks and tiles)
+    return min(reversed([p for p in fit if p.disk <= free] or fit or plans), key=lambda p: p.total)
 
 
 def _limits(max_memory, process: int) -> tuple[int | None, str, int | None]:
@@ -257,13 +272,14 @@ class _Shape:
         return [1 + (d[0] if self.layers is None else self.n_layers) for d in self.dims]
 
 
-def _plan(shape: _Shape, block_layers: int | None, tile_layers: int | None, process: int, limit, source
-          ) -> MemoryPlan:
+def _plan(shape: _Shape, block_layers: int | None, tile_layers: int | None, process: int, limit, source,
+          groups_on_disk: bool = False) -> MemoryPlan:
     """The plan with pass 1 in row blocks of ``block_layers`` layers (None: in
     memory) and analysis tiles of ``tile_layers`` layers (None: all rows)."""
-    groups = [_group_phases(shape, 0, block_layers, tile_layers)]
+    on_disk = groups_on_disk and block_layers is not None
+    groups = [_group_phases(shape, 0, block_layers, tile_layers, on_disk)]
     if shape.random_init:
-        groups.append(_group_phases(shape, 1, block_layers, tile_layers))
+        groups.append(_group_phases(shape, 1, block_layers, tile_layers, on_disk))
     peaks = []
     for kept, phases, _ in groups:
         name = max(phases, key=lambda p: sum(phases[p].values()))
@@ -277,14 +293,14 @@ def _plan(shape: _Shape, block_layers: int | None, tile_layers: int | None, proc
     H = max(d[1] for d in shape.dims)
     plan = MemoryPlan(items, None if tile_layers is None else tile_layers * H, limit, source, process,
                       block_layers=block_layers, sweeps=1 if block_layers is None else -(-L // block_layers),
-                      disk=max(d for _, _, d in groups))
+                      disk=max(d for _, _, d in groups), groups_on_disk=on_disk)
     plan.phases = {("trained", "random init")[k]: {"kept": sum(kept.values()),
                                                     **{p: sum(v.values()) for p, v in phases.items()}}
                    for k, (kept, phases, _) in enumerate(groups)}
     return plan
 
 
-def _group_phases(shape: _Shape, k: int, block_layers, tile_layers) -> tuple[dict, dict, int]:
+def _group_phases(shape: _Shape, k: int, block_layers, tile_layers, groups_on_disk) -> tuple[dict, dict, int]:
     """(kept, {phase: items}, disk bytes) of group k (0: trained, with its
     held-out halves, task sums, CKA test and SAEs; 1: random-init copies)."""
     dims, m = shape.dims, len(shape.dims)
@@ -321,14 +337,14 @@ def _group_phases(shape: _Shape, k: int, block_layers, tile_layers) -> tuple[dic
         add(moments, "rotations", f8 * L * sum(x * x for x in H))  # one (d_mlp, d_mlp) float64 per model and layer
         if shape.rotation_draws > 0:  # each layer's self co-moment, for the further draws' rotated variances
             layer_co = h * f8 * sum(x * x for x in H)
-            if block_layers is None:
+            if not groups_on_disk:
                 add(moments, "layer co-moments", L * layer_co)
             else:
                 add(phases["pass 1"], "layer co-moments", min(block_layers, L) * layer_co)
                 disk += L * layer_co
     # group sums per control: in memory, or this row block's columns in pass 1 and the rest on disk
     units = list(range(m)) + ([] if shape.baseline == "rotation" else [j for _, j in ordered])
-    if block_layers is None:
+    if not groups_on_disk:
         add(moments, "group sums", h * f8 * sum(g * W[i] for i in units for g in G))
     else:
         add(phases["pass 1"], "group sums", h * f8 * sum(g * rows_of[i] for i in units for g in G))

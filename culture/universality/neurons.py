@@ -121,6 +121,7 @@ class NeuronMoments:
         self.heldout = heldout
         self.tile_rows = None  # rows of the co-moments analysed at once (None: all; see memory_plan)
         self.row_blocks = None  # pass 1 in row blocks spilled to disk (None: one sweep, in memory)
+        self.groups_on_disk = False  # in row blocks: the group sums and layer co-moments too
         self.sweep = 0
         self._spilled: dict = {}
         h = 2 if heldout else 1  # accumulators per pair: even / odd quizzes, or all
@@ -155,13 +156,15 @@ class NeuronMoments:
 
     # ------------------------------------------------------ row blocks
 
-    def use_row_blocks(self, row_blocks) -> None:
+    def use_row_blocks(self, row_blocks, groups_on_disk: bool = True) -> None:
         """Accumulate pass 1's cross co-moments a :class:`~culture.universality.spill.RowBlocks`
         block of rows per sweep over the quizzes (:meth:`begin_sweep` /
-        :meth:`end_sweep`), each finished block written to disk, and the group
-        sums of that block's layers likewise; everything else is accumulated
-        in the first sweep. None: one sweep, in memory."""
+        :meth:`end_sweep`), each finished block written to disk, and with
+        ``groups_on_disk`` the group sums and self co-moments of that block's
+        layers likewise; everything else is accumulated in the first sweep.
+        None: one sweep, in memory."""
         self.row_blocks = row_blocks
+        self.groups_on_disk = row_blocks is not None and groups_on_disk
 
     @property
     def n_sweeps(self) -> int:
@@ -184,20 +187,20 @@ class NeuronMoments:
     def _sweep_columns(self, a: torch.Tensor, i: int) -> torch.Tensor:
         """Model i's units (..., W_i) whose group sums this sweep adds: all of
         them in one sweep, this row block's layers in row blocks."""
-        return a if self.row_blocks is None else a[..., slice(*self._block_rows(i))]
+        return a[..., slice(*self._block_rows(i))] if self.groups_on_disk else a
 
     def _sweep_layers(self) -> range:
         """The compared layers whose per-layer accumulators this sweep adds to."""
-        if self.row_blocks is None:
-            return range(len(self.layer_sizes[0]))
-        return range(*self.row_blocks.blocks[self.sweep])
+        if self.groups_on_disk:
+            return range(*self.row_blocks.blocks[self.sweep])
+        return range(len(self.layer_sizes[0])) if self.sweep == 0 else range(0)
 
     def _spill_layer_comoments(self, last: bool) -> None:
         """Write this sweep's layers' self co-moments to their files (read back
         one layer at a time by :meth:`_rotated_var`)."""
         from culture.universality.spill import SpilledRows
 
-        if self.layer_comoments is None:
+        if self.layer_comoments is None or not self.groups_on_disk:
             return
         for i, per_layer in enumerate(self.layer_comoments):
             for k in self._sweep_layers():
@@ -226,6 +229,8 @@ class NeuronMoments:
         columns at a time), until then fresh sums for the next block."""
         from culture.universality.spill import SpilledColumns
 
+        if not self.groups_on_disk:
+            return
         for name, holder, h, model in self._group_accumulators():
             gs = holder[h]
             if gs.sums is None:
@@ -311,7 +316,7 @@ class NeuronMoments:
                      for i in range(self.m)]
             for (i, j) in self.pairs:
                 self.cross[(i, j)][h].update(block[i], prepared[j])
-            if first or self.row_blocks is not None:
+            if first or self.groups_on_disk:
                 for c, per_model in self.groups.items():
                     for i in range(self.m):
                         add_to_groups(per_model[i][h], self._sweep_columns(sub[i], i), labels, c, rows, subset=True)
@@ -331,7 +336,7 @@ class NeuronMoments:
                 null_prep = [Centered.of(f, compute_dtype=self.compute_dtype) for f in null_flat]
                 for (i, j) in self.ordered:
                     self.null[(i, j)][h].update(block[i], null_prep[j])
-                if first or self.row_blocks is not None:
+                if first or self.groups_on_disk:
                     for c, per_pair in self.null_groups.items():
                         for (i, j) in self.ordered:
                             add_to_groups(per_pair[(i, j)][h], self._sweep_columns(nulls[j], j), labels, c, rows)
