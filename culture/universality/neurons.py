@@ -185,8 +185,9 @@ class NeuronMoments:
         return out
 
     def _sweep_columns(self, a: torch.Tensor, i: int) -> torch.Tensor:
-        """Model i's units (..., W_i) whose group sums this sweep adds: all of
-        them in one sweep, this row block's layers in row blocks."""
+        """Model i's units (..., W_i) whose group sums this sweep adds: this
+        row block's layers when the group sums go to disk by blocks, else all
+        of them (in the first sweep)."""
         return a[..., slice(*self._block_rows(i))] if self.groups_on_disk else a
 
     def _sweep_layers(self) -> range:
