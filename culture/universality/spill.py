@@ -47,7 +47,7 @@ class SpilledRows:
             raise ValueError(f"rows {tuple(rows.shape)} {rows.dtype} do not fit at {start} of {self.shape}")
         with open(self.path, "r+b") as f:
             f.seek(start * self.shape[1] * self._np.itemsize)
-            f.write(rows.detach().cpu().contiguous().numpy().tobytes())
+            f.write(memoryview(rows.detach().cpu().contiguous().numpy()).cast("B"))  # no copy of a contiguous block
 
     def __getitem__(self, key) -> torch.Tensor:
         """``m[a:b]`` (rows) or ``m[a:b, c:d]`` (a block): a new tensor on ``device``."""

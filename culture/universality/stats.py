@@ -199,10 +199,10 @@ class Centered:
             mean = xl.mean(0)
             xc = xl - mean
             return Centered(int(x.shape[0]), mean.to(dtype), xc, (xc * xc).sum(0).to(dtype))
-        xd = x.to(device=device or x.device, dtype=dtype)
-        mean = xd.mean(0) if xd.shape[0] else torch.zeros(xd.shape[1], dtype=dtype, device=xd.device)
-        xc = xd - mean
-        return Centered(int(xd.shape[0]), mean, xc, (xc * xc).sum(0))
+        xc = x.to(device=device or x.device, dtype=dtype, copy=True)  # centred in place: one copy of the batch
+        mean = xc.mean(0) if xc.shape[0] else torch.zeros(xc.shape[1], dtype=dtype, device=xc.device)
+        xc -= mean
+        return Centered(int(xc.shape[0]), mean, xc, (xc * xc).sum(0))
 
     @property
     def shape(self):
