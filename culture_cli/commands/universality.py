@@ -268,7 +268,7 @@ def compare_command(
         f"{MEMORY_TARGET / 2**30:g} GiB where they can), and a comparison whose memory plan is over it is refused before any work.")] = _d("max_memory"),
     block_layers: Annotated[Optional[int], typer.Option(
         "--block-layers", help="Pass 1 accumulates the neuron co-moments of this many layers per sweep over the "
-        "quizzes, each finished block written to a temporary file (TMPDIR); default: one sweep in memory when the "
+        "quizzes, each finished block (with its layers' group sums) written to a temporary file (TMPDIR); default: one sweep in memory when the "
         "plan fits, else the largest block that does. Same results whatever the block.",
         show_default=False)] = _d("block_layers"),
 ) -> None:
