@@ -29,6 +29,7 @@ from culture.universality import (
     svcca,
 )
 from culture.universality.intervals import shares_outside_intervals
+from culture.universality.stats import float64_sum
 from tests.cli import error_line, heavy_imports, run_cli
 from tests.helpers_sources import make_local_source
 
@@ -207,6 +208,25 @@ def test_streaming_within_groups_equals_dense():
     for s in range(0, t, 500):
         cka.update(x[s:s + 500], y[s:s + 500], groups=groups[s:s + 500])
     assert cka.cka(within_groups=True) == pytest.approx(linear_cka(xc, yc), abs=1e-6)
+
+
+def test_group_sums_of_float32_batches_equal_torch_float64_reductions():
+    """float64_sum and GroupSums' reused conversion buffer give torch's own
+    float64 reductions to the bit at the batch shapes a comparison streams
+    (quizzes x positions x units), batch after batch with different widths."""
+    g = torch.Generator().manual_seed(5)
+    for n, width in ((16, 1024), (3, 24576), (1, 64), (7, 256), (1000, 8)):
+        a = torch.randn(n, 404, width, generator=g) * 30
+        for dim in (0, 1):
+            assert torch.equal(float64_sum(a, dim), a.sum(dim, dtype=torch.float64))
+            assert torch.equal(float64_sum(a > 0, dim), (a > 0).sum(dim, dtype=torch.float64))
+        some = [k for k in range(n) if k % 2 == 0]
+        assert torch.equal(float64_sum(a, rows=some), a[some].sum(0, dtype=torch.float64))
+        assert float64_sum(a, rows=[]).shape == (404, width) and not float64_sum(a, rows=[]).any()
+        groups = torch.randint(0, 11, (n * 404,), generator=g)
+        flat = a.reshape(n * 404, width)
+        expected = torch.zeros(11, width, dtype=torch.float64).index_add_(0, groups, flat.double())
+        assert torch.equal(GroupSums(11).update(flat, groups).sums, expected)
 
 
 def test_cka_streaming_dense_self_and_rotation():

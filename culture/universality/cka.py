@@ -25,10 +25,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from culture.universality.stats import unbiased_hsic
+from culture.universality.stats import scratch_buffer, unbiased_hsic
 
 #: permutations computed together (memory: chunk x batch tokens x d_model, one residual row at a time)
 _PERM_CHUNK = 25
+
+
+def _product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x^T y into the reused product buffer (read it before the next product)."""
+    return torch.mm(x.t(), y, out=scratch_buffer((x.shape[1], y.shape[1]), x.dtype, x.device))
 
 
 class _Raw:
@@ -49,7 +54,7 @@ class _Raw:
             self.ax = torch.zeros(r, d, dtype=torch.float64)
         self.n += x.shape[0]
         self.s += x.sum(0).cpu()
-        self.xx.add_((xl.t() @ xl).cpu())
+        self.xx.add_(_product(xl, xl).cpu())
         self.sa += a.sum(0).cpu()
         self.aa += (a.t() @ a).cpu()
         self.ax += (a.t() @ x).cpu()
@@ -89,12 +94,13 @@ class CKAMoments:
         for i in range(self.m):
             self.raw[i].update(xs[i], norms[i], low[i])
         for (i, j) in self.pairs:
-            xy = (low[i].t() @ low[j]).cpu()
+            xy = _product(low[i], low[j]).cpu()
             ay = (norms[i].t() @ xs[j]).cpu()
             bx = (norms[j].t() @ xs[i]).cpu()
             ab = (norms[i].t() @ norms[j]).cpu()
             if self.xy[(i, j)] is None:
-                self.xy[(i, j)], self.ay[(i, j)], self.bx[(i, j)], self.ab[(i, j)] = xy.double(), ay, bx, ab
+                self.xy[(i, j)], self.ay[(i, j)], self.bx[(i, j)], self.ab[(i, j)] = (
+                    xy.to(torch.float64, copy=True), ay, bx, ab)  # a copy: xy is the reused buffer
             else:
                 self.xy[(i, j)].add_(xy)
                 self.ay[(i, j)] += ay

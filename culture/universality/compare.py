@@ -69,7 +69,8 @@ from culture.universality.runner import (
     position_index,
     world_quiz_stream,
 )
-from culture.universality.stats import Centered, GroupSums, StreamingCorrelation, cka_from_comoments, release_buffers
+from culture.universality.stats import (Centered, GroupSums, StreamingCorrelation, cka_from_comoments, float64_sum,
+                                        release_buffers)
 from culture.universality_settings import (
     CONTROLS,
     UniversalityError,
@@ -274,9 +275,9 @@ class _Group:
             return
         if self.with_tasks:
             for i, a in enumerate(neuron):
-                self.task_fire[i] = _task_add(self.task_fire[i], (a > 0).sum(1, dtype=torch.float64), quiz_tasks,
+                self.task_fire[i] = _task_add(self.task_fire[i], float64_sum(a > 0, 1), quiz_tasks,
                                               self.n_tasks)
-                self.task_sum[i] = _task_add(self.task_sum[i], a.sum(1, dtype=torch.float64), quiz_tasks,
+                self.task_sum[i] = _task_add(self.task_sum[i], float64_sum(a, 1), quiz_tasks,
                                              self.n_tasks)
         if self.cka_sums is not None:
             stacked = []
@@ -554,8 +555,8 @@ def _run_group(run: _Run, k: int) -> _GroupResult:
         counts = _pass1(run, group, k, row_blocks)
         group.analyse(s.threshold, s.seed, run.source.task_names)
         # the rotation draws re-analyse the moments now, before pass 2's sums exist
-        draws = {c: rotation_draw_shares(group.neurons, c, s.threshold, len(plan.layers), s.rotation_draws,
-                                         group.seed) for c in plan.controls}
+        draws = rotation_draw_shares(group.neurons, plan.controls, s.threshold, len(plan.layers), s.rotation_draws,
+                                     group.seed)
         sae_result = example_store = None
         if k == 0 and plan.entries:
             sae_result = _sae_comparison(group, plan.entries, s.threshold, plan.controls[0], run.source.task_names)

@@ -27,6 +27,7 @@ import torch
 
 from culture.quiz import BLOCK_LEN, MARKER_LABELS, MARKERS, STRUCTURES, VOCAB_SIZE, ar_mask, block_markers
 from culture.quiz import structure_index, transform_mask
+from culture.universality.stats import float64_sum
 from culture.universality_settings import CONTROLS, UniversalityError
 
 #: what each control removes, in words (tables, JSON)
@@ -116,13 +117,13 @@ def add_to_groups(sums, acts: torch.Tensor, labels: "TokenLabels", control: str,
     a = acts if rows is None or subset else acts[rows]
     n, p = a.shape[:2]
     if control == "position":
-        sums.add(a.sum(0, dtype=torch.float64), torch.full((p,), float(n), dtype=torch.float64, device=a.device))
+        sums.add(float64_sum(a), torch.full((p,), float(n), dtype=torch.float64, device=a.device))
         return
     if control == "position_structure":  # per structure present, a plain reduction over its quizzes
         struct = labels.structure if rows is None else labels.structure[rows]
         for k in struct.unique().tolist():
             sel = struct == k
-            sums.add_block(k * p, a[sel].sum(0, dtype=torch.float64),
+            sums.add_block(k * p, float64_sum(a, rows=sel.nonzero().flatten().tolist()),
                            torch.full((p,), float(sel.sum()), dtype=torch.float64, device=a.device))
         return
     g = labels.groups(control)

@@ -51,11 +51,13 @@ from culture.universality.stats import (
     StreamingCorrelation,
     block_weights,
     corr_from_sums,
+    float64_sum,
     percentile_interval,
     random_orthogonal,
     StreamingMoments,
     rotated_correlation,
     rotated_variances,
+    scratch_buffer,
 )
 from culture.universality_settings import BASELINES
 
@@ -136,6 +138,7 @@ class NeuronMoments:
                        for c in self.controls if c != "none"}
         self.rotated = None
         self.layer_comoments = None
+        self._draw_m2 = {}  # a further draw's rotated m2 per (split, model, layer), shared by the controls
         self.null = None
         self.null_groups = None
         if baseline == "rotation":
@@ -257,6 +260,7 @@ class NeuronMoments:
                              "make the NeuronMoments with rotation_draws > 0")
         self.rotations = rotations_for(self.layer_sizes, self.rotation_seed if own else seed)
         self.own_rotation = own
+        self._draw_m2 = {}
 
     def begin_sweep(self, sweep: int) -> None:
         """Start sweep ``sweep`` (fresh accumulators for its block of rows)."""
@@ -350,6 +354,7 @@ class NeuronMoments:
         self.cross = self.null = self.groups = self.null_groups = self.rotated = self.rotations = None
         self.layer_comoments = None
         self._self_cache = {}
+        self._draw_m2 = {}
 
     # ------------------------------------------------------------ results
 
@@ -442,7 +447,7 @@ class NeuronMoments:
         r = self.rotations[i][k]
         y = x @ r.to(device=x.device, dtype=x.dtype).t()
         mean = batch.mean[off[k]:off[k + 1]].to(torch.float64) @ r.to(batch.mean.device).t()
-        return Centered(batch.n, mean, y, (y * y).sum(0, dtype=torch.float64))
+        return Centered(batch.n, mean, y, float64_sum(y * y))
 
     def _rotated_var(self, control, split, j, k, gs) -> torch.Tensor:
         """(H,) m2 of model j's layer-k units after the baseline rotation, within
@@ -453,10 +458,8 @@ class NeuronMoments:
         if key not in self._self_cache:
             if self.own_rotation:
                 m2 = self._split(self.rotated[j][k], split).m2
-            else:  # a further draw: diag(R C R^T) from the layer's self co-moment
-                comoment = self._split([_in_memory(a) for a in self.layer_comoments[j][k]], split).comoment
-                m2 = rotated_variances(comoment, self.rotations[j][k])
-                del comoment
+            else:  # a further draw: diag(R C R^T) from the layer's self co-moment, once for every control
+                m2 = self._draw_variances(split, j, k)
             if control != "none":
                 oj = self.offsets[j]
                 g = gs[split][j]
@@ -469,6 +472,16 @@ class NeuronMoments:
                 m2 = (m2 - (c[:, None] * dr * dr).sum(0)).clamp(min=0)
             self._self_cache[key] = m2
         return self._self_cache[key]
+
+    def _draw_variances(self, split, j, k) -> torch.Tensor:
+        """(H,) m2 of model j's layer-k units under a further rotation draw:
+        diag(R C R^T) from the layer's self co-moment C (kept until the
+        rotations change: the controls of a draw share it)."""
+        key = (split, j, k)
+        if key not in self._draw_m2:
+            comoment = self._split([_in_memory(a) for a in self.layer_comoments[j][k]], split).comoment
+            self._draw_m2[key] = rotated_variances(comoment, self.rotations[j][k])
+        return self._draw_m2[key]
 
     def _analyse_pair(self, out, control, i, j, views, dead, gs, held, tile_rows) -> None:
         """Model pair i < j, read in blocks of (rows of i: whole layers, at most
@@ -891,7 +904,8 @@ class NeuronBlockSums:
 
         self.n += np.bincount(blk.cpu().numpy(), minlength=self.k)
         need = self._need
-        picked = [flat[i].index_select(1, need[i].to(dev)).double() for i in range(m)]
+        picked = [scratch_buffer((n * p, len(need[i])), torch.float64, dev, slot=f"pass 2 units {i}")
+                  .copy_(flat[i].index_select(1, need[i].to(dev))) for i in range(m)]  # reused batch after batch
         raw_rot = {}
         if self.mom.baseline == "rotation":  # the rotated units this batch needs, before removing means
             for j in range(m):

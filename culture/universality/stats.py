@@ -40,6 +40,26 @@ DEAD_ABSOLUTE = 1e-30
 WITHIN_DEAD_RELATIVE = 1e-10
 
 
+def float64_sum(x: torch.Tensor, dim: int = 0, rows: list[int] | None = None) -> torch.Tensor:
+    """``x.sum(dim, dtype=torch.float64)`` (of ``x[rows]``, rows along
+    dimension 0, when given), the same to the bit: x is copied into a reused
+    float64 buffer (:func:`scratch_buffer`) and summed there. On the CPU
+    torch's dtype-converting reduction is several times slower than that copy
+    and a float64 reduction (a batch of activations summed over its quizzes
+    or its positions: about 5x), and a fresh float64 copy costs its page
+    faults every batch."""
+    picked = range(x.shape[0]) if rows is None else rows
+    shape = (len(picked), *x.shape[1:])
+    width = int(np.prod(shape[1:], dtype=np.int64))
+    buf = scratch_buffer((len(picked), width), torch.float64, x.device, slot="converted").view(shape)
+    if rows is None:
+        buf.copy_(x)
+    else:
+        for k, r in enumerate(rows):
+            buf[k].copy_(x[r])
+    return buf.sum(dim)
+
+
 def _as_tensor(x) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
@@ -69,7 +89,9 @@ class GroupSums:
         if self.sums is None:
             self.sums = torch.zeros(self.n_groups, x.shape[1], dtype=self.dtype, device=x.device)
             self.counts = torch.zeros(self.n_groups, dtype=self.dtype, device=x.device)
-        self.sums.index_add_(0, groups, x.to(self.dtype))
+        if x.dtype != self.dtype:  # converted into a reused buffer, not a fresh copy per batch
+            x = scratch_buffer(x.shape, self.dtype, x.device, slot="converted").copy_(x)
+        self.sums.index_add_(0, groups, x)
         self.counts.index_add_(0, groups, torch.ones(groups.shape[0], dtype=self.dtype, device=x.device))
         return self
 
@@ -198,11 +220,13 @@ class Centered:
             xl = x.to(device=device or x.device, dtype=compute_dtype)
             mean = xl.mean(0)
             xc = xl - mean
-            return Centered(int(x.shape[0]), mean.to(dtype), xc, (xc * xc).sum(0).to(dtype))
+            square = torch.mul(xc, xc, out=scratch_buffer(xc.shape, xc.dtype, xc.device, slot="square"))
+            return Centered(int(x.shape[0]), mean.to(dtype), xc, square.sum(0).to(dtype))
         xc = x.to(device=device or x.device, dtype=dtype, copy=True)  # centred in place: one copy of the batch
         mean = xc.mean(0) if xc.shape[0] else torch.zeros(xc.shape[1], dtype=dtype, device=xc.device)
         xc -= mean
-        return Centered(int(xc.shape[0]), mean, xc, (xc * xc).sum(0))
+        square = torch.mul(xc, xc, out=scratch_buffer(xc.shape, xc.dtype, xc.device, slot="square"))
+        return Centered(int(xc.shape[0]), mean, xc, square.sum(0))
 
     @property
     def shape(self):
@@ -351,7 +375,7 @@ class StreamingCorrelation:
             c = self.compute_dtype
             xl = cx.low(c)
             yl = xl if cy is cx else cy.low(c)
-            buf = product_buffer(self.comoment.shape, c, self.comoment.device)
+            buf = scratch_buffer(self.comoment.shape, c, self.comoment.device)
             torch.mm(xl.t(), yl, out=buf)
             self.comoment.add_(buf)
 
@@ -572,10 +596,15 @@ class CrossTiles:
 _BUFFERS: dict = {}
 
 
-def product_buffer(shape, dtype: torch.dtype, device) -> torch.Tensor:
-    """A scratch (a, b) tensor for batch products, one per dtype and device,
-    grown to the largest shape asked for and reused by every accumulator."""
-    key = (dtype, torch.device(device))
+def scratch_buffer(shape, dtype: torch.dtype, device, slot: str = "product") -> torch.Tensor:
+    """A scratch tensor of ``shape`` (2-D) for one use at a time, one per
+    ``slot``, dtype and device, grown to the largest shape asked for and reused
+    batch after batch: a fresh temporary of a batch's size costs more in page
+    faults than in arithmetic (glibc maps it anew each time). ``"product"``:
+    the batch products of :class:`StreamingCorrelation`; ``"converted"``: a
+    batch converted for :func:`float64_sum` and :class:`GroupSums`;
+    ``"square"``: the squares of a centred batch (:meth:`Centered.of`)."""
+    key = (slot, dtype, torch.device(device))
     n = int(shape[0]) * int(shape[1])
     buf = _BUFFERS.get(key)
     if buf is None or buf.numel() < n:
@@ -585,7 +614,7 @@ def product_buffer(shape, dtype: torch.dtype, device) -> torch.Tensor:
 
 
 def release_buffers() -> None:
-    """Free the scratch tensors of :func:`product_buffer`."""
+    """Free the scratch tensors of :func:`scratch_buffer`."""
     _BUFFERS.clear()
 
 
@@ -897,7 +926,7 @@ def _np(x):
 __all__ = [
     "random_orthogonal", "rotated_correlation", "debiased_cka", "unbiased_hsic", "svcca", "block_weights",
     "percentile_interval", "corr_from_sums",
-    "StreamingCorrelation", "StreamingMoments", "CrossTiles", "product_buffer", "release_buffers", "StreamingCKA",
+    "StreamingCorrelation", "StreamingMoments", "CrossTiles", "scratch_buffer", "release_buffers", "float64_sum", "StreamingCKA",
     "GroupSums", "Centered", "WITHIN_DEAD_RELATIVE", "linear_cka",
     "cka_from_comoments", "hsic_linear", "max_correlations", "match_features", "FeatureMatching", "DEAD_RELATIVE",
     "DEAD_ABSOLUTE",
