@@ -124,7 +124,8 @@ class UniversalitySettings:
         of each model (rows, against every neuron of the other model) per
         sweep over the quizzes, writing each finished block (and the group
         sums of its layers) to a temporary file; None: one sweep in memory
-        when the memory plan fits, else the largest block that fits. Same results, to the bit, whatever the block.
+        when the memory plan fits, else the largest block that fits. Same
+        results, to the bit, whatever the block.
     """
 
     tokens: int = setting(40_000, min=1)

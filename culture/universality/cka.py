@@ -25,15 +25,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from culture.universality.stats import scratch_buffer, unbiased_hsic
+from culture.universality.stats import transposed_product, unbiased_hsic
 
 #: permutations computed together (memory: chunk x batch tokens x d_model, one residual row at a time)
 _PERM_CHUNK = 25
-
-
-def _product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x^T y into the reused product buffer (read it before the next product)."""
-    return torch.mm(x.t(), y, out=scratch_buffer((x.shape[1], y.shape[1]), x.dtype, x.device))
 
 
 class _Raw:
@@ -54,7 +49,7 @@ class _Raw:
             self.ax = torch.zeros(r, d, dtype=torch.float64)
         self.n += x.shape[0]
         self.s += x.sum(0).cpu()
-        self.xx.add_(_product(xl, xl).cpu())
+        self.xx.add_(transposed_product(xl, xl).cpu())
         self.sa += a.sum(0).cpu()
         self.aa += (a.t() @ a).cpu()
         self.ax += (a.t() @ x).cpu()
@@ -94,7 +89,7 @@ class CKAMoments:
         for i in range(self.m):
             self.raw[i].update(xs[i], norms[i], low[i])
         for (i, j) in self.pairs:
-            xy = _product(low[i], low[j]).cpu()
+            xy = transposed_product(low[i], low[j]).cpu()
             ay = (norms[i].t() @ xs[j]).cpu()
             bx = (norms[j].t() @ xs[i]).cpu()
             ab = (norms[i].t() @ norms[j]).cpu()

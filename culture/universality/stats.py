@@ -220,13 +220,12 @@ class Centered:
             xl = x.to(device=device or x.device, dtype=compute_dtype)
             mean = xl.mean(0)
             xc = xl - mean
-            square = torch.mul(xc, xc, out=scratch_buffer(xc.shape, xc.dtype, xc.device, slot="square"))
-            return Centered(int(x.shape[0]), mean.to(dtype), xc, square.sum(0).to(dtype))
-        xc = x.to(device=device or x.device, dtype=dtype, copy=True)  # centred in place: one copy of the batch
-        mean = xc.mean(0) if xc.shape[0] else torch.zeros(xc.shape[1], dtype=dtype, device=xc.device)
-        xc -= mean
+        else:
+            xc = x.to(device=device or x.device, dtype=dtype, copy=True)  # centred in place: one copy of the batch
+            mean = xc.mean(0) if xc.shape[0] else torch.zeros(xc.shape[1], dtype=dtype, device=xc.device)
+            xc -= mean
         square = torch.mul(xc, xc, out=scratch_buffer(xc.shape, xc.dtype, xc.device, slot="square"))
-        return Centered(int(xc.shape[0]), mean, xc, square.sum(0))
+        return Centered(int(x.shape[0]), mean.to(dtype), xc, square.sum(0).to(dtype))
 
     @property
     def shape(self):
@@ -375,9 +374,7 @@ class StreamingCorrelation:
             c = self.compute_dtype
             xl = cx.low(c)
             yl = xl if cy is cx else cy.low(c)
-            buf = scratch_buffer(self.comoment.shape, c, self.comoment.device)
-            torch.mm(xl.t(), yl, out=buf)
-            self.comoment.add_(buf)
+            self.comoment.add_(transposed_product(xl, yl))
 
     def merged(self, other: "StreamingCorrelation") -> "StreamingCorrelation":
         """A new accumulator holding the moments of both token sets (the pairwise
@@ -611,6 +608,12 @@ def scratch_buffer(shape, dtype: torch.dtype, device, slot: str = "product") -> 
         _BUFFERS.pop(key, None)
         buf = _BUFFERS[key] = torch.empty(n, dtype=dtype, device=device)
     return buf[:n].view(int(shape[0]), int(shape[1]))
+
+
+def transposed_product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x^T y into the reused ``"product"`` scratch buffer (:func:`scratch_buffer`):
+    read or add it before the next product overwrites it."""
+    return torch.mm(x.t(), y, out=scratch_buffer((x.shape[1], y.shape[1]), x.dtype, x.device))
 
 
 def release_buffers() -> None:
@@ -926,7 +929,8 @@ def _np(x):
 __all__ = [
     "random_orthogonal", "rotated_correlation", "debiased_cka", "unbiased_hsic", "svcca", "block_weights",
     "percentile_interval", "corr_from_sums",
-    "StreamingCorrelation", "StreamingMoments", "CrossTiles", "scratch_buffer", "release_buffers", "float64_sum", "StreamingCKA",
+    "StreamingCorrelation", "StreamingMoments", "CrossTiles", "StreamingCKA",
+    "scratch_buffer", "transposed_product", "release_buffers", "float64_sum",
     "GroupSums", "Centered", "WITHIN_DEAD_RELATIVE", "linear_cka",
     "cka_from_comoments", "hsic_linear", "max_correlations", "match_features", "FeatureMatching", "DEAD_RELATIVE",
     "DEAD_ABSOLUTE",

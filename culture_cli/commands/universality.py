@@ -265,11 +265,13 @@ def compare_command(
     max_memory: Annotated[str, typer.Option(
         "--max-memory", help="Peak memory allowed (4.5G, 800M; available: what the system has free at the start): "
         "pass 1 and the analysis work in the largest blocks that fit (left at available: that fit "
-        f"{MEMORY_TARGET / 2**30:g} GiB where they can), and a comparison whose memory plan is over it is refused before any work.")] = _d("max_memory"),
+        f"{MEMORY_TARGET / 2**30:g} GiB where they can), and a comparison whose memory plan is over it is "
+        "refused before any work.")] = _d("max_memory"),
     block_layers: Annotated[Optional[int], typer.Option(
         "--block-layers", help="Pass 1 accumulates the neuron co-moments of this many layers per sweep over the "
-        "quizzes, each finished block (with its layers' group sums) written to a temporary file (TMPDIR); default: one sweep in memory when the "
-        "plan fits, else the largest block that does. Same results whatever the block.",
+        "quizzes, each finished block (with its layers' group sums) written to a temporary file (TMPDIR); "
+        "default: one sweep in memory when the plan fits, else the largest block that does. Same results "
+        "whatever the block.",
         show_default=False)] = _d("block_layers"),
 ) -> None:
     """Compare models: universal neurons, tested residual CKA, SAE features - each beside its baselines.
