@@ -85,26 +85,27 @@ def layer_shares(a: NeuronAnalysis, n_layers: int) -> dict[str, np.ndarray]:
     return out
 
 
-def rotation_draw_shares(moments, controls, threshold: float, n_layers: int, draws: int,
+def rotation_draw_shares(moments, analyses: dict, threshold: float, n_layers: int, draws: int,
                          seed: int) -> dict[str, dict[str, np.ndarray] | None]:
     """Per control, (draws + 1, layers) shares per name under the reported
-    rotation (row 0) and ``draws`` further rotations of the baseline, from the
-    pass-1 moments (None unless the baseline is the rotation). A further
-    draw's rotated units have their own variances, from the layers' self
-    co-moments (:meth:`~culture.universality.neurons.NeuronMoments.use_rotations`).
+    rotation (row 0: from ``analyses``, the moments' analysis per control
+    under their own rotation, already made) and ``draws`` further rotations of
+    the baseline, from the pass-1 moments (None unless the baseline is the
+    rotation). A further draw's rotated units have their own variances, from
+    the layers' self co-moments
+    (:meth:`~culture.universality.neurons.NeuronMoments.use_rotations`).
     Each draw is made once and analysed under every control; the moments
     keep their own rotation afterwards: made again from its seed, so that one
     set of rotations is held at a time (768 MiB at the 37M shape, two models)."""
     if moments.baseline != "rotation" or draws <= 0:
-        return {c: None for c in controls}
-    rows = {c: {} for c in controls}
+        return {c: None for c in analyses}
+    rows = {c: {name: [v] for name, v in layer_shares(a, n_layers).items()} for c, a in analyses.items()}
     try:
-        for d in range(draws + 1):
-            if d:
-                moments.use_rotations(rotation_seed(seed, d))
-            for c in controls:
+        for d in range(1, draws + 1):
+            moments.use_rotations(rotation_seed(seed, d))
+            for c in analyses:
                 for name, v in layer_shares(moments.analyse(c, threshold), n_layers).items():
-                    rows[c].setdefault(name, []).append(v)
+                    rows[c][name].append(v)
     finally:
         if not moments.own_rotation:
             moments.use_rotations(None)
