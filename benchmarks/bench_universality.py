@@ -19,10 +19,15 @@ subprocess (random MyGPT models of a small shape, world quizzes) and reports
   batches: what the comparison could not do without. The ratio (comparison /
   bound, per pair per million tokens) says how much time goes outside them
   (forwards of both passes, quiz generation, analysis, bootstrap); "ratio
-  w/o fwd" leaves out the seconds spent in the models' forwards.
+  w/o fwd" leaves out the seconds spent in the models' forwards;
+* the seconds of each phase (both groups summed): pass 1 (its forwards apart),
+  the analysis under the reported rotation, the rotation draws, and pass 2
+  with the rest (``--repeats N``: N fresh processes per token count, then the
+  median and range of the seconds and ratios).
 
     python benchmarks/bench_universality.py                      # 20k, 80k, 320k tokens
     python benchmarks/bench_universality.py --tokens 20000 80000 --threads 2
+    python benchmarks/bench_universality.py --tokens 40000 --threads 1 --repeats 3
     python benchmarks/bench_universality.py --shape 512 64 2048 8 12 --layers 0 --tokens 8000   # 37M, one layer
 """
 
@@ -84,11 +89,13 @@ def child(args) -> None:
         return out
 
     ModelRunner.run = timed_run
+    phases = _time_phases(forward)
     setup_rss = _rss_mib()
     t0 = time.perf_counter()
     report = compare_models(models, n_tokens=args.n_tokens, seed=1, **kw)
     seconds = time.perf_counter() - t0
     ModelRunner.run = run
+    phases["pass 2 and the rest"] = seconds - sum(phases.values())
     bound = bound_seconds(models, report, args)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     pairs = args.models * (args.models - 1) // 2 * (2 if args.baseline else 1)
@@ -100,7 +107,35 @@ def child(args) -> None:
         "s_per_pair_per_mtok": seconds / pairs / (tokens / 1e6), "batch_size": report.settings["batch_size"],
         "bound_s_per_pair_per_mtok": bound / pairs / (tokens / 1e6), "ratio": seconds / bound,
         "forward_seconds": forward[0], "ratio_without_forwards": (seconds - forward[0]) / bound,
+        "phase_seconds": phases, "bound_seconds": bound,
     }))
+
+
+def _time_phases(forward: list[float]) -> dict[str, float]:
+    """Wrap the comparison's phases (both groups summed) with wall-clock timers:
+    pass 1 (its forwards counted apart), the analysis under the reported
+    rotation, the rotation draws; what is left of the run is pass 2 and the
+    results. Returns the dict the timers fill."""
+    from culture.universality import compare
+
+    phases = {"pass 1 forwards": 0.0, "pass 1 rest": 0.0, "analysis": 0.0, "rotation draws": 0.0}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t, f = time.perf_counter(), forward[0]
+            out = fn(*a, **k)
+            if name == "pass 1":
+                phases["pass 1 forwards"] += forward[0] - f
+                phases["pass 1 rest"] += time.perf_counter() - t - (forward[0] - f)
+            else:
+                phases[name] += time.perf_counter() - t
+            return out
+        return wrapper
+
+    compare._pass1 = timed("pass 1", compare._pass1)
+    compare._Group.analyse = timed("analysis", compare._Group.analyse)
+    compare.rotation_draw_shares = timed("rotation draws", compare.rotation_draw_shares)
+    return phases
 
 
 def bound_seconds(models, report, args) -> float:
@@ -166,6 +201,12 @@ def bound_seconds(models, report, args) -> float:
     return total
 
 
+def _spread(values: list[float]) -> str:
+    import statistics
+
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, nargs="+", default=[20_000, 80_000, 320_000])
@@ -180,6 +221,8 @@ def main() -> None:
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="no random-init models")
     p.add_argument("--permutations", type=int, default=19, help="CKA permutation test size")
     p.add_argument("--no-cka", dest="cka", action="store_false")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs per token count, each in a fresh process (the summary gives median and range)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n-tokens", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -192,7 +235,7 @@ def main() -> None:
           f"baseline {'on' if args.baseline else 'off'}, CKA {'on' if args.cka else 'off'}, "
           f"{args.precision} products, batch {args.batch_size} quizzes, {args.threads} thread(s)")
     rows = []
-    for n in args.tokens:
+    for n in [n for n in args.tokens for _ in range(args.repeats)]:
         cmd = [sys.executable, __file__, "--child", "--n-tokens", str(n), "--shape", *map(str, args.shape),
                "--models", str(args.models), "--threads", str(args.threads), "--batch-size", str(args.batch_size),
                "--precision", args.precision, "--permutations", str(args.permutations)]
@@ -215,6 +258,16 @@ def main() -> None:
         print(f"{r['tokens']:>9,} {r['seconds']:>8.1f} {r['setup_rss_mib']:>8.0f}Mi {r['peak_rss_mib']:>7.0f}Mi "
               f"{r['plan_mib']:>6.0f}Mi {r['s_per_pair_per_mtok']:>12.1f} {r['bound_s_per_pair_per_mtok']:>8.1f} "
               f"{r['ratio']:>6.1f} {r['forward_seconds']:>8.1f}s {r['ratio_without_forwards']:>13.1f}")
+    print("\nseconds per phase (both groups; pass 1's forwards apart):")
+    for r in rows:
+        print(f"{r['tokens']:>9,}  " + ", ".join(f"{k} {v:.1f}" for k, v in r["phase_seconds"].items())
+              + f"; bound {r['bound_seconds']:.1f}")
+    if args.repeats > 1:
+        print(f"\nover {args.repeats} runs per token count: median (min-max)")
+        for n in sorted({r["tokens"] for r in rows}):
+            same = [r for r in rows if r["tokens"] == n]
+            print(f"{n:>9,}  " + ", ".join(f"{k} {_spread([r[k] for r in same])}"
+                                           for k in ("seconds", "bound_seconds", "ratio", "ratio_without_forwards")))
     growth = rows[-1]["peak_rss_mib"] - rows[0]["peak_rss_mib"]
     print(f"peak RSS change from {rows[0]['tokens']:,} to {rows[-1]['tokens']:,} tokens "
           f"({rows[-1]['tokens'] / rows[0]['tokens']:.0f}x): {growth:+.0f} MiB")
