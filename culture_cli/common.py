@@ -206,18 +206,30 @@ def parse_ids(values: list[str] | None, what: str = "--models") -> list[int] | N
     if not values:
         return None
     out = []
-    for value in values:
-        for part in str(value).replace(",", " ").split():
-            try:
-                k = int(part)
-            except ValueError:
-                fail(f"{what}: not an integer: {part!r}")
-            if k < 0:
-                fail(f"{what}: must be >= 0, got {k}")
-            if k in out:
-                fail(f"{what}: {k} is given twice; name each once")
-            out.append(k)
+    for part in id_parts(values):
+        try:
+            k = int(part)
+        except ValueError:
+            fail(f"{what}: not an integer: {part!r}")
+        if k < 0:
+            fail(f"{what}: must be >= 0, got {k}")
+        out.append(k)
+    refuse_repeats(what, out)
     return out
+
+
+def id_parts(values) -> list[str]:
+    """The single ids of ``--models 0 1,2`` style values, as given."""
+    return [part for value in values or () for part in str(value).replace(",", " ").split()]
+
+
+def refuse_repeats(what: str, ids) -> None:
+    """One error line (exit 2) for the first id of a list named twice."""
+    seen = set()
+    for k in ids:
+        if k in seen:
+            fail(f"{what}: {k} is given twice; name each once")
+        seen.add(k)
 
 
 def command_group(name: str, help: str) -> typer.Typer:
@@ -577,12 +589,7 @@ def check_model_ids_once(command, values: dict) -> None:
     for param in command.params:
         if "--models" not in (getattr(param, "opts", None) or ()):
             continue
-        seen = set()
-        for v in values.get(param.name) or ():
-            for part in str(v).replace(",", " ").split():
-                if part in seen:
-                    fail(f"--models: {part} is given twice; name each model once")
-                seen.add(part)
+        refuse_repeats("--models", id_parts(values.get(param.name)))
 
 
 def check_outputs(command, values: dict) -> None:
