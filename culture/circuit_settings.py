@@ -14,11 +14,11 @@ activations grow with ``batch_size`` (see the commands' help for how much).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
 from culture.errors import CultureError
-from culture.settings import SettingsError, check_integers, check_settings, setting
+from culture.settings import SettingsError, check_integers, check_settings, setting, settings_dict
 
 __all__ = ["CircuitError", "CircuitSettingsError", "PatchSettings", "CircuitSettings", "CircuitCompareSettings",
            "DIRECTIONS", "METHODS",
@@ -89,9 +89,7 @@ class PatchSettings:
         return parse_block(self.block)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["layers"] = None if self.layers is None else list(self.layers)
-        return d
+        return settings_dict(self)
 
 
 @dataclass
@@ -117,9 +115,7 @@ class CircuitSettings:
         return self
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["sizes"] = None if self.sizes is None else list(self.sizes)
-        return d
+        return settings_dict(self)
 
 
 @dataclass

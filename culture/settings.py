@@ -15,7 +15,7 @@ sets (:class:`TestSetSettings`); the culture run's are
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from culture.defaults import PROMPT_NOISE, TEST_SAMPLES
@@ -83,6 +83,11 @@ def check_integers(obj, names, error: type[SettingsError] = SettingsError, *, no
         value = getattr(obj, name)
         if not (value is None and none_ok) and (isinstance(value, bool) or not isinstance(value, int)):
             raise error(name, f"must be an integer, got {value!r}")
+
+
+def settings_dict(obj) -> dict:
+    """A settings dataclass as a JSON-ready dict: its fields, tuples as lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(obj).items()}
 
 
 def default_of(cls, name: str):

@@ -8,11 +8,11 @@ checked by :meth:`TrainConfig.check` for library users and the CLI alike.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 from culture.defaults import PROMPT_NOISE, TEST_SAMPLES
 from culture.errors import CultureError
-from culture.settings import SettingsError, check_settings, setting
+from culture.settings import SettingsError, check_settings, setting, settings_dict
 
 
 class TrainingError(CultureError):
@@ -111,10 +111,7 @@ class TrainConfig:
         return self.c_quizzes_test if self.c_quizzes_test is not None else self.test_samples // 100
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["tasks"] = list(self.tasks) if self.tasks is not None else None
-        d["train_structures"] = list(self.train_structures) if self.train_structures is not None else None
-        return d
+        return settings_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

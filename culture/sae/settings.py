@@ -17,11 +17,11 @@ line).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 from culture.defaults import PROMPT_NOISE
 from culture.sae.common import DEFAULT_HOOK, SAEError
-from culture.settings import SettingsError, check_settings, setting
+from culture.settings import SettingsError, check_settings, setting, settings_dict
 
 #: tokens per row read by the SAE runner: BOS + the 404-token quiz (culture.dataset.SEQ_LEN)
 SEQ_LEN = 405
@@ -167,9 +167,7 @@ class SAETrainSettings:
         return self
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["tasks"] = list(self.tasks) if self.tasks is not None else None
-        return d
+        return settings_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SAETrainSettings":
