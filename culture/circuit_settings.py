@@ -14,11 +14,11 @@ activations grow with ``batch_size`` (see the commands' help for how much).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from culture.errors import CultureError
-from culture.settings import SettingsError, check_integers, check_settings, setting, settings_dict
+from culture.settings import SettingsError, check_integers, check_settings, setting, settings_dict, settings_of
 
 __all__ = ["CircuitError", "CircuitSettingsError", "PatchSettings", "CircuitSettings", "CircuitCompareSettings",
            "DIRECTIONS", "METHODS",
@@ -155,7 +155,7 @@ class CircuitCompareSettings:
     @classmethod
     def of(cls, settings: "CircuitCompareSettings | None" = None, **options) -> "CircuitCompareSettings":
         """``settings`` (default: the defaults) with ``options`` replacing fields by name, checked."""
-        return replace(settings or cls(), **{cls.ALIASES.get(k, k): v for k, v in options.items()}).check()
+        return settings_of(cls, settings, options, cls.ALIASES, CircuitSettingsError)
 
     def check(self) -> "CircuitCompareSettings":
         check_integers(self, [f.name for f in fields(self) if f.name != "head"], CircuitSettingsError, none_ok=False)

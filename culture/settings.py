@@ -15,7 +15,7 @@ sets (:class:`TestSetSettings`); the culture run's are
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from culture.defaults import PROMPT_NOISE, TEST_SAMPLES
@@ -88,6 +88,26 @@ def check_integers(obj, names, error: type[SettingsError] = SettingsError, *, no
 def settings_dict(obj) -> dict:
     """A settings dataclass as a JSON-ready dict: its fields, tuples as lists."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(obj).items()}
+
+
+def settings_of(cls, settings, options: dict, aliases: dict[str, str], error: type[SettingsError]):
+    """``settings`` (default: ``cls()``) with ``options`` replacing fields by
+    name or by an earlier name (``aliases``: earlier name -> field), checked
+    (``settings.check()``); a setting out of bounds raises ``error`` naming
+    the option as it was given, an unknown option TypeError."""
+    given = {aliases.get(key, key): (key, value) for key, value in options.items()}
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(key for name, (key, _) in given.items() if name not in names)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+    out = replace(settings if settings is not None else cls(), **{name: v for name, (_, v) in given.items()})
+    try:
+        return out.check()
+    except error as exc:
+        as_given = given.get(exc.field, (exc.field, None))[0]
+        if as_given == exc.field:
+            raise
+        raise error(as_given, exc.detail) from None
 
 
 def default_of(cls, name: str):

@@ -12,11 +12,11 @@ them once, with :meth:`UniversalitySettings.check`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 from culture.defaults import PROMPT_NOISE
 from culture.errors import CultureError
-from culture.settings import SettingsError, check_integers, check_settings, setting
+from culture.settings import SettingsError, check_integers, check_settings, setting, settings_of
 
 #: confound controls (:mod:`culture.universality.controls`): per-group means removed first
 CONTROLS = ("none", "position", "position_structure", "token")
@@ -196,23 +196,10 @@ class UniversalitySettings:
         also the earlier names ``n_tokens``, ``n_resamples`` and
         ``compute_dtype`` (a torch dtype). Checked; an error names the option
         as it was given."""
-        given = {}
-        for key, value in options.items():
-            if key == "compute_dtype":
-                key, value = "precision", str(value).removeprefix("torch.")
-            given[ALIASES.get(key, key)] = (key, value)
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(k for k, _ in given.values() if ALIASES.get(k, k) not in names and k != "compute_dtype")
-        if unknown:
-            raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
-        out = replace(settings if settings is not None else cls(), **{f: v for f, (_, v) in given.items()})
-        try:
-            return out.check()
-        except UniversalitySettingsError as exc:
-            as_given = given.get(exc.field, (exc.field, None))[0]
-            if as_given == exc.field:
-                raise
-            raise UniversalitySettingsError(as_given, exc.detail) from None
+        if "compute_dtype" in options:
+            options = dict(options)
+            options["precision"] = str(options.pop("compute_dtype")).removeprefix("torch.")
+        return settings_of(cls, settings, options, ALIASES, UniversalitySettingsError)
 
 
 __all__ = ["UniversalitySettings", "UniversalityError", "UniversalitySettingsError", "QuizCountError",
