@@ -51,7 +51,7 @@ def float64_sum(x: torch.Tensor, dim: int = 0, rows: list[int] | None = None) ->
     picked = range(x.shape[0]) if rows is None else rows
     shape = (len(picked), *x.shape[1:])
     width = int(np.prod(shape[1:], dtype=np.int64))
-    buf = scratch_buffer((len(picked), width), torch.float64, x.device, slot="converted").view(shape)
+    buf = scratch_buffer((len(picked), width), torch.float64, x.device, slot="batch").view(shape)
     if rows is None:
         buf.copy_(x)
     else:
@@ -90,7 +90,7 @@ class GroupSums:
             self.sums = torch.zeros(self.n_groups, x.shape[1], dtype=self.dtype, device=x.device)
             self.counts = torch.zeros(self.n_groups, dtype=self.dtype, device=x.device)
         if x.dtype != self.dtype:  # converted into a reused buffer, not a fresh copy per batch
-            x = scratch_buffer(x.shape, self.dtype, x.device, slot="converted").copy_(x)
+            x = scratch_buffer(x.shape, self.dtype, x.device, slot="batch").copy_(x)
         self.sums.index_add_(0, groups, x)
         self.counts.index_add_(0, groups, torch.ones(groups.shape[0], dtype=self.dtype, device=x.device))
         return self
@@ -224,7 +224,7 @@ class Centered:
             xc = x.to(device=device or x.device, dtype=dtype, copy=True)  # centred in place: one copy of the batch
             mean = xc.mean(0) if xc.shape[0] else torch.zeros(xc.shape[1], dtype=dtype, device=xc.device)
             xc -= mean
-        square = torch.mul(xc, xc, out=scratch_buffer(xc.shape, xc.dtype, xc.device, slot="square"))
+        square = torch.mul(xc, xc, out=scratch_buffer(xc.shape, xc.dtype, xc.device, slot="batch"))
         return Centered(int(x.shape[0]), mean.to(dtype), xc, square.sum(0).to(dtype))
 
     @property
@@ -598,9 +598,11 @@ def scratch_buffer(shape, dtype: torch.dtype, device, slot: str = "product") -> 
     ``slot``, dtype and device, grown to the largest shape asked for and reused
     batch after batch: a fresh temporary of a batch's size costs more in page
     faults than in arithmetic (glibc maps it anew each time). ``"product"``:
-    the batch products of :class:`StreamingCorrelation`; ``"converted"``: a
-    batch converted for :func:`float64_sum` and :class:`GroupSums`;
-    ``"square"``: the squares of a centred batch (:meth:`Centered.of`)."""
+    the batch products of :class:`StreamingCorrelation`; ``"batch"``: a
+    temporary of a batch's size, read before the next use of the slot (the
+    float64 copy that :func:`float64_sum` and :class:`GroupSums` sum, the
+    squares of a centred batch in :meth:`Centered.of`): one slot for all of
+    them, so that they cost one batch of memory, not one each."""
     key = (slot, dtype, torch.device(device))
     n = int(shape[0]) * int(shape[1])
     buf = _BUFFERS.get(key)
