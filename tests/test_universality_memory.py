@@ -52,8 +52,8 @@ def test_row_blocked_analysis_is_bit_identical(baseline):
 
     original = neurons.NeuronMoments.analyse
 
-    def blocked(self, control, threshold, tile_rows=None):
-        return original(self, control, threshold, 256)
+    def blocked(self, control, threshold, tile_rows=None, **kw):
+        return original(self, control, threshold, 256, **kw)
 
     neurons.NeuronMoments.analyse = blocked
     try:
@@ -389,12 +389,21 @@ def test_a_further_rotation_draw_equals_the_dense_rotation(blocked, tmp_path):
         yr = torch.cat([y[:, :12] @ rot[1][0].t(), y[:, 12:] @ rot[1][1].t()], 1).numpy()
         return np.corrcoef(x.T, yr.T)[:24, 24:].max(1)
 
-    own = mom.analyse("none", 0.5).base_max[(0, 1)]
+    first = mom.analyse("none", 0.5)
+    own = first.base_max[(0, 1)]
     np.testing.assert_allclose(own, baseline_max(rotations_for(sizes, 3)), atol=1e-9)
     mom.use_rotations(77)
-    drawn = mom.analyse("none", 0.5).base_max[(0, 1)]
+    whole = mom.analyse("none", 0.5)
+    drawn = whole.base_max[(0, 1)]
     np.testing.assert_allclose(drawn, baseline_max(rotations_for(sizes, 77)), atol=1e-9)
     assert np.abs(drawn - own).max() > 1e-3  # another rotation, another baseline
+    # the draws' analysis: the rotation baseline alone, the rest read from the first analysis, bit for bit
+    alone = mom.analyse("none", 0.5, like=first)
+    for name in ("base_max", "base_arg", "held_base", "held_base_arg", "pair_max", "held_corr", "held_arg"):
+        assert getattr(alone, name).keys() == getattr(whole, name).keys() != set(), name
+        for key, v in getattr(whole, name).items():
+            np.testing.assert_array_equal(getattr(alone, name)[key], v, err_msg=name)
+    assert alone.pair_max is first.pair_max
     mom.use_rotations(None)
     np.testing.assert_array_equal(mom.analyse("none", 0.5).base_max[(0, 1)], own)  # the reported rotation, bit for bit
     if blocks is not None:

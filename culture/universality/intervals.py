@@ -94,7 +94,9 @@ def rotation_draw_shares(moments, analyses: dict, threshold: float, n_layers: in
     rotation). A further draw's rotated units have their own variances, from
     the layers' self co-moments
     (:meth:`~culture.universality.neurons.NeuronMoments.use_rotations`).
-    Each draw is made once and analysed under every control; the moments
+    Each draw is made once and analysed under every control, its rotation
+    baseline alone (the max-corr and held-out partners do not depend on the
+    rotation: they are read from ``analyses``); the moments
     keep their own rotation afterwards: made again from its seed, so that one
     set of rotations is held at a time (768 MiB at the 37M shape, two models)."""
     if moments.baseline != "rotation" or draws <= 0:
@@ -104,7 +106,7 @@ def rotation_draw_shares(moments, analyses: dict, threshold: float, n_layers: in
         for d in range(1, draws + 1):
             moments.use_rotations(rotation_seed(seed, d))
             for c in analyses:
-                for name, v in layer_shares(moments.analyse(c, threshold), n_layers).items():
+                for name, v in layer_shares(moments.analyse(c, threshold, like=analyses[c]), n_layers).items():
                     rows[c][name].append(v)
     finally:
         if not moments.own_rotation:

@@ -392,12 +392,21 @@ class NeuronMoments:
             out.append((int(off[layers[0]]), int(off[layers[-1] + 1]), layers))
         return out
 
-    def analyse(self, control: str, threshold: float, tile_rows: int | None = None) -> "NeuronAnalysis":
+    def analyse(self, control: str, threshold: float, tile_rows: int | None = None,
+                like: "NeuronAnalysis | None" = None) -> "NeuronAnalysis":
         """Max-corr, baseline, excess and held-out figures under ``control``.
 
         The co-moments are read ``tile_rows`` rows (whole layers) at a time:
         temporaries are a few (tile_rows x neurons) blocks; the results do not
-        depend on ``tile_rows`` (bit for bit). Default: ``self.tile_rows``."""
+        depend on ``tile_rows`` (bit for bit). Default: ``self.tile_rows``.
+
+        ``like``: an analysis of the same moments under the same control made
+        earlier (under another rotation): only the rotation baseline is
+        computed again, the figures that do not depend on the rotation (the
+        max-corr, same-layer and held-out partners) are taken from it - what a
+        further rotation draw needs."""
+        if like is not None and (like.control != control or self.baseline != "rotation"):
+            raise ValueError("analyse(like=...) re-uses an analysis of the same control under the rotation baseline")
         m = self.m
         tile_rows = self.tile_rows if tile_rows is None else tile_rows
         self._self_cache = {}
@@ -428,17 +437,20 @@ class NeuronMoments:
         for (i, j) in self.pairs:
             if ("full", i, j) not in views:
                 continue
-            self._analyse_pair(out, control, i, j, views, dead, gs, held, tile_rows)
+            self._analyse_pair(out, control, i, j, views, dead, gs, held, tile_rows, baseline_only=like is not None)
         if self.baseline != "rotation":
             for (i, j) in self.ordered:
                 self._null_rows(out, control, i, j, dead, gs, held, tile_rows)
-        for key in list(out.held_corr):
-            out.held_corr[key] = torch.where(ok[key[0]], out.held_corr[key], 0.0)
-            out.held_base[key] = torch.where(ok[key[0]], out.held_base[key], 0.0)
+        for table in (out.held_corr, out.held_base):
+            for key in list(table):
+                table[key] = torch.where(ok[key[0]], table[key], 0.0)
         for table in (out.pair_max, out.pair_arg, out.same_layer_max, out.base_max, out.base_arg, out.held_arg,
                       out.held_corr, out.held_base_arg, out.held_base):
             for key, v in table.items():
                 table[key] = v.cpu().numpy() if isinstance(v, torch.Tensor) else v
+        if like is not None:  # the same moments and control: these figures do not depend on the rotation
+            out.pair_max, out.pair_arg, out.same_layer_max = like.pair_max, like.pair_arg, like.same_layer_max
+            out.held_arg, out.held_corr = like.held_arg, like.held_corr
         return out
 
     def _rotate(self, batch: Centered, i: int, k: int, off) -> Centered:
@@ -483,13 +495,13 @@ class NeuronMoments:
             self._draw_m2[key] = rotated_variances(comoment, self.rotations[j][k])
         return self._draw_m2[key]
 
-    def _analyse_pair(self, out, control, i, j, views, dead, gs, held, tile_rows) -> None:
+    def _analyse_pair(self, out, control, i, j, views, dead, gs, held, tile_rows, baseline_only=False) -> None:
         """Model pair i < j, read in blocks of (rows of i: whole layers, at most
         ``tile_rows``) x (one layer of j): both directions' max-corr (running
         maxima over j's layers for i's neurons, over i's row blocks for j's),
         same-layer maxima, held-out (partner chosen on split 0, measured on
-        split 1) and the rotation baseline. Temporaries: a few (rows x d_mlp)
-        blocks."""
+        split 1) and the rotation baseline (alone with ``baseline_only``).
+        Temporaries: a few (rows x d_mlp) blocks."""
         oi, oj = self.offsets[i], self.offsets[j]
         splits = ("full", 0, 1) if held else ("full",)
         rot = self.baseline == "rotation"
@@ -506,19 +518,18 @@ class NeuronMoments:
             pair, held_r, base, held_base = _Running(), _Running(), _Running(), _Running()
             for kj in layers_j:
                 cols = (int(oj[kj]), int(oj[kj + 1]))
-                comoment, corr = {}, {}
-                for split in splits:
-                    v = views[(split, i, j)]
-                    comoment[split] = v.tile(start, stop, cols)
-                    corr[split] = v.corr_tile(start, stop, comoment[split], cols)
-                c = corr["full"]
-                _best_along(pair, held_r, corr, 1, cols[0], held)
-                _best_along(col_pair[kj], col_held[kj], corr, 0, start, held)
-                for k in layers:
-                    if k == kj and k < n_same:
-                        blk = c[oi[k] - start:oi[k + 1] - start]
-                        same_ij[oi[k]:oi[k + 1]] = blk.max(1).values
-                        same_ji[oj[k]:oj[k + 1]] = blk.max(0).values
+                comoment = {split: views[(split, i, j)].tile(start, stop, cols) for split in splits}
+                if not baseline_only:
+                    corr = {split: views[(split, i, j)].corr_tile(start, stop, comoment[split], cols)
+                            for split in splits}
+                    c = corr["full"]
+                    _best_along(pair, held_r, corr, 1, cols[0], held)
+                    _best_along(col_pair[kj], col_held[kj], corr, 0, start, held)
+                    for k in layers:
+                        if k == kj and k < n_same:
+                            blk = c[oi[k] - start:oi[k + 1] - start]
+                            same_ij[oi[k]:oi[k + 1]] = blk.max(1).values
+                            same_ji[oj[k]:oj[k + 1]] = blk.max(0).values
                 if not rot:
                     continue
                 rotated = {split: rotated_correlation(
@@ -536,12 +547,13 @@ class NeuronMoments:
             rows_held.append(held_r)
             rows_base.append(base)
             rows_held_base.append(held_base)
-        out.pair_max[(i, j)], out.pair_arg[(i, j)], _ = _joined(rows_pair)
-        out.pair_max[(j, i)], out.pair_arg[(j, i)], _ = _joined(col_pair)
-        out.same_layer_max[(i, j)], out.same_layer_max[(j, i)] = same_ij, same_ji
-        if held:
-            _, out.held_arg[(i, j)], out.held_corr[(i, j)] = _joined(rows_held)
-            _, out.held_arg[(j, i)], out.held_corr[(j, i)] = _joined(col_held)
+        if not baseline_only:
+            out.pair_max[(i, j)], out.pair_arg[(i, j)], _ = _joined(rows_pair)
+            out.pair_max[(j, i)], out.pair_arg[(j, i)], _ = _joined(col_pair)
+            out.same_layer_max[(i, j)], out.same_layer_max[(j, i)] = same_ij, same_ji
+            if held:
+                _, out.held_arg[(i, j)], out.held_corr[(i, j)] = _joined(rows_held)
+                _, out.held_arg[(j, i)], out.held_corr[(j, i)] = _joined(col_held)
         if rot:
             out.base_max[(i, j)], out.base_arg[(i, j)], _ = _joined(rows_base)
             out.base_max[(j, i)], out.base_arg[(j, i)], _ = _joined(col_base)
