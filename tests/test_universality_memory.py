@@ -52,8 +52,8 @@ def test_row_blocked_analysis_is_bit_identical(baseline):
 
     original = neurons.NeuronMoments.analyse
 
-    def blocked(self, control, threshold, tile_rows=None, **kw):
-        return original(self, control, threshold, 256, **kw)
+    def blocked(self, control, threshold, tile_rows=None):
+        return original(self, control, threshold, 256)
 
     neurons.NeuronMoments.analyse = blocked
     try:
@@ -397,17 +397,61 @@ def test_a_further_rotation_draw_equals_the_dense_rotation(blocked, tmp_path):
     drawn = whole.base_max[(0, 1)]
     np.testing.assert_allclose(drawn, baseline_max(rotations_for(sizes, 77)), atol=1e-9)
     assert np.abs(drawn - own).max() > 1e-3  # another rotation, another baseline
-    # the draws' analysis: the rotation baseline alone, the rest read from the first analysis, bit for bit
-    alone = mom.analyse("none", 0.5, like=first)
-    for name in ("base_max", "base_arg", "held_base", "held_base_arg", "pair_max", "held_corr", "held_arg"):
-        assert getattr(alone, name).keys() == getattr(whole, name).keys() != set(), name
-        for key, v in getattr(whole, name).items():
-            np.testing.assert_array_equal(getattr(alone, name)[key], v, err_msg=name)
-    assert alone.pair_max is first.pair_max
+    # the draws' own analysis (the raw block rotated, the full split from the halves): the same baseline
+    alone = mom.analyse_draw({"none": first})["none"]
+    _assert_same_baseline(alone, whole, first)
     mom.use_rotations(None)
     np.testing.assert_array_equal(mom.analyse("none", 0.5).base_max[(0, 1)], own)  # the reported rotation, bit for bit
     if blocks is not None:
         blocks.close()
+
+
+def _assert_same_baseline(drawn, dense, first, atol=1e-6):
+    """``analyse_draw``'s analysis (``drawn``) against ``analyse``'s under the
+    same rotation (``dense``): the same rotation baseline up to float32
+    rounding (partners may differ only where two maxima are that close); the
+    rotation-free figures are the first analysis's own."""
+    assert drawn.base_max.keys() == dense.base_max.keys() != set()
+    assert drawn.held_base.keys() == dense.held_base.keys()
+    for key in dense.base_max:
+        np.testing.assert_allclose(drawn.base_max[key], dense.base_max[key], rtol=0, atol=atol)
+        same = drawn.base_arg[key] == dense.base_arg[key]
+        assert same.mean() > 0.99, (key, same.mean())
+    for key in dense.held_base:
+        hit = drawn.held_base_arg[key] == dense.held_base_arg[key]
+        np.testing.assert_allclose(drawn.held_base[key][hit], dense.held_base[key][hit], rtol=0, atol=atol)
+        assert hit.mean() > 0.99, (key, hit.mean())
+    assert drawn.pair_max is first.pair_max and drawn.held_corr is first.held_corr and drawn.dead is first.dead
+
+
+def test_rotation_draws_of_every_control_equal_the_analysis_under_the_same_rotation(monkeypatch):
+    """Zoo shape, every control (position and position_structure rotated
+    directly, token and none through the raw block: both ways), held-out
+    halves, in one tile and in tiles of one layer: each further draw's
+    baseline equals :meth:`NeuronMoments.analyse` under that draw."""
+    from culture.universality import neurons
+    from culture.universality.controls import n_groups
+    from culture.universality.neurons import _corrected_after_rotation
+
+    n_pos = 404
+    ways = {c: _corrected_after_rotation(n_groups(c, n_pos), 4 * ZOO.dim_hidden, ZOO.dim_hidden)
+            for c in ("position", "token", "position_structure")}
+    assert ways == {"position": False, "token": True, "position_structure": False}
+    original = neurons.NeuronMoments.analyse_draw
+    checked = []
+
+    def checking(self, likes, tile_rows=None):
+        for rows in (None, ZOO.dim_hidden):  # all layers of a model at once; one layer at a time
+            drawn = original(self, likes, rows)
+            for c, like in likes.items():
+                _assert_same_baseline(drawn[c], self.analyse(c, like.threshold, rows), like)
+                checked.append((c, rows, bool(like.held_corr)))
+        return original(self, likes, tile_rows)
+
+    monkeypatch.setattr(neurons.NeuronMoments, "analyse_draw", checking)
+    compare_models(_models(ZOO), n_tokens=3232, baseline="rotation", cka=False, random_init=False, rotation_draws=2,
+                   controls=("none", "position", "token", "position_structure"), n_resamples=20)
+    assert len(checked) == 2 * 2 * 4 and all(held for *_, held in checked), checked
 
 
 def test_the_plan_keeps_group_sums_in_memory_first_and_weighs_the_disk(monkeypatch):

@@ -555,8 +555,7 @@ def _run_group(run: _Run, k: int) -> _GroupResult:
         counts = _pass1(run, group, k, row_blocks)
         group.analyse(s.threshold, s.seed, run.source.task_names)
         # the rotation draws re-analyse the moments now, before pass 2's sums exist
-        draws = rotation_draw_shares(group.neurons, group.analyses, s.threshold, len(plan.layers),
-                                     s.rotation_draws, group.seed)
+        draws = rotation_draw_shares(group.neurons, group.analyses, len(plan.layers), s.rotation_draws, group.seed)
         sae_result = example_store = None
         if k == 0 and plan.entries:
             sae_result = _sae_comparison(group, plan.entries, s.threshold, plan.controls[0], run.source.task_names)

@@ -85,7 +85,7 @@ def layer_shares(a: NeuronAnalysis, n_layers: int) -> dict[str, np.ndarray]:
     return out
 
 
-def rotation_draw_shares(moments, analyses: dict, threshold: float, n_layers: int, draws: int,
+def rotation_draw_shares(moments, analyses: dict, n_layers: int, draws: int,
                          seed: int) -> dict[str, dict[str, np.ndarray] | None]:
     """Per control, (draws + 1, layers) shares per name under the reported
     rotation (row 0: from ``analyses``, the moments' analysis per control
@@ -94,9 +94,10 @@ def rotation_draw_shares(moments, analyses: dict, threshold: float, n_layers: in
     rotation). A further draw's rotated units have their own variances, from
     the layers' self co-moments
     (:meth:`~culture.universality.neurons.NeuronMoments.use_rotations`).
-    Each draw is made once and analysed under every control, its rotation
-    baseline alone (the max-corr and held-out partners do not depend on the
-    rotation: they are read from ``analyses``); the moments
+    Each draw is made once and analysed under every control together, its
+    rotation baseline alone (the max-corr and held-out partners do not depend
+    on the rotation: they are read from ``analyses``;
+    :meth:`~culture.universality.neurons.NeuronMoments.analyse_draw`); the moments
     keep their own rotation afterwards: made again from its seed, so that one
     set of rotations is held at a time (768 MiB at the 37M shape, two models)."""
     if moments.baseline != "rotation" or draws <= 0:
@@ -105,8 +106,8 @@ def rotation_draw_shares(moments, analyses: dict, threshold: float, n_layers: in
     try:
         for d in range(1, draws + 1):
             moments.use_rotations(rotation_seed(seed, d))
-            for c in analyses:
-                for name, v in layer_shares(moments.analyse(c, threshold, like=analyses[c]), n_layers).items():
+            for c, drawn in moments.analyse_draw(analyses).items():
+                for name, v in layer_shares(drawn, n_layers).items():
                     rows[c][name].append(v)
     finally:
         if not moments.own_rotation:

@@ -55,6 +55,7 @@ from culture.universality.stats import (
     percentile_interval,
     random_orthogonal,
     StreamingMoments,
+    correlation_of,
     rotated_correlation,
     rotated_variances,
     scratch_buffer,
@@ -392,32 +393,16 @@ class NeuronMoments:
             out.append((int(off[layers[0]]), int(off[layers[-1] + 1]), layers))
         return out
 
-    def analyse(self, control: str, threshold: float, tile_rows: int | None = None,
-                like: "NeuronAnalysis | None" = None) -> "NeuronAnalysis":
-        """Max-corr, baseline, excess and held-out figures under ``control``.
-
-        The co-moments are read ``tile_rows`` rows (whole layers) at a time:
-        temporaries are a few (tile_rows x neurons) blocks; the results do not
-        depend on ``tile_rows`` (bit for bit). Default: ``self.tile_rows``.
-
-        ``like``: an analysis of the same moments under the same control made
-        earlier (under another rotation): only the rotation baseline is
-        computed again, the figures that do not depend on the rotation (the
-        max-corr, same-layer and held-out partners) are taken from it - what a
-        further rotation draw needs."""
-        if like is not None and (like.control != control or self.baseline != "rotation"):
-            raise ValueError("analyse(like=...) re-uses an analysis of the same control under the rotation baseline")
+    def _control_views(self, control: str) -> "_ControlViews":
+        """What an analysis under ``control`` reads: per split, each model's
+        group sums and each pair's moments within those groups; the dead
+        units; whether the held-out split is measured (both halves for every
+        pair) and, then, the units alive in both halves."""
         m = self.m
-        tile_rows = self.tile_rows if tile_rows is None else tile_rows
-        self._self_cache = {}
-        out = NeuronAnalysis(control, threshold, self.layer_sizes, self.baseline)
         splits = ("full", 0, 1) if self.heldout else ("full",)
-        gs = {}
-        for split in splits:
-            gs[split] = [None if control == "none" else self._split(self.groups[control][i], split)
-                         for i in range(m)]
-        views = {}
-        dead = {}
+        gs = {split: [None if control == "none" else self._split(self.groups[control][i], split) for i in range(m)]
+              for split in splits}
+        views, dead = {}, {}
         for split in splits:
             for (i, j) in self.pairs:
                 v = self.views(self.cross[(i, j)], split, gs[split][i], gs[split][j])
@@ -426,32 +411,73 @@ class NeuronMoments:
                 views[(split, i, j)] = v
                 dead.setdefault((split, i), v.dead_x)
                 dead.setdefault((split, j), v.dead_y)
-        for i in range(m):
-            out.dead[i] = dead[("full", i)].cpu().numpy()
         held = self.heldout and all((s, i, j) in views for s in (0, 1) for (i, j) in self.pairs)
-        ok = {}
-        if held:
-            for i in range(m):
-                ok[i] = ~dead[(0, i)] & ~dead[(1, i)]
-                out.held_alive[i] = ok[i].cpu().numpy()
+        ok = {i: ~dead[(0, i)] & ~dead[(1, i)] for i in range(m)} if held else {}
+        return _ControlViews(gs, views, dead, held, ok)
+
+    def analyse(self, control: str, threshold: float, tile_rows: int | None = None) -> "NeuronAnalysis":
+        """Max-corr, baseline, excess and held-out figures under ``control``.
+
+        The co-moments are read ``tile_rows`` rows (whole layers) at a time:
+        temporaries are a few (tile_rows x neurons) blocks; the results do not
+        depend on ``tile_rows`` (bit for bit). Default: ``self.tile_rows``."""
+        tile_rows = self.tile_rows if tile_rows is None else tile_rows
+        self._self_cache = {}
+        out = NeuronAnalysis(control, threshold, self.layer_sizes, self.baseline)
+        cv = self._control_views(control)
+        gs, views, dead, held = cv.gs, cv.views, cv.dead, cv.held
+        for i in range(self.m):
+            out.dead[i] = dead[("full", i)].cpu().numpy()
+            if held:
+                out.held_alive[i] = cv.ok[i].cpu().numpy()
         for (i, j) in self.pairs:
             if ("full", i, j) not in views:
                 continue
-            self._analyse_pair(out, control, i, j, views, dead, gs, held, tile_rows, baseline_only=like is not None)
+            self._analyse_pair(out, control, i, j, views, dead, gs, held, tile_rows)
         if self.baseline != "rotation":
             for (i, j) in self.ordered:
                 self._null_rows(out, control, i, j, dead, gs, held, tile_rows)
-        for table in (out.held_corr, out.held_base):
-            for key in list(table):
-                table[key] = torch.where(ok[key[0]], table[key], 0.0)
-        for table in (out.pair_max, out.pair_arg, out.same_layer_max, out.base_max, out.base_arg, out.held_arg,
-                      out.held_corr, out.held_base_arg, out.held_base):
-            for key, v in table.items():
-                table[key] = v.cpu().numpy() if isinstance(v, torch.Tensor) else v
-        if like is not None:  # the same moments and control: these figures do not depend on the rotation
+        _finish(out, cv.ok)
+        return out
+
+    def analyse_draw(self, likes: dict, tile_rows: int | None = None) -> dict:
+        """Under a further rotation draw (:meth:`use_rotations` with a seed),
+        the rotation baseline of every control of ``likes`` (control -> an
+        analysis of these moments under that control, made under another
+        rotation). Each returned analysis takes the figures that do not depend
+        on the rotation (max-corr, same-layer and held-out partners, dead
+        units) from its ``like``.
+
+        The controls are walked together, block by block as in
+        :meth:`analyse`. The raw block of the co-moment (not centred within
+        groups) is rotated once per half of the quizzes, the full split
+        following by linearity ((C0 + C1 + f dx dy^T) R^T); a control's
+        within-group block in the rotated basis is that less its between-group
+        part, (N Dx)^T (Dy R^T): products over the G groups in place of one over
+        all neurons per control and split. A control with so many groups that
+        this costs more (:func:`_corrected_after_rotation`) has its
+        within-group block rotated, as :meth:`analyse` does. The numbers differ
+        from :meth:`analyse`'s under the same rotation by the rounding of the
+        compute dtype only (tested)."""
+        if self.baseline != "rotation" or self.own_rotation:
+            raise ValueError("analyse_draw needs a further draw of the rotation baseline (use_rotations(seed))")
+        tile_rows = self.tile_rows if tile_rows is None else tile_rows
+        self._self_cache = {}
+        ctx = {c: self._control_views(c) for c in likes}
+        outs = {}
+        for c, like in likes.items():
+            out = NeuronAnalysis(c, like.threshold, self.layer_sizes, self.baseline, dead=like.dead,
+                                 held_alive=like.held_alive)
             out.pair_max, out.pair_arg, out.same_layer_max = like.pair_max, like.pair_arg, like.same_layer_max
             out.held_arg, out.held_corr = like.held_arg, like.held_corr
-        return out
+            outs[c] = out
+        for (i, j) in self.pairs:
+            controls = [c for c in likes if ("full", i, j) in ctx[c].views]
+            if controls:
+                self._draw_pair(outs, ctx, controls, i, j, tile_rows)
+        for c, out in outs.items():
+            _finish(out, ctx[c].ok)
+        return outs
 
     def _rotate(self, batch: Centered, i: int, k: int, off) -> Centered:
         """Model i's layer-k units of a centred batch, rotated: y' = R y (centred: R (y - mean))."""
@@ -495,13 +521,13 @@ class NeuronMoments:
             self._draw_m2[key] = rotated_variances(comoment, self.rotations[j][k])
         return self._draw_m2[key]
 
-    def _analyse_pair(self, out, control, i, j, views, dead, gs, held, tile_rows, baseline_only=False) -> None:
+    def _analyse_pair(self, out, control, i, j, views, dead, gs, held, tile_rows) -> None:
         """Model pair i < j, read in blocks of (rows of i: whole layers, at most
         ``tile_rows``) x (one layer of j): both directions' max-corr (running
         maxima over j's layers for i's neurons, over i's row blocks for j's),
         same-layer maxima, held-out (partner chosen on split 0, measured on
-        split 1) and the rotation baseline (alone with ``baseline_only``).
-        Temporaries: a few (rows x d_mlp) blocks."""
+        split 1) and the rotation baseline. Temporaries: a few (rows x d_mlp)
+        blocks."""
         oi, oj = self.offsets[i], self.offsets[j]
         splits = ("full", 0, 1) if held else ("full",)
         rot = self.baseline == "rotation"
@@ -518,18 +544,19 @@ class NeuronMoments:
             pair, held_r, base, held_base = _Running(), _Running(), _Running(), _Running()
             for kj in layers_j:
                 cols = (int(oj[kj]), int(oj[kj + 1]))
-                comoment = {split: views[(split, i, j)].tile(start, stop, cols) for split in splits}
-                if not baseline_only:
-                    corr = {split: views[(split, i, j)].corr_tile(start, stop, comoment[split], cols)
-                            for split in splits}
-                    c = corr["full"]
-                    _best_along(pair, held_r, corr, 1, cols[0], held)
-                    _best_along(col_pair[kj], col_held[kj], corr, 0, start, held)
-                    for k in layers:
-                        if k == kj and k < n_same:
-                            blk = c[oi[k] - start:oi[k + 1] - start]
-                            same_ij[oi[k]:oi[k + 1]] = blk.max(1).values
-                            same_ji[oj[k]:oj[k + 1]] = blk.max(0).values
+                comoment, corr = {}, {}
+                for split in splits:
+                    v = views[(split, i, j)]
+                    comoment[split] = v.tile(start, stop, cols)
+                    corr[split] = v.corr_tile(start, stop, comoment[split], cols)
+                c = corr["full"]
+                _best_along(pair, held_r, corr, 1, cols[0], held)
+                _best_along(col_pair[kj], col_held[kj], corr, 0, start, held)
+                for k in layers:
+                    if k == kj and k < n_same:
+                        blk = c[oi[k] - start:oi[k + 1] - start]
+                        same_ij[oi[k]:oi[k + 1]] = blk.max(1).values
+                        same_ji[oj[k]:oj[k + 1]] = blk.max(0).values
                 if not rot:
                     continue
                 rotated = {split: rotated_correlation(
@@ -547,19 +574,88 @@ class NeuronMoments:
             rows_held.append(held_r)
             rows_base.append(base)
             rows_held_base.append(held_base)
-        if not baseline_only:
-            out.pair_max[(i, j)], out.pair_arg[(i, j)], _ = _joined(rows_pair)
-            out.pair_max[(j, i)], out.pair_arg[(j, i)], _ = _joined(col_pair)
-            out.same_layer_max[(i, j)], out.same_layer_max[(j, i)] = same_ij, same_ji
-            if held:
-                _, out.held_arg[(i, j)], out.held_corr[(i, j)] = _joined(rows_held)
-                _, out.held_arg[(j, i)], out.held_corr[(j, i)] = _joined(col_held)
+        out.pair_max[(i, j)], out.pair_arg[(i, j)], _ = _joined(rows_pair)
+        out.pair_max[(j, i)], out.pair_arg[(j, i)], _ = _joined(col_pair)
+        out.same_layer_max[(i, j)], out.same_layer_max[(j, i)] = same_ij, same_ji
+        if held:
+            _, out.held_arg[(i, j)], out.held_corr[(i, j)] = _joined(rows_held)
+            _, out.held_arg[(j, i)], out.held_corr[(j, i)] = _joined(col_held)
         if rot:
             out.base_max[(i, j)], out.base_arg[(i, j)], _ = _joined(rows_base)
             out.base_max[(j, i)], out.base_arg[(j, i)], _ = _joined(col_base)
             if held:
                 _, out.held_base_arg[(i, j)], out.held_base[(i, j)] = _joined(rows_held_base)
                 _, out.held_base_arg[(j, i)], out.held_base[(j, i)] = _joined(col_held_base)
+
+    def _draw_pair(self, outs: dict, ctx: dict, controls: list, i: int, j: int, tile_rows: int | None) -> None:
+        """:meth:`analyse_draw` for model pair i < j: both directions' rotation
+        baselines (i's neurons against j's rotated units, j's against i's) of
+        every control, in blocks of (rows of i: whole layers) x (one layer of
+        j). The controls corrected after rotation share the rotated raw blocks;
+        the others are done one at a time (a control's within-group block in
+        each split is held while both directions read it)."""
+        oi, oj = self.offsets[i], self.offsets[j]
+        cd = self.compute_dtype
+        halves = any(ctx[c].held for c in controls)  # then the full split's raw block follows from the halves'
+        raw_splits = (0, 1) if halves else ("full",)
+        raw = {s: self.views(self.cross[(i, j)], s) for s in raw_splits + (("full",) if halves else ())}
+        merge = raw["full"]._merge if halves else None  # (f, dx, dy) of the halves' merge
+        layers_j = range(len(self.layer_sizes[j]))
+        rows_best = {c: [] for c in controls}
+        cols_best = {c: [(_Running(), _Running()) for _ in layers_j] for c in controls}
+        for start, stop, layers in self.row_tiles(i, tile_rows):
+            rows = slice(start, stop)
+            row_best = {c: (_Running(), _Running()) for c in controls}
+            for kj in layers_j:
+                cols = (int(oj[kj]), int(oj[kj + 1]))
+                c0, c1 = cols
+                blocks = {s: raw[s].tile(start, stop, cols) for s in raw_splits}
+                rj = self.rotations[j][kj].to(blocks[raw_splits[0]].device)
+                linear = [c for c in controls
+                          if _corrected_after_rotation(ctx[c].views[("full", i, j)].n_groups, stop - start, c1 - c0)]
+
+                def forward(group, cross):  # i's rows against j's rotated layer kj
+                    _fold_draw(ctx, group, cross, lambda c, s: ctx[c].views[(s, i, j)].m2_x[rows],
+                               lambda c, s: self._rotated_var(c, s, j, kj, ctx[c].gs),
+                               lambda c, s: ctx[c].dead[(s, i)][rows], lambda c: row_best[c], c0)
+
+                def backward(group, cross, k):  # j's layer-kj units against i's rotated layer k
+                    _fold_draw(ctx, group, cross, lambda c, s: ctx[c].views[(s, i, j)].m2_y[c0:c1],
+                               lambda c, s: self._rotated_var(c, s, i, k, ctx[c].gs),
+                               lambda c, s: ctx[c].dead[(s, j)][c0:c1], lambda c: cols_best[c][kj], int(oi[k]))
+
+                if linear:
+                    factors = {(c, s): ctx[c].views[(s, i, j)].between_factors(start, stop, cols)
+                               for c in linear for s in ctx[c].splits if ctx[c].views[(s, i, j)].n_groups}
+                    f_dx_dy = None if merge is None else (merge[0], merge[1][rows], merge[2][c0:c1])
+                    rotated = _rotate_splits(blocks, rj, cd, f_dx_dy)
+                    forward(linear, lambda c, s: _less_between(rotated[s], factors.get((c, s)), rj, cd))
+                    for k in layers:
+                        a, b = int(oi[k]) - start, int(oi[k + 1]) - start
+                        ri = self.rotations[i][k].to(rj.device)
+                        f_dy_dx = None if merge is None else (merge[0], merge[2][c0:c1], merge[1][oi[k]:oi[k + 1]])
+                        back = _rotate_splits({s: blk[a:b].t() for s, blk in blocks.items()}, ri, cd, f_dy_dx)
+                        transposed = {key: (dy.t(), rows_factor[a:b].t()) for key, (rows_factor, dy) in factors.items()}
+                        backward(linear, lambda c, s: _less_between(back[s], transposed.get((c, s)), ri, cd), k)
+                for c in controls:
+                    if c in linear:
+                        continue
+                    within = {s: ctx[c].views[(s, i, j)].tile(start, stop, cols) for s in ctx[c].splits}
+                    forward([c], lambda c, s: _rotate_splits({s: within[s]}, rj, cd)[s])
+                    for k in layers:
+                        a, b = int(oi[k]) - start, int(oi[k + 1]) - start
+                        ri = self.rotations[i][k].to(rj.device)
+                        backward([c], lambda c, s: _rotate_splits({s: within[s][a:b].t()}, ri, cd)[s], k)
+                    del within
+            for c in controls:
+                rows_best[c].append(row_best[c])
+        for c in controls:
+            out = outs[c]
+            out.base_max[(i, j)], out.base_arg[(i, j)], _ = _joined([b[0] for b in rows_best[c]])
+            out.base_max[(j, i)], out.base_arg[(j, i)], _ = _joined([b[0] for b in cols_best[c]])
+            if ctx[c].held:
+                _, out.held_base_arg[(i, j)], out.held_base[(i, j)] = _joined([b[1] for b in rows_best[c]])
+                _, out.held_base_arg[(j, i)], out.held_base[(j, i)] = _joined([b[1] for b in cols_best[c]])
 
     def _null_rows(self, out, control, i, j, dead, gs, held, tile_rows) -> None:
         """Permutation / gaussian baseline of ordered pair (i, j): model i's
@@ -587,6 +683,82 @@ class NeuronMoments:
         out.base_max[(i, j)], out.base_arg[(i, j)], _ = _joined(rows_base)
         if held:
             _, out.held_base_arg[(i, j)], out.held_base[(i, j)] = _joined(rows_held_base)
+
+
+@dataclass
+class _ControlViews:
+    """What an analysis under one control reads (:meth:`NeuronMoments._control_views`)."""
+
+    gs: dict  # split -> per model: group sums (None for "none")
+    views: dict  # (split, i, j) -> CrossTiles within the groups
+    dead: dict  # (split, i) -> (W_i,) bool
+    held: bool  # the held-out split is measured
+    ok: dict  # i -> (W_i,) alive in both halves (held only)
+
+    @property
+    def splits(self) -> tuple:
+        return ("full", 0, 1) if self.held else ("full",)
+
+
+def _corrected_after_rotation(n_groups: int, rows: int, cols: int) -> bool:
+    """Whether a rotation draw gets a block's within-group co-moment in the
+    rotated basis cheaper by rotating the raw block (made once for every
+    control) and subtracting the rotated between-group part, than by rotating
+    the within-group block. Per block of ``rows`` x ``cols`` (one layer of
+    ``cols`` units), both directions, in multiply-adds: the correction
+    G (cols^2 + 3 rows cols), the direct way rows cols (2 cols + G) (the
+    within-group block, then its two rotated products), i.e. the correction
+    is cheaper when G (cols + 2 rows) < 2 rows cols."""
+    return n_groups * (cols + 2 * rows) < 2 * rows * cols
+
+
+def _rotate_splits(blocks: dict, rotation: torch.Tensor, compute_dtype: torch.dtype, merge=None) -> dict:
+    """Each split's co-moment block times ``rotation``^T (the product in
+    ``compute_dtype``, returned in float64). With ``merge`` = (f, u, v), the
+    halves' merge term f u v^T of the full block, the full split follows from
+    the halves' by linearity: B0 R^T + B1 R^T + f u (R v)^T."""
+    r = rotation.to(compute_dtype)
+    out = {s: (b.to(compute_dtype) @ r.t()).to(torch.float64) for s, b in blocks.items()}
+    if merge is not None:
+        f, u, v = merge
+        out["full"] = out[0] + out[1] + f * torch.outer(u, v @ rotation.to(v).t())
+    return out
+
+
+def _less_between(rotated: torch.Tensor, factors, rotation: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
+    """A rotated raw block less its between-group part in the rotated basis:
+    rotated - left (right R^T), for the between-group factors (left, right)
+    (:meth:`~culture.universality.stats.CrossTiles.between_factors`; None:
+    no groups)."""
+    if factors is None:
+        return rotated
+    left, right = factors
+    return rotated - (left @ (right @ rotation.to(compute_dtype).t())).to(torch.float64)
+
+
+def _fold_draw(ctx: dict, controls: list, cross, m2_rows, m2_units, dead_rows, running, offset: int) -> None:
+    """Fold one block of a rotation draw into each control's running maxima
+    (``running(c)``: full split, held out): per split s, the correlations of
+    the rotated within-group block ``cross(c, s)`` from its rows' m2
+    ``m2_rows(c, s)``, the rotated units' ``m2_units(c, s)`` and the dead
+    rows ``dead_rows(c, s)``; column indices shifted by ``offset``."""
+    for c in controls:
+        cv = ctx[c]
+        corr = {s: correlation_of(cross(c, s), m2_rows(c, s), m2_units(c, s), dead_rows(c, s)) for s in cv.splits}
+        _best_along(*running(c), corr, 1, offset, cv.held)
+
+
+def _finish(out: "NeuronAnalysis", ok: dict) -> None:
+    """Held-out figures of units not alive in both halves set to 0; every
+    table turned into numpy (tables already in numpy are left as they are)."""
+    for table in (out.held_corr, out.held_base):
+        for key, v in table.items():
+            if isinstance(v, torch.Tensor):
+                table[key] = torch.where(ok[key[0]], v, 0.0)
+    for table in (out.pair_max, out.pair_arg, out.same_layer_max, out.base_max, out.base_arg, out.held_arg,
+                  out.held_corr, out.held_base_arg, out.held_base):
+        for key, v in table.items():
+            table[key] = v.cpu().numpy() if isinstance(v, torch.Tensor) else v
 
 
 def _in_memory(acc):

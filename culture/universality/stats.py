@@ -564,14 +564,28 @@ class CrossTiles:
             out = self.parts[0].comoment[rows, cs] + self.parts[1].comoment[rows, cs] + f * torch.outer(dx[rows],
                                                                                                           dy[cs])
         if self._between is not None:
-            gx, gy, used, counts, mean_x, mean_y = self._between
-            c = self.compute_dtype
-            if self._row_dev is None or self._row_dev[0] != (start, stop):
-                dx = group_deviations(gx, used, counts, mean_x, start, stop, counts.device)
-                self._row_dev = ((start, stop), (dx * counts[:, None]).to(c).t())
-            dy = group_deviations(gy, used, counts, mean_y, cs.start, cs.stop, counts.device).to(c)
-            out = out - (self._row_dev[1] @ dy).to(self.dtype)
+            rows_factor, dy = self.between_factors(start, stop, (cs.start, cs.stop))
+            out = out - (rows_factor @ dy).to(self.dtype)
         return out
+
+    def between_factors(self, start: int, stop: int, cols: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Within groups, the two factors of the between-group part of the
+        co-moment block (rows start..stop-1, columns ``cols``), in the compute
+        dtype: (rows, G) = each group's deviation of x times its count, and
+        (G, cols) = each group's deviation of y; :meth:`tile` subtracts their
+        product. The row factor is kept for the next block of the same rows."""
+        gx, gy, used, counts, mean_x, mean_y = self._between
+        c = self.compute_dtype
+        if self._row_dev is None or self._row_dev[0] != (start, stop):
+            dx = group_deviations(gx, used, counts, mean_x, start, stop, counts.device)
+            self._row_dev = ((start, stop), (dx * counts[:, None]).to(c).t())
+        dy = group_deviations(gy, used, counts, mean_y, cols[0], cols[1], counts.device).to(c)
+        return self._row_dev[1], dy
+
+    @property
+    def n_groups(self) -> int:
+        """Groups with tokens (0: not within groups)."""
+        return 0 if self._between is None else int(self._between[2].numel())
 
     def corr_tile(self, start: int, stop: int, comoment: torch.Tensor | None = None,
                   cols: tuple[int, int] | None = None) -> torch.Tensor:
@@ -784,6 +798,14 @@ def rotated_correlation(c_xy: torch.Tensor, m2_x: torch.Tensor, c_yy, rotation: 
     c = compute_dtype or c_xy.dtype
     cross = (c_xy.to(c) @ rotation.to(device=c_xy.device, dtype=c).t()).to(c_xy.dtype)
     m2_y = c_yy if c_yy.dim() == 1 else rotated_variances(c_yy, rotation)
+    return correlation_of(cross, m2_x, m2_y, dead_x)
+
+
+def correlation_of(cross: torch.Tensor, m2_x: torch.Tensor, m2_y: torch.Tensor,
+                   dead_x: torch.Tensor | None = None) -> torch.Tensor:
+    """(a, b) correlations from a cross co-moment and both sides' m2 (the same
+    centring), clamped to [-1, 1]; 0 for rows without variance or ``dead_x``,
+    and for columns without variance."""
     alive_y = m2_y > 1e-300
     sx = torch.where(m2_x > 0, m2_x, torch.ones_like(m2_x)).sqrt()
     sy = torch.where(alive_y, m2_y, torch.ones_like(m2_y)).sqrt()
@@ -929,8 +951,8 @@ def _np(x):
 
 
 __all__ = [
-    "random_orthogonal", "rotated_correlation", "debiased_cka", "unbiased_hsic", "svcca", "block_weights",
-    "percentile_interval", "corr_from_sums",
+    "random_orthogonal", "rotated_correlation", "correlation_of", "debiased_cka", "unbiased_hsic", "svcca",
+    "block_weights", "percentile_interval", "corr_from_sums",
     "StreamingCorrelation", "StreamingMoments", "CrossTiles", "StreamingCKA",
     "scratch_buffer", "transposed_product", "release_buffers", "float64_sum",
     "GroupSums", "Centered", "WITHIN_DEAD_RELATIVE", "linear_cka",
