@@ -514,11 +514,21 @@ class NeuronMoments:
     def _draw_variances(self, split, j, k) -> torch.Tensor:
         """(H,) m2 of model j's layer-k units under a further rotation draw:
         diag(R C R^T) from the layer's self co-moment C (kept until the
-        rotations change: the controls of a draw share it)."""
+        rotations change: the controls of a draw share it). With both halves,
+        the full split follows from theirs: C = C0 + C1 + f d d^T (d the
+        difference of the halves' means), so diag(R C R^T) = v0 + v1 + f (R d)^2."""
         key = (split, j, k)
         if key not in self._draw_m2:
-            comoment = self._split([_in_memory(a) for a in self.layer_comoments[j][k]], split).comoment
-            self._draw_m2[key] = rotated_variances(comoment, self.rotations[j][k])
+            accs = self.layer_comoments[j][k]
+            if split == "full" and len(accs) == 2 and all(a.comoment is not None for a in accs):
+                a0, a1 = accs
+                rd = (a1.mean_x - a0.mean_x) @ self.rotations[j][k].to(a0.mean_x).t()
+                m2 = self._draw_variances(0, j, k) + self._draw_variances(1, j, k)
+                self._draw_m2[key] = m2 + (a0.n * a1.n / (a0.n + a1.n)) * rd * rd
+            else:
+                one = _in_memory(accs[split]) if split != "full" else self._split([_in_memory(a) for a in accs], split)
+                comoment = one.comoment
+                self._draw_m2[key] = rotated_variances(comoment, self.rotations[j][k])
         return self._draw_m2[key]
 
     def _analyse_pair(self, out, control, i, j, views, dead, gs, held, tile_rows) -> None:
