@@ -300,8 +300,8 @@ class _Group:
 
     def analyse(self, threshold: float, seed: int, task_names) -> None:
         self.threshold = threshold
+        self.analyses.update(self.neurons.analyse_controls(self.controls, threshold))
         for c in self.controls:
-            self.analyses[c] = self.neurons.analyse(c, threshold)
             if self.cka_sums is not None:
                 self.cka_linear[c] = self._linear_cka(c)
         if self.features is not None:

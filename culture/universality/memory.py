@@ -373,8 +373,9 @@ def _group_phases(shape: _Shape, k: int, block_layers, tile_layers, groups_on_di
 
     rows = max(W) if tile_layers is None else min(tile_layers * max(H), max(W))
     draws = 3 if shape.baseline == "rotation" and shape.rotation_draws > 0 else 0  # a draw's C, R C, R C * R
-    # a draw analyses every control at once: the views of each keep their between-group row factor (rows, G)
-    row_groups = sum(G) if draws else gmax
+    # the rotation baseline is made for every control at once: the views of each keep their between-group
+    # row factor (rows, G)
+    row_groups = sum(G) if shape.baseline == "rotation" else gmax
     analysis = f8 * (rows * (3 * 4 * max(H) + 3 * row_groups) + (6 + draws) * max(H) ** 2 + 3 * gmax * GROUP_BLOCK)
     add(phases["analysis"], "analysis temporaries", analysis)
     for p in ("pass 1", "analysis"):

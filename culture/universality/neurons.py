@@ -56,7 +56,6 @@ from culture.universality.stats import (
     random_orthogonal,
     StreamingMoments,
     correlation_of,
-    rotated_correlation,
     rotated_variances,
     scratch_buffer,
 )
@@ -416,29 +415,40 @@ class NeuronMoments:
         return _ControlViews(gs, views, dead, held, ok)
 
     def analyse(self, control: str, threshold: float, tile_rows: int | None = None) -> "NeuronAnalysis":
-        """Max-corr, baseline, excess and held-out figures under ``control``.
+        """Max-corr, baseline, excess and held-out figures under ``control``
+        (:meth:`analyse_controls` with that control alone)."""
+        return self.analyse_controls([control], threshold, tile_rows)[control]
+
+    def analyse_controls(self, controls, threshold: float, tile_rows: int | None = None) -> dict:
+        """Per control: max-corr, baseline, excess and held-out figures.
 
         The co-moments are read ``tile_rows`` rows (whole layers) at a time:
         temporaries are a few (tile_rows x neurons) blocks; the results do not
-        depend on ``tile_rows`` (bit for bit). Default: ``self.tile_rows``."""
+        depend on ``tile_rows`` (bit for bit). Default: ``self.tile_rows``.
+        The rotation baseline is made for every control together
+        (:meth:`_rotation_baselines`)."""
         tile_rows = self.tile_rows if tile_rows is None else tile_rows
         self._self_cache = {}
-        out = NeuronAnalysis(control, threshold, self.layer_sizes, self.baseline)
-        cv = self._control_views(control)
-        gs, views, dead, held = cv.gs, cv.views, cv.dead, cv.held
-        for i in range(self.m):
-            out.dead[i] = dead[("full", i)].cpu().numpy()
-            if held:
-                out.held_alive[i] = cv.ok[i].cpu().numpy()
-        for (i, j) in self.pairs:
-            if ("full", i, j) not in views:
-                continue
-            self._analyse_pair(out, control, i, j, views, dead, gs, held, tile_rows)
-        if self.baseline != "rotation":
-            for (i, j) in self.ordered:
-                self._null_rows(out, control, i, j, dead, gs, held, tile_rows)
-        _finish(out, cv.ok)
-        return out
+        ctx = {c: self._control_views(c) for c in controls}
+        outs = {}
+        for control, cv in ctx.items():
+            out = NeuronAnalysis(control, threshold, self.layer_sizes, self.baseline)
+            for i in range(self.m):
+                out.dead[i] = cv.dead[("full", i)].cpu().numpy()
+                if cv.held:
+                    out.held_alive[i] = cv.ok[i].cpu().numpy()
+            for (i, j) in self.pairs:
+                if ("full", i, j) in cv.views:
+                    self._analyse_pair(out, i, j, cv, tile_rows)
+            if self.baseline != "rotation":
+                for (i, j) in self.ordered:
+                    self._null_rows(out, control, i, j, cv.dead, cv.gs, cv.held, tile_rows)
+            outs[control] = out
+        if self.baseline == "rotation":
+            self._rotation_baselines(outs, ctx, tile_rows)
+        for c, out in outs.items():
+            _finish(out, ctx[c].ok)
+        return outs
 
     def analyse_draw(self, likes: dict, tile_rows: int | None = None) -> dict:
         """Under a further rotation draw (:meth:`use_rotations` with a seed),
@@ -446,21 +456,9 @@ class NeuronMoments:
         analysis of these moments under that control, made under another
         rotation). Each returned analysis takes the figures that do not depend
         on the rotation (max-corr, same-layer and held-out partners, dead
-        units) from its ``like``.
-
-        The controls are walked together, block by block as in
-        :meth:`analyse`. The raw block of the co-moment (not centred within
-        groups) is rotated once per half of the quizzes, the full split
-        following by linearity ((C0 + C1 + f dx dy^T) R^T); a control's
-        within-group block in the rotated basis is that less its between-group
-        part, (N Dx)^T (Dy R^T): products over the G groups in place of one over
-        all neurons per control and split. A control with so many groups that
-        this costs more (:func:`_corrected_after_rotation`) has its
-        within-group block rotated, as :meth:`analyse` does. The numbers differ
-        from :meth:`analyse`'s under the same rotation by the rounding of the
-        compute dtype only (tested)."""
-        if self.baseline != "rotation" or self.own_rotation:
-            raise ValueError("analyse_draw needs a further draw of the rotation baseline (use_rotations(seed))")
+        units) from its ``like``."""
+        if self.baseline != "rotation":
+            raise ValueError("analyse_draw: the rotation baseline only")
         tile_rows = self.tile_rows if tile_rows is None else tile_rows
         self._self_cache = {}
         ctx = {c: self._control_views(c) for c in likes}
@@ -471,13 +469,29 @@ class NeuronMoments:
             out.pair_max, out.pair_arg, out.same_layer_max = like.pair_max, like.pair_arg, like.same_layer_max
             out.held_arg, out.held_corr = like.held_arg, like.held_corr
             outs[c] = out
-        for (i, j) in self.pairs:
-            controls = [c for c in likes if ("full", i, j) in ctx[c].views]
-            if controls:
-                self._draw_pair(outs, ctx, controls, i, j, tile_rows)
+        self._rotation_baselines(outs, ctx, tile_rows)
         for c, out in outs.items():
             _finish(out, ctx[c].ok)
         return outs
+
+    def _rotation_baselines(self, outs: dict, ctx: dict, tile_rows: int | None) -> None:
+        """The rotation baseline of every control of ``outs`` under the current
+        rotations, both directions of every pair, into ``outs``.
+
+        The controls are walked together, block by block as the max-corr is.
+        The raw block of the co-moment (not centred within groups) is rotated
+        once per half of the quizzes, the full split following by linearity
+        ((C0 + C1 + f dx dy^T) R^T); a control's within-group block in the
+        rotated basis is that less its between-group part, (N Dx)^T (Dy R^T):
+        products over the G groups in place of one over all neurons per
+        control and split. A control with so many groups that this costs more
+        (:func:`_corrected_after_rotation`) has its within-group block
+        rotated instead. Both ways give the same numbers up to the rounding of
+        the compute dtype (tested)."""
+        for (i, j) in self.pairs:
+            controls = [c for c in outs if ("full", i, j) in ctx[c].views]
+            if controls:
+                self._baseline_pair(outs, ctx, controls, i, j, tile_rows)
 
     def _rotate(self, batch: Centered, i: int, k: int, off) -> Centered:
         """Model i's layer-k units of a centred batch, rotated: y' = R y (centred: R (y - mean))."""
@@ -531,34 +545,28 @@ class NeuronMoments:
                 self._draw_m2[key] = rotated_variances(comoment, self.rotations[j][k])
         return self._draw_m2[key]
 
-    def _analyse_pair(self, out, control, i, j, views, dead, gs, held, tile_rows) -> None:
+    def _analyse_pair(self, out: "NeuronAnalysis", i: int, j: int, cv: "_ControlViews", tile_rows: int | None) -> None:
         """Model pair i < j, read in blocks of (rows of i: whole layers, at most
         ``tile_rows``) x (one layer of j): both directions' max-corr (running
         maxima over j's layers for i's neurons, over i's row blocks for j's),
-        same-layer maxima, held-out (partner chosen on split 0, measured on
-        split 1) and the rotation baseline. Temporaries: a few (rows x d_mlp)
-        blocks."""
+        same-layer maxima and held-out (partner chosen on split 0, measured on
+        split 1); the baselines are made apart. Temporaries: a few (rows x
+        d_mlp) blocks."""
         oi, oj = self.offsets[i], self.offsets[j]
-        splits = ("full", 0, 1) if held else ("full",)
-        rot = self.baseline == "rotation"
+        views, held = cv.views, cv.held
         dev = views[("full", i, j)].m2_x.device
         same_ij = torch.zeros(self.widths[i], dtype=torch.float64, device=dev)
         same_ji = torch.zeros(self.widths[j], dtype=torch.float64, device=dev)
         layers_j = range(len(self.layer_sizes[j]))
         n_same = min(len(self.layer_sizes[i]), len(self.layer_sizes[j]))
         # j's neurons: running maxima over i's row blocks, one per layer of j
-        col_pair, col_held, col_base, col_held_base = ([_Running() for _ in layers_j] for _ in range(4))
-        rows_pair, rows_held, rows_base, rows_held_base = [], [], [], []  # i's neurons, per row block
+        col_pair, col_held = [_Running() for _ in layers_j], [_Running() for _ in layers_j]
+        rows_pair, rows_held = [], []  # i's neurons, per row block
         for start, stop, layers in self.row_tiles(i, tile_rows):
-            rows = slice(start, stop)
-            pair, held_r, base, held_base = _Running(), _Running(), _Running(), _Running()
+            pair, held_r = _Running(), _Running()
             for kj in layers_j:
                 cols = (int(oj[kj]), int(oj[kj + 1]))
-                comoment, corr = {}, {}
-                for split in splits:
-                    v = views[(split, i, j)]
-                    comoment[split] = v.tile(start, stop, cols)
-                    corr[split] = v.corr_tile(start, stop, comoment[split], cols)
+                corr = {split: views[(split, i, j)].corr_tile(start, stop, cols=cols) for split in cv.splits}
                 c = corr["full"]
                 _best_along(pair, held_r, corr, 1, cols[0], held)
                 _best_along(col_pair[kj], col_held[kj], corr, 0, start, held)
@@ -567,38 +575,17 @@ class NeuronMoments:
                         blk = c[oi[k] - start:oi[k + 1] - start]
                         same_ij[oi[k]:oi[k + 1]] = blk.max(1).values
                         same_ji[oj[k]:oj[k + 1]] = blk.max(0).values
-                if not rot:
-                    continue
-                rotated = {split: rotated_correlation(
-                    comoment[split], views[(split, i, j)].m2_x[rows], self._rotated_var(control, split, j, kj, gs),
-                    self.rotations[j][kj], dead[(split, i)][rows], self.compute_dtype) for split in splits}
-                _best_along(base, held_base, rotated, 1, cols[0], held)
-                for k in layers:  # j's neurons against i's rotated layer k (the (j, i) baseline)
-                    c0, c1 = cols
-                    rotated = {split: rotated_correlation(
-                        comoment[split][oi[k] - start:oi[k + 1] - start].t(), views[(split, i, j)].m2_y[c0:c1],
-                        self._rotated_var(control, split, i, k, gs), self.rotations[i][k],
-                        dead[(split, j)][c0:c1], self.compute_dtype) for split in splits}
-                    _best_along(col_base[kj], col_held_base[kj], rotated, 1, int(oi[k]), held)
             rows_pair.append(pair)
             rows_held.append(held_r)
-            rows_base.append(base)
-            rows_held_base.append(held_base)
         out.pair_max[(i, j)], out.pair_arg[(i, j)], _ = _joined(rows_pair)
         out.pair_max[(j, i)], out.pair_arg[(j, i)], _ = _joined(col_pair)
         out.same_layer_max[(i, j)], out.same_layer_max[(j, i)] = same_ij, same_ji
         if held:
             _, out.held_arg[(i, j)], out.held_corr[(i, j)] = _joined(rows_held)
             _, out.held_arg[(j, i)], out.held_corr[(j, i)] = _joined(col_held)
-        if rot:
-            out.base_max[(i, j)], out.base_arg[(i, j)], _ = _joined(rows_base)
-            out.base_max[(j, i)], out.base_arg[(j, i)], _ = _joined(col_base)
-            if held:
-                _, out.held_base_arg[(i, j)], out.held_base[(i, j)] = _joined(rows_held_base)
-                _, out.held_base_arg[(j, i)], out.held_base[(j, i)] = _joined(col_held_base)
 
-    def _draw_pair(self, outs: dict, ctx: dict, controls: list, i: int, j: int, tile_rows: int | None) -> None:
-        """:meth:`analyse_draw` for model pair i < j: both directions' rotation
+    def _baseline_pair(self, outs: dict, ctx: dict, controls: list, i: int, j: int, tile_rows: int | None) -> None:
+        """:meth:`_rotation_baselines` for model pair i < j: both directions' rotation
         baselines (i's neurons against j's rotated units, j's against i's) of
         every control, in blocks of (rows of i: whole layers) x (one layer of
         j). The controls corrected after rotation share the rotated raw blocks;

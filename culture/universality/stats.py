@@ -784,23 +784,6 @@ def rotated_variances(c_yy: torch.Tensor, rotation: torch.Tensor) -> torch.Tenso
     return ((r @ c_yy) * r).sum(1)
 
 
-def rotated_correlation(c_xy: torch.Tensor, m2_x: torch.Tensor, c_yy, rotation: torch.Tensor,
-                        dead_x: torch.Tensor | None = None, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Correlations of x with the rotated variables y' = R y (unit k of y' is
-    ``rotation[k] @ y``), from the moments of x and y alone:
-
-        C_xy' = C_xy R^T,   m2(y'_k) = (R C_yy R^T)_kk
-
-    c_xy (a, b) cross co-moment, m2_x (a,) and c_yy (b, b) co-moments (all
-    centred the same way, e.g. within groups) - or, for c_yy, the rotated
-    variances already computed (:func:`rotated_variances`). Returns (a, b)
-    float64, 0 for dead rows / rotated units without variance."""
-    c = compute_dtype or c_xy.dtype
-    cross = (c_xy.to(c) @ rotation.to(device=c_xy.device, dtype=c).t()).to(c_xy.dtype)
-    m2_y = c_yy if c_yy.dim() == 1 else rotated_variances(c_yy, rotation)
-    return correlation_of(cross, m2_x, m2_y, dead_x)
-
-
 def correlation_of(cross: torch.Tensor, m2_x: torch.Tensor, m2_y: torch.Tensor,
                    dead_x: torch.Tensor | None = None) -> torch.Tensor:
     """(a, b) correlations from a cross co-moment and both sides' m2 (the same
@@ -951,7 +934,7 @@ def _np(x):
 
 
 __all__ = [
-    "random_orthogonal", "rotated_correlation", "correlation_of", "debiased_cka", "unbiased_hsic", "svcca",
+    "random_orthogonal", "rotated_variances", "correlation_of", "debiased_cka", "unbiased_hsic", "svcca",
     "block_weights", "percentile_interval", "corr_from_sums",
     "StreamingCorrelation", "StreamingMoments", "CrossTiles", "StreamingCKA",
     "scratch_buffer", "transposed_product", "release_buffers", "float64_sum",
