@@ -442,7 +442,7 @@ class NeuronMoments:
                     self._analyse_pair(out, i, j, cv, tile_rows)
             if self.baseline != "rotation":
                 for (i, j) in self.ordered:
-                    self._null_rows(out, control, i, j, cv.dead, cv.gs, cv.held, tile_rows)
+                    self._null_rows(out, control, i, j, cv, tile_rows)
             outs[control] = out
         if self.baseline == "rotation":
             self._rotation_baselines(outs, ctx, tile_rows)
@@ -608,16 +608,17 @@ class NeuronMoments:
                 c0, c1 = cols
                 blocks = {s: raw[s].tile(start, stop, cols) for s in raw_splits}
                 rj = self.rotations[j][kj].to(blocks[raw_splits[0]].device)
+                rj_c = rj.to(cd)  # once per block: every control and split multiplies by it
                 linear = [c for c in controls
                           if _corrected_after_rotation(ctx[c].views[("full", i, j)].n_groups, stop - start, c1 - c0)]
 
                 def forward(group, cross):  # i's rows against j's rotated layer kj
-                    _fold_draw(ctx, group, cross, lambda c, s: ctx[c].views[(s, i, j)].m2_x[rows],
+                    _fold_baseline(ctx, group, cross, lambda c, s: ctx[c].views[(s, i, j)].m2_x[rows],
                                lambda c, s: self._rotated_var(c, s, j, kj, ctx[c].gs),
                                lambda c, s: ctx[c].dead[(s, i)][rows], lambda c: row_best[c], c0)
 
                 def backward(group, cross, k):  # j's layer-kj units against i's rotated layer k
-                    _fold_draw(ctx, group, cross, lambda c, s: ctx[c].views[(s, i, j)].m2_y[c0:c1],
+                    _fold_baseline(ctx, group, cross, lambda c, s: ctx[c].views[(s, i, j)].m2_y[c0:c1],
                                lambda c, s: self._rotated_var(c, s, i, k, ctx[c].gs),
                                lambda c, s: ctx[c].dead[(s, j)][c0:c1], lambda c: cols_best[c][kj], int(oi[k]))
 
@@ -625,24 +626,25 @@ class NeuronMoments:
                     factors = {(c, s): ctx[c].views[(s, i, j)].between_factors(start, stop, cols)
                                for c in linear for s in ctx[c].splits if ctx[c].views[(s, i, j)].n_groups}
                     f_dx_dy = None if merge is None else (merge[0], merge[1][rows], merge[2][c0:c1])
-                    rotated = _rotate_splits(blocks, rj, cd, f_dx_dy)
-                    forward(linear, lambda c, s: _less_between(rotated[s], factors.get((c, s)), rj, cd))
+                    rotated = _rotate_splits(blocks, rj, rj_c, f_dx_dy)
+                    forward(linear, lambda c, s: _less_between(rotated[s], factors.get((c, s)), rj_c))
                     for k in layers:
                         a, b = int(oi[k]) - start, int(oi[k + 1]) - start
                         ri = self.rotations[i][k].to(rj.device)
+                        ri_c = ri.to(cd)
                         f_dy_dx = None if merge is None else (merge[0], merge[2][c0:c1], merge[1][oi[k]:oi[k + 1]])
-                        back = _rotate_splits({s: blk[a:b].t() for s, blk in blocks.items()}, ri, cd, f_dy_dx)
+                        back = _rotate_splits({s: blk[a:b].t() for s, blk in blocks.items()}, ri, ri_c, f_dy_dx)
                         transposed = {key: (dy.t(), rows_factor[a:b].t()) for key, (rows_factor, dy) in factors.items()}
-                        backward(linear, lambda c, s: _less_between(back[s], transposed.get((c, s)), ri, cd), k)
+                        backward(linear, lambda c, s: _less_between(back[s], transposed.get((c, s)), ri_c), k)
                 for c in controls:
                     if c in linear:
                         continue
                     within = {s: ctx[c].views[(s, i, j)].tile(start, stop, cols) for s in ctx[c].splits}
-                    forward([c], lambda c, s: _rotate_splits({s: within[s]}, rj, cd)[s])
+                    forward([c], lambda c, s: _rotated(within[s], rj_c))
                     for k in layers:
                         a, b = int(oi[k]) - start, int(oi[k + 1]) - start
-                        ri = self.rotations[i][k].to(rj.device)
-                        backward([c], lambda c, s: _rotate_splits({s: within[s][a:b].t()}, ri, cd)[s], k)
+                        ri_c = self.rotations[i][k].to(device=rj.device, dtype=cd)
+                        backward([c], lambda c, s: _rotated(within[s][a:b].t(), ri_c), k)
                     del within
             for c in controls:
                 rows_best[c].append(row_best[c])
@@ -654,14 +656,14 @@ class NeuronMoments:
                 _, out.held_base_arg[(i, j)], out.held_base[(i, j)] = _joined([b[1] for b in rows_best[c]])
                 _, out.held_base_arg[(j, i)], out.held_base[(j, i)] = _joined([b[1] for b in cols_best[c]])
 
-    def _null_rows(self, out, control, i, j, dead, gs, held, tile_rows) -> None:
+    def _null_rows(self, out, control, i, j, cv: "_ControlViews", tile_rows) -> None:
         """Permutation / gaussian baseline of ordered pair (i, j): model i's
         correlations with j's null units, in blocks of (rows of i) x (one layer of j)."""
-        splits = ("full", 0, 1) if held else ("full",)
+        splits, dead, held = cv.splits, cv.dead, cv.held
         views = {}
         for split in splits:
             gy = None if control == "none" else self._split(self.null_groups[control][(i, j)], split)
-            views[split] = self.views(self.null[(i, j)], split, gs[split][i], gy)
+            views[split] = self.views(self.null[(i, j)], split, cv.gs[split][i], gy)
         oj = self.offsets[j]
         rows_base, rows_held_base = [], []
         for start, stop, _ in self.row_tiles(i, tile_rows):
@@ -698,8 +700,8 @@ class _ControlViews:
 
 
 def _corrected_after_rotation(n_groups: int, rows: int, cols: int) -> bool:
-    """Whether a rotation draw gets a block's within-group co-moment in the
-    rotated basis cheaper by rotating the raw block (made once for every
+    """Whether the rotation baseline gets a block's within-group co-moment in
+    the rotated basis cheaper by rotating the raw block (made once for every
     control) and subtracting the rotated between-group part, than by rotating
     the within-group block. Per block of ``rows`` x ``cols`` (one layer of
     ``cols`` units), both directions, in multiply-adds: the correction
@@ -709,32 +711,38 @@ def _corrected_after_rotation(n_groups: int, rows: int, cols: int) -> bool:
     return n_groups * (cols + 2 * rows) < 2 * rows * cols
 
 
-def _rotate_splits(blocks: dict, rotation: torch.Tensor, compute_dtype: torch.dtype, merge=None) -> dict:
-    """Each split's co-moment block times ``rotation``^T (the product in
-    ``compute_dtype``, returned in float64). With ``merge`` = (f, u, v), the
-    halves' merge term f u v^T of the full block, the full split follows from
-    the halves' by linearity: B0 R^T + B1 R^T + f u (R v)^T."""
-    r = rotation.to(compute_dtype)
-    out = {s: (b.to(compute_dtype) @ r.t()).to(torch.float64) for s, b in blocks.items()}
+def _rotated(block: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """A co-moment block times ``rotation``^T, the product in the rotation's
+    dtype (the compute dtype), returned in float64."""
+    return (block.to(rotation.dtype) @ rotation.t()).to(torch.float64)
+
+
+def _rotate_splits(blocks: dict, rotation: torch.Tensor, low: torch.Tensor, merge=None) -> dict:
+    """Each split's co-moment block times the rotation^T (:func:`_rotated`
+    with ``low``, the rotation in the compute dtype). With ``merge`` = (f, u,
+    v), the halves' merge term f u v^T of the full block, the full split
+    follows from the halves' by linearity: B0 R^T + B1 R^T + f u (R v)^T, its
+    last term with ``rotation`` in float64."""
+    out = {s: _rotated(b, low) for s, b in blocks.items()}
     if merge is not None:
         f, u, v = merge
         out["full"] = out[0] + out[1] + f * torch.outer(u, v @ rotation.to(v).t())
     return out
 
 
-def _less_between(rotated: torch.Tensor, factors, rotation: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
+def _less_between(rotated: torch.Tensor, factors, low: torch.Tensor) -> torch.Tensor:
     """A rotated raw block less its between-group part in the rotated basis:
     rotated - left (right R^T), for the between-group factors (left, right)
     (:meth:`~culture.universality.stats.CrossTiles.between_factors`; None:
-    no groups)."""
+    no groups), with ``low`` the rotation in the compute dtype."""
     if factors is None:
         return rotated
     left, right = factors
-    return rotated - (left @ (right @ rotation.to(compute_dtype).t())).to(torch.float64)
+    return rotated - (left @ (right @ low.t())).to(torch.float64)
 
 
-def _fold_draw(ctx: dict, controls: list, cross, m2_rows, m2_units, dead_rows, running, offset: int) -> None:
-    """Fold one block of a rotation draw into each control's running maxima
+def _fold_baseline(ctx: dict, controls: list, cross, m2_rows, m2_units, dead_rows, running, offset: int) -> None:
+    """Fold one block of the rotation baseline into each control's running maxima
     (``running(c)``: full split, held out): per split s, the correlations of
     the rotated within-group block ``cross(c, s)`` from its rows' m2
     ``m2_rows(c, s)``, the rotated units' ``m2_units(c, s)`` and the dead
