@@ -173,7 +173,7 @@ class _Group:
     accumulator of both passes."""
 
     def __init__(self, runners, layers, controls, baseline, cka_hooks, entries, n_tasks, n_positions, n_blocks,
-                 compute_dtype, seed, with_tasks, heldout, permutations, cka_labels, margin, rotation_draws=0):
+                 compute_dtype, seed, with_tasks, heldout, permutations, cka_labels, margin):
         self.runners = runners
         self.layers = layers
         self.controls = controls
@@ -192,8 +192,7 @@ class _Group:
         m = len(runners)
         self.neuron_names, self.hooks = _group_hooks(m, layers, cka_hooks, self.entries)
         sizes = [[r.d_mlp] * len(layers) for r in runners]
-        self.neurons = NeuronMoments(sizes, controls, n_positions, baseline, compute_dtype, seed, heldout=heldout,
-                                     rotation_draws=rotation_draws)
+        self.neurons = NeuronMoments(sizes, controls, n_positions, baseline, compute_dtype, seed, heldout=heldout)
         self.task_fire = [None] * m
         self.task_sum = [None] * m
         # CKA: co-moments and per-control group sums of the stacked rows (pass 1: linear CKA under
@@ -756,7 +755,7 @@ def _make_group(plan: _Plan, s: UniversalitySettings, n_tasks: int, k: int) -> _
     common = dict(layers=plan.layers, controls=plan.controls, baseline=s.baseline, cka_hooks=plan.cka_hooks,
                   n_tasks=n_tasks, n_positions=len(plan.pos), n_blocks=s.n_blocks,
                   compute_dtype=_dtype(s.precision), permutations=s.cka_permutations, cka_labels=plan.cka_labels,
-                  margin=s.bootstrap_margin, rotation_draws=s.rotation_draws)
+                  margin=s.bootstrap_margin)
     if k == 0:
         return _Group(plan.runners, entries=plan.entries, seed=s.seed, with_tasks=True, heldout=True, **common)
     base = [r.random_like(baseline_seed(s.seed, i)) for i, r in enumerate(plan.runners)]

@@ -91,8 +91,8 @@ def rotation_draw_shares(moments, analyses: dict, n_layers: int, draws: int,
     rotation (row 0: from ``analyses``, the moments' analysis per control
     under their own rotation, already made) and ``draws`` further rotations of
     the baseline, from the pass-1 moments (None unless the baseline is the
-    rotation). A further draw's rotated units have their own variances, from
-    the layers' self co-moments
+    rotation). A draw's rotated units have their own variances, from the
+    layers' self co-moments, as the reported rotation's
     (:meth:`~culture.universality.neurons.NeuronMoments.use_rotations`).
     Each draw is made once and analysed under every control together, its
     rotation baseline alone (the max-corr and held-out partners do not depend

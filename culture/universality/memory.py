@@ -4,7 +4,7 @@
 holds at its peak, from the shapes alone (it never depends on the number of
 tokens): the process as it is now (interpreter, libraries, the models), the
 float64 accumulators of pass 1 (neuron co-moments per model pair and half,
-rotated units' moments of the rotation baseline or null co-moments, per-group sums
+each layer's self co-moment for the rotation baseline or null co-moments, per-group sums
 of every control, CKA and SAE co-moments), those of pass 2 (bootstrap block
 sums, CKA sums and permutation-test buffers), one forward batch of
 activations with its working copies, and the temporaries of the analysis.
@@ -181,7 +181,7 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
                 n_blocks: int = 32, baseline: str = "rotation", cka_permutations: int = 0,
                 batch_size: int | None = None, n_quizzes: int | None = None, n_tasks: int = 15,
                 compute_dtype=None, max_memory=None, process: int | None = None,
-                block_layers: int | None = None, rotation_draws: int = 0) -> MemoryPlan:
+                block_layers: int | None = None) -> MemoryPlan:
     """The memory plan of :func:`~culture.universality.compare_models` with
     these arguments (8 bytes per accumulated number; ``compute_dtype``: that
     of the batch products, float32 adds a product scratch). ``max_memory``: a size
@@ -211,8 +211,7 @@ def memory_plan(models, layers=None, *, cka: bool = True, saes=None, random_init
     process = process_memory() if process is None else int(process)
     limit, source, target = _limits(max_memory, process)
     shape = _Shape(models, dims, layers, n_layers, cka, saes, random_init, check_controls(controls), positions,
-                   n_blocks, baseline, cka_permutations, batch_size, n_quizzes, n_tasks, compute_dtype,
-                   rotation_draws)
+                   n_blocks, baseline, cka_permutations, batch_size, n_quizzes, n_tasks, compute_dtype)
     if block_layers is not None:
         options = [(min(int(block_layers), n_layers), True)]
     else:
@@ -264,7 +263,6 @@ class _Shape:
     n_quizzes: int | None
     n_tasks: int
     compute_dtype: object
-    rotation_draws: int
 
     @property
     def cka_rows(self) -> list[int]:
@@ -333,15 +331,15 @@ def _group_phases(shape: _Shape, k: int, block_layers, tile_layers, groups_on_di
             add(phases["pass 1"], name, h * f8 * sum(rows_of[i] * W[j] for i, j in which))
             disk += whole
     if shape.baseline == "rotation":
-        add(moments, "rotated unit moments", h * f8 * 2 * sum(W))
-        add(moments, "rotations", f8 * L * sum(x * x for x in H))  # one (d_mlp, d_mlp) float64 per model and layer
-        if shape.rotation_draws > 0:  # each layer's self co-moment, for the further draws' rotated variances
-            layer_co = h * f8 * sum(x * x for x in H)
-            if not groups_on_disk:
-                add(moments, "layer co-moments", L * layer_co)
-            else:
-                add(phases["pass 1"], "layer co-moments", min(block_layers, L) * layer_co)
-                disk += L * layer_co
+        # one (d_mlp, d_mlp) float64 per model and layer, made for the analysis (pass 1 rotates nothing)
+        add(phases["analysis"], "rotations", f8 * L * sum(x * x for x in H))
+        # each layer's self co-moment: the rotated units' variances under any rotation, diag(R C R^T)
+        layer_co = h * f8 * sum(x * x for x in H)
+        if not groups_on_disk:
+            add(moments, "layer co-moments", L * layer_co)
+        else:
+            add(phases["pass 1"], "layer co-moments", min(block_layers, L) * layer_co)
+            disk += L * layer_co
     # group sums per control: in memory, or this row block's columns in pass 1 and the rest on disk
     units = list(range(m)) + ([] if shape.baseline == "rotation" else [j for _, j in ordered])
     if not groups_on_disk:
@@ -372,7 +370,7 @@ def _group_phases(shape: _Shape, k: int, block_layers, tile_layers, groups_on_di
     from culture.universality.stats import GROUP_BLOCK
 
     rows = max(W) if tile_layers is None else min(tile_layers * max(H), max(W))
-    draws = 3 if shape.baseline == "rotation" and shape.rotation_draws > 0 else 0  # a draw's C, R C, R C * R
+    draws = 3 if shape.baseline == "rotation" else 0  # a rotation's C, R C, R C * R (its units' variances)
     # the rotation baseline is made for every control at once: the views of each keep their between-group
     # row factor (rows, G)
     row_groups = sum(G) if shape.baseline == "rotation" else gmax
@@ -469,7 +467,7 @@ def settings_memory_plan(models, settings, n_quizzes: int | None = None, saes=No
                        cka_permutations=settings.cka_permutations, batch_size=settings.batch_size,
                        n_quizzes=settings.n_quizzes() if n_quizzes is None else n_quizzes,
                        compute_dtype=getattr(torch, settings.precision), max_memory=settings.max_memory,
-                       process=process, block_layers=settings.block_layers, rotation_draws=settings.rotation_draws)
+                       process=process, block_layers=settings.block_layers)
 
 
 def check_memory(plan: MemoryPlan) -> None:

@@ -20,8 +20,9 @@ from one set of moments: float64 co-moments per model pair, accumulated
 separately on the quizzes of even and odd index (the two halves of the
 **held-out replication**: best partners found on the even half, their
 correlation measured on the odd half), per-group sums for every control, and
-the means and variances of each layer's rotated units for the rotation
-baseline (the rest is exact algebra on the moments, no second pass).
+each layer's self co-moment for the rotation baseline (its rotated units'
+variances, diag(R C R^T); the rest is exact algebra on the moments, no
+second pass).
 Memory: pairs x (neurons of all layers)^2 x 2 halves, never the tokens; the
 analysis reads those co-moments a block of rows at a time
 (:mod:`~culture.universality.memory`).
@@ -54,7 +55,6 @@ from culture.universality.stats import (
     float64_sum,
     percentile_interval,
     random_orthogonal,
-    StreamingMoments,
     correlation_of,
     rotated_variances,
     scratch_buffer,
@@ -109,7 +109,7 @@ class NeuronMoments:
     (permutation / gaussian)."""
 
     def __init__(self, layer_sizes: list[list[int]], controls, n_positions: int, baseline: str,
-                 compute_dtype: torch.dtype, seed: int, heldout: bool = True, rotation_draws: int = 0):
+                 compute_dtype: torch.dtype, seed: int, heldout: bool = True):
         self.layer_sizes = layer_sizes  # per model: neurons of each chosen layer
         self.widths = [int(sum(s)) for s in layer_sizes]
         self.offsets = [np.concatenate([[0], np.cumsum(s)]).astype(int) for s in layer_sizes]
@@ -136,21 +136,17 @@ class NeuronMoments:
         self.cross = {p: [acc() for _ in range(h)] for p in self.pairs}
         self.groups = {c: [[GroupSums(n_groups(c, n_positions)) for _ in range(h)] for _ in range(m)]
                        for c in self.controls if c != "none"}
-        self.rotated = None
+        self.rotations = None
         self.layer_comoments = None
-        self._draw_m2 = {}  # a further draw's rotated m2 per (split, model, layer), shared by the controls
+        self._rotated_m2_cache = {}  # a rotation's m2 per (split, model, layer), shared by the controls
         self.null = None
         self.null_groups = None
         if baseline == "rotation":
-            # the rotated units' means and m2 per layer (their variances are all the baseline needs)
-            self.rotated = [[[StreamingMoments() for _ in range(h)] for _ in sizes] for sizes in layer_sizes]
             self.rotation_seed = seed
-            self.rotations = rotations_for(layer_sizes, seed)
             self.own_rotation = True  # False while the rotations are a further draw (:meth:`use_rotations`)
-            # further rotation draws need each rotated unit's m2 under rotations pass 1 never saw:
-            # diag(R C R^T) from the layer's self co-moment C (H x H per model, layer and half)
-            self.layer_comoments = None if rotation_draws <= 0 else [
-                [[acc() for _ in range(h)] for _ in sizes] for sizes in layer_sizes]
+            # the rotated units' m2 under any rotation R, diag(R C R^T), from each layer's self co-moment C
+            # (H x H per model, layer and half); pass 1 needs no rotation, the analysis makes them
+            self.layer_comoments = [[[acc() for _ in range(h)] for _ in sizes] for sizes in layer_sizes]
         else:
             self.ordered = [(i, j) for i in range(m) for j in range(m) if i != j]
             self.null = {p: [acc() for _ in range(h)] for p in self.ordered}
@@ -250,17 +246,14 @@ class NeuronMoments:
                 holder[h] = GroupSums(gs.n_groups, dtype=gs.dtype)
 
     def use_rotations(self, seed: int | None) -> None:
-        """Set the baseline's rotations: a further draw from ``seed`` (its
-        rotated units' m2 then comes from the layers' self co-moments), or the
-        reported rotation (None: made again from its own seed)."""
+        """Set the baseline's rotations: a further draw from ``seed``, or the
+        reported rotation (None: made from its own seed). Either way the
+        rotated units' m2 comes from the layers' self co-moments."""
         self.rotations = None  # one set of rotations held at a time
         own = seed is None
-        if not own and self.layer_comoments is None:
-            raise ValueError("further rotation draws need the layers' self co-moments: "
-                             "make the NeuronMoments with rotation_draws > 0")
         self.rotations = rotations_for(self.layer_sizes, self.rotation_seed if own else seed)
         self.own_rotation = own
-        self._draw_m2 = {}
+        self._rotated_m2_cache = {}
 
     def begin_sweep(self, sweep: int) -> None:
         """Start sweep ``sweep`` (fresh accumulators for its block of rows)."""
@@ -325,17 +318,11 @@ class NeuronMoments:
                 for c, per_model in self.groups.items():
                     for i in range(self.m):
                         add_to_groups(per_model[i][h], self._sweep_columns(sub[i], i), labels, c, rows, subset=True)
-            if self.rotated is not None:
-                if first:
-                    for i in range(self.m):
-                        off = self.offsets[i]
-                        for k in range(len(self.layer_sizes[i])):
-                            self.rotated[i][k][h].update(self._rotate(prepared[i], i, k, off))
-                if self.layer_comoments is not None:
-                    for i in range(self.m):
-                        off = self.offsets[i]
-                        for k in self._sweep_layers():
-                            self.layer_comoments[i][k][h].update(prepared[i].columns(int(off[k]), int(off[k + 1])))
+            if self.layer_comoments is not None:
+                for i in range(self.m):
+                    off = self.offsets[i]
+                    for k in self._sweep_layers():
+                        self.layer_comoments[i][k][h].update(prepared[i].columns(int(off[k]), int(off[k + 1])))
             else:
                 null_flat = [nl[rows].reshape(-1, nl.shape[-1]) for nl in nulls]
                 null_prep = [Centered.of(f, compute_dtype=self.compute_dtype) for f in null_flat]
@@ -351,10 +338,10 @@ class NeuronMoments:
         """Drop pass 1's accumulators (co-moments, group sums, rotations):
         once the analysis, the rotation draws and pass 2's block sums are
         made, nothing reads them (the block sums keep the columns they need)."""
-        self.cross = self.null = self.groups = self.null_groups = self.rotated = self.rotations = None
+        self.cross = self.null = self.groups = self.null_groups = self.rotations = None
         self.layer_comoments = None
         self._self_cache = {}
-        self._draw_m2 = {}
+        self._rotated_m2_cache = {}
 
     # ------------------------------------------------------------ results
 
@@ -445,6 +432,8 @@ class NeuronMoments:
                     self._null_rows(out, control, i, j, cv, tile_rows)
             outs[control] = out
         if self.baseline == "rotation":
+            if self.rotations is None:
+                self.use_rotations(None)
             self._rotation_baselines(outs, ctx, tile_rows)
         for c, out in outs.items():
             _finish(out, ctx[c].ok)
@@ -493,25 +482,14 @@ class NeuronMoments:
             if controls:
                 self._baseline_pair(outs, ctx, controls, i, j, tile_rows)
 
-    def _rotate(self, batch: Centered, i: int, k: int, off) -> Centered:
-        """Model i's layer-k units of a centred batch, rotated: y' = R y (centred: R (y - mean))."""
-        x = batch.centered[:, off[k]:off[k + 1]]
-        r = self.rotations[i][k]
-        y = x @ r.to(device=x.device, dtype=x.dtype).t()
-        mean = batch.mean[off[k]:off[k + 1]].to(torch.float64) @ r.to(batch.mean.device).t()
-        return Centered(batch.n, mean, y, float64_sum(y * y))
-
     def _rotated_var(self, control, split, j, k, gs) -> torch.Tensor:
         """(H,) m2 of model j's layer-k units after the baseline rotation, within
-        the control's groups (cached per analysis): the streamed m2 of the
-        rotated units less the between-group part, whose group means are the
-        rotated group means R (mean_g - mean)."""
+        the control's groups (cached per analysis): their m2 (:meth:`_rotated_m2`)
+        less the between-group part, whose group means are the rotated group
+        means R (mean_g - mean)."""
         key = (control, split, j, k)
         if key not in self._self_cache:
-            if self.own_rotation:
-                m2 = self._split(self.rotated[j][k], split).m2
-            else:  # a further draw: diag(R C R^T) from the layer's self co-moment, once for every control
-                m2 = self._draw_variances(split, j, k)
+            m2 = self._rotated_m2(split, j, k)
             if control != "none":
                 oj = self.offsets[j]
                 g = gs[split][j]
@@ -525,25 +503,27 @@ class NeuronMoments:
             self._self_cache[key] = m2
         return self._self_cache[key]
 
-    def _draw_variances(self, split, j, k) -> torch.Tensor:
-        """(H,) m2 of model j's layer-k units under a further rotation draw:
-        diag(R C R^T) from the layer's self co-moment C (kept until the
-        rotations change: the controls of a draw share it). With both halves,
+    def _rotated_m2(self, split, j, k) -> torch.Tensor:
+        """(H,) m2 of model j's layer-k units under the rotations held (the
+        reported one or a further draw): diag(R C R^T) from the layer's self
+        co-moment C (kept until the rotations change: the controls share
+        it), one product after the quizzes in place of rotating every batch's
+        activations (which costs as much as C's own product). With both halves,
         the full split follows from theirs: C = C0 + C1 + f d d^T (d the
         difference of the halves' means), so diag(R C R^T) = v0 + v1 + f (R d)^2."""
         key = (split, j, k)
-        if key not in self._draw_m2:
+        if key not in self._rotated_m2_cache:
             accs = self.layer_comoments[j][k]
             if split == "full" and len(accs) == 2 and all(a.comoment is not None for a in accs):
                 a0, a1 = accs
                 rd = (a1.mean_x - a0.mean_x) @ self.rotations[j][k].to(a0.mean_x).t()
-                m2 = self._draw_variances(0, j, k) + self._draw_variances(1, j, k)
-                self._draw_m2[key] = m2 + (a0.n * a1.n / (a0.n + a1.n)) * rd * rd
+                m2 = self._rotated_m2(0, j, k) + self._rotated_m2(1, j, k)
+                self._rotated_m2_cache[key] = m2 + (a0.n * a1.n / (a0.n + a1.n)) * rd * rd
             else:
                 one = _in_memory(accs[split]) if split != "full" else self._split([_in_memory(a) for a in accs], split)
                 comoment = one.comoment
-                self._draw_m2[key] = rotated_variances(comoment, self.rotations[j][k])
-        return self._draw_m2[key]
+                self._rotated_m2_cache[key] = rotated_variances(comoment, self.rotations[j][k])
+        return self._rotated_m2_cache[key]
 
     def _analyse_pair(self, out: "NeuronAnalysis", i: int, j: int, cv: "_ControlViews", tile_rows: int | None) -> None:
         """Model pair i < j, read in blocks of (rows of i: whole layers, at most
