@@ -374,7 +374,9 @@ def _group_phases(shape: _Shape, k: int, block_layers, tile_layers, groups_on_di
     # the rotation baseline is made for every control at once: the views of each keep their between-group
     # row factor (rows, G)
     row_groups = sum(G) if shape.baseline == "rotation" else gmax
-    analysis = f8 * (rows * (3 * 4 * max(H) + 3 * row_groups) + (6 + draws) * max(H) ** 2 + 3 * gmax * GROUP_BLOCK)
+    low = getattr(shape.compute_dtype, "itemsize", f8)  # the row factors are held in the compute dtype
+    analysis = (f8 * (rows * 3 * 4 * max(H) + (6 + draws) * max(H) ** 2 + 3 * gmax * GROUP_BLOCK)
+                + low * rows * 3 * row_groups)
     add(phases["analysis"], "analysis temporaries", analysis)
     for p in ("pass 1", "analysis"):
         for name, v in moments.items():

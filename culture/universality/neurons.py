@@ -486,21 +486,31 @@ class NeuronMoments:
         """(H,) m2 of model j's layer-k units after the baseline rotation, within
         the control's groups (cached per analysis): their m2 (:meth:`_rotated_m2`)
         less the between-group part, whose group means are the rotated group
-        means R (mean_g - mean)."""
+        means. Every split of the control is made at once: with both halves,
+        the full split's rotated group sums are the halves' added (rotation is
+        linear), two products over the G groups instead of three."""
         key = (control, split, j, k)
         if key not in self._self_cache:
-            m2 = self._rotated_m2(split, j, k)
-            if control != "none":
-                oj = self.offsets[j]
-                g = gs[split][j]
-                counts = g.counts
+            if control == "none":
+                self._self_cache[key] = self._rotated_m2(split, j, k)
+                return self._self_cache[key]
+            oj = self.offsets[j]
+            rotation = self.rotations[j][k]
+            halves = self.n_halves == 2 and all(s in gs for s in (0, 1, "full"))
+            occupied = torch.nonzero(gs["full" if halves else split][j].counts > 0).flatten()
+            made = {}  # split -> (counts, rotated group sums (groups, H)) of the groups with tokens
+            for s in ((0, 1) if halves else (split,)):
+                g = gs[s][j]
+                made[s] = (g.counts[occupied], g.block(oj[k], oj[k + 1])[occupied] @ rotation.to(g.counts).t())
+            if halves:
+                made["full"] = (made[0][0] + made[1][0], made[0][1] + made[1][1])
+            for s, (counts, rotated_sums) in made.items():
                 used = torch.nonzero(counts > 0).flatten()
                 c = counts[used]
-                sums = g.block(oj[k], oj[k + 1])[used]
-                dm = sums / c[:, None] - sums.sum(0) / c.sum()
-                dr = dm @ self.rotations[j][k].to(dm).t()
-                m2 = (m2 - (c[:, None] * dr * dr).sum(0)).clamp(min=0)
-            self._self_cache[key] = m2
+                sums = rotated_sums[used]
+                dr = sums / c[:, None] - sums.sum(0) / c.sum()  # R (mean_g - mean)
+                between = (c[:, None] * dr * dr).sum(0)
+                self._self_cache[(control, s, j, k)] = (self._rotated_m2(s, j, k) - between).clamp(min=0)
         return self._self_cache[key]
 
     def _rotated_m2(self, split, j, k) -> torch.Tensor:
@@ -706,7 +716,7 @@ def _rotate_splits(blocks: dict, rotation: torch.Tensor, low: torch.Tensor, merg
     out = {s: _rotated(b, low) for s, b in blocks.items()}
     if merge is not None:
         f, u, v = merge
-        out["full"] = out[0] + out[1] + f * torch.outer(u, v @ rotation.to(v).t())
+        out["full"] = torch.add(out[0], out[1]).add_(torch.outer(u, v @ rotation.to(v).t()).mul_(f))  # same ops
     return out
 
 

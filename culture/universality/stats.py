@@ -557,15 +557,17 @@ class CrossTiles:
         other model), so its numbers do not depend on its row blocks."""
         rows = slice(start, stop)
         cs = slice(*(cols or (0, self.shape[1])))
-        if self._merge is None:
+        fresh = self._merge is not None  # out is a new tensor (else a view of the accumulator)
+        if not fresh:
             out = self.parts[0].comoment[rows, cs]
-        else:
+        else:  # C0 + C1 + f dx dy^T, with two (rows, cols) temporaries: the same operations, in place
             f, dx, dy = self._merge
-            out = self.parts[0].comoment[rows, cs] + self.parts[1].comoment[rows, cs] + f * torch.outer(dx[rows],
-                                                                                                          dy[cs])
+            out = torch.add(self.parts[0].comoment[rows, cs], self.parts[1].comoment[rows, cs])
+            out.add_(torch.outer(dx[rows], dy[cs]).mul_(f))
         if self._between is not None:
             rows_factor, dy = self.between_factors(start, stop, (cs.start, cs.stop))
-            out = out - (rows_factor @ dy).to(self.dtype)
+            between = (rows_factor @ dy).to(self.dtype)
+            out = out.sub_(between) if fresh else out - between
         return out
 
     def between_factors(self, start: int, stop: int, cols: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -598,7 +600,8 @@ class CrossTiles:
         m2y = self.m2_y[cs]
         sx = torch.where(alive_x, m2x, torch.ones_like(m2x)).sqrt()
         sy = torch.where(alive_y, m2y, torch.ones_like(m2y)).sqrt()
-        out = (c / sx[:, None] / sy[None, :]).clamp_(-1.0, 1.0)
+        out = torch.div(c, sx[:, None])
+        out.div_(sy[None, :]).clamp_(-1.0, 1.0)
         out[~alive_x] = 0.0
         out[:, ~alive_y] = 0.0
         return out
@@ -781,7 +784,7 @@ def random_orthogonal(d: int, generator: torch.Generator | None = None,
 def rotated_variances(c_yy: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """(b,) m2 of the rotated units y' = R y: diag(R C_yy R^T)."""
     r = rotation.to(c_yy)
-    return ((r @ c_yy) * r).sum(1)
+    return (r @ c_yy).mul_(r).sum(1)
 
 
 def correlation_of(cross: torch.Tensor, m2_x: torch.Tensor, m2_y: torch.Tensor,
@@ -792,7 +795,8 @@ def correlation_of(cross: torch.Tensor, m2_x: torch.Tensor, m2_y: torch.Tensor,
     alive_y = m2_y > 1e-300
     sx = torch.where(m2_x > 0, m2_x, torch.ones_like(m2_x)).sqrt()
     sy = torch.where(alive_y, m2_y, torch.ones_like(m2_y)).sqrt()
-    out = (cross / sx[:, None] / sy[None, :]).clamp_(-1.0, 1.0)
+    out = torch.div(cross, sx[:, None])  # one (a, b) temporary: the rest in place, the same operations
+    out.div_(sy[None, :]).clamp_(-1.0, 1.0)
     out[:, ~alive_y] = 0.0
     out[m2_x <= 0] = 0.0
     if dead_x is not None:
