@@ -265,6 +265,11 @@ class _Shape:
     compute_dtype: object
 
     @property
+    def compute_bytes(self) -> int:
+        """Bytes per number of the batch products' dtype (8 unless given lower)."""
+        return int(getattr(self.compute_dtype, "itemsize", 8))
+
+    @property
     def cka_rows(self) -> list[int]:
         """Residual rows CKA stacks per model: the embedding and every block (all layers) or the compared ones."""
         return [1 + (d[0] if self.layers is None else self.n_layers) for d in self.dims]
@@ -374,9 +379,8 @@ def _group_phases(shape: _Shape, k: int, block_layers, tile_layers, groups_on_di
     # the rotation baseline is made for every control at once: the views of each keep their between-group
     # row factor (rows, G)
     row_groups = sum(G) if shape.baseline == "rotation" else gmax
-    low = getattr(shape.compute_dtype, "itemsize", f8)  # the row factors are held in the compute dtype
     analysis = (f8 * (rows * 3 * 4 * max(H) + (6 + draws) * max(H) ** 2 + 3 * gmax * GROUP_BLOCK)
-                + low * rows * 3 * row_groups)
+                + shape.compute_bytes * rows * 3 * row_groups)  # the row factors are in the compute dtype
     add(phases["analysis"], "analysis temporaries", analysis)
     for p in ("pass 1", "analysis"):
         for name, v in moments.items():
@@ -446,13 +450,12 @@ def _batch_items(shape: _Shape, k: int, W, D, pairs, rows_of) -> dict:
     width = _batch_width(shape, k, W, D)
     batch_size = _batch_size(shape, k)
     out = {"activations of one batch": 4 * BATCH_COPIES * batch_size * shape.positions * width}
-    c = shape.compute_dtype
-    if c is not None and getattr(c, "itemsize", 8) < 8:
+    if shape.compute_bytes < 8:
         largest = max((rows_of[i] * W[j] for i, j in pairs), default=0)
         if shape.cka:
             R = [r * D[i] for i, r in enumerate(shape.cka_rows)]
             largest = max([largest] + [R[i] * R[j] for i, j in pairs])
-        out["product scratch"] = c.itemsize * largest
+        out["product scratch"] = shape.compute_bytes * largest
     return out
 
 

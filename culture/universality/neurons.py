@@ -51,8 +51,8 @@ from culture.universality.stats import (
     MergedGroupSums,
     StreamingCorrelation,
     block_weights,
+    between_group_m2,
     corr_from_sums,
-    float64_sum,
     percentile_interval,
     random_orthogonal,
     correlation_of,
@@ -496,20 +496,20 @@ class NeuronMoments:
                 return self._self_cache[key]
             oj = self.offsets[j]
             rotation = self.rotations[j][k]
-            halves = self.n_halves == 2 and all(s in gs for s in (0, 1, "full"))
+            halves = self.heldout  # the control's group sums per half, and their merge ("full")
             occupied = torch.nonzero(gs["full" if halves else split][j].counts > 0).flatten()
-            made = {}  # split -> (counts, rotated group sums (groups, H)) of the groups with tokens
+            made = {}  # split -> rotated group sums of the groups with tokens
             for s in ((0, 1) if halves else (split,)):
                 g = gs[s][j]
-                made[s] = (g.counts[occupied], g.block(oj[k], oj[k + 1])[occupied] @ rotation.to(g.counts).t())
+                made[s] = GroupSums(len(occupied)).add(g.block(oj[k], oj[k + 1])[occupied] @ rotation.to(g.counts).t(),
+                                                       g.counts[occupied])
             if halves:
-                made["full"] = (made[0][0] + made[1][0], made[0][1] + made[1][1])
-            for s, (counts, rotated_sums) in made.items():
-                used = torch.nonzero(counts > 0).flatten()
-                c = counts[used]
-                sums = rotated_sums[used]
-                dr = sums / c[:, None] - sums.sum(0) / c.sum()  # R (mean_g - mean)
-                between = (c[:, None] * dr * dr).sum(0)
+                made["full"] = made[0].merged(made[1])
+            for s, rotated in made.items():
+                used = torch.nonzero(rotated.counts > 0).flatten()
+                c = rotated.counts[used]
+                mean = rotated.sums[used].sum(0) / c.sum()  # R mean
+                between = between_group_m2(rotated, used, c, mean, c.device)
                 self._self_cache[(control, s, j, k)] = (self._rotated_m2(s, j, k) - between).clamp(min=0)
         return self._self_cache[key]
 

@@ -245,40 +245,6 @@ class Centered:
         return cache[dtype]
 
 
-class StreamingMoments:
-    """Running count, means and m2 (sums of squared deviations) of a set of
-    variables, merged batch by batch like :class:`StreamingCorrelation`
-    (Chan, Golub & LeVeque) but without any co-moment: memory 2a numbers."""
-
-    def __init__(self):
-        self.n = 0
-        self.mean: torch.Tensor | None = None
-        self.m2: torch.Tensor | None = None
-
-    def update(self, batch: "Centered") -> "StreamingMoments":
-        if batch.n == 0:
-            return self
-        mean, m2 = batch.mean.to(torch.float64), batch.m2.to(torch.float64)
-        if self.mean is None:
-            self.n, self.mean, self.m2 = batch.n, mean, m2
-            return self
-        total = self.n + batch.n
-        d = mean - self.mean
-        self.m2 = self.m2 + m2 + d * d * (self.n * batch.n / total)
-        self.mean = self.mean + d * (batch.n / total)
-        self.n = total
-        return self
-
-    def merged(self, other: "StreamingMoments") -> "StreamingMoments":
-        out = StreamingMoments()
-        if self.mean is None or other.mean is None:
-            src = self if other.mean is None else other
-            out.n, out.mean, out.m2 = src.n, src.mean, src.m2
-            return out
-        out.n, out.mean, out.m2 = self.n, self.mean, self.m2
-        return out.update(Centered(other.n, other.mean, other.mean[None, :0], other.m2))
-
-
 class StreamingCorrelation:
     """Running means, variances and cross co-moments of two sets of variables.
 
@@ -940,7 +906,7 @@ def _np(x):
 __all__ = [
     "random_orthogonal", "rotated_variances", "correlation_of", "debiased_cka", "unbiased_hsic", "svcca",
     "block_weights", "percentile_interval", "corr_from_sums",
-    "StreamingCorrelation", "StreamingMoments", "CrossTiles", "StreamingCKA",
+    "StreamingCorrelation", "CrossTiles", "StreamingCKA",
     "scratch_buffer", "transposed_product", "release_buffers", "float64_sum",
     "GroupSums", "Centered", "WITHIN_DEAD_RELATIVE", "linear_cka",
     "cka_from_comoments", "hsic_linear", "max_correlations", "match_features", "FeatureMatching", "DEAD_RELATIVE",
