@@ -210,6 +210,39 @@ def test_streaming_within_groups_equals_dense():
     assert cka.cka(within_groups=True) == pytest.approx(linear_cka(xc, yc), abs=1e-6)
 
 
+def test_units_below_the_within_group_share_are_dead_under_both_precisions():
+    """A unit keeping ~1e-6 of its variance within groups (large group means,
+    small noise) is dead under float64 and float32 products alike: float32
+    cannot resolve it (its rounding, ~1e-7 of the total co-moment, is of the
+    order of what is left), and one floor (stats.WITHIN_DEAD_RELATIVE, 1,000
+    float32 epsilons) keeps both precisions' figures comparable. Units keeping
+    ~1e-3 and ~0.4 are alive under both, with the same within-group
+    correlations to 1e-5; in within_groups and CrossTiles alike."""
+    from culture.universality.stats import WITHIN_DEAD_RELATIVE, CrossTiles
+
+    assert WITHIN_DEAD_RELATIVE == pytest.approx(1.19e-4, rel=1e-2)
+    g = torch.Generator().manual_seed(4)
+    t, n_groups = 4000, 50
+    groups = torch.randint(0, n_groups, (t,), generator=g)
+    effect = torch.randn(n_groups, generator=g, dtype=torch.float64)[groups]
+    noise = torch.randn(t, 3, generator=g, dtype=torch.float64)
+    x = torch.stack([100 * effect + 0.1 * noise[:, 0], 10 * effect + 0.3 * noise[:, 1], effect + noise[:, 2]], 1)
+    corr = {}
+    for dtype in (torch.float64, torch.float32):
+        acc = StreamingCorrelation(compute_dtype=dtype, n_groups=n_groups)
+        for s in range(0, t, 500):
+            acc.update(x[s:s + 500], x[s:s + 500], groups=groups[s:s + 500])
+        within = acc.within_groups()
+        share = (within.m2_x / acc.m2_x).tolist()
+        assert share[0] < 1e-5 < 1e-4 < share[1] < 1e-2 < 0.3 < share[2]
+        assert within.dead_x().tolist() == within.dead_y().tolist() == [True, False, False]
+        tiles = CrossTiles([acc], acc.groups_x, acc.groups_y)
+        assert tiles.dead_x.tolist() == tiles.dead_y.tolist() == [True, False, False]
+        corr[dtype] = within.corr()
+        assert torch.equal(tiles.corr_tile(0, 3), corr[dtype])
+    assert torch.allclose(corr[torch.float32], corr[torch.float64], atol=1e-5, rtol=0)
+
+
 def test_group_sums_of_float32_batches_equal_torch_float64_reductions():
     """float64_sum and GroupSums' reused conversion buffer give torch's own
     float64 reductions to the bit at the batch shapes a comparison streams

@@ -36,8 +36,12 @@ DEAD_RELATIVE = 1e-20
 DEAD_ABSOLUTE = 1e-30
 #: after removing group means (:meth:`StreamingCorrelation.within_groups`), a
 #: variable keeping less than this share of its variance is a function of the
-#: group alone and counts as dead too.
-WITHIN_DEAD_RELATIVE = 1e-10
+#: group alone and counts as dead too. The share is 1,000 float32 epsilons
+#: (1.2e-4): below it, float32 batch products round the total co-moment (whose
+#: between-group part is then nearly all of it) by as much as is left within
+#: groups, so one floor for both precisions keeps their figures comparable
+#: (``benchmarks/precision_universality.py``; it was 1e-10 until 2026-12-07).
+WITHIN_DEAD_RELATIVE = 1e3 * float(torch.finfo(torch.float32).eps)
 
 
 def float64_sum(x: torch.Tensor, dim: int = 0, rows: list[int] | None = None) -> torch.Tensor:
