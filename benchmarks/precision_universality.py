@@ -9,13 +9,15 @@ control and model:
 * among the units alive under both, how many have an excess (max-corr less
   the rotation baseline) off by more than 1e-3, and the largest difference.
 
-Under float32 a unit must keep ``stats.within_dead_share(torch.float32)`` of
+Under both precisions a unit must keep ``stats.WITHIN_DEAD_RELATIVE`` of
 its variance within a control's groups to count as alive (1,000 float32
-epsilons, 1.2e-4); ``--no-floor`` turns that off (float64's 1e-10 share for
-both), to see what it guards against.
+epsilons, 1.2e-4); ``--dead-share 1e-10`` puts back the floor used until
+2026-12-07, to see what the new one guards against. Each control is run on
+its own (a report's neuron tables are those of its first control), with the
+rotation baseline, no CKA and no random-init models.
 
     python benchmarks/precision_universality.py                       # zoo shape, 3,232 tokens
-    python benchmarks/precision_universality.py --tokens 40400 --no-floor
+    python benchmarks/precision_universality.py --tokens 40400 --dead-share 1e-10
 """
 
 from __future__ import annotations

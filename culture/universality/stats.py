@@ -37,10 +37,12 @@ DEAD_ABSOLUTE = 1e-30
 #: after removing group means (:meth:`StreamingCorrelation.within_groups`), a
 #: variable keeping less than this share of its variance is a function of the
 #: group alone and counts as dead too. The share is 1,000 float32 epsilons
-#: (1.2e-4): below it, float32 batch products round the total co-moment (whose
-#: between-group part is then nearly all of it) by as much as is left within
-#: groups, so one floor for both precisions keeps their figures comparable
-#: (``benchmarks/precision_universality.py``; it was 1e-10 until 2026-12-07).
+#: (1.2e-4): below it, the rounding of float32 batch products (about 1e-7 of
+#: the total co-moment, whose between-group part is then nearly all of it) is
+#: no longer small beside what is left within groups (excesses off by 0.2
+#: against float64 were measured). One floor for both precisions keeps their
+#: figures comparable (``benchmarks/precision_universality.py``; the floor
+#: was 1e-10 until 2026-12-07).
 WITHIN_DEAD_RELATIVE = 1e3 * float(torch.finfo(torch.float32).eps)
 
 
