@@ -94,6 +94,9 @@ DEFAULT_CONTROLS = CONTROLS
 NO_TASK = "all"
 #: activations of one forward batch (all models of a group) are kept under this many floats
 BATCH_FLOATS = 32 * 2**20
+#: a pass's first forward batch holds at least this many quizzes (when there are as many), so that the
+#: shuffled-quiz null never pairs a quiz with itself
+FIRST_BATCH_QUIZZES = 2
 #: quizzes drawn for the family pictures of the dashboard, and families drawn
 EXAMPLE_QUIZZES = 64
 EXAMPLE_FAMILIES = 12
@@ -150,14 +153,13 @@ class _Stream:
 
     def batches(self, batch_size: int):
         """(quizzes, clean, tasks, global quiz index) per forward batch; the first
-        batch holds at least 2 quizzes when there are 2 (so the shuffled-quiz
-        null never pairs a quiz with itself)."""
+        batch holds at least :data:`FIRST_BATCH_QUIZZES` when there are as many."""
         start = 0
         first = True
         for q, clean, t in self.chunks_fn():
             s = 0
             while s < q.shape[0]:
-                size = max(batch_size, 2) if first else batch_size
+                size = max(batch_size, FIRST_BATCH_QUIZZES) if first else batch_size
                 first = False
                 e = min(s + size, q.shape[0])
                 yield q[s:e], clean[s:e], t[s:e], torch.arange(start + s, start + e)
@@ -774,8 +776,14 @@ def _batch_size(given: int | None, plan: _Plan) -> int:
     if given is not None:
         return given
     _, hooks = _group_hooks(len(plan.runners), plan.layers, plan.cka_hooks, plan.entries)
-    width = _hooks_width(plan.runners, hooks, plan.entries) or 1
-    return int(max(1, min(256, BATCH_FLOATS // (len(plan.pos) * width))))
+    return quizzes_per_batch(len(plan.pos), _hooks_width(plan.runners, hooks, plan.entries))
+
+
+def quizzes_per_batch(positions: int, width: int) -> int:
+    """Quizzes per forward batch when none is given: as many as keep one
+    batch's activations (``width`` numbers per token, every model of a group)
+    under :data:`BATCH_FLOATS`, from 1 to 256."""
+    return int(max(1, min(256, BATCH_FLOATS // (positions * max(width, 1)))))
 
 
 class _Pass1:

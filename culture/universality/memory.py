@@ -431,14 +431,16 @@ def _batch_width(shape: _Shape, k: int, W, D) -> int:
 
 
 def _batch_size(shape: _Shape, k: int) -> int:
-    """Quizzes per forward batch: given, else as many as keep the batch under ``BATCH_FLOATS``."""
-    from culture.universality.compare import BATCH_FLOATS
+    """Quizzes in the largest forward batch of a pass: its first, which holds
+    at least ``FIRST_BATCH_QUIZZES``; the others hold the batch size given,
+    else :func:`~culture.universality.compare.quizzes_per_batch`."""
+    from culture.universality.compare import FIRST_BATCH_QUIZZES, quizzes_per_batch
 
     batch_size = shape.batch_size
     if not (isinstance(batch_size, int) and batch_size >= 1):
         W = [shape.n_layers * d[1] for d in shape.dims]
-        width = _batch_width(shape, k, W, [d[2] for d in shape.dims])
-        batch_size = int(max(1, min(256, BATCH_FLOATS // (shape.positions * max(width, 1)))))
+        batch_size = quizzes_per_batch(shape.positions, _batch_width(shape, k, W, [d[2] for d in shape.dims]))
+    batch_size = max(batch_size, FIRST_BATCH_QUIZZES)
     if shape.n_quizzes is not None:
         batch_size = max(1, min(batch_size, int(shape.n_quizzes)))
     return batch_size
