@@ -180,6 +180,19 @@ def test_pass1_in_row_blocks_is_bit_identical(baseline, groups_on_disk, tmp_path
     assert list(tmp_path.iterdir()) == []  # the spilled rows are gone
 
 
+def test_plan_counts_the_first_batch_at_its_two_quizzes():
+    """A pass's first batch holds at least two quizzes (the shuffled-quiz null
+    needs another quiz), whatever the batch size: with batch size 1 the plan
+    counts the activations of two quizzes, as with 2; with 3, three."""
+    from culture.universality.compare import FIRST_BATCH_QUIZZES
+
+    models = _models(ZOO)
+    kw = dict(cka=False, random_init=False, controls=("none",), n_quizzes=8, process=0, max_memory="1T")
+    batch = {b: memory_plan(models, batch_size=b, **kw).items["activations of one batch"] for b in (1, 2, 3)}
+    assert FIRST_BATCH_QUIZZES == 2
+    assert batch[1] == batch[2] and batch[3] * 2 == batch[2] * 3
+
+
 def test_plan_chooses_row_blocks_when_the_whole_does_not_fit():
     """The co-moments of all rows would not fit: the plan takes row blocks,
     one block held in pass 1 and the whole on disk (with the layers' self
