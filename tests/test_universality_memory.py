@@ -395,7 +395,9 @@ def test_a_further_rotation_draw_equals_the_dense_rotation(blocked, corrected, t
     rotation's (they differ by factors of 2-3 on anisotropic units). In one
     sweep and in row blocks (the layers' self co-moments on disk); the
     within-group blocks rotated, or the raw block rotated and the
-    between-group part subtracted after (``corrected``)."""
+    between-group part subtracted after (``corrected``). Two draws: the second
+    reuses the views within groups the first made; back to the reported
+    rotation, they are made again."""
     from culture.universality import neurons
     from culture.universality.neurons import NeuronMoments, rotations_for
     from culture.universality.spill import RowBlocks
@@ -433,13 +435,22 @@ def test_a_further_rotation_draw_equals_the_dense_rotation(blocked, corrected, t
     first = mom.analyse_controls(["none", "position"], 0.5)
     for c in first:
         np.testing.assert_allclose(first[c].base_max[(0, 1)], baseline_max(rotations_for(sizes, 3), c), atol=1e-9)
-    mom.use_rotations(77)
-    drawn = mom.analyse_draw(first)
-    for c in first:
-        np.testing.assert_allclose(drawn[c].base_max[(0, 1)], baseline_max(rotations_for(sizes, 77), c), atol=1e-9)
-        assert np.abs(drawn[c].base_max[(0, 1)] - first[c].base_max[(0, 1)]).max() > 1e-3  # another baseline
-        assert drawn[c].pair_max is first[c].pair_max and drawn[c].held_corr is first[c].held_corr
-    assert np.abs(drawn["position"].base_max[(0, 1)] - drawn["none"].base_max[(0, 1)]).max() > 1e-2
+    made_views = []
+    control_views = mom._control_views
+    mom._control_views = lambda c: made_views.append(c) or control_views(c)
+    for seed in (77, 78):  # the second draw reads the views within groups made for the first
+        mom.use_rotations(seed)
+        drawn = mom.analyse_draw(first)
+        for c in first:
+            np.testing.assert_allclose(drawn[c].base_max[(0, 1)], baseline_max(rotations_for(sizes, seed), c),
+                                       atol=1e-9)
+            assert np.abs(drawn[c].base_max[(0, 1)] - first[c].base_max[(0, 1)]).max() > 1e-3  # another baseline
+            assert drawn[c].pair_max is first[c].pair_max and drawn[c].held_corr is first[c].held_corr
+        assert np.abs(drawn["position"].base_max[(0, 1)] - drawn["none"].base_max[(0, 1)]).max() > 1e-2
+    assert sorted(made_views) == ["none", "position"]
+    mom.use_rotations(None)
+    mom.analyse_draw(first)  # back to the reported rotation: the kept views are dropped, made again
+    assert sorted(made_views) == ["none", "none", "position", "position"]
     mom.use_rotations(None)
     again = mom.analyse("position", 0.5).base_max[(0, 1)]
     np.testing.assert_array_equal(again, first["position"].base_max[(0, 1)])  # the reported rotation, bit for bit

@@ -139,6 +139,7 @@ class NeuronMoments:
         self.rotations = None
         self.layer_comoments = None
         self._rotated_m2_cache = {}  # a rotation's m2 per (split, model, layer), shared by the controls
+        self._draw_views = None  # control -> _ControlViews, kept from one rotation draw to the next
         self.null = None
         self.null_groups = None
         if baseline == "rotation":
@@ -251,6 +252,8 @@ class NeuronMoments:
         rotated units' m2 comes from the layers' self co-moments."""
         self.rotations = None  # one set of rotations held at a time
         own = seed is None
+        if own:
+            self._draw_views = None  # the draws are over
         self.rotations = rotations_for(self.layer_sizes, self.rotation_seed if own else seed)
         self.own_rotation = own
         self._rotated_m2_cache = {}
@@ -342,6 +345,7 @@ class NeuronMoments:
         self.layer_comoments = None
         self._self_cache = {}
         self._rotated_m2_cache = {}
+        self._draw_views = None
 
     # ------------------------------------------------------------ results
 
@@ -450,7 +454,12 @@ class NeuronMoments:
             raise ValueError("analyse_draw: the rotation baseline only")
         tile_rows = self.tile_rows if tile_rows is None else tile_rows
         self._self_cache = {}
-        ctx = {c: self._control_views(c) for c in likes}
+        # the views within each control's groups do not depend on the rotation: made at the first
+        # draw, kept for the next ones (:meth:`use_rotations` back to the reported rotation drops them)
+        if self._draw_views is None or set(self._draw_views) != set(likes):
+            self._draw_views = None
+            self._draw_views = {c: self._control_views(c) for c in likes}
+        ctx = self._draw_views
         outs = {}
         for c, like in likes.items():
             out = NeuronAnalysis(c, like.threshold, self.layer_sizes, self.baseline, dead=like.dead,
