@@ -12,14 +12,22 @@ subprocess (random MyGPT models of a small shape, world quizzes) and reports
   model pairs streamed (trained pairs + random-init pairs) / millions of tokens.
   This includes quiz generation and the forward passes, i.e. what a user waits.
 
-* the **bound**: the same products (neuron co-moments of every pair over all
-  compared layers, the rotation baseline's per-layer self products, the CKA
-  cross and self products of both passes, the permutation test's products)
-  done once with plain torch on the same activations, in the same dtype and
-  batches: what the comparison could not do without. The ratio (comparison /
-  bound, per pair per million tokens) says how much time goes outside them
-  (forwards of both passes, quiz generation, analysis, bootstrap); "ratio
-  w/o fwd" leaves out the seconds spent in the models' forwards;
+* the **bound**: the same products done once with plain torch, what the
+  comparison could not do without, in two parts. The passes' products, on the
+  same activations in the same dtype and batches: neuron co-moments of every
+  pair over all compared layers, each layer's self product (rotation
+  baseline), the CKA cross and self products of both passes, the permutation
+  test's products. The rotation baseline's products, a fixed cost that does
+  not grow with the tokens (:func:`rotation_bound_seconds`): a random
+  orthogonal matrix per model and layer (QR), the self co-moments and the
+  pairs' cross co-moments rotated, for the reported rotation and each
+  further draw. The ratio (comparison / bound) says how much time goes
+  outside them (forwards of both passes, quiz generation, group sums,
+  correlations and maxima, bootstrap); "ratio w/o fwd" leaves out the seconds
+  spent in the models' forwards. Each part's own ratio is printed below the
+  table (the passes less every forward against the first; the analysis and
+  the draws against the second), and the run against the passes' products
+  alone (the ratio of the tables before 2026-12-08);
 * the seconds of each phase (both groups summed): pass 1 (its forwards apart),
   the analysis under the reported rotation, the rotation draws, and pass 2
   with the rest (``--repeats N``: N fresh processes per token count, then the
@@ -96,10 +104,14 @@ def child(args) -> None:
     seconds = time.perf_counter() - t0
     ModelRunner.run = run
     phases["pass 2 and the rest"] = seconds - sum(phases.values())
-    bound = bound_seconds(models, report, args)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    passes_bound = bound_seconds(models, report, args)
+    rotation_bound = rotation_bound_seconds(report, args)
+    bound = passes_bound + rotation_bound
     pairs = args.models * (args.models - 1) // 2 * (2 if args.baseline else 1)
     tokens = report.settings["tokens"]
+    # the streaming passes without the models' forwards, against their products
+    passes = phases["pass 1 rest"] + phases["pass 2 and the rest"] - (forward[0] - phases["pass 1 forwards"])
     print(json.dumps({
         "tokens": tokens, "seconds": seconds, "setup_rss_mib": setup_rss, "peak_rss_mib": peak,
         "plan_mib": report.settings["memory_plan"]["total_bytes"] / 2**20,
@@ -107,7 +119,10 @@ def child(args) -> None:
         "s_per_pair_per_mtok": seconds / pairs / (tokens / 1e6), "batch_size": report.settings["batch_size"],
         "bound_s_per_pair_per_mtok": bound / pairs / (tokens / 1e6), "ratio": seconds / bound,
         "forward_seconds": forward[0], "ratio_without_forwards": (seconds - forward[0]) / bound,
-        "phase_seconds": phases, "bound_seconds": bound,
+        "phase_seconds": phases, "bound_seconds": bound, "passes_bound_seconds": passes_bound,
+        "rotation_bound_seconds": rotation_bound, "passes_ratio": passes / passes_bound,
+        "rotation_ratio": (phases["analysis"] + phases["rotation draws"]) / rotation_bound,
+        "ratio_passes_bound_only": seconds / passes_bound,
     }))
 
 
@@ -201,6 +216,45 @@ def bound_seconds(models, report, args) -> float:
     return total
 
 
+def rotation_bound_seconds(report, args) -> float:
+    """Seconds of the rotation baseline's own arithmetic, done once with plain
+    torch: per group (trained: two halves of the quizzes; random-init: one),
+    for the reported rotation and each further draw, every compared layer of
+    every model gets a random orthogonal matrix (Gaussian, QR, float64), its
+    self co-moment rotated (R C, float64, per half: the rotated units'
+    variances), and every pair's cross co-moment rotated on both sides (per
+    half, per pair of layers, in the compute dtype). Left out, so that the
+    bound is if anything too small: the products with the controls' group
+    sums, the correlations and maxima, the reported rotation made again
+    after the draws. The inputs are Gaussian (a product's time does not
+    depend on its values)."""
+    import torch
+
+    s = report.settings
+    h, n_layers = args.shape[2], len(s["layers"])
+    dt = getattr(torch, args.precision)
+    rotations = 1 + s["bootstrap"]["rotation_draws"]
+    total = 0.0
+    for halves in ((2, 1) if args.baseline else (2,)):
+        self_co = torch.randn(h, h, dtype=torch.float64)
+        rows = torch.randn(n_layers * h, h, dtype=dt)  # one model's rows against one layer of the other
+        block = torch.randn(h, h, dtype=dt)
+        for _ in range(rotations):
+            t0 = time.perf_counter()
+            for _ in range(args.models * n_layers):
+                q, r = torch.linalg.qr(torch.randn(h, h, dtype=torch.float64))
+                for _ in range(halves):
+                    q @ self_co
+            rot = q.to(dt)
+            for _ in range(args.models * (args.models - 1) // 2 * halves):
+                for _ in range(n_layers):
+                    rows @ rot.t()  # forward: rows of i against j's rotated layer
+                    for _ in range(n_layers):
+                        block @ rot.t()  # backward: j's layer against i's rotated layer
+            total += time.perf_counter() - t0
+    return total
+
+
 def _spread(values: list[float]) -> str:
     import statistics
 
@@ -263,12 +317,20 @@ def main() -> None:
     for r in rows:
         print(f"{r['tokens']:>9,}  " + ", ".join(f"{k} {v:.1f}" for k, v in r["phase_seconds"].items())
               + f"; bound {r['bound_seconds']:.1f}")
+    print("\nthe bound's two parts: the passes' products (per batch) and the rotation baseline's "
+          "(fixed: QR, rotated co-moments);\nratio of each: the passes' seconds less all forwards, "
+          "the analysis and rotation draws' seconds; last, the run against the passes' bound alone:")
+    for r in rows:
+        print(f"{r['tokens']:>9,}  passes bound {r['passes_bound_seconds']:.1f} s, ratio {r['passes_ratio']:.1f}; "
+              f"rotation bound {r['rotation_bound_seconds']:.1f} s, ratio {r['rotation_ratio']:.1f}; "
+              f"run / passes bound {r['ratio_passes_bound_only']:.1f}")
     if args.repeats > 1:
         print(f"\nover {args.repeats} runs per token count: median (min-max)")
         for n in sorted({r["tokens"] for r in rows}):
             same = [r for r in rows if r["tokens"] == n]
             print(f"{n:>9,}  " + ", ".join(f"{k} {_spread([r[k] for r in same])}"
-                                           for k in ("seconds", "bound_seconds", "ratio", "ratio_without_forwards")))
+                                           for k in ("seconds", "bound_seconds", "ratio", "ratio_without_forwards",
+                                                     "passes_ratio", "rotation_ratio")))
     growth = rows[-1]["peak_rss_mib"] - rows[0]["peak_rss_mib"]
     print(f"peak RSS change from {rows[0]['tokens']:,} to {rows[-1]['tokens']:,} tokens "
           f"({rows[-1]['tokens'] / rows[0]['tokens']:.0f}x): {growth:+.0f} MiB")
