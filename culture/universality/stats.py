@@ -566,17 +566,7 @@ class CrossTiles:
         """Rows start..stop-1 (columns ``cols``) of :meth:`StreamingCorrelation.corr` of these moments."""
         c = self.tile(start, stop, cols) if comoment is None else comoment
         cs = slice(*(cols or (0, self.shape[1])))
-        alive_x = ~self.dead_x[start:stop]
-        alive_y = ~self.dead_y[cs]
-        m2x = self.m2_x[start:stop]
-        m2y = self.m2_y[cs]
-        sx = torch.where(alive_x, m2x, torch.ones_like(m2x)).sqrt()
-        sy = torch.where(alive_y, m2y, torch.ones_like(m2y)).sqrt()
-        out = torch.div(c, sx[:, None])
-        out.div_(sy[None, :]).clamp_(-1.0, 1.0)
-        out[~alive_x] = 0.0
-        out[:, ~alive_y] = 0.0
-        return out
+        return correlation_of(c, self.m2_x[start:stop], self.m2_y[cs], self.dead_x[start:stop], self.dead_y[cs])
 
 
 _BUFFERS: dict = {}
@@ -760,16 +750,18 @@ def rotated_variances(c_yy: torch.Tensor, rotation: torch.Tensor) -> torch.Tenso
 
 
 def correlation_of(cross: torch.Tensor, m2_x: torch.Tensor, m2_y: torch.Tensor,
-                   dead_x: torch.Tensor | None = None) -> torch.Tensor:
+                   dead_x: torch.Tensor | None = None, dead_y: torch.Tensor | None = None) -> torch.Tensor:
     """(a, b) correlations from a cross co-moment and both sides' m2 (the same
     centring), clamped to [-1, 1]; 0 for rows without variance or ``dead_x``,
-    and for columns without variance."""
+    and for columns without variance or ``dead_y``."""
     alive_y = m2_y > 1e-300
     sx = torch.where(m2_x > 0, m2_x, torch.ones_like(m2_x)).sqrt()
     sy = torch.where(alive_y, m2_y, torch.ones_like(m2_y)).sqrt()
     out = torch.div(cross, sx[:, None])  # one (a, b) temporary: the rest in place, the same operations
     out.div_(sy[None, :]).clamp_(-1.0, 1.0)
     out[:, ~alive_y] = 0.0
+    if dead_y is not None:
+        out[:, dead_y] = 0.0
     out[m2_x <= 0] = 0.0
     if dead_x is not None:
         out[dead_x] = 0.0
