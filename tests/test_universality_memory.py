@@ -458,6 +458,33 @@ def test_a_further_rotation_draw_equals_the_dense_rotation(blocked, corrected, t
         blocks.close()
 
 
+def test_rotated_group_sums_in_float32_keep_the_digits_of_the_deviations():
+    """The rotated units' group sums under float32 products: made on the
+    groups' deviations from the mean, their between-group part is within
+    float32 rounding of itself, where rotating the sums themselves in float32
+    loses it to the units' large means. In float64, one product."""
+    from culture.universality.neurons import _rotated_sums
+    from culture.universality.stats import random_orthogonal
+
+    gen = torch.Generator().manual_seed(0)
+    h, g = 64, 40
+    counts = torch.randint(5, 50, (g,), generator=gen).double()
+    means = 1e3 + 1e-2 * torch.randn(g, h, generator=gen, dtype=torch.float64)  # large mean, small group effects
+    sums = counts[:, None] * means
+    rotation = random_orthogonal(h, torch.Generator().manual_seed(1))
+
+    def between(rotated):
+        mean = rotated.sum(0) / counts.sum()
+        return (counts[:, None] * (rotated / counts[:, None] - mean) ** 2).sum(0)
+
+    exact = between(sums @ rotation.t())
+    assert torch.equal(_rotated_sums(sums, counts, rotation, torch.float64), sums @ rotation.t())
+    low = between(_rotated_sums(sums, counts, rotation, torch.float32))
+    naive = between((sums.float() @ rotation.float().t()).double())
+    assert ((low - exact).abs() / exact).max() < 1e-5
+    assert ((naive - exact).abs() / exact).max() > 1e-3  # about 2e-2 here
+
+
 def test_the_rotation_baseline_is_the_same_both_ways(monkeypatch):
     """Zoo shape, every control, held-out halves, the reported rotation and 2
     further draws: the rotation baseline made with each control's

@@ -510,8 +510,9 @@ class NeuronMoments:
             made = {}  # split -> rotated group sums of the groups with tokens
             for s in ((0, 1) if halves else (split,)):
                 g = gs[s][j]
-                made[s] = GroupSums(len(occupied)).add(g.block(oj[k], oj[k + 1])[occupied] @ rotation.to(g.counts).t(),
-                                                       g.counts[occupied])
+                counts = g.counts[occupied]
+                made[s] = GroupSums(len(occupied)).add(
+                    _rotated_sums(g.block(oj[k], oj[k + 1])[occupied], counts, rotation, self.compute_dtype), counts)
             if halves:
                 made["full"] = made[0].merged(made[1])
             for s, rotated in made.items():
@@ -708,6 +709,21 @@ def _corrected_after_rotation(n_groups: int, rows: int, cols: int) -> bool:
     within-group block, then its two rotated products), i.e. the correction
     is cheaper when G (cols + 2 rows) < 2 rows cols."""
     return n_groups * (cols + 2 * rows) < 2 * rows * cols
+
+
+def _rotated_sums(sums: torch.Tensor, counts: torch.Tensor, rotation: torch.Tensor, low: torch.dtype) -> torch.Tensor:
+    """(G, H) float64 group sums of the rotated units, ``sums`` R^T. In float64
+    one product. In a lower compute dtype the product is made on the groups'
+    deviations from the sums' overall mean (the mean rotated apart, in
+    float64 and added back), so that its rounding is relative to what the
+    between-group variances are made of, not to the sums: the product in half
+    the time, the between-group part exact to float32's digits of itself."""
+    if low == torch.float64:
+        return sums @ rotation.to(sums).t()
+    mean = sums.sum(0) / counts.sum()
+    deviations = sums - counts[:, None] * mean
+    rotated_mean = mean @ rotation.to(sums).t()
+    return (deviations.to(low) @ rotation.to(low).t()).to(torch.float64).add_(counts[:, None] * rotated_mean)
 
 
 def _rotated(block: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
