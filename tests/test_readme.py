@@ -16,7 +16,9 @@ offline. What the test changes, and only that:
 * sizes shrink (:data:`SMALL`): each size option the command has is capped
   (when given) or set (when not) to a small value; ``train`` trains the
   smallest preset, and without a stopping rule gets ``--max-rounds 1`` (it
-  would train to the 95% threshold);
+  would train to the 95% threshold); ``universality compare`` compares the
+  first :data:`COMPARED_MODELS` of its ``--models`` (the pairs grow as the
+  square of the models; four models run in notebook 04);
 * the working directory holds ``c_quizzes.pth`` (random valid quizzes, the
   reference layout) for the ``show-quiz --file`` example.
 
@@ -47,6 +49,8 @@ SMALL = {
     "--n": 24, "--training-tokens": 3072, "--nb-models": 2, "--n-quizzes": 2, "--top": 2, "--examples": 2,
     "--culture-batch": 8, "--candidates": 4, "--num-world": 4,
 }
+#: models ``universality compare`` keeps of its ``--models`` list
+COMPARED_MODELS = 2
 CAP_ONLY = {"--n", "--training-tokens", "--nb-models", "--top", "--examples", "--culture-batch"}
 #: model size presets of ``train``: the smallest stands in for each (the same everywhere, so
 #: ``--init-from`` and ``zoo pack`` of a README run still fit)
@@ -146,6 +150,10 @@ def shrink(argv: list[str]) -> list[str]:
             out += ["--max-rounds", "1"]
         if "--source" in params and "source" not in given and path != ("dataset", "build"):
             out += ["--source", "bundled"]
+    if path == ("universality", "compare") and "--models" in out:
+        start = out.index("--models") + 1
+        stop = next((k for k in range(start, len(out)) if out[k].startswith("-")), len(out))
+        del out[start + COMPARED_MODELS:stop]
     return out
 
 
@@ -180,6 +188,10 @@ def test_readme_parsing_keeps_what_matters():
     assert small[small.index("--num-samples") + 1] == "12" and small[-2:] == ["--source", "bundled"]
     assert "--max-rounds" in shrink(["train", "--out", "r"])
     assert shrink(["train", "--out", "r", "--resume"]) == ["train", "--out", "r", "--resume"]
+    compared = shrink(["universality", "compare", "--models", "0", "1", "2", "3", "--source", "bundled"])
+    assert compared[:6] == ["universality", "compare", "--models", "0", "1", "--source"]
+    assert shrink(["universality", "compare", "--models", "2", "3", "1"])[2:5] == ["--models", "2", "3"]
+    assert shrink(["eval", "--models", "0", "1", "2"])[:5] == ["eval", "--models", "0", "1", "2"]
     # every skipped block says why
     assert all(reason.strip() for _, _, reason in blocks if reason is not None)
 
