@@ -242,7 +242,7 @@ def rotation_bound_seconds(report, args) -> float:
         for _ in range(rotations):
             t0 = time.perf_counter()
             for _ in range(args.models * n_layers):
-                q, r = torch.linalg.qr(torch.randn(h, h, dtype=torch.float64))
+                q, _ = torch.linalg.qr(torch.randn(h, h, dtype=torch.float64))
                 for _ in range(halves):
                     q @ self_co
             rot = q.to(dt)
